@@ -1,0 +1,47 @@
+"""Kafka topic names and creation. Every topic is keyed by call_id (UTF-8)."""
+
+from __future__ import annotations
+
+import logging
+
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from .config import CommonSettings
+
+log = logging.getLogger(__name__)
+
+AUDIO_CHUNKS = "audio.chunks"
+CALL_LIFECYCLE = "call.lifecycle"
+SPEECH_SEGMENTS = "speech.segments"
+TRANSCRIPTS = "transcripts"
+CALL_ANALYSIS = "call.analysis"
+ALERTS = "alerts"
+
+ALL = (AUDIO_CHUNKS, CALL_LIFECYCLE, SPEECH_SEGMENTS, TRANSCRIPTS, CALL_ANALYSIS, ALERTS)
+
+
+def ensure_topics(settings: CommonSettings, names: tuple[str, ...] = ALL) -> list[str]:
+    """Create the topics that are missing, with the configured partition count.
+
+    Source topics must exist before Faust starts (auto-created topics get one partition and
+    Faust then stops with PartitionsMismatch). Returns the topics created.
+    """
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="lupita-admin")
+    try:
+        existing = set(admin.list_topics())
+        wanted = [settings.topic(n) for n in names if settings.topic(n) not in existing]
+        created = []
+        for name in wanted:
+            try:
+                admin.create_topics(
+                    [NewTopic(name, settings.topic_partitions, settings.topic_replication)]
+                )
+                created.append(name)
+            except TopicAlreadyExistsError:
+                pass
+        if created:
+            log.info("created topics", extra={"topics": created})
+        return created
+    finally:
+        admin.close()
