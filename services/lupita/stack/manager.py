@@ -1,0 +1,452 @@
+"""The local stack: real Kafka (KRaft), PostgreSQL, Weaviate and MinIO as plain local processes.
+
+``up()`` installs what is missing (see :mod:`lupita.stack.install`), starts every server on
+127.0.0.1 with its data and logs under ``$LUPITA_STACK_DIR`` (default ``<repo>/.stack``),
+waits for each health check, prepares the database and the S3 buckets, and writes
+``<stack dir>/env`` with the ``LUPITA_*`` settings every service reads. It is idempotent: a
+second ``up()`` finds everything healthy and returns at once. ``down()`` stops every process
+it started.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import install
+from .install import say
+
+ROOT = Path(__file__).resolve().parents[3]
+
+KAFKA_PORT = 19092
+KAFKA_CONTROLLER_PORT = 19093
+POSTGRES_PORT = 15432
+MINIO_PORT = 19000
+MINIO_CONSOLE_PORT = 19001
+WEAVIATE_HTTP_PORT = 18080
+WEAVIATE_GRPC_PORT = 15051
+WEAVIATE_GOSSIP_PORT = 17946
+WEAVIATE_DATA_PORT = 17947
+WEAVIATE_RAFT_PORT = 18300
+WEAVIATE_RAFT_RPC_PORT = 18301
+
+COMPONENTS = ("kafka", "postgres", "minio", "weaviate")
+KMS_KEY_NAME = "lupita-legal-key"
+
+
+def stack_dir() -> Path:
+    path = Path(os.environ.get("LUPITA_STACK_DIR", ROOT / ".stack"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# --------------------------------------------------------------------------- secrets / env
+
+
+def _secrets() -> dict[str, str]:
+    """Dev-only secrets, generated once per stack dir (mode 0600), never committed."""
+    path = stack_dir() / "secrets.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    values = {
+        "minio_user": "lupita-admin",
+        "minio_password": secrets.token_urlsafe(24),
+        "kms_key": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "postgres_password": secrets.token_urlsafe(24),
+        "phone_hmac_key": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "phone_encryption_key": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "bridge_token": secrets.token_urlsafe(32),
+        "kafka_cluster_id": base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="),
+    }
+    path.write_text(json.dumps(values, indent=2))
+    path.chmod(0o600)
+    return values
+
+
+def stack_env() -> dict[str, str]:
+    """The ``LUPITA_*`` settings that point every service at this stack."""
+    s = _secrets()
+    return {
+        "LUPITA_ENVIRONMENT": "local",
+        "LUPITA_KAFKA_BOOTSTRAP": f"127.0.0.1:{KAFKA_PORT}",
+        "LUPITA_S3_ENDPOINT": f"http://127.0.0.1:{MINIO_PORT}",
+        "LUPITA_S3_REGION": "us-east-1",
+        "LUPITA_S3_ACCESS_KEY": s["minio_user"],
+        "LUPITA_S3_SECRET_KEY": s["minio_password"],
+        "LUPITA_S3_KMS_KEY_ID": KMS_KEY_NAME,
+        "LUPITA_POSTGRES_DSN": f"postgresql://lupita:{s['postgres_password']}@127.0.0.1:{POSTGRES_PORT}/lupita",
+        "LUPITA_WEAVIATE_HOST": "127.0.0.1",
+        "LUPITA_WEAVIATE_HTTP_PORT": str(WEAVIATE_HTTP_PORT),
+        "LUPITA_WEAVIATE_GRPC_PORT": str(WEAVIATE_GRPC_PORT),
+        "LUPITA_PHONE_HMAC_KEY": s["phone_hmac_key"],
+        "LUPITA_PHONE_ENCRYPTION_KEY": s["phone_encryption_key"],
+        "LUPITA_BRIDGE_TOKENS": s["bridge_token"],
+    }
+
+
+def _write_env_file(env: dict[str, str]) -> Path:
+    path = stack_dir() / "env"
+    body = "# written by `lupita stack up`: local endpoints and dev-only secrets\n"
+    body += "".join(f"{k}={v}\n" for k, v in sorted(env.items()))
+    path.write_text(body)
+    path.chmod(0o600)
+    return path
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Proc:
+    name: str
+    port: int
+
+    @property
+    def pidfile(self) -> Path:
+        return stack_dir() / "run" / f"{self.name}.pid"
+
+    @property
+    def logfile(self) -> Path:
+        return stack_dir() / "logs" / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return pid
+
+    def spawn(self, cmd: list[str], env: dict[str, str] | None = None, user: str | None = None) -> int:
+        self.pidfile.parent.mkdir(parents=True, exist_ok=True)
+        self.logfile.parent.mkdir(parents=True, exist_ok=True)
+        if user:
+            cmd = ["runuser", "-u", user, "--", *cmd]
+        with self.logfile.open("ab") as log:
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})}, start_new_session=True,
+            )
+        self.pidfile.write_text(str(proc.pid))
+        return proc.pid
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        pid = self.pid()
+        if pid is None:
+            self.pidfile.unlink(missing_ok=True)
+            return False
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.pid() is not None:
+            time.sleep(0.2)
+        if self.pid() is not None:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.pidfile.unlink(missing_ok=True)
+        return True
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return 200 <= resp.status < 300
+    except OSError:
+        return False
+
+
+def _wait(what: str, check, proc: Proc, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc.pid() is None:
+            tail = proc.logfile.read_text(errors="replace")[-3000:] if proc.logfile.exists() else ""
+            raise RuntimeError(f"{what} exited during start-up; log {proc.logfile}:\n{tail}")
+        time.sleep(0.3)
+    raise RuntimeError(f"{what} not healthy after {timeout:.0f}s; see {proc.logfile}")
+
+
+# --------------------------------------------------------------------------- components
+
+KAFKA = Proc("kafka", KAFKA_PORT)
+POSTGRES = Proc("postgres", POSTGRES_PORT)
+MINIO = Proc("minio", MINIO_PORT)
+WEAVIATE = Proc("weaviate", WEAVIATE_HTTP_PORT)
+PROCS = {"kafka": KAFKA, "postgres": POSTGRES, "minio": MINIO, "weaviate": WEAVIATE}
+
+
+def _kafka_healthy() -> bool:
+    if not _port_open(KAFKA_PORT):
+        return False
+    from kafka.admin import KafkaAdminClient
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{KAFKA_PORT}", request_timeout_ms=3000)
+    except Exception:  # noqa: BLE001 - any failure means "not ready yet"
+        return False
+    try:
+        admin.list_topics()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+    finally:
+        admin.close()
+
+
+def _start_kafka(libs: Path) -> None:
+    home = stack_dir() / "kafka"
+    data = home / "data"
+    home.mkdir(parents=True, exist_ok=True)
+    props = home / "server.properties"
+    props.write_text(
+        "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@127.0.0.1:{KAFKA_CONTROLLER_PORT}",
+                f"listeners=PLAINTEXT://127.0.0.1:{KAFKA_PORT},CONTROLLER://127.0.0.1:{KAFKA_CONTROLLER_PORT}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{KAFKA_PORT}",
+                "controller.listener.names=CONTROLLER",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                f"log.dirs={data}",
+                "num.partitions=4",
+                # single node: every internal topic with replication factor 1
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=8",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1",
+                "group.initial.rebalance.delay.ms=0",
+                "auto.create.topics.enable=false",
+                "log.retention.hours=168",
+                "log.segment.bytes=67108864",
+                "",
+            ]
+        )
+    )
+    log4j = home / "log4j.properties"
+    log4j.write_text(
+        "log4j.rootLogger=INFO, stdout\n"
+        "log4j.appender.stdout=org.apache.log4j.ConsoleAppender\n"
+        "log4j.appender.stdout.layout=org.apache.log4j.PatternLayout\n"
+        "log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n\n"
+        "log4j.logger.kafka=INFO\nlog4j.logger.org.apache.kafka=WARN\n"
+    )
+    java = ["java", "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            f"-Dlog4j.configuration=file:{log4j}", "-cp", f"{libs}/*"]
+    if not (data / "meta.properties").exists():
+        say("formatting Kafka storage (KRaft)")
+        out = subprocess.run(
+            [*java, "kafka.tools.StorageTool", "format", "-t", _secrets()["kafka_cluster_id"],
+             "-c", str(props), "--ignore-formatted"],
+            capture_output=True, text=True,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"kafka storage format failed:\n{out.stdout}\n{out.stderr}")
+    KAFKA.spawn([*java, "kafka.Kafka", str(props)])
+
+
+def _pg(cmd: str) -> Path:
+    return install.pg_bindir() / cmd
+
+
+def _psql(sql: str, db: str = "postgres") -> str:
+    out = subprocess.run(
+        ["runuser", "-u", "postgres", "--", str(_pg("psql")), "-h", str(stack_dir() / "postgres"),
+         "-p", str(POSTGRES_PORT), "-d", db, "-v", "ON_ERROR_STOP=1", "-tAc", sql],
+        capture_output=True, text=True,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"psql failed: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+def _postgres_healthy() -> bool:
+    out = subprocess.run(
+        [str(_pg("pg_isready")), "-h", "127.0.0.1", "-p", str(POSTGRES_PORT)], capture_output=True
+    )
+    return out.returncode == 0
+
+
+def _start_postgres() -> None:
+    home = stack_dir() / "postgres"
+    data = home / "data"
+    home.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["chown", "-R", "postgres:postgres", str(home)], check=True)
+    if not (data / "PG_VERSION").exists():
+        say("initialising PostgreSQL data directory")
+        out = subprocess.run(
+            ["runuser", "-u", "postgres", "--", str(_pg("initdb")), "-D", str(data), "-U", "postgres",
+             "--auth-local=peer", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"],
+            capture_output=True, text=True,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"initdb failed:\n{out.stdout}\n{out.stderr}")
+    POSTGRES.spawn(
+        [str(_pg("postgres")), "-D", str(data), "-p", str(POSTGRES_PORT), "-c", "listen_addresses=127.0.0.1",
+         "-c", f"unix_socket_directories={home}", "-c", "fsync=on", "-c", "max_connections=200"],
+        user="postgres",
+    )
+
+
+def _prepare_postgres() -> None:
+    password = _secrets()["postgres_password"].replace("'", "''")
+    if _psql("SELECT 1 FROM pg_roles WHERE rolname='lupita'") != "1":
+        _psql(f"CREATE ROLE lupita LOGIN PASSWORD '{password}'")
+    else:
+        _psql(f"ALTER ROLE lupita PASSWORD '{password}'")
+    if _psql("SELECT 1 FROM pg_database WHERE datname='lupita'") != "1":
+        _psql("CREATE DATABASE lupita OWNER lupita")
+
+
+def _start_minio(binary: Path) -> None:
+    s = _secrets()
+    data = stack_dir() / "minio" / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    MINIO.spawn(
+        [str(binary), "server", str(data), "--address", f"127.0.0.1:{MINIO_PORT}",
+         "--console-address", f"127.0.0.1:{MINIO_CONSOLE_PORT}", "--quiet"],
+        env={
+            "MINIO_ROOT_USER": s["minio_user"],
+            "MINIO_ROOT_PASSWORD": s["minio_password"],
+            "MINIO_KMS_SECRET_KEY": f"{KMS_KEY_NAME}:{s['kms_key']}",
+            "MINIO_BROWSER": "off",
+            "MINIO_UPDATE": "off",
+        },
+    )
+
+
+def _start_weaviate(binary: Path) -> None:
+    data = stack_dir() / "weaviate" / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    WEAVIATE.spawn(
+        [str(binary), "--host", "127.0.0.1", "--port", str(WEAVIATE_HTTP_PORT), "--scheme", "http"],
+        env={
+            "PERSISTENCE_DATA_PATH": str(data),
+            "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED": "true",
+            "DEFAULT_VECTORIZER_MODULE": "none",
+            "ENABLE_MODULES": "",
+            "DISABLE_TELEMETRY": "true",
+            "GRPC_PORT": str(WEAVIATE_GRPC_PORT),
+            "CLUSTER_HOSTNAME": "lupita-local",
+            "CLUSTER_IN_LOCALHOST": "true",
+            "CLUSTER_GOSSIP_BIND_PORT": str(WEAVIATE_GOSSIP_PORT),
+            "CLUSTER_DATA_BIND_PORT": str(WEAVIATE_DATA_PORT),
+            "RAFT_PORT": str(WEAVIATE_RAFT_PORT),
+            "RAFT_INTERNAL_RPC_PORT": str(WEAVIATE_RAFT_RPC_PORT),
+            "RAFT_BOOTSTRAP_EXPECT": "1",
+            "RAFT_JOIN": f"lupita-local:{WEAVIATE_RAFT_PORT}",
+            "GO_PROFILING_DISABLE": "true",
+            "LIMIT_RESOURCES": "true",
+            "QUERY_DEFAULTS_LIMIT": "100",
+        },
+    )
+
+
+HEALTH = {
+    "kafka": _kafka_healthy,
+    "postgres": _postgres_healthy,
+    "minio": lambda: _http_ok(f"http://127.0.0.1:{MINIO_PORT}/minio/health/live"),
+    "weaviate": lambda: _http_ok(f"http://127.0.0.1:{WEAVIATE_HTTP_PORT}/v1/.well-known/ready"),
+}
+START_TIMEOUT = {"kafka": 90, "postgres": 30, "minio": 60, "weaviate": 120}
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def status() -> dict[str, dict]:
+    """Per component: pid (if ours and alive), port and health."""
+    return {
+        name: {"pid": proc.pid(), "port": proc.port, "healthy": HEALTH[name]()}
+        for name, proc in PROCS.items()
+    }
+
+
+def is_running() -> bool:
+    return all(s["healthy"] for s in status().values())
+
+
+def _prepare(components: tuple[str, ...], env: dict[str, str], quiet: bool) -> None:
+    """Database role/db and S3 buckets (idempotent, so an interrupted first `up` heals)."""
+    if "postgres" in components:
+        _prepare_postgres()
+    if "minio" in components:
+        from .buckets import setup_buckets
+
+        for line in setup_buckets(env):
+            if not quiet:
+                say(line)
+    _write_env_file(env)
+
+
+def up(components: tuple[str, ...] = COMPONENTS) -> dict[str, str]:
+    """Install what is missing, start what is not running, prepare DB and buckets; return env."""
+    started_all = time.monotonic()
+    env = stack_env()
+    if all(HEALTH[c]() for c in components):
+        _prepare(components, env, quiet=True)
+        return env
+    bins = install.install_all(components)
+    starters = {
+        "kafka": lambda: _start_kafka(bins["kafka"]),
+        "postgres": _start_postgres,
+        "minio": lambda: _start_minio(bins["minio"]),
+        "weaviate": lambda: _start_weaviate(bins["weaviate"]),
+    }
+    launched = []
+    for name in components:
+        proc = PROCS[name]
+        if HEALTH[name]():
+            continue
+        if proc.pid() is None and _port_open(proc.port):
+            raise RuntimeError(
+                f"port {proc.port} for {name} is taken by a process this stack did not start"
+            )
+        if proc.pid() is None:
+            say(f"starting {name} on 127.0.0.1:{proc.port}")
+            starters[name]()
+        launched.append(name)
+    for name in launched:
+        _wait(name, HEALTH[name], PROCS[name], START_TIMEOUT[name])
+        say(f"{name} healthy")
+    _prepare(components, env, quiet=False)
+    say(f"stack up in {time.monotonic() - started_all:.1f}s; settings in {stack_dir() / 'env'}")
+    return env
+
+
+def down() -> list[str]:
+    """Stop every process this stack started (data stays); returns the names stopped."""
+    stopped = []
+    for name in reversed(COMPONENTS):
+        if PROCS[name].stop():
+            stopped.append(name)
+    return stopped

@@ -1,0 +1,317 @@
+"""Per-call recorder state and its rules (pure: no Kafka, no clocks of its own).
+
+The Faust agent keeps one :class:`CallState` per call in the changelog-backed table
+``recorder_calls`` (as the JSON dict of :meth:`CallState.to_dict`) and calls the functions
+here; everything that decides *when* a call is finalised lives here so it is unit-tested
+without a broker. Times are passed in (``now``: unix seconds of the worker's wall clock).
+
+Life of a call::
+
+    open --(ended + all chunks | ended + grace expired | idle timeout)--> finalizing
+    finalizing --(S3 and Postgres written)--> recorded | skipped
+    recorded/skipped --(state_retention)--> purged (redelivery before that is ignored;
+                                           after it, the archive's idempotency still holds)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import json_format
+
+from lupita.audio import BYTES_PER_SAMPLE, SUPPORTED_RATES
+from lupita.v1 import audio_pb2, events_pb2
+
+from .wav import LEG_NAMES, LEGS
+
+CALL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+# Upper bound on chunk sequence numbers and counts (4 h of 100 ms chunks is 144,000).
+MAX_CHUNK_SEQ = 10_000_000
+
+OPEN = "open"
+FINALIZING = "finalizing"
+RECORDED = "recorded"
+SKIPPED = "skipped"
+DONE = (RECORDED, SKIPPED)
+
+# Why a call was finalised.
+REASON_COMPLETE = "complete"  # ended and every announced chunk arrived
+REASON_GRACE = "grace_expired"  # ended, chunks still missing after the grace period
+REASON_TIMEOUT = "timeout"  # no ended event, no event at all for idle_call_timeout
+
+
+class BadRecord(ValueError):
+    """A Kafka record the recorder cannot use; the message says exactly why."""
+
+
+def is_valid_call_id(call_id: str) -> bool:
+    return bool(CALL_ID_RE.fullmatch(call_id or ""))
+
+
+# -- decoding and validation of input records ----------------------------------------------------
+
+
+def parse_chunk(key: bytes | None, value: bytes | None) -> events_pb2.AudioChunk:
+    """Decode and validate an ``audio.chunks`` record; raises BadRecord."""
+    chunk = events_pb2.AudioChunk()
+    try:
+        chunk.ParseFromString(value or b"")
+    except Exception as exc:  # protobuf raises DecodeError (a Message.Error subclass)
+        raise BadRecord(f"audio.chunks value is not an AudioChunk protobuf: {exc}") from exc
+    _check_call_id(chunk.call_id, key)
+    if chunk.leg not in LEGS:
+        raise BadRecord(f"chunk {chunk.chunk_seq}: leg {chunk.leg} is not LEG_LUPITA or LEG_PERSON")
+    if chunk.sample_rate_hz not in SUPPORTED_RATES:
+        raise BadRecord(f"chunk {chunk.chunk_seq}: sample rate {chunk.sample_rate_hz} not in {SUPPORTED_RATES}")
+    width = BYTES_PER_SAMPLE.get(chunk.codec)
+    if width is None:
+        raise BadRecord(f"chunk {chunk.chunk_seq}: codec {chunk.codec} is not PCM16 or MULAW")
+    if not chunk.payload or len(chunk.payload) % width:
+        raise BadRecord(
+            f"chunk {chunk.chunk_seq}: payload of {len(chunk.payload)} bytes is not a positive "
+            f"whole number of {width}-byte samples"
+        )
+    if chunk.chunk_seq >= MAX_CHUNK_SEQ:
+        raise BadRecord(f"chunk_seq {chunk.chunk_seq} is beyond {MAX_CHUNK_SEQ}")
+    if chunk.start_ts_us <= 0:
+        raise BadRecord(f"chunk {chunk.chunk_seq}: start_ts_us must be a positive unix time")
+    return chunk
+
+
+def parse_lifecycle(key: bytes | None, value: bytes | None) -> events_pb2.CallLifecycle:
+    """Decode and validate a ``call.lifecycle`` record; raises BadRecord."""
+    event = events_pb2.CallLifecycle()
+    try:
+        event.ParseFromString(value or b"")
+    except Exception as exc:
+        raise BadRecord(f"call.lifecycle value is not a CallLifecycle protobuf: {exc}") from exc
+    _check_call_id(event.call_id, key)
+    kind = event.WhichOneof("event")
+    if kind is None:
+        raise BadRecord("call.lifecycle event has neither started nor ended")
+    if kind == "started":
+        s = event.started
+        if s.sample_rate_hz not in SUPPORTED_RATES:
+            raise BadRecord(f"started: sample rate {s.sample_rate_hz} not in {SUPPORTED_RATES}")
+        if s.codec not in BYTES_PER_SAMPLE:
+            raise BadRecord(f"started: codec {s.codec} is not PCM16 or MULAW")
+        if s.started_at_us <= 0:
+            raise BadRecord("started: started_at_us must be a positive unix time")
+    else:
+        e = event.ended
+        if max(e.chunks_lupita, e.chunks_person) > MAX_CHUNK_SEQ:
+            raise BadRecord(f"ended: chunk counts beyond {MAX_CHUNK_SEQ}")
+        if e.ended_at_us <= 0:
+            raise BadRecord("ended: ended_at_us must be a positive unix time")
+    return event
+
+
+def _check_call_id(call_id: str, key: bytes | None) -> None:
+    if not is_valid_call_id(call_id):
+        # Never echo the raw value: it may be anything, including a phone number.
+        raise BadRecord(
+            f"call_id is not a valid call id (pattern {CALL_ID_RE.pattern}, length {len(call_id)})"
+        )
+    if key is not None and key != call_id.encode():
+        raise BadRecord("record key differs from the call_id in the value (records are keyed by call_id)")
+
+
+# -- chunk sequence bookkeeping (sorted, disjoint, inclusive intervals) ------------------------------
+
+
+def interval_add(intervals: list[list[int]], n: int) -> bool:
+    """Insert ``n``; returns False if it was already present. Keeps intervals merged."""
+    lo, hi = 0, len(intervals)
+    while lo < hi:  # first interval whose start > n
+        mid = (lo + hi) // 2
+        if intervals[mid][0] > n:
+            hi = mid
+        else:
+            lo = mid + 1
+    i = lo
+    if i > 0 and intervals[i - 1][0] <= n <= intervals[i - 1][1]:
+        return False
+    joins_left = i > 0 and intervals[i - 1][1] == n - 1
+    joins_right = i < len(intervals) and intervals[i][0] == n + 1
+    if joins_left and joins_right:
+        intervals[i - 1][1] = intervals[i][1]
+        del intervals[i]
+    elif joins_left:
+        intervals[i - 1][1] = n
+    elif joins_right:
+        intervals[i][0] = n
+    else:
+        intervals.insert(i, [n, n])
+    return True
+
+
+def interval_count(intervals: list[list[int]]) -> int:
+    return sum(hi - lo + 1 for lo, hi in intervals)
+
+
+def interval_members(intervals: list[list[int]]) -> list[int]:
+    return [n for lo, hi in intervals for n in range(lo, hi + 1)]
+
+
+def interval_missing(intervals: list[list[int]], expected: int) -> list[list[int]]:
+    """Ranges of 0..expected-1 not covered, as inclusive [lo, hi] pairs."""
+    out: list[list[int]] = []
+    nxt = 0
+    for lo, hi in intervals:
+        if lo >= expected:
+            break
+        if lo > nxt:
+            out.append([nxt, lo - 1])
+        nxt = max(nxt, hi + 1)
+    if nxt < expected:
+        out.append([nxt, expected - 1])
+    return out
+
+
+# -- the state -------------------------------------------------------------------------------------
+
+
+@dataclass
+class CallState:
+    call_id: str
+    status: str = OPEN
+    started: dict[str, Any] | None = None  # CallStarted as a JSON dict (protobuf field names)
+    ended: dict[str, Any] | None = None  # CallEnded as a JSON dict
+    received: dict[str, list[list[int]]] = field(default_factory=lambda: {"lupita": [], "person": []})
+    first_seen: float = 0.0
+    last_seen: float = 0.0
+    ended_seen: float | None = None
+    finalize_reason: str | None = None
+    done_at: float | None = None
+    outcome: dict[str, Any] | None = None
+    duplicates: int = 0
+    dropped_no_consent: int = 0
+
+    # -- (de)serialisation for the table ---------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CallState:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    # -- typed views -----------------------------------------------------------------------------
+
+    def started_msg(self) -> events_pb2.CallStarted | None:
+        if self.started is None:
+            return None
+        return json_format.ParseDict(self.started, events_pb2.CallStarted())
+
+    def ended_msg(self) -> events_pb2.CallEnded | None:
+        if self.ended is None:
+            return None
+        return json_format.ParseDict(self.ended, events_pb2.CallEnded())
+
+    @property
+    def consent(self) -> bool | None:
+        """True/False once the started event arrived, None before."""
+        return None if self.started is None else bool(self.started.get("recording_consent", False))
+
+    def expected_chunks(self) -> dict[str, int] | None:
+        e = self.ended_msg()
+        if e is None:
+            return None
+        return {"lupita": int(e.chunks_lupita), "person": int(e.chunks_person)}
+
+    def missing(self) -> dict[str, list[list[int]]]:
+        exp = self.expected_chunks() or {"lupita": 0, "person": 0}
+        return {leg: interval_missing(self.received[leg], exp[leg]) for leg in exp}
+
+    def is_complete(self) -> bool:
+        """Ended, and every chunk 0..n-1 of both legs is here (or none is needed: no consent)."""
+        if self.ended is None or self.started is None:
+            return False
+        if self.consent is False:
+            return True
+        return not any(self.missing().values())
+
+    def chunk_seqs(self) -> dict[int, list[int]]:
+        """Stored chunk sequence numbers per leg (enum value -> seqs)."""
+        by_name = {v: k for k, v in LEG_NAMES.items()}
+        return {by_name[name]: interval_members(iv) for name, iv in self.received.items()}
+
+
+def new_state(call_id: str, now: float) -> CallState:
+    return CallState(call_id=call_id, first_seen=now, last_seen=now)
+
+
+def apply_started(state: CallState, started: events_pb2.CallStarted, now: float) -> bool:
+    """Record the start (the first one wins). Returns True if the chunks stored so far must be
+    dropped because the call has no recording consent."""
+    state.last_seen = now
+    if state.status != OPEN or state.started is not None:
+        return False
+    state.started = json_format.MessageToDict(started, preserving_proto_field_name=True)
+    state.started.setdefault("recording_consent", started.recording_consent)
+    return not started.recording_consent and any(state.received.values())
+
+
+def apply_chunk(state: CallState, chunk: events_pb2.AudioChunk, now: float) -> bool:
+    """Count a chunk; returns True if it must be stored (open call, consent not refused).
+
+    A duplicate (same leg and chunk_seq) returns True as well: storing it again overwrites the
+    same table key with the same bytes.
+    """
+    state.last_seen = now
+    if state.status != OPEN:
+        return False
+    if state.consent is False:
+        state.dropped_no_consent += 1
+        return False
+    if not interval_add(state.received[LEG_NAMES[chunk.leg]], int(chunk.chunk_seq)):
+        state.duplicates += 1
+    return True
+
+
+def apply_ended(state: CallState, ended: events_pb2.CallEnded, now: float) -> None:
+    state.last_seen = now
+    if state.status != OPEN or state.ended is not None:
+        return
+    state.ended = json_format.MessageToDict(ended, preserving_proto_field_name=True)
+    state.ended_seen = now
+
+
+def due_reason(
+    state: CallState, now: float, *, grace_seconds: float, idle_seconds: float, alive_since: float
+) -> str | None:
+    """Why this open call must be finalised now, or None to keep waiting.
+
+    ``alive_since`` is when this worker process started: after a restart every call gets a full
+    grace/idle period again, so a backlog still being consumed is not mistaken for silence.
+    """
+    if state.status != OPEN:
+        return None
+    if state.is_complete():
+        return REASON_COMPLETE
+    if state.ended_seen is not None:
+        if now - max(state.ended_seen, alive_since) >= grace_seconds:
+            return REASON_GRACE
+        return None
+    if now - max(state.last_seen, alive_since) >= idle_seconds:
+        return REASON_TIMEOUT
+    return None
+
+
+def start_finalizing(state: CallState, reason: str) -> None:
+    state.status = FINALIZING
+    state.finalize_reason = reason
+
+
+def mark_done(state: CallState, outcome: dict[str, Any], now: float) -> None:
+    state.status = RECORDED if outcome.get("recording_status") == RECORDED else SKIPPED
+    state.outcome = outcome
+    state.done_at = now
+    # The sequence lists are no longer needed; keep the tombstone small.
+    state.received = {"lupita": [], "person": []}
+
+
+def purge_due(state: CallState, now: float, retention_seconds: float) -> bool:
+    return state.status in DONE and state.done_at is not None and now - state.done_at >= retention_seconds
