@@ -15,11 +15,14 @@ if [ ! -x .venv/bin/python ]; then
     echo "[setup] creating .venv with $("$PYTHON" --version)"
     "$PYTHON" -m venv .venv
 fi
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+stamp=.venv/.installed-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
     echo "[setup] installing the project and its dependencies (pip)"
     .venv/bin/python -m pip install --quiet --upgrade pip
     .venv/bin/python -m pip install --quiet -e '.[test]'
+    # Silero VAD's ONNX model; --no-deps because the package's own import pulls torch,
+    # which the platform does not use (onnxruntime runs the model)
+    .venv/bin/python -m pip install --quiet --no-deps silero-vad==6.2.3
     rm -f .venv/.installed-* && touch "$stamp"
 fi
 echo "[setup] generating protobuf/gRPC code from protos/"
