@@ -123,7 +123,9 @@ class KafkaPublisher:
     async def publish(self, topic: str, key: str, value: bytes) -> None:
         """Publish one record and wait for Kafka's acknowledgement."""
         t0 = time.perf_counter()
-        await (await self.enqueue(topic, key, value))
+        fut = await self.enqueue(topic, key, value)
+        # shielded: a cancelled caller must not cancel the producer's own delivery future
+        await asyncio.shield(fut)
         KAFKA_PUBLISH.observe(time.perf_counter() - t0)
 
 

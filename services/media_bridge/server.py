@@ -21,7 +21,7 @@ import time
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1.health import aio as health_aio
 
 from lupita.privacy import phone_hash, redact
 from lupita.topics import AUDIO_CHUNKS, CALL_LIFECYCLE, ensure_topics
@@ -101,11 +101,19 @@ class CallSession:
             self.bridge.session_closed.set()
 
     async def _serve(self) -> None:
-        if self.bridge.draining:
-            raise Violation(grpc.StatusCode.UNAVAILABLE, "shutdown", "bridge is shutting down; connect to another instance")
-        if self.bridge.tokens is not None:
-            check_bearer(self.context.invocation_metadata() or (), self.bridge.tokens)
         self._reader = asyncio.create_task(self._read())
+        try:
+            if self.bridge.draining:
+                raise Violation(grpc.StatusCode.UNAVAILABLE, "shutdown", "bridge is shutting down; connect to another instance")
+            if self.bridge.tokens is not None:
+                check_bearer(self.context.invocation_metadata() or (), self.bridge.tokens)
+        except Violation:
+            # Let the client's first message (its CallStart) arrive before refusing: grpcio's
+            # asyncio client reports INTERNAL instead of our status when its write races with
+            # the server's end of the stream (grpc/grpc#36066). Bounded: one message, 1 s.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.inbox.get(), 1.0)
+            raise
         while True:
             item = await self._next()
             if item is None:  # linger timeout
@@ -174,23 +182,9 @@ class CallSession:
         if self.bridge.draining:
             raise Violation(grpc.StatusCode.UNAVAILABLE, "shutdown", "bridge is shutting down; connect to another instance")
         self.bridge.registry.admit(start.call_id)  # ALREADY_EXISTS / RESOURCE_EXHAUSTED
+        # from here on the call is live: every exit path goes through _do_finish or _unadmit
         self.call_id = start.call_id
-        received_at = now_us()
         self._log_extra = {"stage": "bridge", "call_id": self.call_id}
-        event = started_event(start, self.settings, received_at_us=received_at)
-        try:
-            await self.bridge.publisher.publish(
-                self.bridge.publisher.lifecycle_topic, self.call_id, event.SerializeToString()
-            )
-        except Exception as exc:
-            self.bridge.registry.release(self.call_id, remember=False)
-            self.call_id = None
-            self.outcome = "kafka_error"
-            metrics.ERRORS.labels("kafka").inc()
-            raise self._kafka_violation(exc) from None
-        self.outcome = "open"
-        self.bridge.calls[start.call_id] = self
-        metrics.ACTIVE_CALLS.inc()
         for leg in LEGS:
             self.chunkers[leg] = LegChunker(
                 call_id=self.call_id,
@@ -206,6 +200,19 @@ class CallSession:
             on_acked=self._on_acked,
             on_failed=lambda exc: self.signal(_KafkaFailed(exc)),
         )
+        self.bridge.calls[self.call_id] = self
+        metrics.ACTIVE_CALLS.inc()
+        self.outcome = "open"
+        event = started_event(start, self.settings, received_at_us=now_us())
+        try:
+            await self.bridge.publisher.publish(
+                self.bridge.publisher.lifecycle_topic, self.call_id, event.SerializeToString()
+            )
+        except Exception as exc:
+            # nothing of this call reached Kafka: forget it (the client may retry the id)
+            self._unadmit()
+            metrics.ERRORS.labels("kafka").inc()
+            raise self._kafka_violation(exc) from None
         log.info(
             "call started",
             extra={
@@ -223,6 +230,16 @@ class CallSession:
                 )
             )
         )
+
+    def _unadmit(self) -> None:
+        """Undo _on_start for a call whose started event never reached Kafka."""
+        assert self.call_id is not None and self.pipeline is not None
+        self.pipeline.cancel()
+        metrics.ACTIVE_CALLS.dec()
+        self.bridge.calls.pop(self.call_id, None)
+        self.bridge.registry.release(self.call_id, remember=False)
+        self.call_id = None
+        self.outcome = "kafka_error"
 
     def _on_frame(self, frame: media_bridge_pb2.AudioFrame) -> None:
         leg = leg_name(frame.leg)
@@ -285,7 +302,10 @@ class CallSession:
 
     async def _finish_and_wait(self, reason: str, ended_at_us: int = 0) -> None:
         # shielded: a cancelled handler must not stop the call's last records
-        await asyncio.shield(self._finish(reason, ended_at_us))
+        try:
+            await asyncio.shield(self._finish(reason, ended_at_us))
+        except Exception as exc:  # logged and counted by _do_finish
+            raise self._kafka_violation(exc) from None
 
     async def _do_finish(self, reason: str, ended_at_us: int) -> None:
         assert self.call_id is not None and self.pipeline is not None
@@ -375,7 +395,7 @@ class Bridge:
         self.tokens: tuple[str, ...] | None = None if (settings.allow_unauthenticated and not tokens) else tokens
         self.publisher = KafkaPublisher(settings)
         self.registry = CallRegistry(max_calls=settings.max_calls, recent_size=settings.recent_call_ids)
-        self.health = HealthServicer()
+        self.health = health_aio.HealthServicer()
         self.sessions: set[CallSession] = set()
         self.calls: dict[str, CallSession] = {}
         self.background: set[asyncio.Task] = set()
