@@ -1,8 +1,10 @@
 """Read back what the bridge published, to prove that no frame was lost.
 
 :class:`ChunkTally` (plain code) counts AudioChunk records and frames per (call, leg) and can
-rebuild each leg's bytes; :func:`scan_topic` (aiokafka, no consumer group) reads a whole topic
-from the beginning up to the end offsets it finds at start, calling a function per record.
+rebuild each leg's bytes; :class:`LifecycleTally` keeps the started/ended events;
+:func:`scan_topic` (aiokafka, no consumer group) reads a whole topic from the beginning up to
+the end offsets it finds at start, calling a function per record; :func:`read_calls` does both
+topics for a set of call ids.
 """
 
 from __future__ import annotations
@@ -54,6 +56,22 @@ class ChunkTally:
     def frames_of(self, call_id: str) -> int:
         return sum(t.frames for t in self.legs.get(call_id, {}).values())
 
+    def frames_of_leg(self, call_id: str, leg: int) -> int:
+        legs = self.legs.get(call_id, {})
+        return legs[leg].frames if leg in legs else 0
+
+    def records_of(self, call_id: str) -> int:
+        return sum(t.records for t in self.legs.get(call_id, {}).values())
+
+    def gaps(self) -> int:
+        """Chunk sequence numbers missing per (call, leg): chunk_seq runs 0..n-1 without holes."""
+        return sum(
+            max(t.chunk_seqs) + 1 - len(set(t.chunk_seqs))
+            for legs in self.legs.values()
+            for t in legs.values()
+            if t.chunk_seqs
+        )
+
     def duplicates(self) -> int:
         """Chunks seen more than once (same call, leg, chunk_seq)."""
         return sum(len(t.chunk_seqs) - len(set(t.chunk_seqs)) for legs in self.legs.values() for t in legs.values())
@@ -65,15 +83,45 @@ class ChunkTally:
         }
 
 
+@dataclass(frozen=True)
+class Ended:
+    reason: str
+    frames: int  # both legs
+    chunks: int  # both legs
+
+
+class LifecycleTally:
+    """Collects ``call.lifecycle`` events of the calls of interest (started ids, ended summaries)."""
+
+    def __init__(self, call_ids: Iterable[str] | None = None) -> None:
+        self.call_ids = set(call_ids) if call_ids is not None else None
+        self.started: set[str] = set()
+        self.ended: dict[str, Ended] = {}
+
+    def add(self, value: bytes) -> None:
+        event = events_pb2.CallLifecycle.FromString(value)
+        if self.call_ids is not None and event.call_id not in self.call_ids:
+            return
+        kind = event.WhichOneof("event")
+        if kind == "started":
+            self.started.add(event.call_id)
+        elif kind == "ended":
+            e = event.ended
+            self.ended[event.call_id] = Ended(
+                e.reason, e.frames_lupita + e.frames_person, e.chunks_lupita + e.chunks_person
+            )
+
+
 async def scan_topic(
     bootstrap: str, topic: str, on_value: Callable[[bytes], None], *, timeout_s: float = 120.0
 ) -> int:
     """Feed every record of ``topic`` (present when the scan starts) to ``on_value``; returns the count."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
+        topic,
         bootstrap_servers=bootstrap,
-        group_id=None,
+        group_id=None,  # no group: every partition is assigned to this consumer
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=8 * 1024 * 1024,
@@ -82,16 +130,11 @@ async def scan_topic(
     await consumer.start()
     try:
         deadline = time.monotonic() + timeout_s
-        partitions = None
-        while not partitions:
-            if topic in await consumer.topics():  # refreshes the metadata
-                partitions = consumer.partitions_for_topic(topic)
-            if not partitions:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"topic {topic} not found")
-                await asyncio.sleep(0.2)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
+        while not consumer.assignment():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topic {topic} not found")
+            await asyncio.sleep(0.1)
+        tps = sorted(consumer.assignment())
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
         remaining = {tp for tp in tps if end[tp] > 0}
@@ -111,3 +154,21 @@ async def scan_topic(
         return count
     finally:
         await consumer.stop()
+
+
+async def read_calls(
+    bootstrap: str,
+    chunks_topic: str,
+    lifecycle_topic: str,
+    call_ids: Iterable[str],
+    *,
+    keep_payload: bool = False,
+    timeout_s: float = 120.0,
+) -> tuple[ChunkTally, LifecycleTally]:
+    """Everything the bridge published for ``call_ids`` (read after the calls have been acked)."""
+    ids = list(call_ids)
+    chunks = ChunkTally(ids, keep_payload=keep_payload)
+    lifecycle = LifecycleTally(ids)
+    await scan_topic(bootstrap, chunks_topic, chunks.add, timeout_s=timeout_s)
+    await scan_topic(bootstrap, lifecycle_topic, lifecycle.add, timeout_s=timeout_s)
+    return chunks, lifecycle

@@ -129,9 +129,10 @@ def _lupita() -> list[str]:
 
 
 def _print_call_report(report: dict) -> None:
-    keys = ("calls", "completed", "failed", "frames_sent", "frames_acked", "ack_p50_ms", "ack_p99_ms")
-    shown = {k: report[k] for k in keys if k in report}
-    say("call simulator report: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+    latency = report.get("ack_latency_ms") or {}
+    say(f"call simulator: {report['ok']}/{report['calls']} call ok, {report['frames_sent']} frames sent, "
+        f"{report['frames_acked']} acknowledged after Kafka had them "
+        f"(ack latency p50 {latency.get('p50')} ms, p99 {latency.get('p99')} ms)")
 
 
 def _wait_for_row(settings, call_id: str, timeout_s: float, worker: Child) -> dict | None:
@@ -168,10 +169,9 @@ def _print_kafka(settings, call_id: str) -> None:
                 tally.add(record.value)
     finally:
         consumer.close()
-    legs = {name: tally.frames_of_leg(call_id, leg) for leg, name in ((1, "lupita"), (2, "person"))} \
-        if hasattr(tally, "frames_of_leg") else {}
-    say(f"kafka {topic}: {tally.frames_of(call_id)} frames of {call_id} in protobuf AudioChunk records"
-        + (f" ({legs})" if legs else ""))
+    say(f"kafka {topic}: {tally.records_of(call_id)} AudioChunk records (protobuf) holding "
+        f"{tally.frames_of_leg(call_id, 1)} Lupita-leg and {tally.frames_of_leg(call_id, 2)} "
+        f"person-leg frames")
 
 
 def _print_s3(settings, row: dict) -> None:

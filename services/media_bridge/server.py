@@ -427,7 +427,13 @@ class Bridge:
                 ("grpc.so_reuseport", 0),
                 ("grpc.keepalive_time_ms", 20000),
                 ("grpc.keepalive_timeout_ms", 10000),
-            ]
+                # under a burst of new calls the event loop may take a while to pick each up;
+                # gRPC's default (30 s) silently CANCELLs the ones still waiting
+                ("grpc.server_max_unrequested_time_in_server", 300),
+            ],
+            # beyond the live-call limit (plus room for health checks) gRPC itself answers
+            # RESOURCE_EXHAUSTED at once instead of queueing the call
+            maximum_concurrent_rpcs=self.settings.max_calls + 64,
         )
         media_bridge_pb2_grpc.add_MediaBridgeServicer_to_server(MediaBridgeServicer(self), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import wave
 
 import numpy as np
@@ -69,12 +70,36 @@ def test_write_wav_refuses_mono_arrays_and_bad_rates(tmp_path):
         synth.write_wav(tmp_path / "x.wav", np.zeros((100, 2), dtype=np.int16), 22050)
 
 
-def test_lupita_call_with_a_wrong_rate_wav_exits_2_with_the_reason(tmp_path, capsys):
-    path = write_raw_wav(tmp_path / "cd.wav", rate=22050)
-    code = cli.main(["call", "--wav", str(path), "--token", "t", "--target", "127.0.0.1:9"])
-    assert code == 2
-    err = capsys.readouterr().err
-    assert "22050 Hz is not supported" in err
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+def not_a_wav(path):
+    path.write_bytes(b"ID3\x03\x00 an mp3, not a WAV")
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: write_raw_wav(p, channels=1), "1 channel(s); expected 2 (left = Lupita, right = person)"),
+        (lambda p: write_raw_wav(p, rate=22050), "sample rate 22050 Hz is not supported (8000 or 16000 only"),
+        (lambda p: write_raw_wav(p, width=1), "8-bit samples; expected 16-bit PCM"),
+        (not_a_wav, "not a PCM WAV file"),
+    ],
+    ids=["mono", "22k05", "8bit", "not-a-wav"],
+)
+def test_lupita_call_with_a_bad_wav_exits_2_with_the_reason_before_any_call(tmp_path, capsys, make, message):
+    path = make(tmp_path / "input.wav")
+    # nothing listens on the target: exit 2 (not 1 = calls failed) shows no call was attempted
+    code = cli.main(["call", "--wav", str(path), "--token", "t", "--target", f"127.0.0.1:{closed_port()}",
+                     "--json"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert f"error: {path}: " in err and message in err
+    assert "sox" in err  # says how to convert it
 
 
 def test_lupita_call_refuses_a_rate_that_differs_from_the_wav(tmp_path, capsys):
