@@ -319,6 +319,27 @@ class Archive:
             self.s3.copy({"Bucket": self.legal, "Key": key}, self.active, key)
 
 
+def s3_client(settings: Any, *, max_pool: int = 10) -> Any:
+    """A boto3 S3 client for the configured endpoint (path-style: MinIO and AWS both accept it)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint or None,
+        region_name=settings.s3_region,
+        aws_access_key_id=settings.s3_access_key.get_secret_value() or None,
+        aws_secret_access_key=settings.s3_secret_key.get_secret_value() or None,
+        config=Config(
+            retries={"max_attempts": 5, "mode": "standard"},
+            s3={"addressing_style": "path"},
+            max_pool_connections=max_pool,
+            connect_timeout=10,
+            read_timeout=60,
+        ),
+    )
+
+
 def _iso(value: Any) -> str | None:
     if value is None:
         return None

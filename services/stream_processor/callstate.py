@@ -8,7 +8,9 @@ without a broker. Times are passed in (``now``: unix seconds of the worker's wal
 Life of a call::
 
     open --(ended + all chunks | ended + grace expired | idle timeout)--> finalizing
+    open --(no started event within orphan_seconds)--> skipped (chunks dropped: no consent known)
     finalizing --(S3 and Postgres written)--> recorded | skipped
+    finalizing --(failed, or the worker died)--> finalizing again after retry_seconds
     recorded/skipped --(state_retention)--> purged (redelivery before that is ignored;
                                            after it, the archive's idempotency still holds)
 """
@@ -22,7 +24,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from lupita.audio import BYTES_PER_SAMPLE, SUPPORTED_RATES
-from lupita.v1 import audio_pb2, events_pb2
+from lupita.v1 import events_pb2
 
 from .wav import LEG_NAMES, LEGS
 
@@ -40,10 +42,16 @@ DONE = (RECORDED, SKIPPED)
 REASON_COMPLETE = "complete"  # ended and every announced chunk arrived
 REASON_GRACE = "grace_expired"  # ended, chunks still missing after the grace period
 REASON_TIMEOUT = "timeout"  # no ended event, no event at all for idle_call_timeout
+REASON_NO_START = "no_started_event"  # chunks (or an end) but never a started event
 
 
 class BadRecord(ValueError):
-    """A Kafka record the recorder cannot use; the message says exactly why."""
+    """A Kafka record the recorder cannot use; the message says exactly why and ``reason`` is
+    its class for metrics: undecodable, invalid_call_id, key_mismatch or invalid."""
+
+    def __init__(self, message: str, *, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def is_valid_call_id(call_id: str) -> bool:
@@ -59,7 +67,9 @@ def parse_chunk(key: bytes | None, value: bytes | None) -> events_pb2.AudioChunk
     try:
         chunk.ParseFromString(value or b"")
     except Exception as exc:  # protobuf raises DecodeError (a Message.Error subclass)
-        raise BadRecord(f"audio.chunks value is not an AudioChunk protobuf: {exc}") from exc
+        raise BadRecord(
+            f"audio.chunks value is not an AudioChunk protobuf: {exc}", reason="undecodable"
+        ) from exc
     _check_call_id(chunk.call_id, key)
     if chunk.leg not in LEGS:
         raise BadRecord(f"chunk {chunk.chunk_seq}: leg {chunk.leg} is not LEG_LUPITA or LEG_PERSON")
@@ -86,7 +96,9 @@ def parse_lifecycle(key: bytes | None, value: bytes | None) -> events_pb2.CallLi
     try:
         event.ParseFromString(value or b"")
     except Exception as exc:
-        raise BadRecord(f"call.lifecycle value is not a CallLifecycle protobuf: {exc}") from exc
+        raise BadRecord(
+            f"call.lifecycle value is not a CallLifecycle protobuf: {exc}", reason="undecodable"
+        ) from exc
     _check_call_id(event.call_id, key)
     kind = event.WhichOneof("event")
     if kind is None:
@@ -112,10 +124,15 @@ def _check_call_id(call_id: str, key: bytes | None) -> None:
     if not is_valid_call_id(call_id):
         # Never echo the raw value: it may be anything, including a phone number.
         raise BadRecord(
-            f"call_id is not a valid call id (pattern {CALL_ID_RE.pattern}, length {len(call_id)})"
+            f"call_id is not a valid call id (pattern {CALL_ID_RE.pattern}, length {len(call_id)})",
+            reason="invalid_call_id",
         )
-    if key is not None and key != call_id.encode():
-        raise BadRecord("record key differs from the call_id in the value (records are keyed by call_id)")
+    # An unkeyed record may sit on another partition than the rest of its call: refused too.
+    if key != call_id.encode():
+        raise BadRecord(
+            "record key differs from the call_id in the value (records are keyed by call_id)",
+            reason="key_mismatch",
+        )
 
 
 # -- chunk sequence bookkeeping (sorted, disjoint, inclusive intervals) ------------------------------
@@ -188,6 +205,9 @@ class CallState:
     outcome: dict[str, Any] | None = None
     duplicates: int = 0
     dropped_no_consent: int = 0
+    partition: int | None = None  # source partition of the call (where its table keys live)
+    finalize_started: float | None = None
+    attempts: int = 0  # finalisation attempts that failed
 
     # -- (de)serialisation for the table ---------------------------------------------------------
 
@@ -280,29 +300,69 @@ def apply_ended(state: CallState, ended: events_pb2.CallEnded, now: float) -> No
 
 
 def due_reason(
-    state: CallState, now: float, *, grace_seconds: float, idle_seconds: float, alive_since: float
+    state: CallState,
+    now: float,
+    *,
+    grace_seconds: float,
+    idle_seconds: float,
+    orphan_seconds: float,
+    alive_since: float,
+    backlog: bool = False,
 ) -> str | None:
     """Why this open call must be finalised now, or None to keep waiting.
 
-    ``alive_since`` is when this worker process started: after a restart every call gets a full
-    grace/idle period again, so a backlog still being consumed is not mistaken for silence.
+    * complete: ended, and every announced chunk of both legs is here (or no consent);
+    * grace_expired: ended, chunks missing, and no record of the call for ``grace_seconds``;
+    * no_started_event: chunks but no started event for ``orphan_seconds`` since the first one;
+    * timeout: no ended event and no record of the call for ``idle_seconds``.
+
+    ``backlog`` says the consumer is behind on the call's partitions (records not yet read):
+    the missing chunks or the started event may still be queued, so grace and orphan wait;
+    only ``idle_seconds`` still applies. ``alive_since`` is when this worker process started:
+    after a restart every call gets its full waiting time again.
     """
     if state.status != OPEN:
         return None
     if state.is_complete():
         return REASON_COMPLETE
+    quiet = now - max(state.last_seen, alive_since)  # since the last record of this call
+    if state.started is None:
+        waited = now - max(state.first_seen, alive_since)
+        if waited >= idle_seconds or (not backlog and waited >= orphan_seconds):
+            return REASON_NO_START
+        return None
     if state.ended_seen is not None:
-        if now - max(state.ended_seen, alive_since) >= grace_seconds:
+        if quiet >= idle_seconds or (not backlog and quiet >= grace_seconds):
             return REASON_GRACE
         return None
-    if now - max(state.last_seen, alive_since) >= idle_seconds:
+    if quiet >= idle_seconds:
         return REASON_TIMEOUT
     return None
 
 
-def start_finalizing(state: CallState, reason: str) -> None:
+def start_finalizing(state: CallState, reason: str, now: float) -> None:
     state.status = FINALIZING
     state.finalize_reason = reason
+    state.finalize_started = now
+
+
+def retry_due(
+    state: CallState, now: float, *, running: bool, retry_seconds: float, alive_since: float
+) -> bool:
+    """A finalisation that is not running in this process (it failed, or an earlier worker
+    died during it) is started again: at once after a restart, else after a backoff that
+    doubles with each failure (capped at 16x)."""
+    if state.status != FINALIZING or running:
+        return False
+    started = state.finalize_started or 0.0
+    if started < alive_since:
+        return True
+    return now - started >= retry_seconds * (2 ** min(state.attempts, 4))
+
+
+def mark_failed(state: CallState, now: float) -> None:
+    state.attempts += 1
+    state.finalize_started = now
 
 
 def mark_done(state: CallState, outcome: dict[str, Any], now: float) -> None:

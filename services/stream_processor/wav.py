@@ -48,7 +48,13 @@ class ChunkLike(Protocol):
 
 
 class InvalidChunk(ValueError):
-    """A chunk that cannot be placed in this recording (wrong rate, codec, leg, length)."""
+    """A chunk that cannot be placed in this recording (wrong rate, codec, leg, length, or
+    placed beyond the length limit); ``leg``/``chunk_seq`` name it when one chunk is at fault."""
+
+    def __init__(self, message: str, *, leg: int | None = None, chunk_seq: int | None = None) -> None:
+        super().__init__(message)
+        self.leg = leg
+        self.chunk_seq = chunk_seq
 
 
 @dataclass(frozen=True)
@@ -174,6 +180,9 @@ class StereoMuxer:
     def chunk_count(self, leg: int) -> int:
         return len(self._chunks[leg])
 
+    def remove(self, leg: int, chunk_seq: int) -> None:
+        self._chunks[leg].pop(chunk_seq, None)
+
     # -- planning ------------------------------------------------------------------------------
 
     def plan(self) -> MuxPlan:
@@ -196,7 +205,9 @@ class StereoMuxer:
                 if offset + n > self.max_samples:
                     raise InvalidChunk(
                         f"chunk {seq} of leg {LEG_NAMES[leg]} ends {(offset + n) / self.sample_rate:.1f} s "
-                        f"after the call start, beyond the {self.max_samples / self.sample_rate:.0f} s limit"
+                        f"after the call start, beyond the {self.max_samples / self.sample_rate:.0f} s limit",
+                        leg=leg,
+                        chunk_seq=seq,
                     )
                 st.chunks += 1
                 st.frames += chunk.frame_count

@@ -21,6 +21,13 @@ CREATE TABLE companion_calls (
     ended_at            timestamptz,
     duration_seconds    numeric(12, 3) CHECK (duration_seconds >= 0),
     end_reason          text,
+    -- filled by the analysis stages (later issues); NULL until then
+    weaviate_id         uuid,
+    summary             text,
+    topics              jsonb,
+    emotion_primary     text,
+    behavioral_codes_triggered jsonb,
+    transcript          text,
     created_at          timestamptz NOT NULL DEFAULT now(),
     updated_at          timestamptz NOT NULL DEFAULT now()
 );

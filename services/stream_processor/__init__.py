@@ -1,0 +1,1 @@
+"""Stream-processor Faust worker: the ``recorder`` agent (call audio → S3 archive + Postgres)."""
