@@ -132,7 +132,7 @@ def _print_call_report(report: dict) -> None:
     latency = report.get("ack_latency_ms") or {}
     say(f"call simulator: {report['ok']}/{report['calls']} call ok, {report['frames_sent']} frames sent, "
         f"{report['frames_acked']} acknowledged after Kafka had them "
-        f"(ack latency p50 {latency.get('p50')} ms, p99 {latency.get('p99')} ms)")
+        f"(ack latency p50 {latency.get('p50') or 0:.1f} ms, p99 {latency.get('p99') or 0:.1f} ms)")
 
 
 def _wait_for_row(settings, call_id: str, timeout_s: float, worker: Child) -> dict | None:
