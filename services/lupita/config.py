@@ -17,7 +17,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class CommonSettings(BaseSettings):
     """Infrastructure endpoints and keys every service needs."""
 
-    model_config = SettingsConfigDict(env_prefix="LUPITA_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="LUPITA_", frozen=True, extra="ignore", hide_input_in_errors=True
+    )
 
     # Deployment environment name (goes into logs and the Kafka topic prefix default).
     environment: str = "local"

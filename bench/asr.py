@@ -1,0 +1,207 @@
+"""ASR benchmark: real-time factor of the transcriber backends, per speech segment, same run.
+
+The audio is the simulator's Spanish check-in call (``loadgen.synth.DEFAULT_SCRIPT``, both
+voices, espeak-ng + sox telephone band at 8 kHz): each turn is one segment, as the VAD stage
+would cut it, with 0.3 s of silence around it. Each segment is transcribed on its own, which is
+how the transcriber stage runs (Whisper always encodes a 30 s window, so short segments cost
+more per second of audio than one long file would).
+
+Local backend (faster-whisper, packaged Whisper base, int8 on the CPU): every combination of
+``--threads`` and ``--beams`` for finals, plus partial hypotheses (beam 1, no timestamps). For
+each: RTF by wall clock (latency per second of audio) and by process CPU time (cores busy per
+second of audio; its inverse is how many real-time legs of speech one core keeps up with), and
+the word error rate against the script (normalised, accent-insensitive) as a sanity check that
+a faster setting is not a broken one. Model load time is printed once.
+
+Cloud backends (``--backend openai|deepgram --url URL``): wall-clock RTF and latency per
+segment against that URL (API keys from LUPITA_OPENAI_API_KEY / LUPITA_DEEPGRAM_API_KEY).
+
+    .venv/bin/python bench/asr.py                               # local: threads 1 2 x beam 1 5 (~3-4 min)
+    .venv/bin/python bench/asr.py --threads 1 --beams 5 --repeat 2 --json
+    .venv/bin/python bench/asr.py --backend deepgram --url http://127.0.0.1:8080
+    .venv/bin/python bench/asr.py --device cuda --compute-type float16   # on a GPU machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from loadgen.synth import DEFAULT_SCRIPT, DEFAULT_VOICES, synthesize_utterance  # noqa: E402
+from stream_processor.asr.base import Transcriber  # noqa: E402
+from stream_processor.asr.guards import normalize_text  # noqa: E402
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+PAD_S = 0.3
+
+
+@dataclass
+class Row:
+    backend: str
+    mode: str  # final | partial
+    threads: int
+    beam: int
+    audio_s: float
+    wall_s: float
+    cpu_s: float
+    wer: float
+    p50_latency_s: float
+    p95_latency_s: float
+
+    @property
+    def rtf_wall(self) -> float:
+        return self.wall_s / self.audio_s
+
+    @property
+    def rtf_cpu(self) -> float:
+        return self.cpu_s / self.audio_s
+
+
+def segments(rate: int) -> list[tuple[str, np.ndarray]]:
+    pad = np.zeros(int(PAD_S * rate), np.int16)
+    out = []
+    for turn in DEFAULT_SCRIPT:
+        speech = synthesize_utterance(turn.text, rate, DEFAULT_VOICES[turn.leg], cache_dir=RESULTS_DIR / ".synth")
+        out.append((turn.text, np.concatenate([pad, speech, pad]).astype(np.float32) / 32768))
+    return out
+
+
+def wer(ref: str, hyp: str) -> tuple[int, int]:
+    """(word edits, reference words) after normalisation."""
+    r, h = normalize_text(ref).split(), normalize_text(hyp).split()
+    d = list(range(len(h) + 1))
+    for i, rw in enumerate(r, 1):
+        prev, d[0] = d[0], i
+        for j, hw in enumerate(h, 1):
+            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (rw != hw))
+    return d[len(h)], len(r)
+
+
+def run(t: Transcriber, segs: list[tuple[str, np.ndarray]], rate: int, *, partial: bool, repeat: int,
+        label: tuple[str, str, int, int]) -> Row:
+    edits = words = 0
+    latencies: list[float] = []
+    audio_s = 0.0
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for _ in range(repeat):
+        for ref, pcm in segs:
+            t0 = time.perf_counter()
+            result = t.transcribe_partial(pcm, rate) if partial else t.transcribe(pcm, rate)
+            latencies.append(time.perf_counter() - t0)
+            e, n = wer(ref, result.text)
+            edits, words, audio_s = edits + e, words + n, audio_s + len(pcm) / rate
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    q = statistics.quantiles(latencies, n=20) if len(latencies) > 1 else latencies * 19
+    return Row(*label, audio_s=audio_s, wall_s=wall, cpu_s=cpu, wer=edits / max(1, words),
+               p50_latency_s=statistics.median(latencies), p95_latency_s=q[18])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--backend", default="local", choices=("local", "openai", "deepgram"))
+    p.add_argument("--url", help="base URL of a cloud backend (OpenAI: .../v1)")
+    p.add_argument("--model", help="cloud model (default: the settings' whisper-1 / nova-2)")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--beams", type=int, nargs="+", default=[1, 5])
+    p.add_argument("--no-partial", action="store_true", help="skip the partial-hypothesis rows")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--compute-type", default="int8")
+    p.add_argument("--rate", type=int, default=8000, choices=(8000, 16000))
+    p.add_argument("--repeat", type=int, default=1, help="passes over the call per configuration")
+    p.add_argument("--json", action="store_true", help=f"also write the results to {RESULTS_DIR}/")
+    args = p.parse_args(argv)
+
+    segs = segments(args.rate)
+    audio_s = sum(len(x) for _, x in segs) / args.rate
+    cpus = os.cpu_count()
+    print(f"ASR real-time factor, {len(segs)} segments of synthetic Spanish telephone speech, "
+          f"{audio_s:.1f} s at {args.rate} Hz (each segment transcribed on its own)")
+    print(f"machine: {platform.processor() or platform.machine()}, {cpus} cores shared with other users; "
+          f"load average {os.getloadavg()[0]:.1f}; device {args.device}")
+    rows: list[Row] = []
+    load_s = None
+    if args.backend == "local":
+        import ctranslate2
+        import faster_whisper
+
+        from stream_processor.asr.whisper_local import WhisperLocal, WhisperOptions
+
+        print(f"faster-whisper {faster_whisper.__version__}, ctranslate2 {ctranslate2.__version__}, "
+              f"Whisper base (packaged), compute {args.compute_type}, language es, VAD filter on")
+        for threads in args.threads:
+            models = {}
+            for beam in args.beams:
+                t0 = time.perf_counter()
+                model = WhisperLocal(threads=threads, device=args.device, compute_type=args.compute_type,
+                                     options=WhisperOptions(beam_size=beam))
+                load_s = load_s or time.perf_counter() - t0
+                models[beam] = model
+                model.transcribe(segs[0][1], args.rate)  # warm-up (first call allocates)
+                rows.append(run(model, segs, args.rate, partial=False, repeat=args.repeat,
+                                label=("local", "final", threads, beam)))
+                print(f"  done: threads {threads} beam {beam}", file=sys.stderr)
+            if not args.no_partial:
+                model = next(iter(models.values()))
+                rows.append(run(model, segs, args.rate, partial=True, repeat=args.repeat,
+                                label=("local", "partial", threads, model.options.partial_beam_size)))
+    else:
+        from pydantic import SecretStr  # noqa: F401 - settings carry the keys
+
+        from stream_processor.asr.factory import build_cloud
+        from stream_processor.asr.settings import AsrSettings
+
+        overrides: dict[str, object] = {"asr_backend": args.backend, "asr_fallback": "none"}
+        if args.url:
+            overrides["openai_base_url" if args.backend == "openai" else "deepgram_base_url"] = args.url
+        if args.model:
+            overrides["asr_openai_model" if args.backend == "openai" else "asr_deepgram_model"] = args.model
+        try:
+            settings = AsrSettings(**overrides)
+        except Exception as exc:  # noqa: BLE001 - a missing key is the usual reason
+            print(f"cannot configure {args.backend}: {exc}", file=sys.stderr)
+            return 2
+        t = build_cloud(settings)
+        rows.append(run(t, segs, args.rate, partial=False, repeat=args.repeat,
+                        label=(args.backend, "final", 0, 0)))
+        t.close()
+
+    print()
+    head = (f"{'backend':<9} {'mode':<8} {'thr':>3} {'beam':>4} {'audio s':>8} {'wall s':>7} {'cpu s':>7} "
+            f"{'RTF wall':>8} {'RTF cpu':>8} {'RT legs/core':>12} {'p50 s':>6} {'p95 s':>6} {'WER':>6}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        legs = f"{1 / r.rtf_cpu:12.1f}" if r.backend == "local" else f"{'-':>12}"
+        print(f"{r.backend:<9} {r.mode:<8} {r.threads:>3} {r.beam:>4} {r.audio_s:8.1f} {r.wall_s:7.1f} "
+              f"{r.cpu_s:7.1f} {r.rtf_wall:8.3f} {r.rtf_cpu:8.3f} {legs} {r.p50_latency_s:6.2f} "
+              f"{r.p95_latency_s:6.2f} {r.wer:6.1%}")
+    print()
+    if load_s is not None:
+        print(f"model load (weights joined in memory + CTranslate2 int8 conversion): {load_s:.1f} s")
+    print("RTF wall = wall time / audio time (latency per second of audio); RTF cpu = process CPU time /")
+    print("audio time (cores busy); RT legs/core = 1 / RTF cpu, counting speech only (a leg speaks part")
+    print("of the time). p50/p95 = latency per segment. WER against the script, normalised.")
+    if args.json:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        out = RESULTS_DIR / f"asr-{time.strftime('%Y%m%d-%H%M%S')}-{args.backend}.json"
+        out.write_text(json.dumps({
+            "machine": {"processor": platform.processor() or platform.machine(), "cpus": cpus,
+                        "loadavg": os.getloadavg()},
+            "rate": args.rate, "device": args.device, "compute_type": args.compute_type, "load_s": load_s,
+            "rows": [{**asdict(r), "rtf_wall": r.rtf_wall, "rtf_cpu": r.rtf_cpu} for r in rows],
+        }, indent=2))
+        print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
