@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         bridge.start()
         say(f"media bridge listening on {bridge.target} (log {bridge.log_path})")
-        worker = Child("worker", ["worker"])
+        worker = Child("worker", ["worker", "--metrics-port", "0"])
         say(f"stream-processor worker started (log {worker.log_path})")
 
         say(f"streaming a synthesised Spanish call {call_id} at {args.speed:g}x real time")
