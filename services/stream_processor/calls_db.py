@@ -10,8 +10,11 @@ from __future__ import annotations
 import threading
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from typing import Callable, TypeVar
 
 import psycopg
+
+T = TypeVar("T")
 
 _UPSERT_CALL = """
 INSERT INTO companion_calls (
@@ -111,6 +114,19 @@ class CallStore:
                     conn.execute(_UPSERT_CONSENT, consent)
             except psycopg.Error:
                 conn.close()  # next call reconnects
+                self._conn = None
+                raise
+
+    def run(self, work: Callable[[psycopg.Connection], T]) -> T:
+        """Run ``work(conn)`` in one transaction on this store's connection (used by the
+        understanding sinks); after an error the connection is dropped and re-opened next time."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                with conn.transaction():
+                    return work(conn)
+            except psycopg.Error:
+                conn.close()
                 self._conn = None
                 raise
 
