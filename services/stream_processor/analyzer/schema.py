@@ -3,9 +3,9 @@
 The schema is built from the catalogues (topic ids, emotion ids and behavioral code ids are
 enums), so a model cannot invent a topic or a code. It is the ``input_schema`` of the tool the
 Anthropic backend forces the model to call, and every tool input is validated against it
-before use: with ``jsonschema`` when it is installed, else with :func:`validate`, a strict
-validator of exactly the keywords this schema uses (it refuses a schema with other keywords,
-so the two cannot drift apart silently).
+before use with :func:`validate`, a strict validator of exactly the keywords this schema uses
+(it refuses a schema with other keywords, so it cannot silently ignore a rule); the tests check
+it against the reference ``jsonschema`` implementation.
 
 The payload refers to utterances by ``(leg, seq)``; :func:`to_call_analysis` checks that they
 exist and turns them into :class:`EvidenceSpan` s with character ranges. Error messages name the
@@ -211,14 +211,8 @@ def _json_type(value: Any) -> str:
 
 
 def schema_errors(instance: Any, schema: dict[str, Any]) -> list[str]:
-    """Violations, with ``jsonschema`` (Draft 2020-12) if installed, else :func:`validate`."""
-    try:
-        import jsonschema  # type: ignore[import-untyped]
-    except ImportError:
-        return validate(instance, schema)
-    validator = jsonschema.Draft202012Validator(schema)
-    return [f"{_path(list(e.absolute_path))}: {e.validator} rule failed"
-            for e in sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))]
+    """Violations (place and rule, never the value), from :func:`validate`."""
+    return validate(instance, schema)
 
 
 # --- mapping -----------------------------------------------------------------------------------
