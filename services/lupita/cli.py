@@ -23,6 +23,7 @@ COMMANDS = {
     "call": ("loadgen.cli", "simulate one or many calls against the media bridge"),
     "migrate": ("lupita.db", "apply the Postgres migrations"),
     "demo": ("lupita.demo", "push a simulated Spanish call end to end and show every store"),
+    "replay": ("stream_processor.replay", "re-run recorded calls from S3 through the understanding stages"),
 }
 
 

@@ -9,7 +9,12 @@ Steps (each printed as it happens):
    streams both legs through the bridge;
 4. once the recorder has finished, the demo prints what landed in each store: the Kafka
    records, the WAV in the legal-archive bucket with its Object Lock retention, and the
-   ``companion_calls`` row (phone as keyed hash + ciphertext only).
+   ``companion_calls`` row (phone as keyed hash + ciphertext only);
+5. when the worker runs the understanding stages (vad, transcriber, understanding: the default
+   ``LUPITA_STAGES``), it waits for ``companion_calls.processed_at`` and prints the speech
+   segments the VAD found, the transcript with timings, the alerts, the analysis, the caller's
+   ``user_facts`` and the ``LupitaConversation`` object in Weaviate (vector length, s3_uri).
+   Otherwise it says so and stops after the recording (exit 0).
 """
 
 from __future__ import annotations
@@ -115,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         _print_kafka(settings, call_id)
         _print_s3(settings, row)
         _print_row(row)
-        return 0
+        return _understanding(settings, call_id, row, args.timeout, worker)
     finally:
         if worker is not None:
             worker.stop()
@@ -211,6 +216,168 @@ def _print_row(row: dict) -> None:
         if key == "phone_encrypted" and value is not None:
             value = f"<{len(value)} bytes AES-256-GCM>"
         say(f"  {key:<26} {value}")
+
+
+# --- the understanding stages (vad → transcriber → understanding) --------------------------------
+
+UNDERSTANDING_STAGES = ("vad", "transcriber", "understanding")
+
+
+def _stages_missing() -> tuple[list[str], str]:
+    """The understanding stages the demo's worker will not run, and why (empty: all run)."""
+    from stream_processor import settings as sp_settings
+
+    known = getattr(sp_settings, "STAGES", ())
+    absent = [s for s in UNDERSTANDING_STAGES if s not in known]
+    if absent:
+        return absent, f"this worker build has no {', '.join(absent)} stage"
+    try:
+        chosen = sp_settings.PipelineSettings().stage_set
+    except Exception as exc:  # invalid LUPITA_STAGES: the worker would not start either
+        return list(UNDERSTANDING_STAGES), f"the worker settings are invalid ({type(exc).__name__})"
+    off = [s for s in UNDERSTANDING_STAGES if s not in chosen]
+    return off, f"LUPITA_STAGES={','.join(sorted(chosen))} leaves out {', '.join(off)}" if off else ""
+
+
+def _understanding(settings, call_id: str, row: dict, timeout_s: float, worker: Child) -> int:
+    """Wait for the call's analysis (companion_calls.processed_at) and print what the
+    understanding stages stored: segments, transcript, alerts, analysis, facts, Weaviate object."""
+    missing, why = _stages_missing()
+    if missing:
+        say(f"the understanding stages are not running ({why}): no transcript or analysis for this call; "
+            "stopping after the recording")
+        return 0
+    if row.get("recording_status") != "recorded":
+        say(f"the call was not recorded ({row.get('recording_skipped_reason')}): nothing is derived from it")
+        return 0
+    say("waiting for the understanding stages (vad, transcriber, analysis) to store the call")
+    done = _wait_for_processed(settings, call_id, timeout_s, worker)
+    if done is None:
+        say(f"companion_calls.processed_at of {call_id} still empty after {timeout_s:.0f}s; "
+            f"see {worker.log_path}")
+        return 1
+    _print_segments(settings, call_id)
+    _print_understanding(settings, call_id, done)
+    _print_weaviate(call_id, done)
+    return 0
+
+
+def _wait_for_processed(settings, call_id: str, timeout_s: float, worker: Child) -> dict | None:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    deadline = time.monotonic() + timeout_s
+    with psycopg.connect(settings.postgres_dsn.get_secret_value(), row_factory=dict_row,
+                         autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            worker.check_alive()
+            row = conn.execute(
+                "SELECT * FROM companion_calls WHERE call_id = %s AND processed_at IS NOT NULL", (call_id,),
+            ).fetchone()
+            if row:
+                return row
+            time.sleep(0.5)
+    return None
+
+
+def _print_segments(settings, call_id: str) -> None:
+    """FINAL speech segments per leg, as the vad stage published them on speech.segments."""
+    from kafka import KafkaConsumer
+
+    from lupita.topics import SPEECH_SEGMENTS
+    from lupita.v1 import events_pb2
+
+    topic = settings.topic(SPEECH_SEGMENTS)
+    consumer = KafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False, consumer_timeout_ms=3000, group_id=None)
+    per_leg = {"lupita": [], "person": []}
+    names = {1: "lupita", 2: "person"}
+    try:
+        for record in consumer:
+            if record.key != call_id.encode():
+                continue
+            seg = events_pb2.SpeechSegment()
+            seg.ParseFromString(record.value)
+            if seg.kind == events_pb2.SEGMENT_KIND_FINAL and seg.leg in names:
+                per_leg[names[seg.leg]].append((seg.seq, seg.start_us / 1e6, seg.end_us / 1e6))
+    finally:
+        consumer.close()
+    if not any(per_leg.values()):
+        say(f"kafka {topic}: no FINAL segment of the call on the topic (see the transcript below)")
+        return
+    say(f"kafka {topic}: speech segments found by the VAD:")
+    for leg, segs in per_leg.items():
+        spans = ", ".join(f"{a:.2f}-{b:.2f}s" for _, a, b in sorted(set(segs)))
+        say(f"  {leg:<7} {len(set(segs))} segment(s){': ' + spans if spans else ''}")
+
+
+def _print_understanding(settings, call_id: str, row: dict) -> None:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(settings.postgres_dsn.get_secret_value(), row_factory=dict_row,
+                         autocommit=True) as conn:
+        utts = conn.execute(
+            "SELECT leg, seq, start_s, end_s, text, confidence FROM call_utterances WHERE call_id = %s "
+            "ORDER BY start_s, leg, seq", (call_id,)).fetchall()
+        alerts = conn.execute(
+            "SELECT cue_id, severity, evidence, raised_at FROM call_alerts WHERE call_id = %s ORDER BY raised_at",
+            (call_id,)).fetchall()
+        facts = conn.execute(
+            "SELECT fact_type, fact_key, fact_value, confidence, is_active FROM user_facts "
+            "WHERE phone_number_hash = %s ORDER BY fact_type, fact_key, id",
+            (row.get("phone_number_hash"),)).fetchall() if row.get("phone_number_hash") else []
+    say(f"postgres call_utterances: the transcript ({len(utts)} utterances, call time in seconds):")
+    for u in utts:
+        conf = "" if u["confidence"] is None else f" (confidence {u['confidence']:.2f})"
+        say(f"  [{u['start_s']:6.2f} - {u['end_s']:6.2f}] {u['leg']:<7} {u['text']}{conf}")
+    say(f"postgres call_alerts: {len(alerts)} alert(s) raised during the call")
+    for a in alerts:
+        ev = a["evidence"] or {}
+        say(f"  {a['severity']:<8} {a['cue_id']}: \"{ev.get('text', '')}\" ({ev.get('leg')} seq {ev.get('seq')}, "
+            f"{float(ev.get('start_s') or 0):.2f}s)")
+    analysis = row.get("analysis") or {}
+    say("postgres companion_calls analysis:")
+    say(f"  topics                     {row.get('topics')}")
+    say(f"  emotion_primary            {row.get('emotion_primary')}")
+    say(f"  behavioral_codes_triggered {row.get('behavioral_codes_triggered')}")
+    say(f"  summary                    {row.get('summary')}")
+    say(f"  analyzer                   {analysis.get('analyzer')}")
+    say(f"  weaviate_id                {row.get('weaviate_id')}")
+    say(f"  processed_at               {row.get('processed_at')}")
+    say(f"postgres user_facts for the caller's phone hash: {len(facts)} row(s)")
+    for f in facts:
+        state = "" if f["is_active"] else " (superseded)"
+        say(f"  {f['fact_type']:<11} {f['fact_key']:<20} {f['fact_value']!r} confidence {f['confidence']:.2f}{state}")
+
+
+def _print_weaviate(call_id: str, row: dict) -> None:
+    import weaviate
+
+    from stream_processor.call_understanding import UnderstandingSettings
+
+    s = UnderstandingSettings()
+    if not row.get("weaviate_id"):
+        say("weaviate: no object (the call has no utterance to embed)")
+        return
+    client = weaviate.connect_to_custom(
+        http_host=s.weaviate_host, http_port=s.weaviate_http_port, http_secure=False,
+        grpc_host=s.weaviate_host, grpc_port=s.weaviate_grpc_port, grpc_secure=False,
+    )
+    try:
+        coll = client.collections.use(s.weaviate_conversation_collection)
+        obj = coll.query.fetch_object_by_id(str(row["weaviate_id"]), include_vector=True)
+        if obj is None:
+            say(f"weaviate {s.weaviate_conversation_collection}: object {row['weaviate_id']} NOT FOUND")
+            return
+        vector = obj.vector.get("default") if isinstance(obj.vector, dict) else obj.vector
+        p = obj.properties
+        say(f"weaviate {s.weaviate_conversation_collection} object {obj.uuid}:")
+        say(f"  vector length {len(vector or [])}, s3_uri {p.get('s3_uri')}")
+        say(f"  topics {p.get('topics')}, emotion {p.get('emotion')}, duration {p.get('duration_seconds')} s, "
+            f"region {p.get('region')}")
+    finally:
+        client.close()
 
 
 if __name__ == "__main__":

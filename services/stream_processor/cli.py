@@ -1,4 +1,5 @@
-"""``lupita worker``: run the stream-processor Faust worker (agent ``recorder``) until SIGTERM.
+"""``lupita worker``: run the stream-processor Faust worker (agents ``recorder``, ``vad``, ``transcriber``;
+``LUPITA_STAGES`` picks them) until SIGTERM.
 
 Start-up, in order: settings (exit 2 if invalid), metrics/probe endpoint, Postgres migrations
 (``LUPITA_MIGRATE_ON_START``), the Kafka topics it reads and writes, a check of the S3 buckets
@@ -26,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_settings(args: argparse.Namespace):
-    from .settings import RecorderSettings
+    from .settings import PipelineSettings
 
     overrides = {
         "app_id": getattr(args, "app_id", None),
@@ -34,7 +35,7 @@ def build_settings(args: argparse.Namespace):
         "table_store": getattr(args, "table_store", None),
         "data_dir": getattr(args, "data_dir", None),
     }
-    return RecorderSettings(**{k: v for k, v in overrides.items() if v is not None})
+    return PipelineSettings(**{k: v for k, v in overrides.items() if v is not None})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,22 +62,38 @@ def serve(settings) -> int:
 
     from lupita.db import MigrationError, migrate
     from lupita.logs import setup_logging
-    from lupita.topics import AUDIO_CHUNKS, CALL_LIFECYCLE, ensure_topics
+    from lupita.topics import (
+        ALERTS, AUDIO_CHUNKS, CALL_ANALYSIS, CALL_LIFECYCLE, SPEECH_SEGMENTS, TRANSCRIPTS, ensure_topics,
+    )
 
     from . import metrics as m
     from .archive import Archive, ArchiveConfigError, s3_client
     from .calls_db import CallStore
-    from .recorder import DEAD_LETTERS, Recorder
+    from .recorder import DEAD_LETTERS, Recorder, build_app
     from .settings import RECORDER_CONTROL
+    from .transcriber_agent import TRANSCRIBER_DEAD_LETTERS, TranscriberAgent
+    from .understanding_agent import UNDERSTANDING_DEAD_LETTERS, UnderstandingStage
+    from .vad_agent import VAD_CONTROL, VAD_DEAD_LETTERS, VadAgent
+
+    stages = settings.stage_set
+    recording = "recorder" in stages
+    stage_topics = {
+        "recorder": (AUDIO_CHUNKS, CALL_LIFECYCLE, RECORDER_CONTROL, DEAD_LETTERS),
+        "vad": (AUDIO_CHUNKS, CALL_LIFECYCLE, VAD_CONTROL, VAD_DEAD_LETTERS, SPEECH_SEGMENTS),
+        "transcriber": (SPEECH_SEGMENTS, TRANSCRIPTS, TRANSCRIBER_DEAD_LETTERS),
+        "understanding": (TRANSCRIPTS, CALL_LIFECYCLE, ALERTS, CALL_ANALYSIS, UNDERSTANDING_DEAD_LETTERS),
+    }
+    topic_names = tuple(dict.fromkeys(t for stage in sorted(stages) for t in stage_topics[stage]))
 
     probes = m.Probes()
     m.serve(settings.metrics_port, settings.metrics_host, probes)
     dsn = settings.postgres_dsn.get_secret_value()
     try:
-        if settings.migrate_on_start:
+        # the recorder and the understanding stage write Postgres (migrations 0001, 0002)
+        if (recording or "understanding" in stages) and settings.migrate_on_start:
             applied = migrate(dsn)
             log.info("migrations", extra={"stage": "startup", "applied": applied})
-        created = ensure_topics(settings, names=(AUDIO_CHUNKS, CALL_LIFECYCLE, RECORDER_CONTROL, DEAD_LETTERS))
+        created = ensure_topics(settings, names=topic_names)
         if created:
             log.info("topics created", extra={"stage": "startup", "topics": created})
         archive = Archive(
@@ -85,8 +102,9 @@ def serve(settings) -> int:
             active_bucket=settings.s3_active_bucket,
             part_size=settings.part_size_bytes,
             retention_days=settings.legal_retention_days,
-        )
-        log.info("archive checked", extra={"stage": "startup", **archive.check_buckets()})
+        ) if recording else None
+        if archive is not None:
+            log.info("archive checked", extra={"stage": "startup", **archive.check_buckets()})
     except (MigrationError, ArchiveConfigError) as exc:
         log.error("start-up check failed", extra={"stage": "startup", "error": str(exc)})
         return 3
@@ -95,12 +113,20 @@ def serve(settings) -> int:
                   extra={"stage": "startup", "error": f"{type(exc).__name__}: {exc}"[:500]})
         return 3
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = CallStore(dsn)
-    recorder = Recorder(settings, archive=archive, store=store, probes=probes)
+    store = CallStore(dsn) if recording else None
+    app = build_app(settings)
+    if recording:
+        Recorder(settings, archive=archive, store=store, probes=probes, app=app)
+    if "vad" in stages:
+        VadAgent(settings, app=app, probes=probes)
+    if "transcriber" in stages:
+        TranscriberAgent(settings, app=app, probes=probes)
+    if "understanding" in stages:
+        UnderstandingStage(settings, app=app, probes=probes)
     log.info(
         "worker starting",
         extra={"stage": "startup", "app_id": settings.faust_app_id, "table_store": settings.table_store,
-               "topics": [recorder.chunks_topic, recorder.lifecycle_topic, recorder.control_topic]},
+               "stages": sorted(stages), "topics": [settings.topic(t) for t in topic_names]},
     )
 
     class Worker(faust.Worker):
@@ -111,13 +137,14 @@ def serve(settings) -> int:
         def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
             setup_logging("stream-processor", settings.log_level)
 
-    worker = Worker(recorder.app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     code = 0
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
-        store.close()
+        if store is not None:
+            store.close()
     log.info("worker stopped", extra={"stage": "shutdown", "exit_code": code})
     return code

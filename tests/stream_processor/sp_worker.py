@@ -34,6 +34,8 @@ WORKER_ENV = {
     "LUPITA_RECORDER_PART_SIZE_MIB": "5",
     "LUPITA_RECORDER_DRAIN_SECONDS": "10",
     "LUPITA_LOG_LEVEL": "INFO",
+    # The recorder tests run the recorder alone (the vad/transcriber tests pass their own stages).
+    "LUPITA_STAGES": "recorder",
 }
 
 
