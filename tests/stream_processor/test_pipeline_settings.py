@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_defaults_run_every_stage_with_the_vad_defaults_and_the_asr_settings():
     s = PipelineSettings(_env_file=None)
-    assert s.stage_set == {"recorder", "vad", "transcriber"}
+    assert s.stage_set == {"recorder", "vad", "transcriber", "understanding"}
     assert s.vad_settings() == VadSettings(max_segment_s=15.0)
     assert s.asr_backend == "local" and s.asr_beam_size == 5  # AsrSettings merged in
     assert s.recorder_grace_seconds == 30.0  # and the recorder's
