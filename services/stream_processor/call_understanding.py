@@ -269,7 +269,7 @@ class CallUnderstanding:
         assert self.conversation is not None
         write = services.postgres.write_call_analysis(
             self.call_id, analysis, self.conversation.transcript(), utts, weaviate_id, self.phone_hash,
-            observed_at=started,
+            observed_at=started, conversation=self.conversation.summary(),
         )
         return FinishResult(analysis, weaviate_id, write, uri, len(utts), dim)
 

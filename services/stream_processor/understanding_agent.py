@@ -76,6 +76,8 @@ ALERT_LATENCY = Histogram("lupita_understanding_alert_latency_seconds",
                           buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5))
 CALLS = Counter("lupita_understanding_calls_total", "Calls by outcome (analysed, skipped_no_consent, failed)",
                 ["outcome"])
+SPEECH_SECONDS = Counter("lupita_understanding_speech_seconds_total",
+                         "Seconds of transcribed speech (final utterances) per leg", ["leg"])
 FINISH_SECONDS = Histogram("lupita_understanding_finish_seconds",
                            "Analysis + embeddings + Weaviate + Postgres of one call (thread pool)",
                            buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64))
@@ -250,6 +252,8 @@ class UnderstandingStage:
             hits = cu.on_final(utt, svc.detector, svc.sentiment_of)
             after = (len(cu.conversation.utterances), cu.blank_finals)
             RECORDS.labels("blank" if after[1] > before[1] else ("final" if after != before else "duplicate")).inc()
+            if after[0] > before[0]:
+                SPEECH_SECONDS.labels(utt.leg).inc(max(utt.end_s - utt.start_s, 0.0))
             if after == before and cu.consent is not False:
                 return False  # a redelivery: nothing changed
             emitted_us = tr.emitted_at_us

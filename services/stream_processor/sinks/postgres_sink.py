@@ -167,9 +167,12 @@ def dedupe_facts(facts: Iterable[UserFact]) -> tuple[list[UserFact], int]:
     return list(best.values()), total - len(best)
 
 
-def analysis_json(analysis: CallAnalysis) -> dict[str, Any]:
-    """The ``companion_calls.analysis`` document: what has no column of its own."""
+def analysis_json(analysis: CallAnalysis, conversation: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``companion_calls.analysis`` document: what has no column of its own, and the call's
+    conversation figures (talk time per leg, turns, overlaps, longest silence, words per minute,
+    final running sentiment) when given."""
     return {
+        "conversation": dict(conversation or {}),
         "schema": ANALYSIS_SCHEMA,
         "analyzer": analysis.analyzer,
         "emotion_trend": [{"start_s": float(t), "emotion": e} for t, e in analysis.emotion_trend],
@@ -482,6 +485,7 @@ class PostgresSink:
         phone_number_hash: str | None,
         *,
         observed_at: datetime | None = None,
+        conversation: dict[str, Any] | None = None,
         on_retry: Callable[[int, float, BaseException], None] | None = None,
     ) -> AnalysisWrite:
         """Store a call's analysis, utterances and facts in one transaction (see module doc).
@@ -513,7 +517,7 @@ class PostgresSink:
             "emotion_primary": analysis.emotion_primary or None,
             "behavioral_codes": Jsonb(list(analysis.behavioral_codes)),
             "transcript": transcript,
-            "analysis": Jsonb(analysis_json(analysis)),
+            "analysis": Jsonb(analysis_json(analysis, conversation)),
         }
         utt_params = {
             "call_id": call_id,

@@ -1,0 +1,352 @@
+"""End to end on the real stack (issue #3, "End to end"): one simulated Spanish call in through a
+real ``lupita bridge`` child → Kafka → a real ``lupita worker`` child running every stage
+(recorder, vad, transcriber, understanding) → one WAV in the legal bucket (Object Lock), one
+``companion_calls`` row with its analysis, the expected user facts, one Weaviate
+``LupitaConversation`` object whose ``s3_uri`` names that locked WAV. Then the call's own Kafka
+records (every ``audio.chunks`` and ``call.lifecycle`` record of the call, read back from the
+topics) are produced again, unchanged, twice: nothing changes anywhere.
+
+The speech comes from espeak-ng through the telephone band (``loadgen.synth``), so the script
+uses phrases Whisper base transcribes reliably enough from these voices ("pastillas", "me gusta el
+café"); what is asserted of the analysis is limited to what survives espeak-ng + Whisper base.
+
+The worker keeps its default state retention (an hour) here, so both replays are redeliveries the
+worker still remembers: they must be recognised as late/duplicate by every stage. The other
+path (a call replayed after the worker forgot it, where the stores' upserts alone must keep
+everything unchanged) is tested per stage in tests/stream_processor.
+
+Takes about 1-3 minutes on the 2 shared cores (Whisper base on CPU and three model loads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "stream_processor"))
+from sp_worker import start_worker, stop_worker  # noqa: E402  (short group timeouts: sp_worker.WORKER_ENV)
+
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(600)]
+
+PROCESS_TIMEOUT_S = 300  # Whisper on two shared cores is slow; a bound, not a speed assertion
+
+# (leg, text, pause after): phrases without inner pauses except the last one's full stop.
+SCRIPT = (
+    ("lupita", "Buenos días doña Carmen", 0.6),
+    ("person", "Tomo mis pastillas para el azúcar", 0.7),
+    ("lupita", "Ya se tomó la pastilla de la presión con el desayuno esta mañana", 0.6),
+    ("person", "Muy bien gracias. Me gusta el café con leche", 1.0),
+)
+
+
+# --------------------------------------------------------------------------------------- helpers
+
+
+def wait_for(what: str, fn, *, timeout: float, interval: float = 0.5, alive=None):
+    """Poll ``fn`` until it returns something truthy (bounded); ``alive()`` False fails at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if alive is not None and not alive():
+            raise AssertionError(f"the worker died while waiting for {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def metric_sum(worker, name: str, **labels: str) -> float:
+    """Sum of a counter's samples with these labels in the worker's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(worker.metrics_text()):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+def records_of_call(bootstrap: str, topic: str, call_id: str) -> list:
+    """Every record of ``call_id`` on ``topic`` (all partitions, from the start to the current end)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                             client_id="e2e-test-reader")
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        out = []
+        deadline = time.monotonic() + 60
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"could not read {topic} to its end")
+            for batch in consumer.poll(timeout_ms=500, max_records=5000).values():
+                out.extend(r for r in batch if r.key == call_id.encode())
+        return sorted(out, key=lambda r: (r.partition, r.offset))
+    finally:
+        consumer.close()
+
+
+def produce_unchanged(bootstrap: str, records: list) -> None:
+    """Produce (topic, key, value, headers) again as they are, in this order, and wait for acks."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", max_in_flight_requests_per_connection=1,
+                             client_id="e2e-test-replay")
+    try:
+        futures = [producer.send(r.topic, key=r.key, value=r.value, headers=list(r.headers or []))
+                   for r in records]
+        producer.flush(30)
+        for f in futures:
+            f.get(timeout=30)
+    finally:
+        producer.close()
+
+
+def call_row(db, call_id: str) -> dict | None:
+    cur = db.execute("SELECT * FROM companion_calls WHERE call_id = %s", (call_id,))
+    row = cur.fetchone()
+    return None if row is None else dict(zip([d.name for d in cur.description], row))
+
+
+def stores_snapshot(db, s3, wv, settings, call_id: str, row: dict) -> dict:
+    """Everything the pipeline wrote for the call, in comparable form."""
+    from weaviate.classes.query import Filter
+
+    by_call = Filter.by_property("call_id").equal(call_id)
+    conv = wv.collections.get(settings.weaviate_conversation_collection)
+    utt = wv.collections.get(settings.weaviate_utterance_collection)
+    conv_objs = conv.query.fetch_objects(filters=by_call, limit=100).objects
+    utt_objs = utt.query.fetch_objects(filters=by_call, limit=1000).objects
+    versions = s3.list_object_versions(Bucket=settings.s3_legal_bucket, Prefix=row["s3_legal_key"])
+    return {
+        "row": call_row(db, call_id),
+        "utterances": db.execute(
+            "SELECT leg, seq, start_s, end_s, text, confidence FROM call_utterances WHERE call_id = %s"
+            " ORDER BY leg, seq", (call_id,)).fetchall(),
+        "facts": db.execute(
+            "SELECT * FROM user_facts WHERE source_call_id = %s ORDER BY id", (call_id,)).fetchall(),
+        "alerts": db.execute("SELECT * FROM call_alerts WHERE call_id = %s ORDER BY cue_id", (call_id,)).fetchall(),
+        "wav_versions": [(v["Key"], v["VersionId"]) for v in versions.get("Versions", [])
+                         if v["Key"] == row["s3_legal_key"]],
+        "wav_delete_markers": versions.get("DeleteMarkers", []),
+        "weaviate_conversations": sorted((str(o.uuid), o.properties["s3_uri"]) for o in conv_objs),
+        "weaviate_utterances": sorted(str(o.uuid) for o in utt_objs),
+    }
+
+
+# -------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def names() -> tuple[str, str]:
+    """Own Weaviate collections for this run (removed afterwards): the shared ones stay clean."""
+    suffix = uuid.uuid4().hex[:8]
+    return f"TestE2eConversation_{suffix}", f"TestE2eUtterance_{suffix}"
+
+
+@pytest.fixture(scope="module")
+def settings(stack_env, names):
+    from stream_processor.settings import PipelineSettings
+
+    return PipelineSettings(weaviate_conversation_collection=names[0], weaviate_utterance_collection=names[1])
+
+
+@pytest.fixture(scope="module")
+def worker(settings, names, tmp_path_factory):
+    """``lupita worker`` (``python -m stream_processor``) with every stage, its own consumer group."""
+    env = {
+        "LUPITA_STAGES": "recorder,vad,transcriber,understanding",
+        # remember finished calls (tombstones) for the whole test: replays are redeliveries
+        "LUPITA_RECORDER_STATE_RETENTION_SECONDS": "3600",
+        "LUPITA_VAD_GRACE_SECONDS": "3",
+        "LUPITA_VAD_TICK_SECONDS": "0.25",
+        "LUPITA_UNDERSTANDING_RETRY_INITIAL_SECONDS": "1",
+        "LUPITA_SINK_RETRY_MAX_ELAPSED_SECONDS": "10",
+        "LUPITA_ASR_THREADS": "2",
+        "LUPITA_WEAVIATE_CONVERSATION_COLLECTION": names[0],
+        "LUPITA_WEAVIATE_UTTERANCE_COLLECTION": names[1],
+    }
+    w = start_worker(tmp_path_factory.mktemp("e2e-worker"), f"e2e-test-{uuid.uuid4().hex[:8]}",
+                     timeout=240, env_extra=env)
+    try:
+        yield w
+    finally:
+        stop_worker(w)
+
+
+@pytest.fixture(scope="module")
+def bridge(stack_env, tmp_path_factory):
+    from loadgen.bridgeproc import BridgeProcess
+
+    with BridgeProcess(tmp_path_factory.mktemp("e2e-bridge") / "bridge.log") as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def db(settings):
+    with psycopg.connect(settings.postgres_dsn.get_secret_value(), autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture(scope="module")
+def s3(settings):
+    from stream_processor.archive import s3_client
+
+    return s3_client(settings)
+
+
+@pytest.fixture(scope="module")
+def wv(settings, names):
+    import weaviate
+
+    # LUPITA_WEAVIATE_* as exported by the session fixture, read through the settings
+    c = weaviate.connect_to_custom(
+        http_host=settings.weaviate_host, http_port=settings.weaviate_http_port, http_secure=False,
+        grpc_host=settings.weaviate_host, grpc_port=settings.weaviate_grpc_port, grpc_secure=False,
+    )
+    try:
+        yield c
+    finally:
+        for name in names:
+            c.collections.delete(name)
+        c.close()
+
+
+# ------------------------------------------------------------------------------------------ test
+
+
+def test_one_spanish_call_end_to_end_and_replaying_its_events_twice_changes_nothing(
+    worker, bridge, settings, db, s3, wv, tmp_path
+):
+    from loadgen import synth
+    from loadgen.runner import run_calls, synthetic_phone
+    from loadgen.settings import LoadgenSettings
+    from lupita.privacy import phone_hash
+    from lupita.topics import AUDIO_CHUNKS, CALL_LIFECYCLE, SPEECH_SEGMENTS, TRANSCRIPTS
+    from lupita.v1 import audio_pb2, events_pb2
+    from weaviate.classes.query import Filter
+
+    call_id = f"e2e-{uuid.uuid4().hex[:16]}"
+    rate = 8000
+    stereo = synth.synthesize_dialogue([synth.Turn(*t) for t in SCRIPT], rate,
+                                       cache_dir=LoadgenSettings().cache_dir)
+    assert 8 <= len(stereo) / rate <= 20
+
+    # 1. one call through the real bridge (as fast as its flow control allows)
+    report = asyncio.run(run_calls(bridge.target, LoadgenSettings().first_token, stereo, rate,
+                                   audio_pb2.CODEC_PCM16, calls=1, speed=0, call_ids=[call_id]))
+    assert report.ok == 1 and report.failed == 0, report.to_dict()
+
+    # 2. the worker records, transcribes, analyses and stores it
+    row = wait_for("companion_calls.processed_at", lambda: (r := call_row(db, call_id)) and
+                   r["processed_at"] is not None and r, timeout=PROCESS_TIMEOUT_S, interval=1.0,
+                   alive=worker.alive)
+    expected_hash = phone_hash(synthetic_phone(0), settings.hmac_key_bytes)
+    assert row["phone_number_hash"] == expected_hash
+    assert row["recording_status"] == "recorded" and row["recording_consent"] is True
+
+    # one WAV in the legal bucket, locked in COMPLIANCE mode, exactly one version
+    legal = settings.s3_legal_bucket
+    head = s3.head_object(Bucket=legal, Key=row["s3_legal_key"])
+    assert head["ObjectLockMode"] == "COMPLIANCE" and head["ContentLength"] > 44
+    assert row["s3_legal_key"].endswith(f"/{call_id}/audio-full.wav")
+    wav = s3.get_object(Bucket=legal, Key=row["s3_legal_key"])["Body"].read()
+    assert wav[:4] == b"RIFF" and wav[8:12] == b"WAVE"
+
+    # the analysis
+    transcript = row["transcript"] or ""
+    assert transcript.strip(), "empty transcript"
+    folded = transcript.lower()
+    assert "pastillas" in folded and "café" in folded, transcript
+    assert isinstance(row["topics"], list) and row["topics"], row["topics"]
+    # salud from "pastillas" (person) and "pastilla de la presión" (Lupita)
+    assert "salud" in row["topics"], (row["topics"], transcript)
+    assert row["emotion_primary"] and row["summary"]
+    assert row["weaviate_id"] is not None
+
+    # the expected facts, learned in this call (the phone hash is the same synthetic number in every
+    # run, so facts are selected by source_call_id: the last call that confirmed them)
+    facts = db.execute(
+        "SELECT fact_type, fact_key, fact_value FROM user_facts WHERE source_call_id = %s"
+        " AND phone_number_hash = %s", (call_id, expected_hash)).fetchall()
+    # "Me gusta el café con leche" -> preference likes.<slug>: Whisper base keeps "me gusta el café"
+    # through the telephone band reliably ("leche" sometimes becomes "el che", so the value is only
+    # checked for "café"). The health phrase ("Tomo mis pastillas para el azúcar") is NOT asserted as
+    # a medication fact: with the VAD's padding Whisper base hears "para la su cara" as often as
+    # "para el azúcar", so it only carries the topic (salud, from "pastillas").
+    likes = [(k, v) for t, k, v in facts if t == "preference" and k.startswith("likes.")]
+    assert any("café" in v for _, v in likes), (facts, transcript)
+
+    # utterances of both legs in Postgres
+    utts = db.execute("SELECT leg, seq, text FROM call_utterances WHERE call_id = %s ORDER BY leg, seq",
+                      (call_id,)).fetchall()
+    assert {leg for leg, _, _ in utts} == {"lupita", "person"}, utts
+
+    # one Weaviate object, our vector of the embedder's size, s3_uri of the locked WAV
+    conv = wv.collections.get(settings.weaviate_conversation_collection)
+    objs = conv.query.fetch_objects(filters=Filter.by_property("call_id").equal(call_id),
+                                    include_vector=True).objects
+    assert len(objs) == 1
+    obj = objs[0]
+    assert str(obj.uuid) == str(row["weaviate_id"])
+    assert obj.properties["s3_uri"] == f"s3://{legal}/{row['s3_legal_key']}"
+    assert obj.properties["phone_number_hash"] == expected_hash
+    assert len(obj.vector["default"]) == settings.embed_dim
+    assert sorted(obj.properties["topics"]) == sorted(row["topics"])
+
+    # 3. replay: the call's own records, read back from Kafka, produced again unchanged (twice)
+    bootstrap = settings.kafka_bootstrap
+    lifecycle = records_of_call(bootstrap, settings.topic(CALL_LIFECYCLE), call_id)
+    chunks = records_of_call(bootstrap, settings.topic(AUDIO_CHUNKS), call_id)
+    kinds_of = []
+    for r in lifecycle:
+        ev = events_pb2.CallLifecycle()
+        ev.ParseFromString(r.value)
+        kinds_of.append(ev.WhichOneof("event"))
+    assert kinds_of == ["started", "ended"] and len(chunks) > 10
+    replay = [lifecycle[0], *chunks, lifecycle[1]]  # the bridge's order
+    segments_before = len(records_of_call(bootstrap, settings.topic(SPEECH_SEGMENTS), call_id))
+    transcripts_before = len(records_of_call(bootstrap, settings.topic(TRANSCRIPTS), call_id))
+    assert segments_before > 0 and transcripts_before > 0
+    before = stores_snapshot(db, s3, wv, settings, call_id, row)
+    assert len(before["wav_versions"]) == 1 and not before["wav_delete_markers"]
+    assert len(before["weaviate_conversations"]) == 1
+    assert len(before["utterances"]) == len(before["weaviate_utterances"]) == len(utts)
+
+    for attempt in (1, 2):
+        rec0 = (metric_sum(worker, "lupita_recorder_records_total", topic=AUDIO_CHUNKS)
+                + metric_sum(worker, "lupita_recorder_records_total", topic=CALL_LIFECYCLE))
+        vad0 = (metric_sum(worker, "lupita_vad_records_total", topic=AUDIO_CHUNKS)
+                + metric_sum(worker, "lupita_vad_records_total", topic=CALL_LIFECYCLE))
+        late0 = metric_sum(worker, "lupita_understanding_records_total", kind="late")
+        produce_unchanged(bootstrap, replay)
+        wait_for(f"replay {attempt} to be consumed by every stage", lambda: (
+            metric_sum(worker, "lupita_recorder_records_total", topic=AUDIO_CHUNKS)
+            + metric_sum(worker, "lupita_recorder_records_total", topic=CALL_LIFECYCLE) >= rec0 + len(replay)
+            and metric_sum(worker, "lupita_vad_records_total", topic=AUDIO_CHUNKS)
+            + metric_sum(worker, "lupita_vad_records_total", topic=CALL_LIFECYCLE) >= vad0 + len(replay)
+            and metric_sum(worker, "lupita_understanding_records_total", kind="late") >= late0 + 2
+        ), timeout=90, alive=worker.alive)
+
+    # let anything the replays might have started (a re-segmented leg, a re-transcription, a
+    # second finish) show itself before looking: bounded, and the topics are checked too
+    time.sleep(3.0)
+    after = stores_snapshot(db, s3, wv, settings, call_id, row)
+    for key in before:
+        assert after[key] == before[key], f"{key} changed after the replays"
+    assert len(records_of_call(bootstrap, settings.topic(SPEECH_SEGMENTS), call_id)) == segments_before
+    assert len(records_of_call(bootstrap, settings.topic(TRANSCRIPTS), call_id)) == transcripts_before
+    assert metric_sum(worker, "lupita_recorder_calls_total", outcome="recorded") == 1
+    assert metric_sum(worker, "lupita_understanding_calls_total", outcome="analysed") == 1
