@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import logging
 import math
-import random
-import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence, TypeVar
+from dataclasses import dataclass, replace
+from typing import Sequence
 
+from stream_processor import cloud
+from stream_processor.cloud import BackendError, is_retryable_status  # noqa: F401
 from stream_processor.understanding import CallAnalysis, Utterance
 
 log = logging.getLogger("stream_processor.analyzer")
@@ -39,19 +39,8 @@ class AnalyzerInputError(AnalyzerError, ValueError):
     """The utterances handed to ``analyze`` cannot be analysed as they are (the message says why)."""
 
 
-class AnalyzerBackendError(AnalyzerError):
+class AnalyzerBackendError(AnalyzerError, BackendError):
     """A cloud backend failed. ``retryable`` tells whether trying again may help."""
-
-    def __init__(self, backend: str, message: str, *, status: int | None = None, retryable: bool = False,
-                 retry_after_s: float | None = None) -> None:
-        self.backend = backend
-        self.status = status
-        self.retryable = retryable
-        self.retry_after_s = retry_after_s
-        self.attempts = 1
-        self.detail = message
-        where = backend + (f" HTTP {status}" if status is not None else "")
-        super().__init__(f"{where}: {message}")
 
     @property
     def reason(self) -> str:
@@ -143,56 +132,15 @@ def prepare_utterances(call_id: str, utterances: Sequence[Utterance]) -> list[Ut
 
 # --- retries (cloud backends) ------------------------------------------------------------------
 
-T = TypeVar("T")
-
-RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
-
-
-def is_retryable_status(status: int) -> bool:
-    return status in RETRYABLE_STATUS or status >= 500
-
-
 @dataclass(frozen=True)
-class RetryPolicy:
-    """Retry with exponential backoff and jitter for 429 / 5xx / 529 / timeouts / connection errors.
-
-    A ``Retry-After`` from the server is honoured as the wait; one longer than
-    ``max_retry_after_s`` is not waited for: the error is raised at once (the fallback answers).
-    """
+class RetryPolicy(cloud.RetryPolicy):
+    """The analyzer backends' retry policy (see :class:`stream_processor.cloud.RetryPolicy`)."""
 
     max_attempts: int = 3
     base_delay_s: float = 1.0
     max_delay_s: float = 10.0
-    max_retry_after_s: float = 30.0
-    jitter: float = 0.2  # +- fraction of the computed backoff
-    sleep: Callable[[float], None] = field(default=time.sleep, compare=False, repr=False)
-
-    def backoff(self, attempt: int) -> float:
-        base = min(self.max_delay_s, self.base_delay_s * (2.0 ** (attempt - 1)))
-        return max(0.0, base * (1.0 + random.uniform(-self.jitter, self.jitter)))
-
-    def run(self, fn: Callable[[], T], *, backend: str, call_id: str) -> T:
-        attempt = 1
-        while True:
-            try:
-                return fn()
-            except AnalyzerBackendError as exc:
-                exc.attempts = attempt
-                if not exc.retryable or attempt >= self.max_attempts:
-                    raise
-                if exc.retry_after_s is not None:
-                    if exc.retry_after_s > self.max_retry_after_s:
-                        exc.args = (f"{exc.args[0]}; Retry-After {exc.retry_after_s:g} s exceeds the "
-                                    f"{self.max_retry_after_s:g} s limit",)
-                        raise
-                    delay = max(0.0, exc.retry_after_s)
-                else:
-                    delay = self.backoff(attempt)
-                log.warning("analyzer backend error, retrying", extra={
-                    "call_id": call_id, "stage": "analyzer", "backend": backend, "status": exc.status,
-                    "error": type(exc).__name__, "attempt": attempt, "delay_s": round(delay, 3)})
-                self.sleep(delay)
-                attempt += 1
+    label: str = "analyzer"
+    stage: str = "analyzer"
 
 
 # --- fallback ----------------------------------------------------------------------------------

@@ -9,18 +9,17 @@ Times in a :class:`TranscriptResult` are seconds from the start of the audio tha
 
 from __future__ import annotations
 
-import email.utils
 import io
 import logging
 import math
-import random
-import time
 import wave
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, replace
-from typing import Callable, Mapping, TypeVar
+from dataclasses import dataclass, replace
 
 import numpy as np
+
+from .. import cloud
+from ..cloud import BackendError, error_summary, is_retryable_status, parse_retry_after  # noqa: F401
 
 log = logging.getLogger("stream_processor.asr")
 
@@ -38,17 +37,8 @@ class AudioInputError(AsrError, ValueError):
     """The audio handed to a transcriber cannot be transcribed as it is (the message says why)."""
 
 
-class AsrBackendError(AsrError):
+class AsrBackendError(AsrError, BackendError):
     """A cloud backend failed. ``retryable`` tells whether trying again may help."""
-
-    def __init__(self, backend: str, message: str, *, status: int | None = None, retryable: bool = False,
-                 retry_after_s: float | None = None) -> None:
-        self.backend = backend
-        self.status = status
-        self.retryable = retryable
-        self.retry_after_s = retry_after_s
-        where = f"{backend}" + (f" HTTP {status}" if status is not None else "")
-        super().__init__(f"{where}: {message}")
 
 
 class AsrAuthError(AsrBackendError):
@@ -308,84 +298,9 @@ def sanitize_words(words: list[Word], duration_s: float) -> tuple[Word, ...]:
 
 # --- retries (cloud backends) ------------------------------------------------------------------
 
-T = TypeVar("T")
-
-
 @dataclass(frozen=True)
-class RetryPolicy:
-    """Retry with exponential backoff and jitter for 429 / 5xx / timeouts / connection errors.
+class RetryPolicy(cloud.RetryPolicy):
+    """The transcription backends' retry policy (see :class:`stream_processor.cloud.RetryPolicy`)."""
 
-    A ``Retry-After`` (or ``retry-after-ms``) from the server is honoured as the wait; one longer
-    than ``max_retry_after_s`` is not waited for: the error is raised (a fallback can take over).
-    """
-
-    max_attempts: int = 4
-    base_delay_s: float = 0.5
-    max_delay_s: float = 8.0
-    max_retry_after_s: float = 30.0
-    jitter: float = 0.2  # +- fraction of the computed backoff
-    sleep: Callable[[float], None] = field(default=time.sleep, compare=False, repr=False)
-
-    def backoff(self, attempt: int) -> float:
-        """Delay before attempt ``attempt + 1`` (attempt counts from 1) when no Retry-After came."""
-        base = min(self.max_delay_s, self.base_delay_s * (2.0 ** (attempt - 1)))
-        return max(0.0, base * (1.0 + random.uniform(-self.jitter, self.jitter)))
-
-    def run(self, fn: Callable[[], T], *, backend: str) -> T:
-        attempt = 1
-        while True:
-            try:
-                return fn()
-            except AsrBackendError as exc:
-                if not exc.retryable or attempt >= self.max_attempts:
-                    raise
-                if exc.retry_after_s is not None:
-                    if exc.retry_after_s > self.max_retry_after_s:
-                        raise
-                    delay = max(0.0, exc.retry_after_s)
-                else:
-                    delay = self.backoff(attempt)
-                log.warning("asr backend error, retrying", extra={
-                    "stage": "transcriber", "backend": backend, "status": exc.status,
-                    "attempt": attempt, "delay_s": round(delay, 3)})
-                self.sleep(delay)
-                attempt += 1
-
-
-RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
-
-
-def is_retryable_status(status: int) -> bool:
-    return status in RETRYABLE_STATUS or status >= 500
-
-
-def parse_retry_after(headers: Mapping[str, str] | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
-    if not headers:
-        return None
-    lower = {str(k).lower(): str(v) for k, v in headers.items()}
-    ms = lower.get("retry-after-ms")
-    if ms is not None:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    value = lower.get("retry-after")
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    parsed = email.utils.parsedate_tz(value)
-    if parsed is None:
-        return None
-    return max(0.0, email.utils.mktime_tz(parsed) - (time.time() if now is None else now))
-
-
-def error_summary(body: object, limit: int = 200) -> str:
-    """A short, single-line excerpt of an error body for messages (never headers: they hold keys)."""
-    text = body if isinstance(body, str) else repr(body)
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit] + "..."
+    label: str = "asr"
+    stage: str = "transcriber"

@@ -13,18 +13,16 @@ L2-normalised, so a dot product is the cosine similarity. Two input rules hold f
 from __future__ import annotations
 
 import logging
-import random
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TypeVar
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-log = logging.getLogger("stream_processor.embeddings")
+from .. import cloud
+from ..cloud import BackendError
 
-T = TypeVar("T")
+log = logging.getLogger("stream_processor.embeddings")
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -42,17 +40,8 @@ class EmbeddingConfigError(EmbeddingError, ValueError):
     """An impossible configuration, e.g. a fallback whose vectors have another size."""
 
 
-class EmbeddingBackendError(EmbeddingError):
+class EmbeddingBackendError(EmbeddingError, BackendError):
     """A backend failed. ``retryable`` tells whether trying again may help."""
-
-    def __init__(self, backend: str, message: str, *, status: int | None = None, retryable: bool = False,
-                 retry_after_s: float | None = None) -> None:
-        self.backend = backend
-        self.status = status
-        self.retryable = retryable
-        self.retry_after_s = retry_after_s
-        where = backend + (f" HTTP {status}" if status is not None else "")
-        super().__init__(f"{where}: {message}")
 
 
 class EmbeddingAuthError(EmbeddingBackendError):
@@ -149,45 +138,11 @@ class Embedder(ABC):
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """Retry with exponential backoff and jitter for 429 / 5xx / timeouts / connection errors.
+class RetryPolicy(cloud.RetryPolicy):
+    """The embedding backends' retry policy (see :class:`stream_processor.cloud.RetryPolicy`)."""
 
-    A ``Retry-After`` (or ``retry-after-ms``) from the server is honoured as the wait; one longer
-    than ``max_retry_after_s`` is not waited for: the error is raised at once (a fallback, or the
-    agent's own redelivery, takes over).
-    """
-
-    max_attempts: int = 4
-    base_delay_s: float = 0.5
-    max_delay_s: float = 8.0
-    max_retry_after_s: float = 30.0
-    jitter: float = 0.2  # +- fraction of the computed backoff
-    sleep: Callable[[float], None] = field(default=time.sleep, compare=False, repr=False)
-
-    def backoff(self, attempt: int) -> float:
-        """Delay after failed attempt ``attempt`` (from 1) when the server gave no Retry-After."""
-        base = min(self.max_delay_s, self.base_delay_s * (2.0 ** (attempt - 1)))
-        return max(0.0, base * (1.0 + random.uniform(-self.jitter, self.jitter)))
-
-    def run(self, fn: Callable[[], T], *, backend: str) -> T:
-        attempt = 1
-        while True:
-            try:
-                return fn()
-            except EmbeddingBackendError as exc:
-                if not exc.retryable or attempt >= self.max_attempts:
-                    raise
-                if exc.retry_after_s is not None:
-                    if exc.retry_after_s > self.max_retry_after_s:
-                        raise
-                    delay = exc.retry_after_s
-                else:
-                    delay = self.backoff(attempt)
-                log.warning("embedding backend error, retrying", extra={
-                    "stage": "embedder", "backend": backend, "status": exc.status,
-                    "attempt": attempt, "delay_s": round(delay, 3)})
-                self.sleep(delay)
-                attempt += 1
+    label: str = "embedding"
+    stage: str = "embedder"
 
 
 # --- fallback ----------------------------------------------------------------------------------
