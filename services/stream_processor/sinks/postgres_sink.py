@@ -25,7 +25,6 @@ import logging
 import math
 import re
 import threading
-import time
 import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -38,7 +37,7 @@ from psycopg.types.json import Jsonb
 from ..calls_db import CallStore
 from ..understanding import AlertHit, CallAnalysis, EvidenceSpan, Utterance, UserFact
 from . import metrics
-from .retry import InvalidSinkInput, RetryPolicy, SinkRejected, SinkUnavailable, retry_call
+from .retry import InvalidSinkInput, RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -438,36 +437,10 @@ class PostgresSink:
         work: Callable[[psycopg.Connection], T],
         on_retry: Callable[[int, float, BaseException], None] | None = None,
     ) -> T:
-        def retried(attempt: int, delay: float, exc: BaseException) -> None:
-            metrics.RETRIES.labels(STORE, operation).inc()
-            if on_retry is not None:
-                on_retry(attempt, delay, exc)
-
-        started = time.monotonic()
-        outcome = "ok"
-        try:
-            return retry_call(
-                lambda: self._store.run(work),
-                policy=self._policy,
-                is_transient=is_transient,
-                store=STORE,
-                operation=operation,
-                call_id=call_id,
-                on_retry=retried,
-                stop=self._stop,
-            )
-        except SinkUnavailable:
-            outcome = "unavailable"
-            raise
-        except SinkRejected:
-            outcome = "rejected"
-            raise
-        except Exception:
-            outcome = "error"
-            raise
-        finally:
-            metrics.WRITES.labels(STORE, operation, outcome).inc()
-            metrics.WRITE_SECONDS.labels(STORE, operation).observe(time.monotonic() - started)
+        return metrics.measured_retry(
+            lambda: self._store.run(work), store=STORE, operation=operation, call_id=call_id, policy=self._policy,
+            is_transient=is_transient, stop=self._stop, on_retry=on_retry,
+        )
 
     def ping(self, *, on_retry: Callable[[int, float, BaseException], None] | None = None) -> None:
         """Round-trip to the server (with the retry policy); readiness checks and tests."""

@@ -25,7 +25,6 @@ import logging
 import math
 import re
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -54,7 +53,7 @@ from weaviate.util import generate_uuid5
 
 from ..understanding import CallAnalysis, Utterance
 from . import metrics
-from .retry import InvalidSinkInput, RetryPolicy, SinkRejected, SinkUnavailable, retry_call
+from .retry import InvalidSinkInput, RetryPolicy, SinkRejected
 
 log = logging.getLogger(__name__)
 
@@ -358,36 +357,10 @@ class WeaviateSink:
                     self._dim = None  # the collection went away: ensure it again next time
                 raise
 
-        def retried(n: int, delay: float, exc: BaseException) -> None:
-            metrics.RETRIES.labels(STORE, operation).inc()
-            if on_retry is not None:
-                on_retry(n, delay, exc)
-
-        started = time.monotonic()
-        outcome = "ok"
-        try:
-            return retry_call(
-                attempt,
-                policy=self._policy,
-                is_transient=is_transient,
-                store=STORE,
-                operation=operation,
-                call_id=call_id,
-                on_retry=retried,
-                stop=self._stop,
-            )
-        except SinkUnavailable:
-            outcome = "unavailable"
-            raise
-        except SinkRejected:
-            outcome = "rejected"
-            raise
-        except Exception:
-            outcome = "error"
-            raise
-        finally:
-            metrics.WRITES.labels(STORE, operation, outcome).inc()
-            metrics.WRITE_SECONDS.labels(STORE, operation).observe(time.monotonic() - started)
+        return metrics.measured_retry(
+            attempt, store=STORE, operation=operation, call_id=call_id, policy=self._policy,
+            is_transient=is_transient, stop=self._stop, on_retry=on_retry,
+        )
 
     # -- schema
 
