@@ -29,7 +29,7 @@ INSERT INTO companion_calls (
 )
 ON CONFLICT (call_id) DO UPDATE SET
     phone_encrypted = EXCLUDED.phone_encrypted,
-    phone_number_hash = EXCLUDED.phone_number_hash,
+    phone_number_hash = COALESCE(EXCLUDED.phone_number_hash, companion_calls.phone_number_hash),
     region = EXCLUDED.region,
     direction = EXCLUDED.direction,
     recording_consent = EXCLUDED.recording_consent,
@@ -44,6 +44,19 @@ ON CONFLICT (call_id) DO UPDATE SET
     duration_seconds = EXCLUDED.duration_seconds,
     end_reason = EXCLUDED.end_reason,
     updated_at = now()
+-- a redelivery that brings nothing new leaves the row (and its updated_at) untouched
+WHERE (companion_calls.phone_encrypted, companion_calls.phone_number_hash, companion_calls.region,
+      companion_calls.direction, companion_calls.recording_consent, companion_calls.consent_source,
+      companion_calls.s3_legal_key, companion_calls.s3_active_key, companion_calls.s3_metadata_key,
+      companion_calls.recording_status, companion_calls.recording_skipped_reason,
+      companion_calls.started_at, companion_calls.ended_at, companion_calls.duration_seconds,
+      companion_calls.end_reason)
+    IS DISTINCT FROM (EXCLUDED.phone_encrypted, COALESCE(EXCLUDED.phone_number_hash,
+        companion_calls.phone_number_hash), EXCLUDED.region, EXCLUDED.direction,
+        EXCLUDED.recording_consent, EXCLUDED.consent_source, EXCLUDED.s3_legal_key,
+        EXCLUDED.s3_active_key, EXCLUDED.s3_metadata_key, EXCLUDED.recording_status,
+        EXCLUDED.recording_skipped_reason, EXCLUDED.started_at, EXCLUDED.ended_at,
+        EXCLUDED.duration_seconds, EXCLUDED.end_reason)
 """
 
 _UPSERT_CONSENT = """
@@ -54,6 +67,10 @@ ON CONFLICT (call_id) WHERE call_id IS NOT NULL DO UPDATE SET
     recording_consent = EXCLUDED.recording_consent,
     consent_source = EXCLUDED.consent_source,
     recorded_at = EXCLUDED.recorded_at
+WHERE (consent_records.phone_number_hash, consent_records.recording_consent,
+       consent_records.consent_source, consent_records.recorded_at)
+    IS DISTINCT FROM (EXCLUDED.phone_number_hash, EXCLUDED.recording_consent,
+                      EXCLUDED.consent_source, EXCLUDED.recorded_at)
 """
 
 
