@@ -21,6 +21,7 @@ Takes about 1-3 minutes on the 2 shared cores (Whisper base on CPU and three mod
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 import uuid
@@ -157,7 +158,24 @@ def names() -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def settings(stack_env, names):
+def own_topics(stack_env):
+    """Topics of this module only: the worker below reads its topics from the beginning, and must
+    not record every call the other test modules of the session produced."""
+    from lupita.config import CommonSettings
+    from lupita.topics import ensure_topics
+
+    saved = os.environ.get("LUPITA_TOPIC_PREFIX")
+    os.environ["LUPITA_TOPIC_PREFIX"] = f"e2e-{uuid.uuid4().hex[:8]}."
+    ensure_topics(CommonSettings())
+    yield
+    if saved is None:
+        os.environ.pop("LUPITA_TOPIC_PREFIX", None)
+    else:
+        os.environ["LUPITA_TOPIC_PREFIX"] = saved
+
+
+@pytest.fixture(scope="module")
+def settings(own_topics, names):
     from stream_processor.settings import PipelineSettings
 
     return PipelineSettings(weaviate_conversation_collection=names[0], weaviate_utterance_collection=names[1])
@@ -187,7 +205,7 @@ def worker(settings, names, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def bridge(stack_env, tmp_path_factory):
+def bridge(settings, tmp_path_factory):
     from loadgen.bridgeproc import BridgeProcess
 
     with BridgeProcess(tmp_path_factory.mktemp("e2e-bridge") / "bridge.log") as b:
