@@ -13,10 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import threading
-import time
-from collections import deque
-from dataclasses import dataclass
 
 import pytest
 from pydantic import SecretStr
@@ -32,6 +28,8 @@ from stream_processor.analyzer import (
 )
 from stream_processor.analyzer.anthropic_backend import TOOL_NAME, AnthropicAnalyzer
 from stream_processor.understanding import Utterance
+
+from sp_http import ScriptedApi
 
 KEY = "sk-ant-test-0123456789abcdef-secret"
 MODEL = "claude-sonnet-4-5"
@@ -89,70 +87,13 @@ def error(kind: str, text: str) -> dict:
 # --- the server --------------------------------------------------------------------------------
 
 
-@dataclass
-class Recorded:
-    path: str
-    headers: dict[str, str]
-    body: dict
-
-
-class FakeAnthropic:
-    """Scripted answers (status, headers, body, delay), recorded requests. An unscripted request
-    gets a 599 (which fails the test through the fallback note)."""
+class FakeAnthropic(ScriptedApi):
+    """The Messages API: JSON bodies, a request-id on every answer; an unscripted request gets
+    a 599 (which fails the test through the fallback note)."""
 
     def __init__(self) -> None:
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        self.script: deque[tuple[int, dict[str, str], bytes, float]] = deque()
-        self.requests: list[Recorded] = []
-        self.lock = threading.Lock()
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
-                raw = self.rfile.read(int(self.headers.get("content-length") or 0))
-                with api.lock:
-                    api.requests.append(Recorded(self.path, {k.lower(): v for k, v in self.headers.items()},
-                                                 json.loads(raw)))
-                    status, headers, payload, delay = api.script.popleft() if api.script else (
-                        599, {}, json.dumps(error("api_error", "unscripted request")).encode(), 0.0)
-                if delay:
-                    time.sleep(delay)
-                try:
-                    self.send_response(status)
-                    for k, v in {"content-type": "application/json", "request-id": "req_test", **headers}.items():
-                        self.send_header(k, v)
-                    self.send_header("content-length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout test)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}"
-
-    def answer(self, status: int, payload: object, *, delay: float = 0.0, **headers: str) -> None:
-        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        self.script.append((status, {k.replace("_", "-"): v for k, v in headers.items()}, body, delay))
-
-    def reset(self) -> None:
-        self.script.clear()
-        self.requests.clear()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(parse_body=json.loads, default_headers={"request-id": "req_test"},
+                         unscripted=json.dumps(error("api_error", "unscripted request")).encode())
 
 
 @pytest.fixture(scope="module")

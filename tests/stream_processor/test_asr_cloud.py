@@ -16,12 +16,7 @@ import email.policy
 import io
 import json
 import logging
-import threading
 import wave
-from collections import deque
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
@@ -40,6 +35,8 @@ from stream_processor.asr.guards import normalize_text
 from stream_processor.asr.openai_backend import OpenAITranscriber
 from stream_processor.asr.settings import AsrSettings
 from stream_processor.asr.whisper_local import WhisperLocal
+
+from sp_http import Recorded, ScriptedApi
 
 OPENAI_KEY = "sk-test-0123456789abcdef-secret"
 DEEPGRAM_KEY = "dg-test-fedcba9876543210-secret"
@@ -115,65 +112,7 @@ BACKENDS = ["openai", "deepgram"]
 # --- the server --------------------------------------------------------------------------------
 
 
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-    body: bytes
-
-
-class FakeApi:
-    """Scripted answers, recorded requests. An unscripted request gets a 599 (fails the test)."""
-
-    def __init__(self) -> None:
-        self.script: deque[tuple[int, dict[str, str], bytes]] = deque()
-        self.requests: list[Recorded] = []
-        self.lock = threading.Lock()
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
-                body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                url = urlsplit(self.path)
-                with api.lock:
-                    api.requests.append(Recorded("POST", url.path, parse_qs(url.query),
-                                                 {k.lower(): v for k, v in self.headers.items()}, body))
-                    status, headers, payload = api.script.popleft() if api.script else (
-                        599, {}, b'{"error": "unscripted request"}')
-                self.send_response(status)
-                headers = {"content-type": "application/json", **headers}
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("content-length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}"
-
-    def answer(self, status: int, payload: object, **headers: str) -> None:
-        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        self.script.append((status, {k.replace("_", "-"): v for k, v in headers.items()}, body))
-
-    def reset(self) -> None:
-        self.script.clear()
-        self.requests.clear()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+FakeApi = ScriptedApi  # raw bodies (multipart uploads, WAV), query strings recorded
 
 
 @pytest.fixture(scope="module")

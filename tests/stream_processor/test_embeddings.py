@@ -13,12 +13,8 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import zlib
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -38,6 +34,8 @@ from stream_processor.embeddings import (
 )
 from stream_processor.embeddings.local_use import LocalUSEEmbedder
 from stream_processor.embeddings.openai_backend import OpenAIEmbedder
+
+from sp_http import ScriptedApi
 
 KEY = "sk-embed-test-0123456789abcdef-secret"
 
@@ -168,13 +166,6 @@ def embeddings_answer(request: dict, *, shuffle: bool = True) -> dict:
             "usage": {"prompt_tokens": 8 * len(data), "total_tokens": 8 * len(data)}}
 
 
-@dataclass
-class Recorded:
-    path: str
-    headers: dict[str, str]
-    body: dict
-
-
 Answer = tuple[int, dict[str, str], bytes] | Callable[[dict], tuple[int, dict[str, str], bytes]]
 
 
@@ -188,47 +179,15 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> t
     return status, headers or {}, json.dumps(body).encode()
 
 
-class FakeOpenAI:
-    """Scripted answers, recorded requests. An unscripted request gets a 599 (fails the test)."""
+class FakeOpenAI(ScriptedApi):
+    """The embeddings API: JSON request bodies; answers may be callables of the request."""
 
     def __init__(self) -> None:
-        self.script: deque[Answer] = deque()
-        self.requests: list[Recorded] = []
-        self.lock = threading.Lock()
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
-                raw = self.rfile.read(int(self.headers.get("content-length") or 0))
-                body = json.loads(raw)
-                with api.lock:
-                    api.requests.append(Recorded(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-                    answer = api.script.popleft() if api.script else (599, {}, b'{"error": "unscripted request"}')
-                status, headers, payload = answer(body) if callable(answer) else answer
-                self.send_response(status)
-                for k, v in {"content-type": "application/json", **headers}.items():
-                    self.send_header(k, v)
-                self.send_header("content-length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-        self.thread.start()
+        super().__init__(parse_body=json.loads)
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        return f"{self.url}/v1"
 
 
 @pytest.fixture(scope="module")
