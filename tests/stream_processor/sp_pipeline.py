@@ -190,3 +190,19 @@ def wait_until(what: str, reader: TopicReader, done: Callable[[], Any], *, timeo
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def own_topics(session_prefix: str, tag: str):
+    """Worker settings on topics of a test module's own (a prefix inside the session's, created
+    here), so the recorder tests' workers never see its records, nor its workers theirs; and the
+    topic names it produces to."""
+    import uuid
+    from types import SimpleNamespace
+
+    from lupita.topics import AUDIO_CHUNKS, CALL_LIFECYCLE, ensure_topics
+    from stream_processor.settings import PipelineSettings
+
+    settings = PipelineSettings(topic_prefix=f"{session_prefix}{tag}-{uuid.uuid4().hex[:6]}.")
+    ensure_topics(settings)
+    topics = SimpleNamespace(chunks=settings.topic(AUDIO_CHUNKS), lifecycle=settings.topic(CALL_LIFECYCLE))
+    return settings, topics

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import signal
 import uuid
-from types import SimpleNamespace
 
 import pytest
 import sp_pipeline as P
@@ -35,23 +34,18 @@ VAD_ENV = {
 
 
 @pytest.fixture(scope="module")
-def settings(stack_env):
-    """Topics of this module's own (a prefix inside the session's): the recorder tests' workers
-    never see these records, nor this module's workers theirs."""
-    from lupita.topics import ensure_topics
-    from stream_processor.settings import PipelineSettings
-
-    prefix = f"{stack_env['LUPITA_TOPIC_PREFIX']}vad-{uuid.uuid4().hex[:6]}."
-    s = PipelineSettings(topic_prefix=prefix)
-    ensure_topics(s)
-    return s
+def own(stack_env):
+    return P.own_topics(stack_env["LUPITA_TOPIC_PREFIX"], "vad")
 
 
 @pytest.fixture(scope="module")
-def topics(settings):
-    from lupita.topics import AUDIO_CHUNKS, CALL_LIFECYCLE
+def settings(own):
+    return own[0]
 
-    return SimpleNamespace(chunks=settings.topic(AUDIO_CHUNKS), lifecycle=settings.topic(CALL_LIFECYCLE))
+
+@pytest.fixture(scope="module")
+def topics(own):
+    return own[1]
 
 
 @pytest.fixture(scope="module")
