@@ -29,7 +29,14 @@ from .install import say
 ROOT = Path(__file__).resolve().parents[3]
 
 # LUPITA_STACK_PORT_OFFSET shifts every port, so a second checkout can run its own stack beside.
-PORT_OFFSET = int(os.environ.get("LUPITA_STACK_PORT_OFFSET", "0"))
+def _port_offset() -> int:
+    raw = os.environ.get("LUPITA_STACK_PORT_OFFSET", "0").strip() or "0"
+    if not raw.isdigit() or int(raw) > 10000:
+        raise SystemExit(f"LUPITA_STACK_PORT_OFFSET must be a whole number from 0 to 10000, got {raw!r}")
+    return int(raw)
+
+
+PORT_OFFSET = _port_offset()
 KAFKA_PORT = 19092 + PORT_OFFSET
 KAFKA_CONTROLLER_PORT = 19093 + PORT_OFFSET
 POSTGRES_PORT = 15432 + PORT_OFFSET

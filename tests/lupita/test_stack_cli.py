@@ -1,0 +1,31 @@
+"""`lupita stack` refuses bad input before touching any server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LUPITA = [str(Path(sys.executable).with_name("lupita"))]
+
+
+def lupita(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*LUPITA, *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **env})
+
+
+@pytest.mark.parametrize("offset", ["abc", "-5", "1.5", "99999"])
+def test_a_bad_port_offset_is_refused_naming_the_variable(offset):
+    done = lupita("stack", "status", LUPITA_STACK_PORT_OFFSET=offset)
+    assert done.returncode == 1
+    assert f"LUPITA_STACK_PORT_OFFSET must be a whole number from 0 to 10000, got {offset!r}" in done.stderr
+
+
+def test_an_unknown_action_or_component_is_a_usage_error():
+    bad_action = lupita("stack", "restart")
+    assert bad_action.returncode == 2 and "invalid choice: 'restart'" in bad_action.stderr
+    bad_component = lupita("stack", "up", "--only", "redis")
+    assert bad_component.returncode == 2 and "invalid choice: 'redis'" in bad_component.stderr
