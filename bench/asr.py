@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from loadgen.synth import DEFAULT_SCRIPT, DEFAULT_VOICES, synthesize_utterance  # noqa: E402
-from stream_processor.asr.base import Transcriber  # noqa: E402
-from stream_processor.asr.guards import normalize_text  # noqa: E402
+from stream_processor.models.asr.base import Transcriber  # noqa: E402
+from stream_processor.models.asr.guards import normalize_text  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PAD_S = 0.3
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         import ctranslate2
         import faster_whisper
 
-        from stream_processor.asr.whisper_local import WhisperLocal, WhisperOptions
+        from stream_processor.models.asr.whisper_local import WhisperLocal, WhisperOptions
 
         print(f"faster-whisper {faster_whisper.__version__}, ctranslate2 {ctranslate2.__version__}, "
               f"Whisper base (packaged), compute {args.compute_type}, language es, VAD filter on")
@@ -156,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from pydantic import SecretStr  # noqa: F401 - settings carry the keys
 
-        from stream_processor.asr.factory import build_cloud
-        from stream_processor.asr.settings import AsrSettings
+        from stream_processor.models.asr.factory import build_cloud
+        from stream_processor.models.asr.settings import AsrSettings
 
         overrides: dict[str, object] = {"asr_backend": args.backend, "asr_fallback": "none"}
         if args.url:

@@ -4,11 +4,11 @@ Corpus: the simulator's Spanish check-in call (``loadgen.synth.DEFAULT_SCRIPT``)
 alert and calm utterances (falls, chest pain, negated cues, false friends), repeated to
 ``--utterances`` items. Everything runs in this process, one after another.
 
-Alerts (``stream_processor.alerts``): catalogue load + compile time; then per utterance, the full
+Alerts (``stream_processor.stages.understanding.alerts``): catalogue load + compile time; then per utterance, the full
 ``AlertDetector.scan`` against the baseline of the same run, ``normalise`` alone (the text pass
 every scan starts with), so the table shows what the regex work costs on top of it.
 
-Local embeddings (``stream_processor.embeddings.local_use``, USE multilingual v3 in numpy): model
+Local embeddings (``stream_processor.models.embeddings.local_use``, USE multilingual v3 in numpy): model
 load time; ms per utterance when each utterance is embedded alone (batch 1, how the stage runs
 when segments trickle in) against batches of ``--batch`` (how it runs with a backlog or in a
 replay), for each ``--threads`` value; and ``call_vector`` over one call's utterances.
@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from loadgen.synth import DEFAULT_SCRIPT
-from stream_processor.alerts import AlertDetector, load_catalogue, normalise
-from stream_processor.embeddings.base import call_vector
-from stream_processor.understanding import Utterance
+from stream_processor.stages.understanding.alerts import AlertDetector, load_catalogue, normalise
+from stream_processor.models.embeddings.base import call_vector
+from stream_processor.contracts import Utterance
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -104,7 +104,7 @@ def bench_alerts(texts: list[str], repeat: int) -> dict:
 
 
 def bench_local(texts: list[str], threads: int, batch: int) -> dict:
-    from stream_processor.embeddings.local_use import LocalUSEEmbedder
+    from stream_processor.models.embeddings.local_use import LocalUSEEmbedder
 
     t0 = time.perf_counter()
     emb = LocalUSEEmbedder(threads=threads)

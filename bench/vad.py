@@ -88,7 +88,7 @@ def stream_audio(rate: int, streams: int, seconds: float) -> list[np.ndarray]:
 
 
 def bench_model(model, audio: list[np.ndarray], rate: int, seconds: float) -> list[Row]:
-    from stream_processor.vad import CONTEXT_SAMPLES, WINDOW_SAMPLES
+    from stream_processor.models.vad import CONTEXT_SAMPLES, WINDOW_SAMPLES
 
     window, ctx = WINDOW_SAMPLES[rate], CONTEXT_SAMPLES[rate]
     b = len(audio)
@@ -122,7 +122,7 @@ def bench_model(model, audio: list[np.ndarray], rate: int, seconds: float) -> li
 
 
 def bench_vad(model, audio: list[np.ndarray], rate: int, seconds: float) -> list[Row]:
-    from stream_processor.vad import BatchedVad
+    from stream_processor.models.vad import BatchedVad
 
     b = len(audio)
     piece = rate * FEED_MS // 1000
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnxruntime
 
-    from stream_processor.vad import SileroModel
+    from stream_processor.models.vad import SileroModel
 
     model = SileroModel(intra_op_num_threads=1)
     audio_all = stream_audio(args.rate, max(args.batches), seconds=30.0)

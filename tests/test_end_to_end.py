@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -30,8 +29,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "stream_processor"))
-from sp_worker import start_worker, stop_worker  # noqa: E402  (short group timeouts: sp_worker.WORKER_ENV)
+from sp_worker import start_worker, stop_worker  # short group timeouts: sp_worker.WORKER_ENV
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(600)]
 
@@ -220,7 +218,7 @@ def db(settings):
 
 @pytest.fixture(scope="module")
 def s3(settings):
-    from stream_processor.archive import s3_client
+    from stream_processor.stores.archive import s3_client
 
     return s3_client(settings)
 

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = {
     "stack": ("lupita.stack.cli", "install/start/stop the local Kafka, Postgres, Weaviate and MinIO"),
     "bridge": ("media_bridge.cli", "run the media-bridge gRPC server"),
-    "worker": ("stream_processor.cli", "run the stream-processor Faust worker"),
+    "worker": ("stream_processor.worker", "run the stream-processor Faust worker"),
     "call": ("loadgen.cli", "simulate one or many calls against the media bridge"),
     "migrate": ("lupita.db", "apply the Postgres migrations"),
     "demo": ("lupita.demo", "push a simulated Spanish call end to end and show every store"),

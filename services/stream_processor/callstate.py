@@ -26,7 +26,7 @@ from google.protobuf import json_format
 from lupita.audio import BYTES_PER_SAMPLE, SUPPORTED_RATES
 from lupita.v1 import events_pb2
 
-from .wav import LEG_NAMES, LEGS
+from stream_processor.stages.recorder.wav import LEG_NAMES, LEGS
 
 CALL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 # Upper bound on chunk sequence numbers and counts (4 h of 100 ms chunks is 144,000).

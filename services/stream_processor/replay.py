@@ -50,9 +50,9 @@ import numpy as np
 from lupita.audio import SUPPORTED_RATES
 from lupita.v1 import audio_pb2, events_pb2
 
-from .call_understanding import UnderstandingSettings
-from .callstate import is_valid_call_id
-from .settings import PipelineSettings
+from stream_processor.stages.understanding.core import UnderstandingSettings
+from stream_processor.callstate import is_valid_call_id
+from stream_processor.settings import PipelineSettings
 
 log = logging.getLogger("stream_processor.replay")
 
@@ -311,11 +311,11 @@ class Replayer:
 
     def __init__(self, settings: ReplaySettings, *, transcriber: Any = None, services: Any = None,
                  s3: Any = None, model: Any = None) -> None:
-        from .archive import s3_client
-        from .asr.factory import build_transcriber
-        from .call_understanding import UnderstandingServices
-        from .vad import SileroModel
-        from .vad_agent import VadCore, config_from_settings
+        from stream_processor.stores.archive import s3_client
+        from stream_processor.models.asr.factory import build_transcriber
+        from stream_processor.stages.understanding.core import UnderstandingServices
+        from stream_processor.models.vad import SileroModel
+        from stream_processor.stages.vad.agent import VadCore, config_from_settings
 
         self.settings = settings
         self.s3 = s3 or s3_client(settings)
@@ -352,8 +352,8 @@ class Replayer:
 
     def segments(self, entry: CallEntry, progress: Progress | None = None) -> tuple[list[Any], int, int]:
         """Stream the WAV through the VAD; returns (FINAL SegmentOuts, sample rate, ended_at_us)."""
-        from . import callstate as cs
-        from .vad_agent import KIND_FINAL
+        from stream_processor import callstate as cs
+        from stream_processor.stages.vad.agent import KIND_FINAL
 
         call_id = entry.call_id
         started_us = _us(entry.started_at)  # type: ignore[arg-type]
@@ -413,8 +413,8 @@ class Replayer:
 
     def transcript(self, seg: Any) -> events_pb2.TranscriptEvent:
         """One FINAL segment → its TranscriptEvent, with the transcriber agent's error rules."""
-        from .asr.base import AsrError, AudioInputError
-        from .transcriber_agent import segment_audio, transcript_event
+        from stream_processor.models.asr.base import AsrError, AudioInputError
+        from stream_processor.stages.transcriber.agent import segment_audio, transcript_event
 
         proto = seg.to_proto(time.time_ns() // 1000)
         try:
@@ -430,9 +430,9 @@ class Replayer:
         return transcript_event(proto, result, emitted_at_us=time.time_ns() // 1000)
 
     def replay(self, entry: CallEntry, progress: Progress | None = None) -> Outcome:
-        from .call_understanding import CallUnderstanding
-        from .understanding_agent import utterance_of
-        from .wav import LEG_NAMES
+        from stream_processor.stages.understanding.core import CallUnderstanding
+        from stream_processor.stages.understanding.agent import utterance_of
+        from stream_processor.stages.recorder.wav import LEG_NAMES
 
         t0 = time.monotonic()
         call_id = entry.call_id
@@ -529,7 +529,7 @@ def run(args: argparse.Namespace) -> int:
                 outcome = (replayer.replay(entry, progress) if replayer is not None
                            else Outcome(entry.call_id, "skipped", entry.skip_reason() or ""))
             except Exception as exc:  # noqa: BLE001 - one bad call must not stop the others
-                from .recorder import safe_error
+                from stream_processor.stages.recorder.agent import safe_error
 
                 log.error("replay failed", extra={"stage": STAGE, "call_id": entry.call_id,
                                                   "error": safe_error(exc)})

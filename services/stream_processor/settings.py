@@ -9,8 +9,8 @@ from pydantic import Field, field_validator, model_validator
 
 from lupita.config import CommonSettings
 
-from .asr.settings import AsrSettings
-from .call_understanding import UnderstandingSettings
+from stream_processor.models.asr.settings import AsrSettings
+from stream_processor.stages.understanding.core import UnderstandingSettings
 
 # Internal topic (keyed by call_id, same partition count as the sources) on which the recorder
 # sends itself "check", "done", "failed" and "purge" commands, so every table write happens
@@ -113,7 +113,7 @@ class PipelineSettings(RecorderSettings, AsrSettings, UnderstandingSettings):
 
     stages: str = Field(default=",".join(STAGES), pattern=r"^[a-z, ]+$")
 
-    # --- vad (stream_processor.vad.VadSettings; see services/stream_processor/README.md) ---
+    # --- vad (stream_processor.models.vad.VadSettings; see services/stream_processor/README.md) ---
     vad_threshold: float = Field(default=0.5, gt=0, lt=1)
     # Hysteresis: while in speech a window below this is silence (unset: threshold - 0.15).
     vad_neg_threshold: float | None = Field(default=None, gt=0, lt=1)
@@ -177,7 +177,7 @@ class PipelineSettings(RecorderSettings, AsrSettings, UnderstandingSettings):
         return frozenset(self.stages.split(","))
 
     def vad_settings(self) -> "VadSettings":
-        from .vad import VadSettings
+        from stream_processor.models.vad import VadSettings
 
         return VadSettings(
             threshold=self.vad_threshold,

@@ -28,7 +28,7 @@ def recorder_settings(stack_env):
 @pytest.fixture(scope="session")
 def topics(recorder_settings) -> Topics:
     from lupita.topics import AUDIO_CHUNKS, CALL_LIFECYCLE
-    from stream_processor.recorder import DEAD_LETTERS
+    from stream_processor.stages.recorder.agent import DEAD_LETTERS
 
     s = recorder_settings
     return Topics(s.topic(AUDIO_CHUNKS), s.topic(CALL_LIFECYCLE), s.topic(DEAD_LETTERS))
@@ -46,7 +46,7 @@ def recorder_worker(stack_env, tmp_path_factory) -> RecorderWorker:
 
 @pytest.fixture(scope="session")
 def s3(stack_env, recorder_settings):
-    from stream_processor.archive import s3_client
+    from stream_processor.stores.archive import s3_client
 
     return s3_client(recorder_settings)
 

@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from stream_processor.settings import PipelineSettings
-from stream_processor.vad import VadSettings
+from stream_processor.models.vad import VadSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -57,9 +57,9 @@ def db(env):
 def record(settings, call_id: str, *, consent: bool = True):
     """Archive a synthesised call exactly as the recorder agent does (record_call)."""
     from stream_processor import callstate as cs
-    from stream_processor.archive import Archive, s3_client
-    from stream_processor.calls_db import CallStore
-    from stream_processor.recording import RecordingRules, record_call
+    from stream_processor.stores.archive import Archive, s3_client
+    from stream_processor.stores.calls_db import CallStore
+    from stream_processor.stages.recorder.core import RecordingRules, record_call
 
     stereo, truth = dialogue(SCRIPT[:3])  # ~11 s: greeting, answer, medication question
     assert len(stereo) <= 15 * 8000

@@ -1,0 +1,87 @@
+"""Settings of the transcriber (env prefix ``LUPITA_``, frozen).
+
+A mixin-ready :class:`AsrSettings` deriving from :class:`lupita.config.CommonSettings`: the
+stream-processor's settings class can inherit from it (``class TranscriberSettings(WorkerSettings,
+AsrSettings)``) so the worker keeps one settings object; tests and ``bench/asr.py`` use it alone.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from lupita.config import CommonSettings
+
+
+class AsrSettings(CommonSettings):
+    """Which transcription backend runs, and how (``LUPITA_<FIELD>``)."""
+
+    # Merged with CommonSettings' config. Without it a validation error prints the whole input,
+    # API keys included ("input_value={..., 'openai_api_key': 'sk-...'}").
+    model_config = SettingsConfigDict(hide_input_in_errors=True)
+
+    # Backend: "local" (faster-whisper + packaged Whisper base, offline), "openai" or "deepgram".
+    asr_backend: Literal["local", "openai", "deepgram"] = "local"
+    # When a cloud backend fails (after its retries, or with a malformed answer, or refused
+    # credentials): "local" transcribes the segment with the local model instead; "none" raises.
+    asr_fallback: Literal["none", "local"] = "local"
+    # Language of the calls (ISO 639-1), passed to every backend.
+    asr_language: str = Field(default="es", pattern=r"^[a-z]{2}$")
+
+    # --- local (faster-whisper) ---
+    # CPU threads of one model (CTranslate2 intra-op threads) and parallel model workers.
+    asr_threads: int = Field(default=1, ge=1, le=64)
+    asr_num_workers: int = Field(default=1, ge=1, le=16)
+    asr_device: Literal["cpu", "cuda", "auto"] = "cpu"
+    # CTranslate2 compute type: int8 on CPU; float16 / int8_float16 on a GPU.
+    asr_compute_type: str = "int8"
+    # Beam size of final transcripts and of partial hypotheses.
+    asr_beam_size: int = Field(default=5, ge=1, le=16)
+    asr_partial_beam_size: int = Field(default=1, ge=1, le=16)
+    # Temperature fallback ladder (JSON list in the env, e.g. [0.0, 0.4, 0.8]).
+    asr_temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    # faster-whisper's own Silero VAD filter inside each segment.
+    asr_vad_filter: bool = True
+    # Audio quieter than this (RMS, dBFS) is not decoded at all.
+    asr_min_rms_dbfs: float = Field(default=-60.0, le=0)
+
+    # --- guards (see stream_processor.models.asr.guards) ---
+    asr_no_speech_threshold: float = Field(default=0.6, ge=0, le=1)
+    asr_logprob_threshold: float = Field(default=-1.0, le=0)
+    asr_compression_ratio_threshold: float = Field(default=2.4, gt=1)
+    # An n-gram (n <= asr_max_ngram) repeated more than asr_max_repeats times is a loop.
+    asr_max_ngram: int = Field(default=6, ge=1, le=20)
+    asr_max_repeats: int = Field(default=3, ge=1, le=20)
+
+    # --- cloud backends ---
+    openai_api_key: SecretStr = SecretStr("")
+    # Empty = the client's default (https://api.openai.com/v1).
+    openai_base_url: str = ""
+    # whisper-1 (word timings) or gpt-4o-transcribe / gpt-4o-mini-transcribe (no word timings).
+    asr_openai_model: str = "whisper-1"
+    deepgram_api_key: SecretStr = SecretStr("")
+    deepgram_base_url: str = "https://api.deepgram.com"
+    asr_deepgram_model: str = "nova-2"
+    # Per request timeout, attempts (1 = no retry), backoff, and the longest Retry-After obeyed.
+    asr_timeout_seconds: float = Field(default=30.0, gt=0)
+    asr_max_attempts: int = Field(default=4, ge=1, le=10)
+    asr_backoff_seconds: float = Field(default=0.5, ge=0)
+    asr_max_backoff_seconds: float = Field(default=8.0, ge=0)
+    asr_max_retry_after_seconds: float = Field(default=30.0, ge=0)
+
+    @field_validator("asr_temperatures")
+    @classmethod
+    def _temperatures(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v or any(t < 0 or t > 2 for t in v) or list(v) != sorted(v):
+            raise ValueError("LUPITA_ASR_TEMPERATURES must be a non-empty ascending list of values in [0, 2]")
+        return v
+
+    @model_validator(mode="after")
+    def _keys(self) -> "AsrSettings":
+        if self.asr_backend == "openai" and not self.openai_api_key.get_secret_value():
+            raise ValueError("LUPITA_ASR_BACKEND=openai needs LUPITA_OPENAI_API_KEY")
+        if self.asr_backend == "deepgram" and not self.deepgram_api_key.get_secret_value():
+            raise ValueError("LUPITA_ASR_BACKEND=deepgram needs LUPITA_DEEPGRAM_API_KEY")
+        return self

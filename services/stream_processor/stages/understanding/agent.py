@@ -1,0 +1,480 @@
+"""The ``understanding`` stage: transcripts + call.lifecycle → alerts (live) and call.analysis (at the end).
+
+Stages 4-7 of issue #3 in one Faust agent around the plain :class:`~.call_understanding.CallUnderstanding`:
+
+- consumes ``transcripts`` and ``call.lifecycle`` together (one channel, so Faust co-partitions
+  them: a call's records of both topics come to the same worker, keyed by call_id);
+- keeps one entry per call in the changelog-backed table ``understanding_calls``: the
+  CallUnderstanding as JSON (conversation state, alerts raised, call metadata), the legs whose
+  ``leg_complete`` arrived, whether ``CallEnded`` was seen, and the status
+  (``open`` → ``done`` | ``skipped`` | ``failed``; terminal entries are tombstones kept
+  ``understanding_state_retention_seconds`` so redeliveries are ignored, then removed);
+- a FINAL transcript with text is added to the conversation; on the person's leg the alert
+  catalogue is scanned, and each new alert is published on ``alerts`` at once (awaited), then
+  stored in Postgres ``call_alerts`` in the thread pool. Partials only count in a metric (the
+  final of the same segment supersedes them); blank finals (the ASR guards removed everything)
+  are counted and dropped;
+- when ``CallEnded`` was seen AND both legs are ``leg_complete``: ``finish()`` runs in the thread
+  pool (analyzer → embedder → Weaviate → Postgres), then the ``CallAnalysisEvent`` is published on
+  ``call.analysis`` and the entry becomes a ``done`` tombstone;
+- a call whose ``CallStarted`` has ``recording_consent = false`` is skipped: its entry becomes a
+  ``skipped`` tombstone at once and nothing derived is written or published. Transcripts that
+  arrive before the started event are kept in the entry; their alerts are raised when the
+  consent is known.
+
+Delivery: the agent acknowledges records manually. The record that triggered a store write
+(an alert's transcript, the record that completed the call) stays unacknowledged until the
+write succeeded, so a crashed worker redoes it (every write is idempotent). A store that is
+down: the sinks retry with backoff within their budget (``LUPITA_SINK_RETRY_*``); when that is
+used up (:class:`~.sinks.SinkUnavailable`) the work waits ``understanding_retry_initial_seconds``
+(doubling up to ``understanding_retry_max_seconds``) and tries again, in its own task: the agent
+goes on with every other call meanwhile, only the commit of that partition's offsets waits.
+A permanent error (:class:`~.sinks.SinkRejected`, a bug) is logged, counted and the call marked
+``failed`` (no endless loop); ``lupita replay`` is the way to redo such a call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from lupita.topics import ALERTS, CALL_ANALYSIS, CALL_LIFECYCLE, TRANSCRIPTS
+from lupita.v1 import analysis_pb2, events_pb2
+
+from stream_processor import callstate as cs
+from stream_processor.stages.understanding.core import CallUnderstanding, FinishResult, UnderstandingServices
+from stream_processor.stores import SinkUnavailable, Stopped
+from stream_processor.contracts import AlertHit, Utterance
+from stream_processor.stages.recorder.wav import LEG_NAMES
+
+log = logging.getLogger("stream_processor.stages.understanding.agent")  # also when run with -m
+
+STAGE = "understanding"
+CALLS_TABLE = "understanding_calls"
+UNDERSTANDING_DEAD_LETTERS = "stream-processor.understanding-dead-letters"
+TOPICS = (TRANSCRIPTS, CALL_LIFECYCLE, ALERTS, CALL_ANALYSIS, UNDERSTANDING_DEAD_LETTERS)
+
+OPEN, DONE, SKIPPED, FAILED = "open", "done", "skipped", "failed"
+LEG_IDS = {name: leg for leg, name in LEG_NAMES.items()}
+BOTH_LEGS = frozenset(LEG_NAMES.values())
+
+RECORDS = Counter("lupita_understanding_records_total",
+                  "Records handled, by kind (final, partial, blank, leg_complete, started, ended, duplicate, late)",
+                  ["kind"])
+BAD_RECORDS = Counter("lupita_understanding_bad_records_total", "Records that are not valid events", ["reason"])
+ALERTS_RAISED = Counter("lupita_understanding_alerts_total", "Alerts published on the alerts topic",
+                        ["cue_id", "severity"])
+ALERT_LATENCY = Histogram("lupita_understanding_alert_latency_seconds",
+                          "From the transcriber publishing a final to its alert being published",
+                          buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5))
+CALLS = Counter("lupita_understanding_calls_total", "Calls by outcome (analysed, skipped_no_consent, failed)",
+                ["outcome"])
+SPEECH_SECONDS = Counter("lupita_understanding_speech_seconds_total",
+                         "Seconds of transcribed speech (final utterances) per leg", ["leg"])
+FINISH_SECONDS = Histogram("lupita_understanding_finish_seconds",
+                           "Analysis + embeddings + Weaviate + Postgres of one call (thread pool)",
+                           buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64))
+STORE_RETRIES = Counter("lupita_understanding_store_retries_total",
+                        "Work put back after a store stayed down for the sinks' whole retry budget", ["work"])
+IN_PROGRESS = Gauge("lupita_understanding_work_in_progress", "Alert writes and finishes running or waiting")
+
+
+class _Revoked(Exception):
+    """The partition went to another owner (or back to us): the redelivered record redoes it."""
+
+
+def parse_transcript(key: bytes | None, value: bytes | None) -> events_pb2.TranscriptEvent:
+    """Decode and validate a ``transcripts`` record; raises :class:`~.callstate.BadRecord`."""
+    ev = events_pb2.TranscriptEvent()
+    try:
+        ev.ParseFromString(value or b"")
+    except Exception as exc:
+        raise cs.BadRecord(f"transcripts value is not a TranscriptEvent protobuf: {exc}",
+                           reason="undecodable") from exc
+    cs._check_call_id(ev.call_id, key)
+    if ev.leg not in LEG_NAMES:
+        raise cs.BadRecord(f"transcript of leg {ev.leg}: expected LEG_LUPITA or LEG_PERSON")
+    if not ev.leg_complete and not ev.segment_end_us >= ev.segment_start_us:
+        raise cs.BadRecord(f"transcript seq {ev.seq}: segment ends ({ev.segment_end_us} us) before it starts "
+                           f"({ev.segment_start_us} us)")
+    return ev
+
+
+def utterance_of(ev: events_pb2.TranscriptEvent) -> Utterance:
+    """A final TranscriptEvent as an Utterance (seconds of call time; a segment padded to before
+    call time 0 is clipped at 0)."""
+    start = max(ev.segment_start_us, 0) / 1e6
+    end = max(ev.segment_end_us, 0) / 1e6
+    conf = ev.confidence if ev.HasField("confidence") else 1.0
+    return Utterance(ev.call_id, LEG_NAMES[ev.leg], int(ev.seq), start, end, ev.text, float(conf))
+
+
+def alert_event(hit: AlertHit, *, raised_at_us: int, transcript_emitted_at_us: int = 0) -> analysis_pb2.AlertEvent:
+    e = hit.evidence
+    return analysis_pb2.AlertEvent(
+        call_id=hit.call_id, cue_id=hit.cue_id, severity=hit.severity, leg=LEG_IDS[e.leg], seq=e.seq,
+        start_us=round(e.start_s * 1e6), end_us=round(e.end_s * 1e6), evidence=e.text,
+        char_start=e.char_start, char_end=e.char_end, raised_at_us=raised_at_us,
+        transcript_emitted_at_us=transcript_emitted_at_us,
+    )
+
+
+def analysis_event(call_id: str, result: FinishResult, *, processed_at_us: int) -> analysis_pb2.CallAnalysisEvent:
+    a = result.analysis
+    return analysis_pb2.CallAnalysisEvent(
+        call_id=call_id, topics=list(a.topics), emotion_primary=a.emotion_primary,
+        behavioral_codes=list(a.behavioral_codes), summary=a.summary, facts=len(a.facts),
+        weaviate_id=result.weaviate_id or "", analyzer=a.analyzer, processed_at_us=processed_at_us,
+        s3_uri=result.s3_uri or "",
+    )
+
+
+def new_entry(call_id: str, partition: int) -> dict[str, Any]:
+    return {"cu": CallUnderstanding(call_id).to_dict(), "legs_complete": [], "ended": False, "status": OPEN,
+            "partition": partition, "done_at": None}
+
+
+def ready_to_finish(entry: dict[str, Any]) -> bool:
+    return (entry["status"] == OPEN and entry["ended"] and entry["cu"].get("consent") is True
+            and BOTH_LEGS <= set(entry["legs_complete"]))
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class UnderstandingStage:
+    """The understanding stage wired into a Faust app (shared with the worker's other stages)."""
+
+    def __init__(self, settings: Any, *, app: Any = None, probes: Any = None,
+                 services: UnderstandingServices | None = None) -> None:
+        from stream_processor.stages.recorder.agent import build_app
+
+        self.settings = settings
+        self.app = app or build_app(settings)
+        self.probes = probes
+        self.stop = threading.Event()
+        self.services = services or UnderstandingServices.from_settings(settings, stop=self.stop)
+        self.executor = ThreadPoolExecutor(settings.understanding_threads, thread_name_prefix="understanding")
+        self._generation = 0
+        self._finishing: dict[str, int] = {}  # call_id -> generation of its running finish
+        self._tasks: set[asyncio.Task] = set()
+        self._purged_at: dict[int, float] = {}
+
+        raw = {"key_serializer": "raw", "value_serializer": "raw"}
+        self.transcripts_topic = settings.topic(TRANSCRIPTS)
+        self.lifecycle_topic = settings.topic(CALL_LIFECYCLE)
+        self.source = self.app.topic(self.transcripts_topic, self.lifecycle_topic, **raw)
+        self.alerts = self.app.topic(settings.topic(ALERTS), **raw)
+        self.analysis = self.app.topic(settings.topic(CALL_ANALYSIS), **raw)
+        self.dead_letters = self.app.topic(settings.topic(UNDERSTANDING_DEAD_LETTERS), **raw)
+        self.calls = self.app.Table(CALLS_TABLE, key_type=str, partitions=settings.topic_partitions)
+        self.app.agent(self.source, name=STAGE)(self._agent)
+        self.app.on_rebalance_complete.connect(self._on_rebalance_complete)
+        self.app.on_partitions_revoked.connect(self._on_partitions_revoked)
+        self.app.on_before_shutdown.connect(self._on_before_shutdown)
+
+    # -- intake --------------------------------------------------------------------------------------
+
+    async def _agent(self, stream: Any) -> Any:
+        async for event in stream.noack().events():
+            msg = event.message
+            held = False
+            try:
+                held = await self._handle(event)
+            except cs.BadRecord as exc:
+                BAD_RECORDS.labels(exc.reason).inc()
+                log.warning("bad record skipped", extra={
+                    "stage": STAGE, "topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
+                    "reason": exc.reason, "error": str(exc)})
+                await self._dead_letter(msg, event.key, event.value, exc.reason)
+            except Exception as exc:  # a bug must not stop every other call
+                BAD_RECORDS.labels("error").inc()
+                log.exception("record could not be processed", extra={
+                    "stage": STAGE, "topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
+                    "error": type(exc).__name__})
+                await self._dead_letter(msg, event.key, event.value, "error")
+            finally:
+                if not held:
+                    event.ack()
+
+    async def _handle(self, event: Any) -> bool:
+        """Apply one record; True when its acknowledgement is held by background work."""
+        from stream_processor.stages.vad.agent import in_partition_of
+
+        msg = event.message
+        if msg.topic == self.lifecycle_topic:
+            life = cs.parse_lifecycle(event.key, event.value)
+            call_id, tr = life.call_id, None
+        else:
+            tr = parse_transcript(event.key, event.value)
+            call_id, life = tr.call_id, None
+        entry = self.calls.get(call_id) or new_entry(call_id, msg.partition)
+        if entry["status"] != OPEN:
+            RECORDS.labels("late").inc()
+            return False
+        cu = CallUnderstanding.from_dict(entry["cu"])
+        svc = self.services
+        hits: list[AlertHit] = []
+        emitted_us = 0
+        if life is not None:
+            kind = life.WhichOneof("event")
+            RECORDS.labels(kind).inc()
+            if kind == "started":
+                s = life.started
+                hits = cu.start(started_at_us=s.started_at_us, phone_hash=s.phone_hash, region=s.region,
+                                consent=s.recording_consent, detector=svc.detector)
+                if not s.recording_consent:
+                    entry.update(status=SKIPPED, done_at=time.time())
+                    CALLS.labels("skipped_no_consent").inc()
+                    log.info("call without recording consent: nothing is derived", extra={
+                        "stage": STAGE, "call_id": call_id})
+            else:
+                cu.end(life.ended.ended_at_us)
+                entry["ended"] = True
+        elif tr.leg_complete:
+            RECORDS.labels("leg_complete").inc()
+            legs = set(entry["legs_complete"]) | {LEG_NAMES[tr.leg]}
+            entry["legs_complete"] = sorted(legs)
+        elif tr.is_partial:
+            RECORDS.labels("partial").inc()
+            return False  # the final of the segment supersedes it: nothing to keep
+        else:
+            utt = utterance_of(tr)
+            before = (len(cu.conversation.utterances), cu.blank_finals)
+            hits = cu.on_final(utt, svc.detector, svc.sentiment_of)
+            after = (len(cu.conversation.utterances), cu.blank_finals)
+            RECORDS.labels("blank" if after[1] > before[1] else ("final" if after != before else "duplicate")).inc()
+            if after[0] > before[0]:
+                SPEECH_SECONDS.labels(utt.leg).inc(max(utt.end_s - utt.start_s, 0.0))
+            if after == before and cu.consent is not False:
+                return False  # a redelivery: nothing changed
+            emitted_us = tr.emitted_at_us
+        if hits:
+            await self._publish_alerts(hits, emitted_us)  # before the state says "raised"
+        entry["cu"] = cu.to_dict()
+        with in_partition_of(event):
+            self.calls[call_id] = entry
+            self._purge(msg.partition)
+        jobs = []
+        if hits:
+            jobs.append(self._write_alerts(hits, self._generation))
+        if ready_to_finish(entry) and call_id not in self._finishing:
+            self._finishing[call_id] = self._generation
+            jobs.append(self._finish(event, call_id, cu, self._generation))
+        if not jobs:
+            return False
+        self._spawn(self._hold(event, jobs))
+        return True
+
+    async def _hold(self, event: Any, jobs: list[Any]) -> None:
+        """Run the record's work; acknowledge it only if all of it is done (not revoked)."""
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        if all(r is True for r in results):
+            event.ack()
+
+    # -- alerts ----------------------------------------------------------------------------------------
+
+    async def _publish_alerts(self, hits: list[AlertHit], transcript_emitted_at_us: int) -> None:
+        futures = []
+        for hit in hits:
+            now_us = _now_us()
+            ev = alert_event(hit, raised_at_us=now_us, transcript_emitted_at_us=transcript_emitted_at_us)
+            futures.append(await self.alerts.send(key=hit.call_id.encode(), value=ev.SerializeToString()))
+            ALERTS_RAISED.labels(hit.cue_id, hit.severity).inc()
+            if transcript_emitted_at_us:
+                ALERT_LATENCY.observe(max(0.0, (now_us - transcript_emitted_at_us) / 1e6))
+            log.warning("alert raised", extra={
+                "stage": STAGE, "call_id": hit.call_id, "cue_id": hit.cue_id, "severity": hit.severity,
+                "seq": hit.evidence.seq})
+        for fut in futures:
+            await fut  # delivered before the table says the alert was raised
+
+    async def _write_alerts(self, hits: list[AlertHit], generation: int) -> bool:
+        try:
+            for hit in hits:
+                await self._retrying("write_alert", hit.call_id, generation,
+                                     lambda h=hit: self.services.postgres.write_alert(h))
+        except _Revoked:
+            return False
+        except Exception as exc:  # SinkRejected or a bug: logged; the alert itself was published
+            log.error("alert could not be stored", extra={
+                "stage": STAGE, "call_id": hits[0].call_id, "error": _safe(exc)})
+        return True
+
+    # -- end of call -------------------------------------------------------------------------------------
+
+    async def _finish(self, event: Any, call_id: str, cu: CallUnderstanding, generation: int) -> bool:
+        from stream_processor.stages.vad.agent import in_partition_of
+
+        t0 = time.perf_counter()
+        status = DONE
+        try:
+            try:
+                result = await self._retrying("finish", call_id, generation, lambda: cu.finish(self.services))
+            except _Revoked:
+                return False
+            except Exception as exc:
+                status, result = FAILED, None
+                CALLS.labels("failed").inc()
+                log.error("call analysis failed for good (replay the call once fixed)", extra={
+                    "stage": STAGE, "call_id": call_id, "error": _safe(exc)})
+            if result is not None:
+                FINISH_SECONDS.observe(time.perf_counter() - t0)
+                ev = analysis_event(call_id, result, processed_at_us=_now_us())
+                fut = await self.analysis.send(key=call_id.encode(), value=ev.SerializeToString())
+                await fut
+                CALLS.labels("analysed").inc()
+                log.info("call analysed and stored", extra={
+                    "stage": STAGE, "call_id": call_id, "utterances": result.utterances,
+                    "topics": list(result.analysis.topics), "emotion": result.analysis.emotion_primary,
+                    "facts": len(result.analysis.facts), "weaviate_id": result.weaviate_id,
+                    "analyzer": result.analysis.analyzer, "postgres": result.postgres.call_row})
+            if generation != self._generation:
+                return False
+            entry = self.calls.get(call_id)
+            if entry is not None and entry["status"] == OPEN:
+                # the tombstone keeps the metadata, not the transcript (that is in Postgres now)
+                meta = dict(entry["cu"], conversation=None)
+                entry.update(status=status, done_at=time.time(), cu=meta)
+                with in_partition_of(event):
+                    self.calls[call_id] = entry
+            return True
+        finally:
+            if self._finishing.get(call_id) == generation:
+                del self._finishing[call_id]
+
+    # -- plumbing ----------------------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        IN_PROGRESS.set(len(self._tasks))
+
+        def done(t: asyncio.Task) -> None:
+            self._tasks.discard(t)
+            IN_PROGRESS.set(len(self._tasks))
+
+        task.add_done_callback(done)
+        return task
+
+    async def _retrying(self, work: str, call_id: str, generation: int, fn: Any) -> Any:
+        """``fn()`` in the thread pool; after :class:`SinkUnavailable` wait (doubling) and again,
+        until it succeeds, fails for good, or the partition is revoked (:class:`_Revoked`)."""
+        loop = asyncio.get_running_loop()
+        delay = self.settings.understanding_retry_initial_seconds
+        while True:
+            if generation != self._generation:
+                raise _Revoked()
+            try:
+                return await loop.run_in_executor(self.executor, fn)
+            except (SinkUnavailable, Stopped) as exc:
+                if self.stop.is_set() or generation != self._generation:
+                    raise _Revoked() from exc
+                STORE_RETRIES.labels(work).inc()
+                log.warning("store unavailable; trying again later (other calls go on)", extra={
+                    "stage": STAGE, "call_id": call_id, "work": work, "retry_in_s": delay, "error": _safe(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.understanding_retry_max_seconds)
+
+    def _purge(self, partition: int) -> None:
+        """Now and then drop the tombstones of this partition older than the retention."""
+        now = time.time()
+        if now - self._purged_at.get(partition, 0.0) < 60.0:
+            return
+        self._purged_at[partition] = now
+        retention = self.settings.understanding_state_retention_seconds
+        for key, value in list(self.calls.items()):
+            if value.get("partition") == partition and value.get("done_at") and now - value["done_at"] >= retention:
+                del self.calls[key]
+
+    async def _dead_letter(self, msg: Any, key: bytes | None, value: bytes | None, reason: str) -> None:
+        headers = [("lupita-reason", reason.encode()),
+                   ("lupita-source", f"{msg.topic}/{msg.partition}/{msg.offset}".encode())]
+        try:
+            await self.dead_letters.send(key=key, value=value, headers=headers)
+        except Exception as exc:
+            log.error("dead-letter publish failed", extra={"stage": STAGE, "error": repr(exc)[:300]})
+
+    async def _on_rebalance_complete(self, sender: Any, **kwargs: Any) -> None:
+        if self.probes is not None:
+            self.probes.set_ready(True)
+
+    async def _on_partitions_revoked(self, sender: Any, revoked: set[Any], **kwargs: Any) -> None:
+        # Held records are redelivered to the partitions' new owners; work in progress stops at
+        # its next check and acknowledges nothing.
+        self._generation += 1
+        self._finishing.clear()
+        if self.probes is not None:
+            self.probes.set_ready(False)
+
+    async def _on_before_shutdown(self, sender: Any, **kwargs: Any) -> None:
+        """SIGTERM: give running work a moment (bounded), then stop retries and the pool."""
+        tasks = list(self._tasks)
+        if tasks:
+            with contextlib.suppress(Exception):
+                await asyncio.wait(tasks, timeout=getattr(self.settings, "recorder_drain_seconds", 10.0))
+        self.stop.set()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.services.close()
+
+
+def _safe(exc: BaseException) -> str:
+    from stream_processor.stages.recorder.agent import safe_error
+
+    return safe_error(exc)
+
+
+# ------------------------------------------------------------------------------- standalone worker
+
+
+def main() -> int:  # pragma: no cover - exercised by the agent test as a child process
+    """``python -m stream_processor.stages.understanding.agent``: a worker running this stage alone
+    (until ``lupita worker`` knows the stage; same start-up as ``lupita worker``)."""
+    import faust
+
+    from lupita.db import migrate
+    from lupita.logs import setup_logging
+    from lupita.topics import ensure_topics
+
+    from stream_processor import metrics as m
+    from stream_processor.stages.understanding.core import UnderstandingSettings
+    from stream_processor.stages.recorder.agent import build_app
+    from stream_processor.settings import RecorderSettings
+
+    class Settings(RecorderSettings, UnderstandingSettings):
+        pass
+
+    setup_logging("stream-processor")
+    settings = Settings()
+    setup_logging("stream-processor", settings.log_level)
+    probes = m.Probes()
+    m.serve(settings.metrics_port, settings.metrics_host, probes)
+    if settings.migrate_on_start:
+        migrate(settings.postgres_dsn.get_secret_value())
+    ensure_topics(settings, names=TOPICS)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = build_app(settings)
+    UnderstandingStage(settings, app=app, probes=probes)
+
+    class Worker(faust.Worker):
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            setup_logging("stream-processor", settings.log_level)
+
+    worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

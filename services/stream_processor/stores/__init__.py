@@ -1,0 +1,48 @@
+"""Sinks of the understanding stages (issue #3, stage 7): Weaviate and Postgres, idempotent on
+natural keys, retried with bounded backoff when a store is down.
+
+Order for one finished call (what the analyzer agent does, in a worker thread):
+
+1. ``weaviate_id = weaviate.write_call(doc, call_vector, utterances, utterance_vectors)``
+2. ``postgres.write_call_analysis(call_id, analysis, transcript, utterances, weaviate_id, phone_hash)``
+3. only then acknowledge the Kafka record.
+
+Postgres last: ``companion_calls.processed_at`` marks a call whose results are all stored. A
+crash between 1 and 2 leaves a Weaviate object that the redelivery rewrites with the same id.
+:class:`SinkUnavailable` (store down past the retry budget): leave the record unacknowledged and
+retry later; :class:`SinkRejected` / :class:`InvalidSinkInput`: dead-letter it, retrying cannot help.
+"""
+
+from stream_processor.stores.postgres import AnalysisWrite, PostgresSink, upsert_fact
+from stream_processor.stores.retry import InvalidSinkInput, RetryPolicy, SinkError, SinkRejected, SinkUnavailable, Stopped, retry_call
+from stream_processor.stores.weaviate import (
+    ConversationDoc,
+    SchemaMismatch,
+    SimilarCall,
+    VectorDimensionMismatch,
+    WeaviateSink,
+    conversation_uuid,
+    s3_uri,
+    utterance_uuid,
+)
+
+__all__ = [
+    "AnalysisWrite",
+    "ConversationDoc",
+    "InvalidSinkInput",
+    "PostgresSink",
+    "RetryPolicy",
+    "SchemaMismatch",
+    "SimilarCall",
+    "SinkError",
+    "SinkRejected",
+    "SinkUnavailable",
+    "Stopped",
+    "VectorDimensionMismatch",
+    "WeaviateSink",
+    "conversation_uuid",
+    "retry_call",
+    "s3_uri",
+    "upsert_fact",
+    "utterance_uuid",
+]

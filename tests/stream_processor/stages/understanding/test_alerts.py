@@ -1,0 +1,308 @@
+"""Alert cues (stream_processor.stages.understanding.alerts): the packaged Spanish catalogue on scripted utterances.
+
+No servers: the detector is plain code. Each "does not fire" test also proves that the same
+words *do* fire without the negation / exclusion / past marker (or shows the status the detector
+gave the match), so it cannot pass just because a pattern never matched.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from stream_processor.stages.understanding.alerts import (
+    AlertDetector,
+    AlertInputError,
+    AlertSettings,
+    CatalogueError,
+    load_catalogue,
+    normalise,
+    parse_catalogue,
+)
+from stream_processor.contracts import AlertHit, Utterance
+
+CALL = "call-alerts-0001"
+
+
+@pytest.fixture(scope="module")
+def detector() -> AlertDetector:
+    return AlertDetector(load_catalogue())
+
+
+@pytest.fixture(scope="module")
+def raw_catalogue() -> dict:
+    from importlib import resources
+
+    return json.loads((resources.files("stream_processor") / "data" / "alert_cues.json").read_text("utf-8"))
+
+
+def person(seq: int, text: str, start: float = 0.0) -> Utterance:
+    return Utterance(CALL, "person", seq, start, start + 2.0, text)
+
+
+def lupita(seq: int, text: str, start: float = 0.0) -> Utterance:
+    return Utterance(CALL, "lupita", seq, start, start + 2.0, text)
+
+
+def run_script(detector: AlertDetector, script: list[Utterance]) -> list[AlertHit]:
+    seen: set[str] = set()
+    hits: list[AlertHit] = []
+    for u in script:
+        hits += detector.scan(u, seen)
+    return hits
+
+
+def statuses(detector: AlertDetector, text: str) -> list[tuple[str, str, str]]:
+    return [(m.cue_id, m.text, m.status) for m in detector.matches(text)]
+
+
+# --- scripts -----------------------------------------------------------------------------------
+
+ALERT_SCRIPT = [
+    lupita(0, "Buenos días, doña Carmen, ¿cómo amaneció hoy?", 0.0),
+    person(0, "Ay, Lupita, hoy en la mañana me caí en el baño.", 3.0),
+    lupita(1, "¿Se pegó en la cabeza? ¿Le duele algo?", 6.5),
+    person(1, "No sé... me aprieta el pecho y me falta el aire.", 9.0),
+    lupita(2, "Voy a avisar a su hija ahora mismo.", 13.0),
+    person(2, "Me sigue doliendo. Me aprieta el pecho otra vez.", 15.0),  # chest_pain again: raised once
+]
+
+CALM_SCRIPT = [
+    "Hoy hizo un calor tremendo, pero en la tarde llovió un poquito.",
+    "Hice caldo de pollo con arroz y tortillas hechas a mano.",
+    "Mis nietos vinieron el domingo; el más chiquito ya camina solito.",
+    "La vecina me cae muy bien, siempre me trae tamales.",
+    "Me caigo de sueño en las tardes, después de la telenovela.",
+    "Se me cayó el vaso en la cocina, pero no pasó nada.",
+    "Me muero de hambre, ya quiero que sea la hora de la comida.",
+    "Me pegó la gripa la semana pasada, pero ya estoy bien.",
+    "El sol me pega directo en la ventana de la sala.",
+    "Se me pegó la canción de la radio todo el día.",
+    "No me dan de comer picante por la gastritis.",
+    "Mi hija dice que me ahogo en un vaso de agua.",
+    "Quisiera morirme de la vergüenza, se me olvidó su cumpleaños.",
+    "Me siento muy sola desde que murió mi esposo.",  # loneliness is not an emergency cue
+    "No sé dónde dejé mis lentes.",
+    "Me duele la rodilla cuando subo las escaleras.",
+]
+
+
+# --- the alert script --------------------------------------------------------------------------
+
+
+def test_alert_script_raises_exactly_the_expected_alerts_with_spans(detector):
+    hits = run_script(detector, ALERT_SCRIPT)
+    got = [(h.cue_id, h.severity, h.evidence.leg, h.evidence.seq,
+            h.evidence.text[h.evidence.char_start:h.evidence.char_end]) for h in hits]
+    assert got == [
+        ("fall", "high", "person", 0, "me caí"),
+        ("chest_pain", "critical", "person", 1, "me aprieta el pecho"),
+        ("cant_breathe", "critical", "person", 1, "me falta el aire"),
+    ]
+    fall, chest, air = hits
+    text0 = ALERT_SCRIPT[1].text
+    assert (fall.evidence.char_start, fall.evidence.char_end) == (text0.index("me caí"), text0.index("me caí") + 6)
+    text1 = ALERT_SCRIPT[3].text
+    assert chest.evidence.char_start == text1.index("me aprieta")
+    assert air.evidence.char_end == text1.index(" aire.") + len(" aire")
+    assert all(h.call_id == CALL for h in hits)
+    assert fall.evidence.text == text0 and (fall.evidence.start_s, fall.evidence.end_s) == (3.0, 5.0)
+
+
+def test_seen_set_deduplicates_across_utterances_and_scans(detector):
+    seen: set[str] = set()
+    first = detector.scan(person(0, "Me aprieta el pecho."), seen)
+    again = detector.scan(person(1, "Me duele el pecho, de verdad, mucho dolor en el pecho."), seen)
+    assert [h.cue_id for h in first] == ["chest_pain"]
+    assert again == []
+    assert seen == {"chest_pain"}
+    # without a seen set each call stands alone, but one utterance still gives one hit per cue
+    alone = detector.scan(person(1, "Me duele el pecho, de verdad, mucho dolor en el pecho."))
+    assert [h.cue_id for h in alone] == ["chest_pain"]
+
+
+def test_calm_script_raises_nothing_including_false_friends(detector):
+    hits = run_script(detector, [person(i, t, i * 3.0) for i, t in enumerate(CALM_SCRIPT)])
+    assert hits == []
+    # the false friends were seen and excluded, not missed by accident
+    assert ("fall", "me caigo", "excluded") in [(c, t.lower(), s) for c, t, s in statuses(detector, CALM_SCRIPT[4])]
+    assert [s for _, _, s in statuses(detector, CALM_SCRIPT[7])] == ["excluded"]   # me pegó la gripa
+    assert [s for _, _, s in statuses(detector, CALM_SCRIPT[8])] == ["excluded"]   # el sol me pega
+    assert [s for _, _, s in statuses(detector, CALM_SCRIPT[10])] == ["excluded"]  # de comer picante
+    assert [s for _, _, s in statuses(detector, CALM_SCRIPT[12])] == ["excluded"]  # morirme de la vergüenza
+
+
+@pytest.mark.parametrize("text, cue", [
+    ("Me caí en la cocina y no me puedo levantar del piso.", "fall"),
+    ("Se me doblaron las piernas en la calle.", "fall"),
+    ("Me he caído dos veces esta semana.", "fall"),
+    ("Tengo un dolor en el pecho muy feo.", "chest_pain"),
+    ("No puedo respirar bien, Lupita.", "cant_breathe"),
+    ("Ya no quiero vivir.", "suicidal_ideation"),
+    ("Quisiera morirme, para qué sigo aquí.", "suicidal_ideation"),
+    ("No sé dónde estoy.", "confusion"),
+    ("No reconozco esta casa.", "confusion"),
+    ("No puedo mover el brazo derecho.", "stroke_signs"),
+    ("Se me durmió la cara, no me salen las palabras.", "stroke_signs"),
+    ("Me corté y no deja de sangrar.", "severe_bleeding"),
+    ("Mi yerno me pega cuando se enoja.", "abuse"),
+    ("No me dan de comer desde ayer.", "neglect"),
+    ("Nadie me da de comer.", "neglect"),
+    ("¡Auxilio! Llamen a una ambulancia.", "help_request"),
+    ("ME CAI EN EL BANO", "fall"),  # no accents, upper case (ASR / typing variants)
+])
+def test_each_cue_fires_on_plain_statements(detector, text, cue):
+    assert cue in [h.cue_id for h in detector.scan(person(0, text))]
+
+
+# --- negation and past ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("negated, plain, cue", [
+    ("No me caí, gracias a Dios.", "Me caí, gracias a Dios.", "fall"),
+    ("Nunca me he caído en la casa.", "Me he caído en la casa.", "fall"),
+    ("No me duele el pecho.", "Me duele el pecho.", "chest_pain"),
+    ("No tengo dolor en el pecho.", "Tengo dolor en el pecho.", "chest_pain"),
+    ("No me falta el aire.", "Me falta el aire.", "cant_breathe"),
+    ("No me quiero morir todavía.", "Me quiero morir.", "suicidal_ideation"),
+    ("Nadie me pega, vivo tranquila.", "Me pega mi hijo.", "abuse"),
+    ("No es una emergencia, pero quería contarle.", "Es una emergencia.", "help_request"),
+])
+def test_negated_cues_raise_nothing(detector, negated, plain, cue):
+    assert detector.scan(person(0, negated)) == []
+    assert [s for c, _, s in statuses(detector, negated) if c == cue] == ["negated"]
+    assert [h.cue_id for h in detector.scan(person(0, plain))] == [cue]
+
+
+def test_negation_stops_at_a_clause_boundary(detector):
+    # "No," answers Lupita's question; the fall is affirmed
+    assert [h.cue_id for h in detector.scan(person(0, "No, me caí en el patio."))] == ["fall"]
+    # the negated fall is dropped, the chest pain after "pero" is not
+    assert [h.cue_id for h in detector.scan(person(0, "No me caí, pero me duele mucho el pecho."))] == ["chest_pain"]
+    # a cue that is itself a negative statement is not undone by a stutter
+    assert [h.cue_id for h in detector.scan(person(0, "no no puedo respirar"))] == ["cant_breathe"]
+    # a negator further back than the window (3 words) does not negate
+    assert [h.cue_id for h in detector.scan(person(0, "No sé por qué me duele el pecho."))] == ["chest_pain"]
+
+
+def test_remote_past_is_history_but_ongoing_and_recent_are_not(detector):
+    assert detector.scan(person(0, "Hace dos años me caí en el mercado, pero ya estoy bien.")) == []
+    assert [s for _, _, s in statuses(detector, "Hace dos años me caí en el mercado.")] == ["past"]
+    assert detector.scan(person(0, "De niña me caí de un árbol.")) == []
+    # "hace años que ..." = still going on
+    assert [h.cue_id for h in detector.scan(person(0, "Hace años que me pegan."))] == ["abuse"]
+    # a recent marker in the same sentence wins
+    assert [h.cue_id for h in detector.scan(person(0, "Hace años me caí, y hoy me volví a caer."))] == ["fall"]
+    # another sentence is another story
+    text = "Hace años me caí. Ahorita me caí otra vez en la cocina."
+    hits = detector.scan(person(0, text))
+    assert [(h.cue_id, h.evidence.char_start) for h in hits] == [("fall", text.index("me caí otra"))]
+    # suicidal ideation is never written off as history
+    assert [h.cue_id for h in detector.scan(person(0, "Hace meses que quisiera morirme."))] == ["suicidal_ideation"]
+    assert [h.cue_id for h in detector.scan(person(0, "Hace años quise morirme, y todavía quisiera morirme."))] \
+        == ["suicidal_ideation"]
+
+
+# --- legs and input ------------------------------------------------------------------------------
+
+
+def test_lupita_leg_is_ignored(detector):
+    text = "Si usted me dice que no puede respirar o que me caí, yo llamo a una ambulancia: me caí."
+    assert detector.scan(lupita(0, text)) == []
+    assert detector.scan(person(0, text)) != []  # the same words in the person's leg do fire
+
+
+def test_spans_point_into_the_original_text(detector):
+    text = "¡¡Ay!!  Lupita…  ME  APRIETA   el pecho, y NO PUEDO respirar."
+    hits = detector.scan(person(0, text))
+    assert [text[h.evidence.char_start:h.evidence.char_end] for h in hits] == \
+        ["ME  APRIETA   el pecho", "NO PUEDO respirar"]
+
+
+def test_empty_and_punctuation_only_utterances(detector):
+    assert detector.scan(person(0, "")) == []
+    assert detector.scan(person(0, "¿...? ¡!")) == []
+    assert normalise("¿...?") == ("", [])
+
+
+def test_bad_utterance_is_refused_precisely(detector):
+    with pytest.raises(AlertInputError, match=r"unknown leg 'PERSON'"):
+        detector.scan(Utterance(CALL, "PERSON", 0, 0.0, 1.0, "me caí"))
+    with pytest.raises(AlertInputError, match="text must be a string"):
+        detector.scan(Utterance(CALL, "person", 0, 0.0, 1.0, None))  # type: ignore[arg-type]
+
+
+def test_normalise_maps_back_to_original_characters():
+    text = "Año: ¡ME CAÍ!"
+    norm, idx = normalise(text)
+    assert norm == "ano . me cai ."
+    assert len(idx) == len(norm)
+    assert text[idx[norm.index("cai")]: idx[norm.index("cai") + 2] + 1] == "CAÍ"
+
+
+# --- the catalogue ---------------------------------------------------------------------------------
+
+
+def test_packaged_catalogue_loads_and_covers_the_required_cues():
+    cat = load_catalogue()
+    ids = {c.id for c in cat.cues}
+    assert {"fall", "chest_pain", "cant_breathe", "suicidal_ideation", "confusion", "stroke_signs",
+            "severe_bleeding", "abuse", "neglect"} <= ids
+    assert "loneliness" not in ids
+    assert cat.cue("suicidal_ideation").severity == "critical"
+    assert cat.cue("suicidal_ideation").past_resolves is False
+
+
+def _broken(raw: dict, edit) -> dict:
+    data = copy.deepcopy(raw)
+    edit(data)
+    return data
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["cues"][0].update(severity="urgent"),
+     r"cues\[0\] \(id 'fall'\): unknown severity 'urgent'; expected one of \['critical', 'high', 'medium'\]"),
+    (lambda d: d["cues"][1].update(patterns=[]),
+     r"cues\[1\] \(id 'chest_pain'\)\.patterns: is empty"),
+    (lambda d: d["cues"][2].update(id="fall"),
+     r"cues\[2\] \(id 'fall'\): duplicate id 'fall'"),
+    (lambda d: d["cues"][0]["patterns"].append("me (cai"),
+     r"cues\[0\] \(id 'fall'\)\.patterns\[\d+\] 'me \(cai': bad regular expression: missing \)"),
+    (lambda d: d["cues"][0]["patterns"].append("(me)?"),
+     r"cues\[0\] \(id 'fall'\)\.patterns\[12\] '\(me\)\?': matches the empty string"),
+    (lambda d: d["cues"][0].pop("patterns"),
+     r"cues\[0\] \(id 'fall'\): has no 'patterns'"),
+    (lambda d: d["cues"][0].update(pattern=["x"]),
+     r"cues\[0\] \(id 'fall'\): unknown key\(s\) \['pattern'\]"),
+    (lambda d: d["cues"][0].update(id="Fall Risk"),
+     r"cues\[0\] \(id 'Fall Risk'\): id must be snake_case"),
+    (lambda d: d["cues"][3].update(exclude=["morir de (risa"]),
+     r"cues\[3\] \(id 'suicidal_ideation'\)\.exclude\[0\] 'morir de \(risa': bad regular expression"),
+    (lambda d: d.update(version=2), r"version: must be 1, got 2"),
+    (lambda d: d.update(cues=[]), r"cues: must be a non-empty list"),
+])
+def test_broken_catalogue_gives_a_precise_error(raw_catalogue, edit, message):
+    with pytest.raises(CatalogueError, match=r"^my-cues\.json: " + message):
+        parse_catalogue(_broken(raw_catalogue, edit), source="my-cues.json")
+
+
+def test_catalogue_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "cues.json"
+    bad.write_text('{"version": 1, "cues": [\n  {"id": "fall",}\n]}', encoding="utf-8")
+    with pytest.raises(CatalogueError, match=r"cues\.json: not valid JSON: .* at line 2 column"):
+        load_catalogue(bad)
+    with pytest.raises(CatalogueError, match=r"nope\.json: no such file"):
+        load_catalogue(tmp_path / "nope.json")
+
+
+def test_a_custom_catalogue_from_settings_is_used(tmp_path, monkeypatch, raw_catalogue):
+    custom = {"version": 1, "cues": [{"id": "dizziness", "severity": "medium",
+                                      "description": "Mareo", "patterns": ["me (mareo|maree|siento mareada)"]}]}
+    path = tmp_path / "cues.json"
+    path.write_text(json.dumps(custom), encoding="utf-8")
+    monkeypatch.setenv("LUPITA_ALERT_CUES_PATH", str(path))
+    det = AlertDetector.from_settings(AlertSettings())
+    hits = det.scan(person(0, "Hoy me mareé al levantarme, y me caí."))
+    assert [(h.cue_id, h.severity) for h in hits] == [("dizziness", "medium")]  # "me caí" is not in this catalogue
