@@ -1,4 +1,4 @@
-"""Per-call recorder state and its rules (pure: no Kafka, no clocks of its own).
+"""A call's arrival state and its rules, shared by the recorder and vad stages (pure: no Kafka, no clocks of its own).
 
 The Faust agent keeps one :class:`CallState` per call in the changelog-backed table
 ``recorder_calls`` (as the JSON dict of :meth:`CallState.to_dict`) and calls the functions
@@ -17,20 +17,14 @@ Life of a call::
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import json_format
 
-from lupita.audio import BYTES_PER_SAMPLE, SUPPORTED_RATES
 from lupita.v1 import events_pb2
 
-from stream_processor.stages.recorder.wav import LEG_NAMES, LEGS
-
-CALL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-# Upper bound on chunk sequence numbers and counts (4 h of 100 ms chunks is 144,000).
-MAX_CHUNK_SEQ = 10_000_000
+from stream_processor.records import LEG_NAMES
 
 OPEN = "open"
 FINALIZING = "finalizing"
@@ -43,96 +37,6 @@ REASON_COMPLETE = "complete"  # ended and every announced chunk arrived
 REASON_GRACE = "grace_expired"  # ended, chunks still missing after the grace period
 REASON_TIMEOUT = "timeout"  # no ended event, no event at all for idle_call_timeout
 REASON_NO_START = "no_started_event"  # chunks (or an end) but never a started event
-
-
-class BadRecord(ValueError):
-    """A Kafka record the recorder cannot use; the message says exactly why and ``reason`` is
-    its class for metrics: undecodable, invalid_call_id, key_mismatch or invalid."""
-
-    def __init__(self, message: str, *, reason: str = "invalid") -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-def is_valid_call_id(call_id: str) -> bool:
-    return bool(CALL_ID_RE.fullmatch(call_id or ""))
-
-
-# -- decoding and validation of input records ----------------------------------------------------
-
-
-def parse_chunk(key: bytes | None, value: bytes | None) -> events_pb2.AudioChunk:
-    """Decode and validate an ``audio.chunks`` record; raises BadRecord."""
-    chunk = events_pb2.AudioChunk()
-    try:
-        chunk.ParseFromString(value or b"")
-    except Exception as exc:  # protobuf raises DecodeError (a Message.Error subclass)
-        raise BadRecord(
-            f"audio.chunks value is not an AudioChunk protobuf: {exc}", reason="undecodable"
-        ) from exc
-    _check_call_id(chunk.call_id, key)
-    if chunk.leg not in LEGS:
-        raise BadRecord(f"chunk {chunk.chunk_seq}: leg {chunk.leg} is not LEG_LUPITA or LEG_PERSON")
-    if chunk.sample_rate_hz not in SUPPORTED_RATES:
-        raise BadRecord(f"chunk {chunk.chunk_seq}: sample rate {chunk.sample_rate_hz} not in {SUPPORTED_RATES}")
-    width = BYTES_PER_SAMPLE.get(chunk.codec)
-    if width is None:
-        raise BadRecord(f"chunk {chunk.chunk_seq}: codec {chunk.codec} is not PCM16 or MULAW")
-    if not chunk.payload or len(chunk.payload) % width:
-        raise BadRecord(
-            f"chunk {chunk.chunk_seq}: payload of {len(chunk.payload)} bytes is not a positive "
-            f"whole number of {width}-byte samples"
-        )
-    if chunk.chunk_seq >= MAX_CHUNK_SEQ:
-        raise BadRecord(f"chunk_seq {chunk.chunk_seq} is beyond {MAX_CHUNK_SEQ}")
-    if chunk.start_ts_us <= 0:
-        raise BadRecord(f"chunk {chunk.chunk_seq}: start_ts_us must be a positive unix time")
-    return chunk
-
-
-def parse_lifecycle(key: bytes | None, value: bytes | None) -> events_pb2.CallLifecycle:
-    """Decode and validate a ``call.lifecycle`` record; raises BadRecord."""
-    event = events_pb2.CallLifecycle()
-    try:
-        event.ParseFromString(value or b"")
-    except Exception as exc:
-        raise BadRecord(
-            f"call.lifecycle value is not a CallLifecycle protobuf: {exc}", reason="undecodable"
-        ) from exc
-    _check_call_id(event.call_id, key)
-    kind = event.WhichOneof("event")
-    if kind is None:
-        raise BadRecord("call.lifecycle event has neither started nor ended")
-    if kind == "started":
-        s = event.started
-        if s.sample_rate_hz not in SUPPORTED_RATES:
-            raise BadRecord(f"started: sample rate {s.sample_rate_hz} not in {SUPPORTED_RATES}")
-        if s.codec not in BYTES_PER_SAMPLE:
-            raise BadRecord(f"started: codec {s.codec} is not PCM16 or MULAW")
-        if s.started_at_us <= 0:
-            raise BadRecord("started: started_at_us must be a positive unix time")
-    else:
-        e = event.ended
-        if max(e.chunks_lupita, e.chunks_person) > MAX_CHUNK_SEQ:
-            raise BadRecord(f"ended: chunk counts beyond {MAX_CHUNK_SEQ}")
-        if e.ended_at_us <= 0:
-            raise BadRecord("ended: ended_at_us must be a positive unix time")
-    return event
-
-
-def _check_call_id(call_id: str, key: bytes | None) -> None:
-    if not is_valid_call_id(call_id):
-        # Never echo the raw value: it may be anything, including a phone number.
-        raise BadRecord(
-            f"call_id is not a valid call id (pattern {CALL_ID_RE.pattern}, length {len(call_id)})",
-            reason="invalid_call_id",
-        )
-    # An unkeyed record may sit on another partition than the rest of its call: refused too.
-    if key != call_id.encode():
-        raise BadRecord(
-            "record key differs from the call_id in the value (records are keyed by call_id)",
-            reason="key_mismatch",
-        )
 
 
 # -- chunk sequence bookkeeping (sorted, disjoint, inclusive intervals) ------------------------------

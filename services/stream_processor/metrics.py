@@ -1,5 +1,5 @@
-"""Prometheus metrics of the stream processor (names ``lupita_recorder_<thing>_<unit>``), and
-the HTTP endpoint that serves them with the liveness and readiness probes."""
+"""The worker's HTTP endpoint: Prometheus ``/metrics`` (every stage's metrics, each defined in
+``stages/<stage>/metrics.py``) with the ``/livez`` and ``/readyz`` probes."""
 
 from __future__ import annotations
 
@@ -7,31 +7,10 @@ import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, generate_latest
 
 log = logging.getLogger(__name__)
 
-RECORDS = Counter("lupita_recorder_records_total", "Kafka records consumed by the recorder", ["topic"])
-BAD_RECORDS = Counter(
-    "lupita_recorder_bad_records_total",
-    "Records skipped because they cannot be used (undecodable, invalid_call_id, key_mismatch, "
-    "invalid, unknown_call, late)",
-    ["reason"],
-)
-CHUNKS = Counter("lupita_recorder_chunks_total", "Audio chunks buffered for a recording", ["leg"])
-DUPLICATE_CHUNKS = Counter("lupita_recorder_duplicate_chunks_total", "Chunks received more than once")
-CALLS = Counter(
-    "lupita_recorder_calls_total", "Calls finalised, by outcome (recorded, skipped, failed)", ["outcome"]
-)
-FINALIZE = Histogram(
-    "lupita_recorder_finalize_seconds",
-    "Time to mux, upload and register one call",
-    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
-)
-AUDIO_SECONDS = Counter("lupita_recorder_audio_seconds_total", "Seconds of stereo audio archived")
-OPEN_CALLS = Gauge("lupita_recorder_open_calls", "Calls buffered and not yet finalised on this worker")
-RUNNING = Gauge("lupita_recorder_finalizations_running", "Finalisations running in the thread pool")
-PURGED = Counter("lupita_recorder_calls_purged_total", "Finished calls whose state was removed")
 READY = Gauge("lupita_recorder_ready", "1 once the worker has its partitions and recovered its tables")
 
 

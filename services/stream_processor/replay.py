@@ -51,7 +51,7 @@ from lupita.audio import SUPPORTED_RATES
 from lupita.v1 import audio_pb2, events_pb2
 
 from stream_processor.stages.understanding.core import UnderstandingSettings
-from stream_processor.callstate import is_valid_call_id
+from stream_processor.records import is_valid_call_id
 from stream_processor.settings import PipelineSettings
 
 log = logging.getLogger("stream_processor.replay")
@@ -315,7 +315,7 @@ class Replayer:
         from stream_processor.models.asr.factory import build_transcriber
         from stream_processor.stages.understanding.core import UnderstandingServices
         from stream_processor.models.vad import SileroModel
-        from stream_processor.stages.vad.agent import VadCore, config_from_settings
+        from stream_processor.stages.vad.core import VadCore, config_from_settings
 
         self.settings = settings
         self.s3 = s3 or s3_client(settings)
@@ -352,8 +352,8 @@ class Replayer:
 
     def segments(self, entry: CallEntry, progress: Progress | None = None) -> tuple[list[Any], int, int]:
         """Stream the WAV through the VAD; returns (FINAL SegmentOuts, sample rate, ended_at_us)."""
-        from stream_processor import callstate as cs
-        from stream_processor.stages.vad.agent import KIND_FINAL
+        from stream_processor import records
+        from stream_processor.records import KIND_FINAL
 
         call_id = entry.call_id
         started_us = _us(entry.started_at)  # type: ignore[arg-type]
@@ -383,7 +383,7 @@ class Replayer:
                         chunk = legs[leg].chunk(np.ascontiguousarray(piece[:, column]))
                         try:
                             core.on_chunk(chunk, b"", None, now)
-                        except cs.BadRecord as exc:
+                        except records.BadRecord as exc:
                             bad += 1
                             log.warning("chunk refused by the vad", extra={
                                 "stage": STAGE, "call_id": call_id, "reason": exc.reason, "error": str(exc)})
@@ -414,7 +414,7 @@ class Replayer:
     def transcript(self, seg: Any) -> events_pb2.TranscriptEvent:
         """One FINAL segment → its TranscriptEvent, with the transcriber agent's error rules."""
         from stream_processor.models.asr.base import AsrError, AudioInputError
-        from stream_processor.stages.transcriber.agent import segment_audio, transcript_event
+        from stream_processor.stages.transcriber.core import segment_audio, transcript_event
 
         proto = seg.to_proto(time.time_ns() // 1000)
         try:
@@ -432,7 +432,7 @@ class Replayer:
     def replay(self, entry: CallEntry, progress: Progress | None = None) -> Outcome:
         from stream_processor.stages.understanding.core import CallUnderstanding
         from stream_processor.stages.understanding.agent import utterance_of
-        from stream_processor.stages.recorder.wav import LEG_NAMES
+        from stream_processor.records import LEG_NAMES
 
         t0 = time.monotonic()
         call_id = entry.call_id
@@ -529,7 +529,7 @@ def run(args: argparse.Namespace) -> int:
                 outcome = (replayer.replay(entry, progress) if replayer is not None
                            else Outcome(entry.call_id, "skipped", entry.skip_reason() or ""))
             except Exception as exc:  # noqa: BLE001 - one bad call must not stop the others
-                from stream_processor.stages.recorder.agent import safe_error
+                from stream_processor.errors import safe_error
 
                 log.error("replay failed", extra={"stage": STAGE, "call_id": entry.call_id,
                                                   "error": safe_error(exc)})

@@ -6,6 +6,7 @@ import pytest
 
 from lupita.v1 import audio_pb2, events_pb2
 from stream_processor import callstate as cs
+from stream_processor import records
 
 L, P = audio_pb2.LEG_LUPITA, audio_pb2.LEG_PERSON
 RULES = dict(grace_seconds=30, idle_seconds=600, orphan_seconds=120, alive_since=0.0)
@@ -34,7 +35,7 @@ def ended(n_l=2, n_p=2) -> events_pb2.CallEnded:
 
 def test_a_valid_chunk_parses():
     c = chunk()
-    assert cs.parse_chunk(b"call-1", c.SerializeToString()) == c
+    assert records.parse_chunk(b"call-1", c.SerializeToString()) == c
 
 
 @pytest.mark.parametrize(
@@ -57,15 +58,15 @@ def test_a_valid_chunk_parses():
          "odd-payload", "empty-payload", "timestamp", "seq"],
 )
 def test_bad_chunk_records_are_refused_with_reason_and_message(key, value, reason, match):
-    with pytest.raises(cs.BadRecord, match=match) as err:
-        cs.parse_chunk(key, value)
+    with pytest.raises(records.BadRecord, match=match) as err:
+        records.parse_chunk(key, value)
     assert err.value.reason == reason
 
 
 def test_a_bad_call_id_is_never_echoed_in_the_error():
     secret = "+5219511234567"
-    with pytest.raises(cs.BadRecord) as err:
-        cs.parse_chunk(secret.encode(), chunk(call_id=secret).SerializeToString())
+    with pytest.raises(records.BadRecord) as err:
+        records.parse_chunk(secret.encode(), chunk(call_id=secret).SerializeToString())
     assert "9511234567" not in str(err.value)
 
 
@@ -82,8 +83,8 @@ def test_a_bad_call_id_is_never_echoed_in_the_error():
     ids=["empty", "rate", "start-time", "end-time"],
 )
 def test_bad_lifecycle_records_are_refused(event, match):
-    with pytest.raises(cs.BadRecord, match=match):
-        cs.parse_lifecycle(b"call-1", event.SerializeToString())
+    with pytest.raises(records.BadRecord, match=match):
+        records.parse_lifecycle(b"call-1", event.SerializeToString())
 
 
 # -- chunk bookkeeping ---------------------------------------------------------------------------

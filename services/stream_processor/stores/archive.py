@@ -25,7 +25,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from stream_processor.callstate import CALL_ID_RE, is_valid_call_id
+from stream_processor.records import CALL_ID_RE, is_valid_call_id
 
 log = logging.getLogger(__name__)
 

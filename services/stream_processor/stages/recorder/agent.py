@@ -33,12 +33,16 @@ from lupita.topics import AUDIO_CHUNKS, CALL_LIFECYCLE
 from lupita.v1 import events_pb2
 
 from stream_processor import callstate as cs
-from stream_processor import metrics as m
+from stream_processor import faust_kit
+from stream_processor.errors import safe_error
+from stream_processor import records
+from stream_processor.metrics import Probes
+from stream_processor.stages.recorder import metrics as m
 from stream_processor.stores.archive import Archive
 from stream_processor.stores.calls_db import CallStore
 from stream_processor.stages.recorder.core import RecordingRules, record_call
 from stream_processor.settings import RECORDER_CONTROL, RecorderSettings
-from stream_processor.stages.recorder.wav import LEG_NAMES
+from stream_processor.records import LEG_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -55,41 +59,6 @@ def chunk_key(call_id: str, leg: int, seq: int) -> str:
     return f"{call_id}:{LEG_NAMES[leg]}:{seq}"
 
 
-class RawValueTable(faust.Table):
-    """A table whose values are bytes stored as they are (Faust derives "json" from any type).
-
-    The serializer must be set before the table is added to the app: that is when its
-    changelog topic, which also decodes the records during recovery, is built."""
-
-    def __init__(self, app: faust.App, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
-        self.value_serializer = "raw"
-
-
-def build_app(settings: RecorderSettings) -> faust.App:
-    return faust.App(
-        settings.faust_app_id,
-        broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(",") if h.strip()],
-        store=settings.table_store,
-        datadir=str(settings.data_dir),
-        autodiscover=False,
-        web_enabled=False,
-        topic_partitions=settings.topic_partitions,
-        topic_replication_factor=settings.topic_replication,
-        table_standby_replicas=settings.table_standby_replicas,
-        broker_session_timeout=settings.kafka_session_timeout_seconds,
-        broker_heartbeat_interval=settings.kafka_heartbeat_seconds,
-        broker_rebalance_timeout=settings.kafka_rebalance_timeout_seconds,
-        broker_commit_interval=settings.kafka_commit_interval_seconds,
-        consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
-        # changelog records carry audio chunks (~1.6-3.2 KB): big batches, a short linger
-        producer_max_batch_size=512 * 1024,
-        producer_linger=0.005,
-        processing_guarantee="at_least_once",
-    )
-
-
 class Recorder:
     """The recorder stage wired into a Faust app (``Recorder(settings).app`` is what runs)."""
 
@@ -99,14 +68,14 @@ class Recorder:
         *,
         archive: Archive,
         store: CallStore,
-        probes: m.Probes | None = None,
+        probes: Probes | None = None,
         app: faust.App | None = None,
     ) -> None:
         self.settings = settings
         self.archive = archive
         self.store = store
-        self.probes = probes or m.Probes()
-        self.app = app or build_app(settings)
+        self.probes = probes or Probes()
+        self.app = app or faust_kit.build_app(settings)
         self.rules = RecordingRules(
             max_call_seconds=settings.recorder_max_call_seconds,
             align_tolerance_ms=settings.recorder_align_tolerance_ms,
@@ -130,10 +99,7 @@ class Recorder:
         # keys: JSON strings; recorder_calls values: JSON dicts (CallState.to_dict);
         # recorder_chunks values: the AudioChunk record bytes exactly as consumed.
         self.calls = self.app.Table(CALLS_TABLE, key_type=str, partitions=settings.topic_partitions)
-        self.chunks = self.app.tables.add(
-            RawValueTable(self.app, name=CHUNKS_TABLE, key_type=str, value_type=bytes,
-                          partitions=settings.topic_partitions)
-        )
+        self.chunks = faust_kit.raw_table(self.app, CHUNKS_TABLE, settings.topic_partitions)
         self.app.agent(self.source, name="recorder")(self._agent)
         self.app.timer(settings.recorder_tick_seconds, name="recorder_timer")(self._timer)
         self.app.on_rebalance_complete.connect(self._on_rebalance_complete)
@@ -157,21 +123,21 @@ class Recorder:
                 )
                 dead = "error"
             if dead is not None:
-                await self._dead_letter(msg, event.key, event.value, dead)
+                await faust_kit.dead_letter(self.dead_letters, msg, event.key, event.value, dead, stage="recorder")
 
     def handle(self, topic: str, partition: int, key: bytes | None, value: bytes | None, now: float) -> str | None:
         """Apply one record; returns a reason if the record goes to the dead-letter topic."""
         m.RECORDS.labels(_logical(topic, self)).inc()
         try:
             if topic == self.chunks_topic:
-                self._on_chunk(cs.parse_chunk(key, value), value or b"", partition, now)
+                self._on_chunk(records.parse_chunk(key, value), value or b"", partition, now)
             elif topic == self.lifecycle_topic:
-                self._on_lifecycle(cs.parse_lifecycle(key, value), partition, now)
+                self._on_lifecycle(records.parse_lifecycle(key, value), partition, now)
             elif topic == self.control_topic:
                 self._on_control(key, value, now)
             else:  # pragma: no cover - the channel has only these topics
-                raise cs.BadRecord(f"unexpected topic {topic}")
-        except cs.BadRecord as exc:
+                raise records.BadRecord(f"unexpected topic {topic}")
+        except records.BadRecord as exc:
             m.BAD_RECORDS.labels(exc.reason).inc()
             log.warning(
                 "bad record skipped",
@@ -245,14 +211,8 @@ class Recorder:
         self._maybe_finalize(state, now)
 
     def _on_control(self, key: bytes | None, value: bytes | None, now: float) -> None:
-        try:
-            cmd = json.loads(value or b"")
-            call_id = cmd["call_id"]
-            kind = cmd["cmd"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise cs.BadRecord(f"control record is not a recorder command: {exc}", reason="invalid") from exc
-        if key != str(call_id).encode() or not cs.is_valid_call_id(call_id):
-            raise cs.BadRecord("control record key/call_id invalid", reason="invalid_call_id")
+        cmd = faust_kit.parse_command(key, value, allowed=(CMD_CHECK, CMD_DONE, CMD_FAILED), stage="recorder")
+        call_id, kind = cmd["call_id"], cmd["cmd"]
         state = self._load(call_id)
         if state is None:
             return
@@ -373,18 +333,7 @@ class Recorder:
             self._running.pop(state.call_id, None)
 
     async def _command(self, state: cs.CallState, cmd: str, **extra: Any) -> None:
-        body = json.dumps({"cmd": cmd, "call_id": state.call_id, **extra}).encode()
-        await self.control.send(key=state.call_id.encode(), value=body, partition=state.partition)
-
-    async def _dead_letter(self, msg: Any, key: bytes | None, value: bytes | None, reason: str) -> None:
-        headers = [
-            ("lupita-reason", reason.encode()),
-            ("lupita-source", f"{msg.topic}/{msg.partition}/{msg.offset}".encode()),
-        ]
-        try:
-            await self.dead_letters.send(key=key, value=value, headers=headers)
-        except Exception as exc:
-            log.error("dead-letter publish failed", extra={"stage": "recorder", "error": repr(exc)[:300]})
+        await faust_kit.send_command(self.control, state.call_id, state.partition, cmd, **extra)
 
     # -- timer, rebalance, shutdown -------------------------------------------------------------------
 
@@ -397,33 +346,11 @@ class Recorder:
         except Exception as exc:  # never let the timer die: it is what ends stuck calls
             log.error("timer pass failed", extra={"stage": "timer", "error": repr(exc)[:300]})
 
-    async def _update_backlog(self, assigned: set[TP]) -> None:
-        """Partitions where the consumer has not yet read everything the broker holds."""
-        consumer = self.app.consumer
-        backlog: set[int] = set()
-        for tp in assigned:
-            if tp.topic not in (self.chunks_topic, self.lifecycle_topic):
-                continue
-            try:
-                high = consumer.highwater(tp)  # offset the next record will get
-                if high is None:
-                    continue
-                done = self._processed.get(tp)
-                if done is None:  # nothing processed since assignment: where the fetcher stands
-                    position = await consumer.position(tp)
-                    behind = position is not None and position < high
-                else:
-                    behind = done + 1 < high
-            except Exception:  # not (or no longer) assigned: no opinion
-                continue
-            if behind:
-                backlog.add(tp.partition)
-        self._backlog = backlog
-
     async def _check_calls(self) -> None:
         now = time.time()
         assigned = set(self.app.assignor.assigned_actives())
-        await self._update_backlog(assigned)
+        self._backlog = await faust_kit.backlog_partitions(
+            self.app, self._processed, assigned, (self.chunks_topic, self.lifecycle_topic))
         actives = {tp.partition for tp in assigned if tp.topic == self.chunks_topic}
         open_calls = 0
         retention = self.settings.recorder_state_retention_seconds
@@ -463,17 +390,6 @@ class Recorder:
             log.info("waiting for running finalisations", extra={"stage": "shutdown", "running": len(running)})
             await asyncio.wait(running, timeout=self.settings.recorder_drain_seconds)
         self.executor.shutdown(wait=False, cancel_futures=True)
-
-
-def safe_error(exc: BaseException) -> str:
-    """An error for the logs. Postgres errors are reduced to their code and primary message:
-    their DETAIL may quote the failing row (encrypted phone, phone hash)."""
-    import psycopg
-
-    if isinstance(exc, psycopg.Error):
-        diag = exc.diag
-        return f"{type(exc).__name__}: {diag.sqlstate or ''} {diag.message_primary or 'database error'}"[:500]
-    return f"{type(exc).__name__}: {exc}"[:500]
 
 
 def _logical(topic: str, rec: Recorder) -> str:

@@ -24,10 +24,8 @@ from typing import Protocol
 import numpy as np
 
 from lupita.audio import BYTES_PER_SAMPLE, SUPPORTED_RATES, decode_pcm16
-from lupita.v1 import audio_pb2
+from stream_processor.records import LEG_NAMES, LEGS  # noqa: F401  (channel order: left, right)
 
-LEGS = (audio_pb2.LEG_LUPITA, audio_pb2.LEG_PERSON)  # channel order: left, right
-LEG_NAMES = {audio_pb2.LEG_LUPITA: "lupita", audio_pb2.LEG_PERSON: "person"}
 CHANNELS = 2
 SAMPLE_WIDTH = 2
 HEADER_BYTES = 44

@@ -1,12 +1,6 @@
 """The ``transcriber`` stage: speech.segments → transcripts (partials + finals, word timings in call time).
 
-Plain parts (no Kafka, unit-tested): :func:`parse_segment` validates a record,
-:func:`order_key` orders the records of one (call, leg) so a redelivery is recognised,
-:func:`transcript_event` turns a :class:`~.asr.TranscriptResult` into the ``TranscriptEvent``
-(times shifted from segment time to call time), :func:`stale_partial` says when a partial is
-not worth decoding any more.
-
-The Faust wrapper (:class:`TranscriberAgent`):
+The pure parts are in :mod:`.core`; this is the thin Faust wrapper (:class:`TranscriberAgent`):
 
 - consumes ``speech.segments`` with manual acks: each record is acknowledged only after its
   transcript was delivered to Kafka (or it was skipped on purpose), so a crash never loses one;
@@ -37,150 +31,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-from prometheus_client import Counter, Gauge, Histogram
-
-from lupita.audio import SUPPORTED_RATES
 from lupita.topics import SPEECH_SEGMENTS, TRANSCRIPTS
 from lupita.v1 import events_pb2
 
-from stream_processor import callstate as cs
+from stream_processor import faust_kit, records
 from stream_processor.models.asr.base import AsrError, AudioInputError, Transcriber, TranscriptResult
-from stream_processor.stages.recorder.wav import LEG_NAMES
+from stream_processor.records import KIND_END, KIND_NAMES, KIND_PARTIAL, LEG_NAMES
+from stream_processor.stages.transcriber.core import (
+    leg_complete_event, order_key, parse_segment, segment_audio,
+    stale_partial, stream_key, transcript_event,
+)
+from stream_processor.stages.transcriber.metrics import BAD_RECORDS, DECODE_SECONDS, IN_FLIGHT, LAG_SECONDS, SEGMENTS
 
 log = logging.getLogger(__name__)
 
 TRANSCRIBER_DEAD_LETTERS = "stream-processor.transcriber-dead-letters"
 PROGRESS_TABLE = "transcriber_progress"
-
-KIND_FINAL = events_pb2.SEGMENT_KIND_FINAL
-KIND_PARTIAL = events_pb2.SEGMENT_KIND_PARTIAL
-KIND_END = events_pb2.SEGMENT_KIND_END_OF_LEG
-KIND_NAMES = {KIND_FINAL: "final", KIND_PARTIAL: "partial", KIND_END: "end_of_leg"}
-_RANK = {KIND_PARTIAL: 0, KIND_FINAL: 1, KIND_END: 2}
-# A segment is at most 30 s (settings): anything longer is not a vad segment.
-MAX_SEGMENT_SECONDS = 31.0
-
-SEGMENTS = Counter(
-    "lupita_transcriber_segments_total",
-    "speech.segments records handled, by kind and outcome (transcribed, empty, duplicate, stale, error)",
-    ["kind", "outcome"],
-)
-BAD_RECORDS = Counter("lupita_transcriber_bad_records_total", "Records that are not valid SpeechSegments", ["reason"])
-DECODE_SECONDS = Histogram(
-    "lupita_transcriber_decode_seconds", "Time to transcribe one segment (thread pool)", ["kind"],
-    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32),
-)
-LAG_SECONDS = Histogram(
-    "lupita_transcriber_lag_seconds",
-    "From the vad publishing a segment to its transcript being published (queueing + decoding)", ["kind"],
-    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64),
-)
-IN_FLIGHT = Gauge("lupita_transcriber_in_flight", "Segments taken from Kafka and not yet done")
-
-
-# ================================================================================================
-# pure parts
-# ================================================================================================
-
-
-def parse_segment(key: bytes | None, value: bytes | None) -> events_pb2.SpeechSegment:
-    """Decode and validate a ``speech.segments`` record; raises :class:`.callstate.BadRecord`."""
-    seg = events_pb2.SpeechSegment()
-    try:
-        seg.ParseFromString(value or b"")
-    except Exception as exc:
-        raise cs.BadRecord(f"speech.segments value is not a SpeechSegment protobuf: {exc}",
-                           reason="undecodable") from exc
-    if not cs.is_valid_call_id(seg.call_id):
-        raise cs.BadRecord(f"call_id is not a valid call id (length {len(seg.call_id)})", reason="invalid_call_id")
-    if key != seg.call_id.encode():
-        raise cs.BadRecord("record key differs from the call_id in the value", reason="key_mismatch")
-    if seg.leg not in LEG_NAMES:
-        raise cs.BadRecord(f"segment {seg.seq}: leg {seg.leg} is not LEG_LUPITA or LEG_PERSON")
-    if seg.kind not in _RANK:
-        raise cs.BadRecord(f"segment {seg.seq}: kind {seg.kind} is not FINAL, PARTIAL or END_OF_LEG")
-    if seg.kind == KIND_END:
-        return seg
-    if seg.sample_rate_hz not in SUPPORTED_RATES:
-        raise cs.BadRecord(f"segment {seg.seq}: sample rate {seg.sample_rate_hz} not in {SUPPORTED_RATES}")
-    if not seg.pcm16 or len(seg.pcm16) % 2:
-        raise cs.BadRecord(f"segment {seg.seq}: pcm16 of {len(seg.pcm16)} bytes is not a positive whole "
-                           "number of 2-byte samples")
-    if len(seg.pcm16) > 2 * seg.sample_rate_hz * MAX_SEGMENT_SECONDS:
-        raise cs.BadRecord(f"segment {seg.seq}: {len(seg.pcm16) / 2 / seg.sample_rate_hz:.1f} s of audio, "
-                           f"more than {MAX_SEGMENT_SECONDS:.0f} s")
-    if seg.end_us <= seg.start_us or seg.start_us < 0:
-        raise cs.BadRecord(f"segment {seg.seq}: start_us {seg.start_us} / end_us {seg.end_us} are not a "
-                           "non-negative, increasing pair")
-    return seg
-
-
-def stream_key(seg: events_pb2.SpeechSegment) -> str:
-    return f"{seg.call_id}:{LEG_NAMES[seg.leg]}"
-
-
-def order_key(seg: events_pb2.SpeechSegment) -> tuple[int, int, int]:
-    """Total order of one leg's records as the vad emits them: by seq, then partial snapshots
-    (by revision) before the final, and END_OF_LEG (seq = number of segments) last."""
-    return (int(seg.seq), _RANK[seg.kind], int(seg.revision))
-
-
-def stale_partial(seg: events_pb2.SpeechSegment, waiting: list[events_pb2.SpeechSegment]) -> bool:
-    """A partial is stale when a newer record of the same leg is already waiting behind it."""
-    return seg.kind == KIND_PARTIAL and any(order_key(w) > order_key(seg) for w in waiting)
-
-
-def _us(seconds: float) -> int:
-    return int(round(seconds * 1_000_000))
-
-
-def transcript_event(seg: events_pb2.SpeechSegment, result: TranscriptResult | None, *,
-                     emitted_at_us: int, error: str | None = None) -> events_pb2.TranscriptEvent:
-    """The TranscriptEvent of a segment; words move from segment time to call time.
-
-    ``result`` None with ``error``: the segment could not be transcribed (the final is still
-    published, empty, so downstream never waits for it; ``guard_actions`` names the error)."""
-    ev = events_pb2.TranscriptEvent(
-        call_id=seg.call_id, leg=seg.leg, seq=seg.seq, is_partial=seg.kind == KIND_PARTIAL,
-        revision=seg.revision, emitted_at_us=emitted_at_us, segment_start_us=seg.start_us,
-        segment_end_us=seg.end_us, call_started_at_us=seg.call_started_at_us,
-    )
-    if result is None:
-        ev.guard_actions.append(f"error:{error or 'unknown'}")
-        return ev
-    moved = result.shifted(seg.start_us / 1_000_000)
-    ev.text = moved.text
-    ev.language = moved.language
-    ev.backend = moved.backend
-    ev.model = moved.model
-    ev.guard_actions.extend(moved.guard_actions)
-    if moved.fallback_from:
-        ev.fallback_from = moved.fallback_from
-    if moved.confidence is not None:
-        ev.confidence = float(moved.confidence)
-    for w in moved.words:
-        tw = ev.words.add(word=w.text, start_us=_us(w.start), end_us=_us(w.end))
-        if w.probability is not None:
-            tw.probability = float(w.probability)
-    return ev
-
-
-def leg_complete_event(seg: events_pb2.SpeechSegment, *, emitted_at_us: int) -> events_pb2.TranscriptEvent:
-    return events_pb2.TranscriptEvent(
-        call_id=seg.call_id, leg=seg.leg, seq=seg.seq, leg_complete=True, emitted_at_us=emitted_at_us,
-        segment_start_us=seg.start_us, segment_end_us=seg.end_us, call_started_at_us=seg.call_started_at_us,
-    )
-
-
-def segment_audio(seg: events_pb2.SpeechSegment) -> np.ndarray:
-    return np.frombuffer(seg.pcm16, dtype="<i2").astype(np.int16)
-
-
-# ================================================================================================
-# Faust wrapper
-# ================================================================================================
-
 
 @dataclass
 class _Item:
@@ -235,12 +101,12 @@ class TranscriberAgent:
             msg = event.message
             try:
                 seg = parse_segment(event.key, event.value)
-            except cs.BadRecord as exc:
+            except records.BadRecord as exc:
                 BAD_RECORDS.labels(exc.reason).inc()
                 log.warning("bad record skipped", extra={
                     "stage": "transcriber", "topic": msg.topic, "partition": msg.partition,
                     "offset": msg.offset, "reason": exc.reason, "error": str(exc)})
-                await self._dead_letter(msg, event.key, event.value, exc.reason)
+                await faust_kit.dead_letter(self.dead_letters, msg, event.key, event.value, exc.reason, stage="transcriber")
                 event.ack()
                 continue
             await self._slots.acquire()
@@ -401,7 +267,7 @@ class TranscriberAgent:
         and now and then drop the entries of legs that ended long ago on that partition."""
         if item.generation != self._generation:
             return
-        from stream_processor.stages.vad.agent import in_partition_of
+        from stream_processor.faust_kit import in_partition_of
 
         now = time.time()
         partition = item.event.message.partition
@@ -418,14 +284,6 @@ class TranscriberAgent:
                     if value.get("partition") == partition and value.get("done_at") \
                             and now - value["done_at"] >= retention:
                         del self.progress[k]
-
-    async def _dead_letter(self, msg: Any, key: bytes | None, value: bytes | None, reason: str) -> None:
-        headers = [("lupita-reason", reason.encode()),
-                   ("lupita-source", f"{msg.topic}/{msg.partition}/{msg.offset}".encode())]
-        try:
-            await self.dead_letters.send(key=key, value=value, headers=headers)
-        except Exception as exc:
-            log.error("dead-letter publish failed", extra={"stage": "transcriber", "error": repr(exc)[:300]})
 
     # -- rebalance, shutdown -------------------------------------------------------------------------------
 

@@ -43,16 +43,19 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
 
 from lupita.topics import ALERTS, CALL_ANALYSIS, CALL_LIFECYCLE, TRANSCRIPTS
 from lupita.v1 import analysis_pb2, events_pb2
 
-from stream_processor import callstate as cs
+from stream_processor import faust_kit, records
+from stream_processor.errors import safe_error
+from stream_processor.stages.understanding.metrics import (
+    ALERT_LATENCY, ALERTS_RAISED, BAD_RECORDS, CALLS, FINISH_SECONDS, IN_PROGRESS, RECORDS, SPEECH_SECONDS, STORE_RETRIES,
+)
 from stream_processor.stages.understanding.core import CallUnderstanding, FinishResult, UnderstandingServices
 from stream_processor.stores import SinkUnavailable, Stopped
 from stream_processor.contracts import AlertHit, Utterance
-from stream_processor.stages.recorder.wav import LEG_NAMES
+from stream_processor.records import LEG_NAMES
 
 log = logging.getLogger("stream_processor.stages.understanding.agent")  # also when run with -m
 
@@ -65,25 +68,6 @@ OPEN, DONE, SKIPPED, FAILED = "open", "done", "skipped", "failed"
 LEG_IDS = {name: leg for leg, name in LEG_NAMES.items()}
 BOTH_LEGS = frozenset(LEG_NAMES.values())
 
-RECORDS = Counter("lupita_understanding_records_total",
-                  "Records handled, by kind (final, partial, blank, leg_complete, started, ended, duplicate, late)",
-                  ["kind"])
-BAD_RECORDS = Counter("lupita_understanding_bad_records_total", "Records that are not valid events", ["reason"])
-ALERTS_RAISED = Counter("lupita_understanding_alerts_total", "Alerts published on the alerts topic",
-                        ["cue_id", "severity"])
-ALERT_LATENCY = Histogram("lupita_understanding_alert_latency_seconds",
-                          "From the transcriber publishing a final to its alert being published",
-                          buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5))
-CALLS = Counter("lupita_understanding_calls_total", "Calls by outcome (analysed, skipped_no_consent, failed)",
-                ["outcome"])
-SPEECH_SECONDS = Counter("lupita_understanding_speech_seconds_total",
-                         "Seconds of transcribed speech (final utterances) per leg", ["leg"])
-FINISH_SECONDS = Histogram("lupita_understanding_finish_seconds",
-                           "Analysis + embeddings + Weaviate + Postgres of one call (thread pool)",
-                           buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64))
-STORE_RETRIES = Counter("lupita_understanding_store_retries_total",
-                        "Work put back after a store stayed down for the sinks' whole retry budget", ["work"])
-IN_PROGRESS = Gauge("lupita_understanding_work_in_progress", "Alert writes and finishes running or waiting")
 
 
 class _Revoked(Exception):
@@ -96,13 +80,13 @@ def parse_transcript(key: bytes | None, value: bytes | None) -> events_pb2.Trans
     try:
         ev.ParseFromString(value or b"")
     except Exception as exc:
-        raise cs.BadRecord(f"transcripts value is not a TranscriptEvent protobuf: {exc}",
+        raise records.BadRecord(f"transcripts value is not a TranscriptEvent protobuf: {exc}",
                            reason="undecodable") from exc
-    cs._check_call_id(ev.call_id, key)
+    records.check_call_id(ev.call_id, key)
     if ev.leg not in LEG_NAMES:
-        raise cs.BadRecord(f"transcript of leg {ev.leg}: expected LEG_LUPITA or LEG_PERSON")
+        raise records.BadRecord(f"transcript of leg {ev.leg}: expected LEG_LUPITA or LEG_PERSON")
     if not ev.leg_complete and not ev.segment_end_us >= ev.segment_start_us:
-        raise cs.BadRecord(f"transcript seq {ev.seq}: segment ends ({ev.segment_end_us} us) before it starts "
+        raise records.BadRecord(f"transcript seq {ev.seq}: segment ends ({ev.segment_end_us} us) before it starts "
                            f"({ev.segment_start_us} us)")
     return ev
 
@@ -155,10 +139,8 @@ class UnderstandingStage:
 
     def __init__(self, settings: Any, *, app: Any = None, probes: Any = None,
                  services: UnderstandingServices | None = None) -> None:
-        from stream_processor.stages.recorder.agent import build_app
-
         self.settings = settings
-        self.app = app or build_app(settings)
+        self.app = app or faust_kit.build_app(settings)
         self.probes = probes
         self.stop = threading.Event()
         self.services = services or UnderstandingServices.from_settings(settings, stop=self.stop)
@@ -189,29 +171,29 @@ class UnderstandingStage:
             held = False
             try:
                 held = await self._handle(event)
-            except cs.BadRecord as exc:
+            except records.BadRecord as exc:
                 BAD_RECORDS.labels(exc.reason).inc()
                 log.warning("bad record skipped", extra={
                     "stage": STAGE, "topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
                     "reason": exc.reason, "error": str(exc)})
-                await self._dead_letter(msg, event.key, event.value, exc.reason)
+                await faust_kit.dead_letter(self.dead_letters, msg, event.key, event.value, exc.reason, stage=STAGE)
             except Exception as exc:  # a bug must not stop every other call
                 BAD_RECORDS.labels("error").inc()
                 log.exception("record could not be processed", extra={
                     "stage": STAGE, "topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
                     "error": type(exc).__name__})
-                await self._dead_letter(msg, event.key, event.value, "error")
+                await faust_kit.dead_letter(self.dead_letters, msg, event.key, event.value, "error", stage=STAGE)
             finally:
                 if not held:
                     event.ack()
 
     async def _handle(self, event: Any) -> bool:
         """Apply one record; True when its acknowledgement is held by background work."""
-        from stream_processor.stages.vad.agent import in_partition_of
+        from stream_processor.faust_kit import in_partition_of
 
         msg = event.message
         if msg.topic == self.lifecycle_topic:
-            life = cs.parse_lifecycle(event.key, event.value)
+            life = records.parse_lifecycle(event.key, event.value)
             call_id, tr = life.call_id, None
         else:
             tr = parse_transcript(event.key, event.value)
@@ -306,13 +288,13 @@ class UnderstandingStage:
             return False
         except Exception as exc:  # SinkRejected or a bug: logged; the alert itself was published
             log.error("alert could not be stored", extra={
-                "stage": STAGE, "call_id": hits[0].call_id, "error": _safe(exc)})
+                "stage": STAGE, "call_id": hits[0].call_id, "error": safe_error(exc)})
         return True
 
     # -- end of call -------------------------------------------------------------------------------------
 
     async def _finish(self, event: Any, call_id: str, cu: CallUnderstanding, generation: int) -> bool:
-        from stream_processor.stages.vad.agent import in_partition_of
+        from stream_processor.faust_kit import in_partition_of
 
         t0 = time.perf_counter()
         status = DONE
@@ -325,7 +307,7 @@ class UnderstandingStage:
                 status, result = FAILED, None
                 CALLS.labels("failed").inc()
                 log.error("call analysis failed for good (replay the call once fixed)", extra={
-                    "stage": STAGE, "call_id": call_id, "error": _safe(exc)})
+                    "stage": STAGE, "call_id": call_id, "error": safe_error(exc)})
             if result is not None:
                 FINISH_SECONDS.observe(time.perf_counter() - t0)
                 ev = analysis_event(call_id, result, processed_at_us=_now_us())
@@ -380,7 +362,7 @@ class UnderstandingStage:
                     raise _Revoked() from exc
                 STORE_RETRIES.labels(work).inc()
                 log.warning("store unavailable; trying again later (other calls go on)", extra={
-                    "stage": STAGE, "call_id": call_id, "work": work, "retry_in_s": delay, "error": _safe(exc)})
+                    "stage": STAGE, "call_id": call_id, "work": work, "retry_in_s": delay, "error": safe_error(exc)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.understanding_retry_max_seconds)
 
@@ -394,14 +376,6 @@ class UnderstandingStage:
         for key, value in list(self.calls.items()):
             if value.get("partition") == partition and value.get("done_at") and now - value["done_at"] >= retention:
                 del self.calls[key]
-
-    async def _dead_letter(self, msg: Any, key: bytes | None, value: bytes | None, reason: str) -> None:
-        headers = [("lupita-reason", reason.encode()),
-                   ("lupita-source", f"{msg.topic}/{msg.partition}/{msg.offset}".encode())]
-        try:
-            await self.dead_letters.send(key=key, value=value, headers=headers)
-        except Exception as exc:
-            log.error("dead-letter publish failed", extra={"stage": STAGE, "error": repr(exc)[:300]})
 
     async def _on_rebalance_complete(self, sender: Any, **kwargs: Any) -> None:
         if self.probes is not None:
@@ -424,57 +398,3 @@ class UnderstandingStage:
         self.stop.set()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.services.close()
-
-
-def _safe(exc: BaseException) -> str:
-    from stream_processor.stages.recorder.agent import safe_error
-
-    return safe_error(exc)
-
-
-# ------------------------------------------------------------------------------- standalone worker
-
-
-def main() -> int:  # pragma: no cover - exercised by the agent test as a child process
-    """``python -m stream_processor.stages.understanding.agent``: a worker running this stage alone
-    (until ``lupita worker`` knows the stage; same start-up as ``lupita worker``)."""
-    import faust
-
-    from lupita.db import migrate
-    from lupita.logs import setup_logging
-    from lupita.topics import ensure_topics
-
-    from stream_processor import metrics as m
-    from stream_processor.stages.understanding.core import UnderstandingSettings
-    from stream_processor.stages.recorder.agent import build_app
-    from stream_processor.settings import RecorderSettings
-
-    class Settings(RecorderSettings, UnderstandingSettings):
-        pass
-
-    setup_logging("stream-processor")
-    settings = Settings()
-    setup_logging("stream-processor", settings.log_level)
-    probes = m.Probes()
-    m.serve(settings.metrics_port, settings.metrics_host, probes)
-    if settings.migrate_on_start:
-        migrate(settings.postgres_dsn.get_secret_value())
-    ensure_topics(settings, names=TOPICS)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = build_app(settings)
-    UnderstandingStage(settings, app=app, probes=probes)
-
-    class Worker(faust.Worker):
-        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
-            setup_logging("stream-processor", settings.log_level)
-
-    worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
-    try:
-        worker.execute_from_commandline()
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

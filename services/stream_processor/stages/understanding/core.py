@@ -44,7 +44,7 @@ from pydantic import Field
 from stream_processor.stages.understanding.alerts import AlertDetector, AlertSettings
 from stream_processor.models.analyzer.settings import AnalyzerSettings
 from stream_processor.stores.archive import call_keys
-from stream_processor.callstate import is_valid_call_id
+from stream_processor.records import is_valid_call_id
 from stream_processor.stages.understanding.conversation import ConversationState
 from stream_processor.models.embeddings.base import call_vector
 from stream_processor.models.embeddings.settings import EmbedSettings

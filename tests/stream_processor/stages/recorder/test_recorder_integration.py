@@ -297,7 +297,7 @@ def test_worker_logs_and_metrics_never_contain_a_phone_number(recorder_worker, r
 
 def test_a_refused_row_is_reported_without_quoting_it(pg, recorder_settings):
     from stream_processor.stores.calls_db import CallRow, CallStore
-    from stream_processor.stages.recorder.agent import safe_error
+    from stream_processor.errors import safe_error
 
     row = CallRow(
         call_id=new_call_id(), phone_encrypted=b"\x01" * 40, phone_number_hash="ee" * 32, region=None,

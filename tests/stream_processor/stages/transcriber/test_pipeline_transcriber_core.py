@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from lupita.v1 import audio_pb2, events_pb2
-from stream_processor import callstate as cs
+from stream_processor import records
 from stream_processor.models.asr.base import TranscriptResult, TranscriptSegment, Word
-from stream_processor.stages.transcriber.agent import (
+from stream_processor.stages.transcriber.core import (
     leg_complete_event,
     order_key,
     parse_segment,
@@ -51,7 +51,7 @@ def test_a_valid_segment_is_accepted():
 ])
 def test_bad_segments_are_refused_with_the_reason(key, seg, reason, match):
     value = b"\xff\xff not protobuf" if seg is None else seg.SerializeToString()
-    with pytest.raises(cs.BadRecord, match=match) as err:
+    with pytest.raises(records.BadRecord, match=match) as err:
         parse_segment(key, value)
     assert err.value.reason == reason
     assert "951" not in str(err.value)  # never echoes what could be a phone number

@@ -13,8 +13,9 @@ import sp_pipeline as P
 
 from lupita.v1 import audio_pb2, events_pb2
 from stream_processor import callstate as cs
+from stream_processor import records
 from stream_processor.models.vad import SileroModel, VadSettings
-from stream_processor.stages.vad.agent import (
+from stream_processor.stages.vad.core import (
     KIND_END,
     KIND_FINAL,
     KIND_PARTIAL,
@@ -260,19 +261,19 @@ def test_bad_chunks_are_refused_with_the_reason(model, audio):
     wrong_rate = events_pb2.AudioChunk()
     wrong_rate.CopyFrom(call.chunks[0])
     wrong_rate.sample_rate_hz = 16000
-    with pytest.raises(cs.BadRecord, match="16000 Hz differs from the call's 8000 Hz") as err:
+    with pytest.raises(records.BadRecord, match="16000 Hz differs from the call's 8000 Hz") as err:
         core.on_chunk(wrong_rate, b"", 0, NOW)
     assert err.value.reason == "rate_mismatch"
     far = events_pb2.AudioChunk()
     far.CopyFrom(call.chunks[0])
     far.start_ts_us = call.started_at_us + 3600 * 1_000_000
-    with pytest.raises(cs.BadRecord, match="beyond the 60 s limit") as err:
+    with pytest.raises(records.BadRecord, match="beyond the 60 s limit") as err:
         core.on_chunk(far, b"", 0, NOW)
     assert err.value.reason == "beyond_limit"
     other = new_call(audio, "core-held")
     for c in other.chunks[:2]:
         assert core.on_chunk(c, c.SerializeToString(), 0, NOW) is None  # held: no started event yet
-    with pytest.raises(cs.BadRecord, match="more than 2 chunks before the call's started event") as err:
+    with pytest.raises(records.BadRecord, match="more than 2 chunks before the call's started event") as err:
         core.on_chunk(other.chunks[2], other.chunks[2].SerializeToString(), 0, NOW)
     assert err.value.reason == "held_overflow"
 

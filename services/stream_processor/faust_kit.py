@@ -1,0 +1,166 @@
+"""The Faust plumbing every stage agent shares, written once.
+
+- :func:`build_app`: the one Faust app of a worker (consumer group = ``<topic prefix><app id>``,
+  at-least-once, acks from every replica, table store and standby replicas from the settings);
+- :class:`RawValueTable`: a changelog-backed table whose values are bytes kept as they are;
+- :func:`in_partition_of`: make a record Faust's current event while writing tables, so the
+  change goes to the changelog partition of the call's own partition;
+- :func:`dead_letter`: a record that cannot be used goes to the stage's dead-letter topic, as it
+  was, with its reason and source in headers;
+- :func:`send_command` / :func:`parse_command`: the internal control topics (keyed by call id,
+  sent to the call's partition) through which timers and background work ask the agent to act,
+  so every table write happens while a record of the call's own partition is processed;
+- :func:`backlog_partitions`: the partitions whose source records are not all processed yet
+  (a call must not be declared idle or orphaned while its records still wait in Kafka);
+- :func:`publish`: deliver one record to a topic, waiting for the broker's acknowledgement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import weakref
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import faust
+
+from stream_processor import records
+
+log = logging.getLogger(__name__)
+
+RAW = {"key_serializer": "raw", "value_serializer": "raw"}
+REASON_HEADER = "lupita-reason"
+SOURCE_HEADER = "lupita-source"
+
+
+def build_app(settings: Any) -> faust.App:
+    """The worker's Faust app from its :class:`~stream_processor.settings.WorkerSettings`."""
+    return faust.App(
+        settings.faust_app_id,
+        broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(",") if h.strip()],
+        store=settings.table_store,
+        datadir=str(settings.data_dir),
+        autodiscover=False,
+        web_enabled=False,
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication,
+        table_standby_replicas=settings.table_standby_replicas,
+        broker_session_timeout=settings.kafka_session_timeout_seconds,
+        broker_heartbeat_interval=settings.kafka_heartbeat_seconds,
+        broker_rebalance_timeout=settings.kafka_rebalance_timeout_seconds,
+        broker_commit_interval=settings.kafka_commit_interval_seconds,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        # changelog records carry audio chunks (~1.6-3.2 KB): big batches, a short linger
+        producer_max_batch_size=512 * 1024,
+        producer_linger=0.005,
+        processing_guarantee="at_least_once",
+    )
+
+
+class RawValueTable(faust.Table):
+    """A table whose values are bytes stored as they are (Faust derives "json" from any type).
+
+    The serializer must be set before the table is added to the app: that is when its
+    changelog topic, which also decodes the records during recovery, is built."""
+
+    def __init__(self, app: faust.App, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.value_serializer = "raw"
+
+
+def raw_table(app: faust.App, name: str, partitions: int) -> RawValueTable:
+    return app.tables.add(RawValueTable(app, name=name, key_type=str, value_type=bytes, partitions=partitions))
+
+
+@contextlib.contextmanager
+def in_partition_of(event: Any) -> Iterator[None]:
+    """Make ``event`` Faust's current event while writing tables.
+
+    Faust writes a table change to the changelog partition of the current event (the record
+    being processed). A batch from ``take_events`` holds records of several partitions, and
+    agents write after awaiting the producer or from background work, so they name the record
+    of the call's partition themselves. This sets the context variable Faust's own stream
+    iteration sets."""
+    from faust import streams
+
+    token = streams._current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        streams._current_event.reset(token)
+
+
+async def publish(topic: Any, key: bytes, value: bytes, **kwargs: Any) -> Any:
+    """Send one record and wait until the broker has it (raises what the producer raises)."""
+    fut = await topic.send(key=key, value=value, **kwargs)
+    return await fut
+
+
+async def dead_letter(topic: Any, msg: Any, key: bytes | None, value: bytes | None, reason: str,
+                      *, stage: str) -> bool:
+    """Put a record that cannot be used on the dead-letter ``topic`` as it was, with its reason
+    and ``topic/partition/offset`` in headers. Returns False (logged) if the broker refused."""
+    headers = [
+        (REASON_HEADER, reason.encode()),
+        (SOURCE_HEADER, f"{msg.topic}/{msg.partition}/{msg.offset}".encode()),
+    ]
+    try:
+        await publish(topic, key, value, headers=headers)
+        return True
+    except Exception as exc:
+        log.error("dead-letter publish failed", extra={
+            "stage": stage, "topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
+            "error": f"{type(exc).__name__}: {exc}"[:300]})
+        return False
+
+
+async def send_command(topic: Any, call_id: str, partition: int | None, cmd: str, **extra: Any) -> None:
+    """Ask the agent (through its control topic) to act on ``call_id`` in its own partition."""
+    body = json.dumps({"cmd": cmd, "call_id": call_id, **extra}).encode()
+    await topic.send(key=call_id.encode(), value=body, partition=partition)
+
+
+def parse_command(key: bytes | None, value: bytes | None, *, allowed: Iterable[str], stage: str) -> dict[str, Any]:
+    """A control record as ``{"cmd", "call_id", ...}``; raises :class:`~.records.BadRecord`."""
+    try:
+        cmd = json.loads(value or b"")
+        call_id = cmd["call_id"]
+        kind = cmd["cmd"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise records.BadRecord(f"control record is not a {stage} command: {exc}", reason="invalid") from exc
+    if not isinstance(call_id, str) or key != call_id.encode() or not records.is_valid_call_id(call_id):
+        raise records.BadRecord("control record key/call_id invalid", reason="invalid_call_id")
+    if kind not in allowed:
+        raise records.BadRecord(f"control command {str(kind)[:40]!r} is not one of {sorted(allowed)}",
+                                reason="invalid")
+    return cmd
+
+
+async def backlog_partitions(app: faust.App, processed: dict[Any, int], assigned: Iterable[Any],
+                             source_topics: Iterable[str]) -> set[int]:
+    """Partition numbers (of ``source_topics``) where the consumer has not yet processed
+    everything the broker holds. ``processed``: last offset handled per topic-partition."""
+    consumer = app.consumer
+    topics = set(source_topics)
+    backlog: set[int] = set()
+    for tp in assigned:
+        if tp.topic not in topics:
+            continue
+        try:
+            high = consumer.highwater(tp)  # offset the next record will get
+            if high is None:
+                continue
+            done = processed.get(tp)
+            if done is None:  # nothing processed since assignment: where the fetcher stands
+                position = await consumer.position(tp)
+                behind = position is not None and position < high
+            else:
+                behind = done + 1 < high
+        except Exception:  # not (or no longer) assigned: no opinion
+            continue
+        if behind:
+            backlog.add(tp.partition)
+    return backlog

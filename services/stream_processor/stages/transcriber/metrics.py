@@ -1,0 +1,22 @@
+"""Prometheus metrics of the transcriber stage (``lupita_transcriber_*``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+SEGMENTS = Counter(
+    "lupita_transcriber_segments_total",
+    "speech.segments records handled, by kind and outcome (transcribed, empty, duplicate, stale, error)",
+    ["kind", "outcome"],
+)
+BAD_RECORDS = Counter("lupita_transcriber_bad_records_total", "Records that are not valid SpeechSegments", ["reason"])
+DECODE_SECONDS = Histogram(
+    "lupita_transcriber_decode_seconds", "Time to transcribe one segment (thread pool)", ["kind"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32),
+)
+LAG_SECONDS = Histogram(
+    "lupita_transcriber_lag_seconds",
+    "From the vad publishing a segment to its transcript being published (queueing + decoding)", ["kind"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64),
+)
+IN_FLIGHT = Gauge("lupita_transcriber_in_flight", "Segments taken from Kafka and not yet done")
