@@ -12,25 +12,52 @@
   so every table write happens while a record of the call's own partition is processed;
 - :func:`backlog_partitions`: the partitions whose source records are not all processed yet
   (a call must not be declared idle or orphaned while its records still wait in Kafka);
-- :func:`publish`: deliver one record to a topic, waiting for the broker's acknowledgement.
+- :func:`deliver`: run a delivery to Kafka (a publish, a flush) until the broker has it: a
+  broker error is retried with backoff (``lupita_stream_broker_retries_total``), never turned into
+  a dead letter or an acknowledgement; only ``stopped()`` (the partition was revoked, the worker
+  is stopping) ends the loop, with :class:`Abandoned`, and the record it was for then stays
+  unacknowledged (it is redelivered);
+- :func:`publish`: one record to a topic, waiting for the broker's acknowledgement.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import weakref
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 import faust
+from aiokafka.errors import KafkaError
+from faust.exceptions import ProducerSendError
+from prometheus_client import Counter
 
 from stream_processor import records
+from stream_processor.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 RAW = {"key_serializer": "raw", "value_serializer": "raw"}
+# A broker that is down, unreachable or electing a leader: tried again, never a bad record.
+BROKER_ERRORS: tuple[type[BaseException], ...] = (KafkaError, ProducerSendError, asyncio.TimeoutError, OSError)
+# Waits between delivery attempts: 0.2 s doubling to 10 s, for as long as it takes.
+BROKER_RETRY = RetryPolicy(max_attempts=None, max_elapsed_s=None, initial_delay_s=0.2, max_delay_s=10.0)
+
+BROKER_RETRIES = Counter(
+    "lupita_stream_broker_retries_total",
+    "Deliveries to Kafka tried again after a broker error, by stage and what was delivered",
+    ["stage", "what"],
+)
+
+
+class Abandoned(Exception):
+    """A delivery was given up because ``stopped()`` said so (partition revoked, worker
+    stopping): the record it was for must stay unacknowledged."""
 REASON_HEADER = "lupita-reason"
 SOURCE_HEADER = "lupita-source"
 
@@ -99,22 +126,43 @@ async def publish(topic: Any, key: bytes, value: bytes, **kwargs: Any) -> Any:
     return await fut
 
 
+def _never() -> bool:
+    return False
+
+
+async def deliver(attempt: Callable[[], Awaitable[T]], *, stage: str, what: str, call_id: str | None = None,
+                  stopped: Callable[[], bool] = _never, policy: RetryPolicy = BROKER_RETRY) -> T:
+    """``await attempt()`` until it succeeds; a broker error (:data:`BROKER_ERRORS`) is logged
+    (the first time and every tenth), counted and tried again after the policy's wait. Raises
+    :class:`Abandoned` once ``stopped()`` is true; any other error is raised as it is."""
+    n = 0
+    while True:
+        if stopped():
+            raise Abandoned(f"{stage}: delivery of {what} abandoned")
+        try:
+            return await attempt()
+        except BROKER_ERRORS as exc:
+            n += 1
+            BROKER_RETRIES.labels(stage, what).inc()
+            wait = policy.delay(n)
+            if n == 1 or n % 10 == 0:
+                log.warning("broker unavailable; delivery tried again (the record stays unacknowledged)", extra={
+                    "stage": stage, "what": what, "attempt": n, "retry_in_s": round(wait, 2),
+                    **({"call_id": call_id} if call_id else {}), "error": f"{type(exc).__name__}: {exc}"[:300]})
+            await asyncio.sleep(wait)
+
+
 async def dead_letter(topic: Any, msg: Any, key: bytes | None, value: bytes | None, reason: str,
-                      *, stage: str) -> bool:
+                      *, stage: str, stopped: Callable[[], bool] = _never) -> None:
     """Put a record that cannot be used on the dead-letter ``topic`` as it was, with its reason
-    and ``topic/partition/offset`` in headers. Returns False (logged) if the broker refused."""
+    and ``topic/partition/offset`` in headers; returns once the broker has it (broker errors are
+    retried: see :func:`deliver`), so the caller may then acknowledge the record."""
     headers = [
         (REASON_HEADER, reason.encode()),
         (SOURCE_HEADER, f"{msg.topic}/{msg.partition}/{msg.offset}".encode()),
     ]
-    try:
-        await publish(topic, key, value, headers=headers)
-        return True
-    except Exception as exc:
-        log.error("dead-letter publish failed", extra={
-            "stage": stage, "topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
-            "error": f"{type(exc).__name__}: {exc}"[:300]})
-        return False
+    await deliver(lambda: publish(topic, key, value, headers=headers), stage=stage, what="dead_letter",
+                  stopped=stopped)
 
 
 async def send_command(topic: Any, call_id: str, partition: int | None, cmd: str, **extra: Any) -> None:

@@ -1,18 +1,20 @@
 """What every cloud model backend shares (OpenAI, Deepgram, Anthropic): the backend error with
-its retry facts, one retry policy (exponential backoff with jitter, ``Retry-After`` honoured up to
-a limit), and the HTTP helpers that read those facts. The transcriber, embedder and analyzer
-each derive their own error classes from :class:`BackendError` and their policy defaults from
-:class:`RetryPolicy`.
+its retry facts, the cloud defaults of the one retry policy
+(:class:`stream_processor.retry.RetryPolicy`) with :meth:`RetryPolicy.run`, and the HTTP helpers
+that read the retry facts. The transcriber, embedder and analyzer each derive their own error
+classes from :class:`BackendError` and their policy defaults from :class:`RetryPolicy`.
 """
 
 from __future__ import annotations
 
 import email.utils
 import logging
-import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping, TypeVar
+
+from stream_processor import retry
+from stream_processor.retry import GiveUp
 
 log = logging.getLogger(__name__)
 
@@ -38,53 +40,60 @@ class BackendError(RuntimeError):
         super().__init__(f"{where}: {message}")
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Retry with exponential backoff and jitter for 429 / 5xx / timeouts / connection errors.
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy(retry.RetryPolicy):
+    """The one retry policy (:class:`stream_processor.retry.RetryPolicy`: same fields, same
+    backoff) with the cloud backends' defaults, and :meth:`run`.
 
-    A ``Retry-After`` (or ``retry-after-ms``) from the server is honoured as the wait; one longer
-    than ``max_retry_after_s`` is not waited for: the error is raised at once with that said in
-    its message (a fallback, or the agent's own redelivery, takes over).
+    Retries 429 / 5xx / timeouts / connection errors (a :class:`BackendError` marked
+    ``retryable``) with exponential backoff and jitter: 4 attempts, 0.5 s doubling up to 8 s, each
+    wait drawn from 80-100 % of that, no time budget. A ``Retry-After`` (or ``retry-after-ms``)
+    from the server is honoured as the wait; one longer than ``max_retry_after_s`` (30 s) is not
+    waited for: the error is raised at once with that said in its message (a fallback, or the
+    agent's own redelivery, takes over). ``label`` and ``stage`` name the family in the retry log
+    line.
     """
 
-    max_attempts: int = 4
-    base_delay_s: float = 0.5
+    max_attempts: int | None = 4
+    max_elapsed_s: float | None = None
+    initial_delay_s: float = 0.5
     max_delay_s: float = 8.0
-    max_retry_after_s: float = 30.0
-    jitter: float = 0.2  # +- fraction of the computed backoff
-    sleep: Callable[[float], None] = field(default=time.sleep, compare=False, repr=False)
+    jitter: float = 0.2
+    max_retry_after_s: float | None = 30.0
     label: str = "cloud"  # in the log message: "<label> backend error, retrying"
     stage: str = "cloud"  # the log record's stage
 
-    def backoff(self, attempt: int) -> float:
-        """Delay after failed attempt ``attempt`` (from 1) when the server gave no Retry-After."""
-        base = min(self.max_delay_s, self.base_delay_s * (2.0 ** (attempt - 1)))
-        return max(0.0, base * (1.0 + random.uniform(-self.jitter, self.jitter)))
-
     def run(self, fn: Callable[[], T], *, backend: str, call_id: str | None = None) -> T:
-        attempt = 1
-        while True:
+        """``fn()`` under this policy: a retryable :class:`BackendError` is tried again; the
+        error that ends it (not retryable, attempts used up, Retry-After too long) is raised
+        with ``attempts`` set to the number of tries made."""
+        tries = 0
+
+        def attempt() -> T:
+            nonlocal tries
+            tries += 1
             try:
                 return fn()
             except BackendError as exc:
-                exc.attempts = attempt
-                if not exc.retryable or attempt >= self.max_attempts:
-                    raise
-                if exc.retry_after_s is not None:
-                    if exc.retry_after_s > self.max_retry_after_s:
-                        exc.args = (f"{exc.args[0]}; Retry-After {exc.retry_after_s:g} s exceeds the "
-                                    f"{self.max_retry_after_s:g} s limit",)
-                        raise
-                    delay = max(0.0, exc.retry_after_s)
-                else:
-                    delay = self.backoff(attempt)
-                extra = {"stage": self.stage, "backend": backend, "status": exc.status,
-                         "error": type(exc).__name__, "attempt": attempt, "delay_s": round(delay, 3)}
-                if call_id is not None:
-                    extra["call_id"] = call_id
-                log.warning(f"{self.label} backend error, retrying", extra=extra)
-                self.sleep(delay)
-                attempt += 1
+                exc.attempts = tries
+                raise
+
+        def retrying(attempt: int, delay: float, exc: Exception) -> None:
+            assert isinstance(exc, BackendError)
+            extra = {"stage": self.stage, "backend": backend, "status": exc.status,
+                     "error": type(exc).__name__, "attempt": attempt, "delay_s": round(delay, 3)}
+            if call_id is not None:
+                extra["call_id"] = call_id
+            log.warning(f"{self.label} backend error, retrying", extra=extra)
+
+        def giving_up(exc: Exception, why: GiveUp) -> None:
+            if why.kind == "retry_after":
+                exc.args = (f"{exc.args[0]}; {why.reason}",)
+            return None  # the BackendError itself is raised
+
+        return self.call(attempt, retryable=lambda exc: isinstance(exc, BackendError) and exc.retryable,
+                         retry_after=lambda exc: getattr(exc, "retry_after_s", None), on_retry=retrying,
+                         give_up=giving_up)
 
 
 def is_retryable_status(status: int) -> bool:
@@ -121,3 +130,4 @@ def error_summary(body: object, limit: int = 200) -> str:
     text = body if isinstance(body, str) else repr(body)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit] + "..."
+

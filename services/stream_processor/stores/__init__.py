@@ -9,12 +9,22 @@ Order for one finished call (what the analyzer agent does, in a worker thread):
 
 Postgres last: ``companion_calls.processed_at`` marks a call whose results are all stored. A
 crash between 1 and 2 leaves a Weaviate object that the redelivery rewrites with the same id.
-:class:`SinkUnavailable` (store down past the retry budget): leave the record unacknowledged and
-retry later; :class:`SinkRejected` / :class:`InvalidSinkInput`: dead-letter it, retrying cannot help.
+:class:`SinkUnavailable` (store down past the retry budget of :class:`RetryPolicy`, the one policy
+of :mod:`stream_processor.retry`): leave the record unacknowledged and retry later;
+:class:`SinkRejected` / :class:`InvalidSinkInput`: dead-letter it, retrying cannot help.
 """
 
 from stream_processor.stores.postgres import AnalysisWrite, PostgresSink, upsert_fact
-from stream_processor.stores.retry import InvalidSinkInput, RetryPolicy, SinkError, SinkRejected, SinkUnavailable, Stopped, retry_call
+from stream_processor.stores.retry import (
+    InvalidSinkInput,
+    RetryPolicy,
+    SinkError,
+    SinkRejected,
+    SinkUnavailable,
+    Stopped,
+    describe,
+    retry_call,
+)
 from stream_processor.stores.weaviate import (
     ConversationDoc,
     SchemaMismatch,
@@ -41,6 +51,7 @@ __all__ = [
     "VectorDimensionMismatch",
     "WeaviateSink",
     "conversation_uuid",
+    "describe",
     "retry_call",
     "s3_uri",
     "upsert_fact",

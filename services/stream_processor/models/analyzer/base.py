@@ -132,12 +132,14 @@ def prepare_utterances(call_id: str, utterances: Sequence[Utterance]) -> list[Ut
 
 # --- retries (cloud backends) ------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RetryPolicy(cloud.RetryPolicy):
-    """The analyzer backends' retry policy (see :class:`stream_processor.models.cloud.RetryPolicy`)."""
+    """The analyzer backends' retry policy: :class:`stream_processor.models.cloud.RetryPolicy`
+    with 3 attempts, 1 s doubling up to 10 s (the ``LUPITA_ANALYZER_*`` defaults, which the
+    factory maps onto it), logging as stage ``analyzer``."""
 
-    max_attempts: int = 3
-    base_delay_s: float = 1.0
+    max_attempts: int | None = 3
+    initial_delay_s: float = 1.0
     max_delay_s: float = 10.0
     label: str = "analyzer"
     stage: str = "analyzer"

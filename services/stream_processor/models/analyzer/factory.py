@@ -16,7 +16,7 @@ def catalogues_from(s: AnalyzerSettings) -> Catalogues:
 def retry_policy(s: AnalyzerSettings) -> RetryPolicy:
     return RetryPolicy(
         max_attempts=s.analyzer_max_attempts,
-        base_delay_s=s.analyzer_backoff_seconds,
+        initial_delay_s=s.analyzer_backoff_seconds,
         max_delay_s=s.analyzer_max_backoff_seconds,
         max_retry_after_s=s.analyzer_max_retry_after_seconds,
     )

@@ -298,9 +298,11 @@ def sanitize_words(words: list[Word], duration_s: float) -> tuple[Word, ...]:
 
 # --- retries (cloud backends) ------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RetryPolicy(cloud.RetryPolicy):
-    """The transcription backends' retry policy (see :class:`stream_processor.models.cloud.RetryPolicy`)."""
+    """The transcription backends' retry policy: :class:`stream_processor.models.cloud.RetryPolicy`
+    (the cloud defaults) logging as ``asr`` / stage ``transcriber``; the factory maps the
+    ``LUPITA_ASR_*`` retry settings onto it."""
 
     label: str = "asr"
     stage: str = "transcriber"

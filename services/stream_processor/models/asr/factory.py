@@ -70,7 +70,7 @@ def guard_config(s: AsrSettings) -> GuardConfig:
 def retry_policy(s: AsrSettings) -> RetryPolicy:
     return RetryPolicy(
         max_attempts=s.asr_max_attempts,
-        base_delay_s=s.asr_backoff_seconds,
+        initial_delay_s=s.asr_backoff_seconds,
         max_delay_s=s.asr_max_backoff_seconds,
         max_retry_after_s=s.asr_max_retry_after_seconds,
     )

@@ -137,9 +137,11 @@ class Embedder(ABC):
 # --- retries (cloud backends) ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RetryPolicy(cloud.RetryPolicy):
-    """The embedding backends' retry policy (see :class:`stream_processor.models.cloud.RetryPolicy`)."""
+    """The embedding backends' retry policy: :class:`stream_processor.models.cloud.RetryPolicy`
+    (the cloud defaults) logging as ``embedding`` / stage ``embedder``; the factory maps the
+    ``LUPITA_EMBED_*`` retry settings onto it."""
 
     label: str = "embedding"
     stage: str = "embedder"

@@ -9,7 +9,7 @@ from stream_processor.models.embeddings.settings import EmbedSettings
 def retry_policy(s: EmbedSettings) -> RetryPolicy:
     return RetryPolicy(
         max_attempts=s.embed_max_attempts,
-        base_delay_s=s.embed_backoff_seconds,
+        initial_delay_s=s.embed_backoff_seconds,
         max_delay_s=s.embed_max_backoff_seconds,
         max_retry_after_s=s.embed_max_retry_after_seconds,
     )

@@ -125,11 +125,15 @@ class TranscriberAgent:
                 detached = False
                 try:
                     detached = await self._handle(sid, item, list(s.seg for s in queue))
-                except Exception as exc:  # never leave a leg stuck on a bug
+                except Exception as exc:  # a bug: never leave a leg stuck, never lose the record
                     SEGMENTS.labels(KIND_NAMES[item.seg.kind], "error").inc()
-                    log.exception("segment failed", extra={
+                    log.exception("segment failed; dead-lettered", extra={
                         "stage": "transcriber", "call_id": item.seg.call_id, "leg": LEG_NAMES[item.seg.leg],
                         "seq": item.seg.seq, "error": type(exc).__name__})
+                    with contextlib.suppress(faust_kit.Abandoned):
+                        await faust_kit.dead_letter(
+                            self.dead_letters, item.event.message, item.event.key, item.event.value, "error",
+                            stage="transcriber", stopped=lambda: item.generation != self._generation)
                 finally:
                     if not detached:
                         self._done(item)
@@ -228,8 +232,14 @@ class TranscriberAgent:
                 running = self._partials.get(sid)
                 if running is not None:
                     running.superseded = True
-            fut = await self.transcripts.send(key=item.seg.call_id.encode(), value=out.SerializeToString())
-            await fut  # delivered before it counts as done (the progress entry says so)
+            value = out.SerializeToString()
+            try:  # delivered before it counts as done (the progress entry says so)
+                await faust_kit.deliver(
+                    lambda: faust_kit.publish(self.transcripts, item.seg.call_id.encode(), value),
+                    stage="transcriber", what="transcript", call_id=item.seg.call_id,
+                    stopped=lambda: item.generation != self._generation)
+            except faust_kit.Abandoned:
+                return False  # the partition was revoked: its new owner redoes the segment
             self._save(sid, item, item.seg)
         if not self._partials.get(sid) and not self._queues.get(sid) and sid not in self._workers:
             self._locks.pop(sid, None)

@@ -1,6 +1,6 @@
 """The ``understanding`` stage: transcripts + call.lifecycle → alerts (live) and call.analysis (at the end).
 
-Stages 4-7 of issue #3 in one Faust agent around the plain :class:`~.call_understanding.CallUnderstanding`:
+The thin Faust wrapper around the pure :class:`~.core.CallUnderstanding`:
 
 - consumes ``transcripts`` and ``call.lifecycle`` together (one channel, so Faust co-partitions
   them: a call's records of both topics come to the same worker, keyed by call_id);
@@ -10,8 +10,11 @@ Stages 4-7 of issue #3 in one Faust agent around the plain :class:`~.call_unders
   (``open`` → ``done`` | ``skipped`` | ``failed``; terminal entries are tombstones kept
   ``understanding_state_retention_seconds`` so redeliveries are ignored, then removed);
 - a FINAL transcript with text is added to the conversation; on the person's leg the alert
-  catalogue is scanned, and each new alert is published on ``alerts`` at once (awaited), then
-  stored in Postgres ``call_alerts`` in the thread pool. Partials only count in a metric (the
+  catalogue is scanned, and each new alert is delivered to ``alerts`` at once (a broker error is
+  retried until the broker has it; the record is neither dead-lettered nor acknowledged
+  meanwhile), then kept in the entry as pending and stored in Postgres ``call_alerts`` in the
+  thread pool; only then is it dropped from the entry (any later record of the call restarts a
+  pending write that a dead worker left). Partials only count in a metric (the
   final of the same segment supersedes them); blank finals (the ASR guards removed everything)
   are counted and dropped;
 - when ``CallEnded`` was seen AND both legs are ``leg_complete``: ``finish()`` runs in the thread
@@ -26,17 +29,23 @@ Delivery: the agent acknowledges records manually. The record that triggered a s
 (an alert's transcript, the record that completed the call) stays unacknowledged until the
 write succeeded, so a crashed worker redoes it (every write is idempotent). A store that is
 down: the sinks retry with backoff within their budget (``LUPITA_SINK_RETRY_*``); when that is
-used up (:class:`~.sinks.SinkUnavailable`) the work waits ``understanding_retry_initial_seconds``
-(doubling up to ``understanding_retry_max_seconds``) and tries again, in its own task: the agent
-goes on with every other call meanwhile, only the commit of that partition's offsets waits.
-A permanent error (:class:`~.sinks.SinkRejected`, a bug) is logged, counted and the call marked
-``failed`` (no endless loop); ``lupita replay`` is the way to redo such a call.
+used up (:class:`~stream_processor.stores.SinkUnavailable`) the work waits
+``understanding_retry_initial_seconds`` (doubling up to ``understanding_retry_max_seconds``, with
+jitter: :class:`stream_processor.retry.RetryPolicy`) and tries again, in its own task: the agent
+goes on with every other call meanwhile, only the commit of that partition's offsets waits. A
+broker that is down is retried the same way (:func:`stream_processor.faust_kit.deliver`). A
+permanent store error (:class:`~stream_processor.stores.SinkRejected`) is logged, counted and
+the call marked ``failed`` (no endless loop); ``lupita replay`` is the way to redo such a call.
+A bad record goes to ``stream-processor.understanding-dead-letters`` with its reason; a bug
+while handling a record is logged with the call id, counted (``lupita_understanding_errors_total``)
+and the record dead-lettered (reason ``error``), never silently dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -49,12 +58,14 @@ from lupita.v1 import analysis_pb2, events_pb2
 
 from stream_processor import faust_kit, records
 from stream_processor.errors import safe_error
+from stream_processor.faust_kit import in_partition_of
+from stream_processor.retry import RetryPolicy
 from stream_processor.stages.understanding.metrics import (
-    ALERT_LATENCY, ALERTS_RAISED, BAD_RECORDS, CALLS, FINISH_SECONDS, IN_PROGRESS, RECORDS, SPEECH_SECONDS, STORE_RETRIES,
+    ALERT_LATENCY, ALERTS_RAISED, BAD_RECORDS, CALLS, ERRORS, FINISH_SECONDS, IN_PROGRESS, RECORDS, SPEECH_SECONDS, STORE_RETRIES,
 )
 from stream_processor.stages.understanding.core import CallUnderstanding, FinishResult, UnderstandingServices
 from stream_processor.stores import SinkUnavailable, Stopped
-from stream_processor.contracts import AlertHit, Utterance
+from stream_processor.contracts import AlertHit, EvidenceSpan, Utterance
 from stream_processor.records import LEG_NAMES
 
 log = logging.getLogger("stream_processor.stages.understanding.agent")  # also when run with -m
@@ -120,6 +131,14 @@ def analysis_event(call_id: str, result: FinishResult, *, processed_at_us: int) 
     )
 
 
+def hit_to_dict(hit: AlertHit) -> dict[str, Any]:
+    return dataclasses.asdict(hit)
+
+
+def hit_from_dict(data: dict[str, Any]) -> AlertHit:
+    return AlertHit(**{**data, "evidence": EvidenceSpan(**data["evidence"])})
+
+
 def new_entry(call_id: str, partition: int) -> dict[str, Any]:
     return {"cu": CallUnderstanding(call_id).to_dict(), "legs_complete": [], "ended": False, "status": OPEN,
             "partition": partition, "done_at": None}
@@ -132,6 +151,15 @@ def ready_to_finish(entry: dict[str, Any]) -> bool:
 
 def _now_us() -> int:
     return time.time_ns() // 1000
+
+
+def _call_of(key: bytes | None) -> dict[str, str]:
+    """``{"call_id": ...}`` for a log record when the record's key is a valid call id."""
+    try:
+        call_id = (key or b"").decode()
+    except UnicodeDecodeError:
+        return {}
+    return {"call_id": call_id} if records.is_valid_call_id(call_id) else {}
 
 
 class UnderstandingStage:
@@ -147,6 +175,7 @@ class UnderstandingStage:
         self.executor = ThreadPoolExecutor(settings.understanding_threads, thread_name_prefix="understanding")
         self._generation = 0
         self._finishing: dict[str, int] = {}  # call_id -> generation of its running finish
+        self._writing_alerts: dict[str, int] = {}  # call_id -> generation of its running alert write
         self._tasks: set[asyncio.Task] = set()
         self._purged_at: dict[int, float] = {}
 
@@ -168,29 +197,46 @@ class UnderstandingStage:
     async def _agent(self, stream: Any) -> Any:
         async for event in stream.noack().events():
             msg = event.message
-            held = False
+            generation = self._generation
             try:
-                held = await self._handle(event)
+                held = await self._handle(event, generation)
+            except faust_kit.Abandoned:
+                continue  # revoked or stopping while the broker was down: redelivered, not acknowledged
             except records.BadRecord as exc:
                 BAD_RECORDS.labels(exc.reason).inc()
-                log.warning("bad record skipped", extra={
+                log.warning("bad record dead-lettered", extra={
                     "stage": STAGE, "topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
                     "reason": exc.reason, "error": str(exc)})
-                await faust_kit.dead_letter(self.dead_letters, msg, event.key, event.value, exc.reason, stage=STAGE)
-            except Exception as exc:  # a bug must not stop every other call
+                held = not await self._dead_letter(event, exc.reason, generation)
+            except Exception as exc:  # a bug must not stop every other call: the record is kept
                 BAD_RECORDS.labels("error").inc()
-                log.exception("record could not be processed", extra={
+                ERRORS.labels("record").inc()
+                log.exception("record could not be processed; dead-lettered", extra={
                     "stage": STAGE, "topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
-                    "error": type(exc).__name__})
-                await faust_kit.dead_letter(self.dead_letters, msg, event.key, event.value, "error", stage=STAGE)
-            finally:
-                if not held:
-                    event.ack()
+                    **_call_of(event.key), "error": type(exc).__name__})
+                held = not await self._dead_letter(event, "error", generation)
+            if not held:
+                event.ack()
 
-    async def _handle(self, event: Any) -> bool:
-        """Apply one record; True when its acknowledgement is held by background work."""
-        from stream_processor.faust_kit import in_partition_of
+    async def _dead_letter(self, event: Any, reason: str, generation: int) -> bool:
+        """True once the record is on the dead-letter topic (False: abandoned, not acknowledged)."""
+        try:
+            await faust_kit.dead_letter(self.dead_letters, event.message, event.key, event.value, reason,
+                                        stage=STAGE, stopped=self._stopped(generation))
+            return True
+        except faust_kit.Abandoned:
+            return False
 
+    def _stopped(self, generation: int) -> Any:
+        """For :func:`faust_kit.deliver`: the partitions were revoked since, or the worker stops."""
+        return lambda: generation != self._generation or self.stop.is_set()
+
+    async def _handle(self, event: Any, generation: int) -> bool:
+        """Apply one record; True when its acknowledgement is held by background work.
+
+        Alerts are delivered to Kafka (broker errors retried until the broker has them) BEFORE
+        the table says they were raised: a worker that dies in between raises them again from
+        the redelivered transcript (at least once on ``alerts``; ``call_alerts`` is an upsert)."""
         msg = event.message
         if msg.topic == self.lifecycle_topic:
             life = records.parse_lifecycle(event.key, event.value)
@@ -201,7 +247,7 @@ class UnderstandingStage:
         entry = self.calls.get(call_id) or new_entry(call_id, msg.partition)
         if entry["status"] != OPEN:
             RECORDS.labels("late").inc()
-            return False
+            return self._resume(event, call_id, entry, generation)
         cu = CallUnderstanding.from_dict(entry["cu"])
         svc = self.services
         hits: list[AlertHit] = []
@@ -237,65 +283,104 @@ class UnderstandingStage:
             if after[0] > before[0]:
                 SPEECH_SECONDS.labels(utt.leg).inc(max(utt.end_s - utt.start_s, 0.0))
             if after == before and cu.consent is not False:
-                return False  # a redelivery: nothing changed
+                return self._resume(event, call_id, entry, generation)  # a redelivery: nothing changed
             emitted_us = tr.emitted_at_us
         if hits:
-            await self._publish_alerts(hits, emitted_us)  # before the state says "raised"
+            await self._publish_alerts(hits, emitted_us, generation)  # before the state says "raised"
         entry["cu"] = cu.to_dict()
+        if hits:  # kept until call_alerts has them, so a crash before that write redoes it
+            entry["pending_alerts"] = list(entry.get("pending_alerts") or []) + [hit_to_dict(h) for h in hits]
         with in_partition_of(event):
             self.calls[call_id] = entry
             self._purge(msg.partition)
-        jobs = []
-        if hits:
-            jobs.append(self._write_alerts(hits, self._generation))
+        jobs = self._alert_jobs(event, call_id, entry, generation)
         if ready_to_finish(entry) and call_id not in self._finishing:
-            self._finishing[call_id] = self._generation
-            jobs.append(self._finish(event, call_id, cu, self._generation))
+            self._finishing[call_id] = generation
+            jobs.append(self._finish(event, call_id, cu, generation))
         if not jobs:
             return False
         self._spawn(self._hold(event, jobs))
         return True
 
+    def _resume(self, event: Any, call_id: str, entry: dict[str, Any], generation: int) -> bool:
+        """A record that changes nothing still restarts the alert writes its call has pending
+        (a worker died before they reached Postgres); True when the record is held by them."""
+        jobs = self._alert_jobs(event, call_id, entry, generation)
+        if not jobs:
+            return False
+        self._spawn(self._hold(event, jobs))
+        return True
+
+    def _alert_jobs(self, event: Any, call_id: str, entry: dict[str, Any], generation: int) -> list[Any]:
+        pending = entry.get("pending_alerts") or []
+        if not pending or call_id in self._writing_alerts:
+            return []
+        self._writing_alerts[call_id] = generation
+        return [self._write_alerts(event, call_id, [hit_from_dict(d) for d in pending], generation)]
+
     async def _hold(self, event: Any, jobs: list[Any]) -> None:
-        """Run the record's work; acknowledge it only if all of it is done (not revoked)."""
+        """Run the record's work; acknowledge it only if all of it is done (not revoked). Work
+        that raised (a bug: stores and broker are retried inside) is logged once with the call id
+        and counted, and the record stays unacknowledged: a restart redoes it."""
         results = await asyncio.gather(*jobs, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                ERRORS.labels("work").inc()
+                log.error("work of a record failed; the record stays unacknowledged", exc_info=r, extra={
+                    "stage": STAGE, **_call_of(event.key), "partition": event.message.partition,
+                    "offset": event.message.offset, "error": type(r).__name__})
         if all(r is True for r in results):
             event.ack()
 
     # -- alerts ----------------------------------------------------------------------------------------
 
-    async def _publish_alerts(self, hits: list[AlertHit], transcript_emitted_at_us: int) -> None:
-        futures = []
+    async def _publish_alerts(self, hits: list[AlertHit], transcript_emitted_at_us: int, generation: int) -> None:
+        """Deliver each alert to ``alerts``; a broker error is retried until the broker has it
+        (raises :class:`faust_kit.Abandoned` if the partition is revoked meanwhile)."""
         for hit in hits:
             now_us = _now_us()
-            ev = alert_event(hit, raised_at_us=now_us, transcript_emitted_at_us=transcript_emitted_at_us)
-            futures.append(await self.alerts.send(key=hit.call_id.encode(), value=ev.SerializeToString()))
+            value = alert_event(hit, raised_at_us=now_us, transcript_emitted_at_us=transcript_emitted_at_us
+                                ).SerializeToString()
+            await faust_kit.deliver(
+                lambda v=value, h=hit: faust_kit.publish(self.alerts, h.call_id.encode(), v),
+                stage=STAGE, what="alert", call_id=hit.call_id, stopped=self._stopped(generation))
             ALERTS_RAISED.labels(hit.cue_id, hit.severity).inc()
             if transcript_emitted_at_us:
-                ALERT_LATENCY.observe(max(0.0, (now_us - transcript_emitted_at_us) / 1e6))
+                ALERT_LATENCY.observe(max(0.0, (_now_us() - transcript_emitted_at_us) / 1e6))
             log.warning("alert raised", extra={
                 "stage": STAGE, "call_id": hit.call_id, "cue_id": hit.cue_id, "severity": hit.severity,
                 "seq": hit.evidence.seq})
-        for fut in futures:
-            await fut  # delivered before the table says the alert was raised
 
-    async def _write_alerts(self, hits: list[AlertHit], generation: int) -> bool:
+    async def _write_alerts(self, event: Any, call_id: str, hits: list[AlertHit], generation: int) -> bool:
+        """Store the call's pending alerts in ``call_alerts`` (an upsert per (call, cue): exactly
+        once however often this runs), then drop them from the table entry."""
         try:
-            for hit in hits:
-                await self._retrying("write_alert", hit.call_id, generation,
-                                     lambda h=hit: self.services.postgres.write_alert(h))
-        except _Revoked:
-            return False
-        except Exception as exc:  # SinkRejected or a bug: logged; the alert itself was published
-            log.error("alert could not be stored", extra={
-                "stage": STAGE, "call_id": hits[0].call_id, "error": safe_error(exc)})
-        return True
+            try:
+                for hit in hits:
+                    await self._retrying("write_alert", call_id, generation,
+                                         lambda h=hit: self.services.postgres.write_alert(h))
+            except _Revoked:
+                return False
+            except Exception as exc:  # SinkRejected or a bug: logged and counted; the alert was published
+                ERRORS.labels("write_alert").inc()
+                log.error("alert could not be stored", extra={
+                    "stage": STAGE, "call_id": call_id, "error": safe_error(exc)})
+            if generation != self._generation:
+                return False
+            entry = self.calls.get(call_id)
+            if entry is not None and entry.get("pending_alerts"):
+                done = {h.cue_id for h in hits}
+                entry["pending_alerts"] = [d for d in entry["pending_alerts"] if d["cue_id"] not in done]
+                with in_partition_of(event):
+                    self.calls[call_id] = entry
+            return True
+        finally:
+            if self._writing_alerts.get(call_id) == generation:
+                del self._writing_alerts[call_id]
 
     # -- end of call -------------------------------------------------------------------------------------
 
     async def _finish(self, event: Any, call_id: str, cu: CallUnderstanding, generation: int) -> bool:
-        from stream_processor.faust_kit import in_partition_of
-
         t0 = time.perf_counter()
         status = DONE
         try:
@@ -310,9 +395,13 @@ class UnderstandingStage:
                     "stage": STAGE, "call_id": call_id, "error": safe_error(exc)})
             if result is not None:
                 FINISH_SECONDS.observe(time.perf_counter() - t0)
-                ev = analysis_event(call_id, result, processed_at_us=_now_us())
-                fut = await self.analysis.send(key=call_id.encode(), value=ev.SerializeToString())
-                await fut
+                value = analysis_event(call_id, result, processed_at_us=_now_us()).SerializeToString()
+                try:
+                    await faust_kit.deliver(lambda: faust_kit.publish(self.analysis, call_id.encode(), value),
+                                            stage=STAGE, what="call_analysis", call_id=call_id,
+                                            stopped=self._stopped(generation))
+                except faust_kit.Abandoned:
+                    return False
                 CALLS.labels("analysed").inc()
                 log.info("call analysed and stored", extra={
                     "stage": STAGE, "call_id": call_id, "utterances": result.utterances,
@@ -351,7 +440,10 @@ class UnderstandingStage:
         """``fn()`` in the thread pool; after :class:`SinkUnavailable` wait (doubling) and again,
         until it succeeds, fails for good, or the partition is revoked (:class:`_Revoked`)."""
         loop = asyncio.get_running_loop()
-        delay = self.settings.understanding_retry_initial_seconds
+        policy = RetryPolicy(max_attempts=None, max_elapsed_s=None,
+                             initial_delay_s=self.settings.understanding_retry_initial_seconds,
+                             max_delay_s=self.settings.understanding_retry_max_seconds, jitter=0.2)
+        rounds = 0
         while True:
             if generation != self._generation:
                 raise _Revoked()
@@ -360,11 +452,13 @@ class UnderstandingStage:
             except (SinkUnavailable, Stopped) as exc:
                 if self.stop.is_set() or generation != self._generation:
                     raise _Revoked() from exc
+                rounds += 1
+                delay = policy.delay(rounds)
                 STORE_RETRIES.labels(work).inc()
                 log.warning("store unavailable; trying again later (other calls go on)", extra={
-                    "stage": STAGE, "call_id": call_id, "work": work, "retry_in_s": delay, "error": safe_error(exc)})
+                    "stage": STAGE, "call_id": call_id, "work": work, "retry_in_s": round(delay, 2),
+                    "error": safe_error(exc)})
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.understanding_retry_max_seconds)
 
     def _purge(self, partition: int) -> None:
         """Now and then drop the tombstones of this partition older than the retention."""
@@ -386,6 +480,7 @@ class UnderstandingStage:
         # its next check and acknowledges nothing.
         self._generation += 1
         self._finishing.clear()
+        self._writing_alerts.clear()
         if self.probes is not None:
             self.probes.set_ready(False)
 

@@ -23,3 +23,6 @@ FINISH_SECONDS = Histogram("lupita_understanding_finish_seconds",
 STORE_RETRIES = Counter("lupita_understanding_store_retries_total",
                         "Work put back after a store stayed down for the sinks' whole retry budget", ["work"])
 IN_PROGRESS = Gauge("lupita_understanding_work_in_progress", "Alert writes and finishes running or waiting")
+ERRORS = Counter("lupita_understanding_errors_total",
+                 "Exceptions that are not a bad record nor a store or broker outage (bugs), by where: record, "
+                 "work, write_alert", ["where"])

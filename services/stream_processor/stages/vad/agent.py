@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +34,7 @@ from stream_processor.models.vad import SileroModel
 from stream_processor.records import KIND_FINAL, KIND_NAMES, LEG_NAMES
 from stream_processor.stages.vad.core import SegmentOut, VadCore, config_from_settings, due_reason
 from stream_processor.stages.vad.metrics import (
-    BAD_RECORDS, BATCH_SECONDS, BATCH_STREAMS, OPEN_CALLS, RECORDS, SEGMENTS, SKIPPED_CHUNKS,
+    BAD_RECORDS, BATCH_SECONDS, BATCH_STREAMS, OPEN_CALLS, RECORDS, SEGMENTS, SKIPPED_CHUNKS, UNREADABLE_STATES,
 )
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,8 @@ class VadAgent:
         self._processed: dict[Any, int] = {}
         self._backlog: set[int] = set()
         self._commanded: dict[str, float] = {}
+        self._bad_states: list[tuple[Any, str, bytes]] = []  # (record, call id, state) to dead-letter
+        self._unreadable_seen: set[str] = set()  # call ids whose unreadable state the timer reported
 
         self.chunks_topic = settings.topic(AUDIO_CHUNKS)
         self.lifecycle_topic = settings.topic(CALL_LIFECYCLE)
@@ -112,6 +115,10 @@ class VadAgent:
                 touched[call_id] = ev
             if dead is not None:
                 await faust_kit.dead_letter(self.dead_letters, msg, ev.key, ev.value, dead, stage="vad")
+        bad_states, self._bad_states = self._bad_states, []
+        for ev, call_id, value in bad_states:
+            await faust_kit.dead_letter(self.dead_letters, ev.message, call_id.encode(), value,
+                                        "unreadable_state", stage="vad")
         if not touched:
             return
         loop = asyncio.get_running_loop()
@@ -119,7 +126,10 @@ class VadAgent:
         BATCH_SECONDS.observe(time.perf_counter() - t0)
         if generation != self._generation:
             return  # partitions were revoked meanwhile: nothing of this batch is written
-        await self._publish(outputs)
+        try:
+            await self._publish(outputs, generation)
+        except faust_kit.Abandoned:
+            return  # revoked while the broker was down: the new owner redoes the batch
         if generation != self._generation:
             return
         # Audio pieces first, then (once the segments and pieces are delivered) the state that
@@ -154,18 +164,18 @@ class VadAgent:
             if topic == self.chunks_topic:
                 chunk = records.parse_chunk(key, value)
                 call_id = chunk.call_id
-                self._ensure_loaded(call_id)
+                self._ensure_loaded(call_id, ev)
                 skipped = self.core.on_chunk(chunk, value or b"", msg.partition, now)
                 if skipped is not None:
                     SKIPPED_CHUNKS.labels(skipped).inc()
             elif topic == self.lifecycle_topic:
                 event = records.parse_lifecycle(key, value)
                 call_id = event.call_id
-                self._ensure_loaded(call_id)
+                self._ensure_loaded(call_id, ev)
                 self.core.on_lifecycle(event, msg.partition, now)
             else:
                 call_id = faust_kit.parse_command(key, value, allowed=("check",), stage="vad")["call_id"]
-                self._ensure_loaded(call_id)
+                self._ensure_loaded(call_id, ev)
                 if not self.core.has(call_id):
                     return None, None  # already purged
         except records.BadRecord as exc:
@@ -176,18 +186,39 @@ class VadAgent:
             # a valid call whose record was refused (e.g. beyond the length limit) still counts
             # as touched: its bookkeeping (last_seen, received) moved on
             return (call_id if call_id is not None and self.core.has(call_id) else None), exc.reason
+        except Exception as exc:  # a bug: this record is dead-lettered, the batch's others go on
+            BAD_RECORDS.labels("error").inc()
+            log.exception("record could not be processed; dead-lettered", extra={
+                "stage": "vad", "topic": topic, "partition": msg.partition, "offset": msg.offset,
+                **({"call_id": call_id} if call_id else {}), "error": type(exc).__name__})
+            return (call_id if call_id is not None and self.core.has(call_id) else None), "error"
         return call_id, None
 
-    def _ensure_loaded(self, call_id: str) -> None:
+    def _ensure_loaded(self, call_id: str, ev: Any) -> None:
+        """Bring the call's table state into the core. A state that cannot be read (corrupt, or
+        written by an incompatible version) is never skipped silently: it is logged, counted,
+        put on the dead-letter topic (reason ``unreadable_state``) and removed, and the call
+        goes on from a fresh state (its derived data then needs ``lupita replay CALL_ID``)."""
         if self.core.has(call_id):
             return
         value = self.calls.get(call_id)
-        if value is not None:
+        if value is None:
+            return
+        try:
             self.core.load(call_id, value, self.audio.get)
-            legs = value["legs"]
-            log.info("vad call state loaded from the table", extra={
-                "stage": "vad", "call_id": call_id, "status": value["call"]["status"],
-                "last_chunk_seq": {name: leg["last_seq"] for name, leg in legs.items()}})
+        except Exception as exc:
+            self.core.forget(call_id)
+            UNREADABLE_STATES.inc()
+            log.error("vad call state unreadable: dead-lettered and started afresh (replay the call)", extra={
+                "stage": "vad", "call_id": call_id, "error": f"{type(exc).__name__}: {exc}"[:300]})
+            self._bad_states.append((ev, call_id, json.dumps(value, default=str).encode()))
+            with in_partition_of(ev):
+                self.calls.pop(call_id, None)
+            return
+        legs = value["legs"]
+        log.info("vad call state loaded from the table", extra={
+            "stage": "vad", "call_id": call_id, "status": value["call"]["status"],
+            "last_chunk_seq": {name: leg["last_seq"] for name, leg in legs.items()}})
 
     def _step_and_check(self, call_ids: list[str], now: float) -> list[SegmentOut]:
         """In the vad thread: the batched drain, then the calls that are due."""
@@ -203,10 +234,22 @@ class VadAgent:
                                                   "segments": call.state.outcome and call.state.outcome.get("segments")})
         return out + self.core.take_outputs()
 
-    async def _publish(self, outputs: list[SegmentOut]) -> None:
+    async def _publish(self, outputs: list[SegmentOut], generation: int) -> None:
+        """Deliver the segments; returns once the broker has every one of them (a broker error
+        is retried: the batch's state is written only after this; raises
+        :class:`faust_kit.Abandoned` if the partitions are revoked meanwhile)."""
         now_us = time.time_ns() // 1000
+        values = [(out.call_id.encode(), out.to_proto(now_us).SerializeToString()) for out in outputs]
+
+        async def attempt() -> None:
+            futures = [await self.segments.send(key=key, value=value) for key, value in values]
+            for fut in futures:
+                await fut
+
+        if values:
+            await faust_kit.deliver(attempt, stage="vad", what="segments",
+                                    stopped=lambda: generation != self._generation)
         for out in outputs:
-            await self.segments.send(key=out.call_id.encode(), value=out.to_proto(now_us).SerializeToString())
             SEGMENTS.labels(KIND_NAMES[out.kind], LEG_NAMES[out.leg]).inc()
             if out.kind == KIND_FINAL:
                 log.info("speech segment", extra={
@@ -238,7 +281,16 @@ class VadAgent:
         for call_id, value in list(self.calls.items()):
             try:
                 state = cs.CallState.from_dict(value["call"])
-            except Exception:
+            except Exception as exc:
+                # never skipped silently: said once, counted, and the call's partition (the key's
+                # hash, as the bridge partitions) is asked to load it, which dead-letters it
+                if call_id not in self._unreadable_seen:
+                    self._unreadable_seen.add(call_id)
+                    UNREADABLE_STATES.inc()
+                    log.error("vad call state unreadable in the table; its partition is asked to handle it",
+                              extra={"stage": "vad", "call_id": call_id,
+                                     "error": f"{type(exc).__name__}: {exc}"[:300]})
+                    await faust_kit.send_command(self.control, call_id, None, "check")
                 continue
             if state.partition not in actives:
                 continue

@@ -27,3 +27,5 @@ BATCH_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 OPEN_CALLS = Gauge("lupita_vad_open_calls", "Calls whose legs are being segmented on this worker")
+UNREADABLE_STATES = Counter("lupita_vad_unreadable_states_total",
+                            "vad_calls table entries that could not be read (dead-lettered, the call starts afresh)")
