@@ -3,7 +3,8 @@
 ``up()`` installs what is missing (see :mod:`lupita.stack.install`), starts every server on
 127.0.0.1 with its data and logs under ``$LUPITA_STACK_DIR`` (default ``<repo>/.stack``),
 waits for each health check, prepares the database and the S3 buckets, and writes
-``<stack dir>/env`` with the ``LUPITA_*`` settings every service reads. It is idempotent: a
+``<stack dir>/env`` with the ``LUPITA_*`` settings every service reads (Postgres' data goes
+outside the stack dir when its user cannot enter it: see ``postgres_home``). It is idempotent: a
 second ``up()`` finds everything healthy and returns at once. ``down()`` stops every process
 it started.
 """
@@ -11,11 +12,14 @@ it started.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
+import pwd
 import secrets
 import signal
 import socket
+import stat
 import subprocess
 import time
 import urllib.request
@@ -141,7 +145,8 @@ class Proc:
             pass
         return pid
 
-    def spawn(self, cmd: list[str], env: dict[str, str] | None = None, user: str | None = None) -> int:
+    def spawn(self, cmd: list[str], env: dict[str, str] | None = None, user: str | None = None,
+              cwd: Path | None = None) -> int:
         self.pidfile.parent.mkdir(parents=True, exist_ok=True)
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
         if user:
@@ -149,7 +154,7 @@ class Proc:
         with self.logfile.open("ab") as log:
             proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **(env or {})}, start_new_session=True,
+                env={**os.environ, **(env or {})}, start_new_session=True, cwd=cwd,
             )
         self.pidfile.write_text(str(proc.pid))
         return proc.pid
@@ -287,11 +292,142 @@ def _pg(cmd: str) -> Path:
     return install.pg_bindir() / cmd
 
 
+# PostgreSQL refuses to run as root, so it runs as the Debian package's `postgres` user, which must
+# be able to enter every directory above its data directory. A clone inside a private directory
+# (root's home is mode 0700) is not enterable; there Postgres' data directory and unix socket live in
+# a folder of its own under /var/tmp instead, named after the stack dir, and recorded in
+# <stack dir>/postgres.json so every later command (psql, a second `up`) finds the same one.
+POSTGRES_USER = "postgres"
+POSTGRES_FALLBACK_BASE = Path("/var/tmp")
+
+
+def may_traverse(mode: int, owner_uid: int, owner_gid: int, uid: int, gids: set[int]) -> bool:
+    """Whether ``uid`` (in groups ``gids``) may enter a directory with these stat fields.
+
+    The kernel's rule: root always; the owner gets the owner bits only; a group member the group
+    bits only; everyone else the "other" bits (ACLs are not consulted)."""
+    if uid == 0:
+        return True
+    if uid == owner_uid:
+        return bool(mode & stat.S_IXUSR)
+    if owner_gid in gids:
+        return bool(mode & stat.S_IXGRP)
+    return bool(mode & stat.S_IXOTH)
+
+
+def blocking_dirs(path: Path, uid: int, gids: set[int], stat_fn=os.stat) -> list[Path]:
+    """The directories from ``/`` down to ``path`` (an absolute path, itself included) that
+    ``uid`` cannot enter; empty when it can reach ``path``."""
+    path = Path(path)
+    blocked = []
+    for directory in [*reversed(path.parents), path]:
+        st = stat_fn(directory)
+        if not may_traverse(st.st_mode, st.st_uid, st.st_gid, uid, gids):
+            blocked.append(directory)
+    return blocked
+
+
+def relocated_postgres_home(stack: Path, base: Path | None = None) -> Path:
+    """Postgres' home outside a stack dir its user cannot enter: one per (resolved) stack dir."""
+    digest = hashlib.sha256(str(stack).encode()).hexdigest()[:12]
+    return (base or POSTGRES_FALLBACK_BASE) / f"lupita-postgres-{digest}"
+
+
+def choose_postgres_home(stack: Path, blocked: list[Path], base: Path | None = None) -> Path:
+    """<stack>/postgres when the postgres user can reach it, else a folder of its own under base."""
+    return relocated_postgres_home(stack, base) if blocked else stack / "postgres"
+
+
+def _postgres_ids() -> tuple[int, int, set[int]]:
+    try:
+        entry = pwd.getpwnam(POSTGRES_USER)
+    except KeyError:
+        raise RuntimeError(
+            f"user {POSTGRES_USER!r} not found: install PostgreSQL with "
+            f"`apt-get install postgresql-{install.PG_MAJOR}`"
+        ) from None
+    return entry.pw_uid, entry.pw_gid, set(os.getgrouplist(POSTGRES_USER, entry.pw_gid))
+
+
+def _postgres_record() -> Path:
+    return stack_dir() / "postgres.json"
+
+
+def postgres_home() -> Path:
+    """Where this stack's Postgres keeps ``data/`` and its unix socket (see above)."""
+    stack = stack_dir().resolve()
+    try:
+        saved = json.loads(_postgres_record().read_text())
+        if saved["stack_dir"] == str(stack):  # a copied stack dir does not share its original's
+            return Path(saved["home"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        pass
+    if (stack / "postgres" / "data" / "PG_VERSION").exists():
+        return stack / "postgres"  # a database made before this rule: keep it where it is
+    uid, _, gids = _postgres_ids()
+    return choose_postgres_home(stack, blocking_dirs(stack, uid, gids))
+
+
+def _prepare_postgres_home() -> Path:
+    """Decide (or reuse) Postgres' home, make it the postgres user's, record it; or fail saying why."""
+    stack = stack_dir().resolve()
+    home = postgres_home()
+    uid, gid, gids = _postgres_ids()
+    blocked = " ".join(str(d) for d in blocking_dirs(home.parent, uid, gids))
+    inside = home == stack / "postgres"
+    if blocked:
+        cure = (
+            f"let it through (`chmod o+x {blocked}`), or remove {_postgres_record()} and "
+            f"{home / 'data'} to start a fresh database outside the stack dir, or"
+            if inside else ""
+        )
+        raise RuntimeError(
+            f"PostgreSQL runs as user {POSTGRES_USER!r}, which cannot enter {blocked} on the way to "
+            f"its data directory {home / 'data'}: {cure} set LUPITA_STACK_DIR to a directory every "
+            "user can enter (e.g. /var/tmp/lupita-stack)"
+        )
+    if inside:
+        home.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["chown", "-R", f"{POSTGRES_USER}:{POSTGRES_USER}", str(home)], check=True)
+    else:
+        # a predictable name in a world-writable folder: never follow a link planted there, and
+        # take over only a directory that is already root's or the postgres user's
+        try:
+            home.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        try:
+            fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise RuntimeError(
+                f"{home}, meant for PostgreSQL's data, is not a plain directory ({exc.strerror}): "
+                "remove it, or set LUPITA_STACK_DIR to a directory every user can enter "
+                "(e.g. /var/tmp/lupita-stack)"
+            ) from None
+        try:
+            owner = os.fstat(fd).st_uid
+            if owner not in (0, uid):
+                raise RuntimeError(
+                    f"{home}, meant for PostgreSQL's data, belongs to uid {owner}, not to "
+                    f"{POSTGRES_USER!r}: remove it, or set LUPITA_STACK_DIR to a directory every "
+                    "user can enter (e.g. /var/tmp/lupita-stack)"
+                )
+            os.fchown(fd, uid, gid)
+            os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
+        say(f"PostgreSQL's data and socket: {home} (user {POSTGRES_USER!r} could not enter {stack}; "
+            f"recorded in {_postgres_record()})")
+    _postgres_record().write_text(json.dumps({"stack_dir": str(stack), "home": str(home)}, indent=2) + "\n")
+    return home
+
+
 def _psql(sql: str, db: str = "postgres") -> str:
+    home = postgres_home()
     out = subprocess.run(
-        ["runuser", "-u", "postgres", "--", str(_pg("psql")), "-h", str(stack_dir() / "postgres"),
+        ["runuser", "-u", POSTGRES_USER, "--", str(_pg("psql")), "-h", str(home),
          "-p", str(POSTGRES_PORT), "-d", db, "-v", "ON_ERROR_STOP=1", "-tAc", sql],
-        capture_output=True, text=True,
+        capture_output=True, text=True, cwd=home,
     )
     if out.returncode != 0:
         raise RuntimeError(f"psql failed: {out.stderr.strip()}")
@@ -306,23 +442,21 @@ def _postgres_healthy() -> bool:
 
 
 def _start_postgres() -> None:
-    home = stack_dir() / "postgres"
+    home = _prepare_postgres_home()
     data = home / "data"
-    home.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["chown", "-R", "postgres:postgres", str(home)], check=True)
     if not (data / "PG_VERSION").exists():
         say("initialising PostgreSQL data directory")
         out = subprocess.run(
-            ["runuser", "-u", "postgres", "--", str(_pg("initdb")), "-D", str(data), "-U", "postgres",
+            ["runuser", "-u", POSTGRES_USER, "--", str(_pg("initdb")), "-D", str(data), "-U", "postgres",
              "--auth-local=peer", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"],
-            capture_output=True, text=True,
+            capture_output=True, text=True, cwd=home,
         )
         if out.returncode != 0:
             raise RuntimeError(f"initdb failed:\n{out.stdout}\n{out.stderr}")
     POSTGRES.spawn(
         [str(_pg("postgres")), "-D", str(data), "-p", str(POSTGRES_PORT), "-c", "listen_addresses=127.0.0.1",
          "-c", f"unix_socket_directories={home}", "-c", "fsync=on", "-c", "max_connections=200"],
-        user="postgres",
+        user=POSTGRES_USER, cwd=home,
     )
 
 
