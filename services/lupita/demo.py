@@ -354,7 +354,7 @@ def _print_understanding(settings, call_id: str, row: dict) -> None:
 def _print_weaviate(call_id: str, row: dict) -> None:
     import weaviate
 
-    from stream_processor.stages.understanding.core import UnderstandingSettings
+    from stream_processor.stages.understanding.settings import UnderstandingSettings
 
     s = UnderstandingSettings()
     if not row.get("weaviate_id"):

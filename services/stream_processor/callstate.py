@@ -21,10 +21,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import json_format
+from pydantic import Field
 
+from lupita.config import CommonSettings
 from lupita.v1 import events_pb2
 
 from stream_processor.records import LEG_NAMES
+
+class CallTimelineSettings(CommonSettings):
+    """How a call's chunks are placed on its timeline: shared by the recorder (the WAV) and the
+    vad stage (the segments' call time), declared once (``LUPITA_<FIELD>``)."""
+
+    # Longest call accepted (a bogus timestamp must not become hours of silence).
+    recorder_max_call_seconds: float = Field(default=4 * 3600, gt=0)
+    # Two chunks of a leg closer than this are treated as contiguous (capture jitter).
+    recorder_align_tolerance_ms: float = Field(default=10.0, ge=0)
+
 
 OPEN = "open"
 FINALIZING = "finalizing"

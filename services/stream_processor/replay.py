@@ -41,7 +41,7 @@ import logging
 import struct
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, datetime, time as dtime, timedelta, timezone
 from typing import Any, BinaryIO, Iterator, TextIO
 
@@ -50,7 +50,6 @@ import numpy as np
 from lupita.audio import SUPPORTED_RATES
 from lupita.v1 import audio_pb2, events_pb2
 
-from stream_processor.stages.understanding.core import UnderstandingSettings
 from stream_processor.records import is_valid_call_id
 from stream_processor.settings import PipelineSettings
 
@@ -63,9 +62,9 @@ STEP_EVERY_CHUNKS = 50  # run the batched VAD after this many chunks per leg (5 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-class ReplaySettings(PipelineSettings, UnderstandingSettings):
-    """The worker's stage settings (vad, transcriber) plus the understanding stage's (analyzer,
-    embedder, alert catalogue, sinks): a replay runs exactly what the worker runs."""
+class ReplaySettings(PipelineSettings):
+    """Every stage's settings (vad, transcriber, understanding: analyzer, embedder, alert
+    catalogue, sinks): a replay runs exactly what the worker runs."""
 
 
 class UsageError(ValueError):
@@ -315,12 +314,13 @@ class Replayer:
         from stream_processor.models.asr.factory import build_transcriber
         from stream_processor.stages.understanding.core import UnderstandingServices
         from stream_processor.models.vad import SileroModel
-        from stream_processor.stages.vad.core import VadCore, config_from_settings
+        from stream_processor.stages.vad.core import VadCore
 
         self.settings = settings
         self.s3 = s3 or s3_client(settings)
-        config = replace(config_from_settings(settings), partial_after_s=0.0)
-        self.vad = VadCore(model or SileroModel(intra_op_num_threads=settings.vad_threads), config)
+        # finals only: a replay has no use for partial snapshots
+        self.vad = VadCore(model or SileroModel(intra_op_num_threads=settings.vad_threads),
+                           settings.model_copy(update={"vad_partial_after_s": 0.0}))
         self.asr = transcriber or build_transcriber(settings)
         self.services = services or UnderstandingServices.from_settings(settings)
 

@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 
 import pytest
-from sp_worker import RecorderWorker, start_worker, stop_worker
+from procs import Worker, start_worker, stop_worker
 
 
 @dataclass
@@ -20,7 +20,7 @@ class Topics:
 
 @pytest.fixture(scope="session")
 def recorder_settings(stack_env):
-    from stream_processor.settings import RecorderSettings
+    from stream_processor.stages.recorder.settings import RecorderSettings
 
     return RecorderSettings()
 
@@ -35,7 +35,7 @@ def topics(recorder_settings) -> Topics:
 
 
 @pytest.fixture(scope="session")
-def recorder_worker(stack_env, tmp_path_factory) -> RecorderWorker:
+def recorder_worker(stack_env, tmp_path_factory) -> Worker:
     """One worker shared by the integration tests (its own app id / consumer group)."""
     worker = start_worker(tmp_path_factory.mktemp("recorder-worker"), f"recorder-test-{uuid.uuid4().hex[:8]}")
     try:

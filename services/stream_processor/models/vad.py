@@ -29,11 +29,13 @@ from __future__ import annotations
 import base64
 import importlib.util
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lupita.audio import SUPPORTED_RATES
 
@@ -127,41 +129,51 @@ class SileroModel:
 # --- segmentation --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class VadSettings:
-    """Segmentation settings (silero's ``get_speech_timestamps`` parameters).
+class VadSettings(BaseSettings):
+    """Segmentation settings (silero's ``get_speech_timestamps`` parameters), declared here once:
+    the vad stage's settings (:class:`stream_processor.stages.vad.settings.VadStageSettings`)
+    extend this class, and the environment names are ``LUPITA_<FIELD>`` (``LUPITA_VAD_THRESHOLD``...).
 
-    threshold: a window with probability >= this is speech; neg_threshold: while in speech, a
-    window below this is silence (None: ``max(threshold - 0.15, 0.01)``); min_speech_ms:
-    shorter segments are dropped; min_silence_ms: silence that ends a segment; speech_pad_ms:
-    added on both sides (halved when two segments are closer than twice the padding);
-    max_segment_s: longer speech is split at its longest inner silence (> 98 ms), or cut hard.
+    vad_threshold: a window with probability >= this is speech; vad_neg_threshold: while in
+    speech, a window below this is silence (None: ``max(threshold - 0.15, 0.01)``);
+    vad_min_speech_ms: shorter segments are dropped; vad_min_silence_ms: silence that ends a
+    segment; vad_speech_pad_ms: added on both sides (halved when two segments are closer than
+    twice the padding); vad_max_segment_s: longer speech is split at its longest inner silence
+    (> 98 ms), or cut hard; at most 30 s (Whisper's window, and a segment's audio travels inline
+    in its Kafka record).
     """
 
-    threshold: float = 0.5
-    neg_threshold: float | None = None
-    min_speech_ms: int = 250
-    min_silence_ms: int = 300
-    speech_pad_ms: int = 100
-    max_segment_s: float = 30.0
+    model_config = SettingsConfigDict(env_prefix="LUPITA_", frozen=True, extra="ignore", hide_input_in_errors=True)
 
-    def __post_init__(self) -> None:
-        if not (0.0 < self.threshold < 1.0):
-            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
-        if self.neg_threshold is not None and not (0.0 < self.neg_threshold <= self.threshold):
-            raise ValueError(f"neg_threshold must be in (0, threshold={self.threshold}], got {self.neg_threshold}")
-        for name in ("min_speech_ms", "min_silence_ms", "speech_pad_ms"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not math.isfinite(self.max_segment_s) or self.max_segment_s * 1000 <= 2 * self.speech_pad_ms + 32:
+    vad_threshold: float = Field(default=0.5, gt=0, lt=1)
+    vad_neg_threshold: float | None = Field(default=None, gt=0, lt=1)
+    vad_min_speech_ms: int = Field(default=250, ge=0)
+    vad_min_silence_ms: int = Field(default=300, ge=0)
+    vad_speech_pad_ms: int = Field(default=100, ge=0)
+    vad_max_segment_s: float = Field(default=15.0, gt=0, le=30, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "VadSettings":
+        if self.vad_neg_threshold is not None and not self.vad_neg_threshold <= self.vad_threshold:
+            raise ValueError(f"vad_neg_threshold must be in (0, vad_threshold={self.vad_threshold}], "
+                             f"got {self.vad_neg_threshold}")
+        if self.vad_max_segment_s * 1000 <= 2 * self.vad_speech_pad_ms + 32:
             raise ValueError(
-                f"max_segment_s must be finite and longer than twice speech_pad_ms plus one window "
-                f"({(2 * self.speech_pad_ms + 32) / 1000:g} s), got {self.max_segment_s}"
+                f"vad_max_segment_s must be longer than twice vad_speech_pad_ms plus one window "
+                f"({(2 * self.vad_speech_pad_ms + 32) / 1000:g} s), got {self.vad_max_segment_s}"
             )
+        return self
 
     @property
     def effective_neg_threshold(self) -> float:
-        return self.neg_threshold if self.neg_threshold is not None else max(self.threshold - 0.15, 0.01)
+        return self.vad_neg_threshold if self.vad_neg_threshold is not None else max(self.vad_threshold - 0.15, 0.01)
+
+    def segmentation(self) -> dict[str, Any]:
+        """The segmentation parameters as a stream state records them (a state is only imported
+        under the same ones)."""
+        return {"threshold": self.vad_threshold, "neg_threshold": self.vad_neg_threshold,
+                "min_speech_ms": self.vad_min_speech_ms, "min_silence_ms": self.vad_min_silence_ms,
+                "speech_pad_ms": self.vad_speech_pad_ms, "max_segment_s": self.vad_max_segment_s}
 
 
 @dataclass(frozen=True)
@@ -207,12 +219,12 @@ class Segmenter:
         sr = self.sample_rate
         self.window = WINDOW_SAMPLES[sr]
         # Same arithmetic (floats) as silero's get_speech_timestamps_from_probs.
-        self._min_speech = sr * settings.min_speech_ms / 1000
-        self._pad = sr * settings.speech_pad_ms / 1000
-        self._max_speech = sr * settings.max_segment_s - self.window - 2 * self._pad
-        self._min_silence = sr * settings.min_silence_ms / 1000
+        self._min_speech = sr * settings.vad_min_speech_ms / 1000
+        self._pad = sr * settings.vad_speech_pad_ms / 1000
+        self._max_speech = sr * settings.vad_max_segment_s - self.window - 2 * self._pad
+        self._min_silence = sr * settings.vad_min_silence_ms / 1000
         self._min_silence_at_max = sr * MIN_SILENCE_AT_MAX_SPEECH_MS / 1000
-        self._thr = settings.threshold
+        self._thr = settings.vad_threshold
         self._neg = settings.effective_neg_threshold
         # state (all ints/bools: see to_dict)
         self.windows = 0  # windows pushed so far
@@ -608,7 +620,7 @@ class BatchedVad:
         return {
             "v": EXPORT_VERSION,
             "sample_rate": s.sample_rate,
-            "settings": asdict(self.settings),
+            "settings": self.settings.segmentation(),
             "samples_in": s.samples_in,
             "state": _b64(s.state),
             "context": _b64(s.context),
@@ -626,10 +638,10 @@ class BatchedVad:
             raise ValueError(f"not a VAD stream state of version {EXPORT_VERSION}")
         try:
             rate = _check_rate(data["sample_rate"])
-            if data["settings"] != asdict(self.settings):
+            if data["settings"] != self.settings.segmentation():
                 raise ValueError(
                     f"state was exported with segmentation settings {data['settings']}, these are "
-                    f"{asdict(self.settings)}"
+                    f"{self.settings.segmentation()}"
                 )
             s = _Stream(rate, self.settings)
             s.samples_in = _nonneg_int(data["samples_in"])

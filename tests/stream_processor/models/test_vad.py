@@ -104,7 +104,7 @@ def test_missing_model_file_names_the_install_command(tmp_path):
 @pytest.mark.parametrize("rate", RATES)
 def test_speech_regions_of_a_known_script_are_found_within_100_ms(model, synth_cache, rate):
     audio, truth = script_audio(rate, synth_cache)
-    found = [(a / rate, b / rate) for a, b in ends(run_stream(model, audio, rate, VadSettings(speech_pad_ms=0)))]
+    found = [(a / rate, b / rate) for a, b in ends(run_stream(model, audio, rate, VadSettings(vad_speech_pad_ms=0)))]
     assert len(found) == len(truth), (found, truth)
     for (start, end), (true_start, true_end) in zip(found, truth):
         assert abs(start - true_start) <= 0.100, (start, true_start)
@@ -259,7 +259,7 @@ def test_import_refuses_state_from_other_settings_or_a_broken_snapshot(model):
     with pytest.raises(ValueError, match="already open"):
         vad.import_state("x", good)
     with pytest.raises(ValueError, match="segmentation settings"):
-        BatchedVad(model, VadSettings(threshold=0.6)).import_state("x", good)
+        BatchedVad(model, VadSettings(vad_threshold=0.6)).import_state("x", good)
     broken = dict(good, pending=good["pending"][:-8])
     with pytest.raises(ValueError, match="inconsistent|float32"):
         BatchedVad(model).import_state("x", broken)
@@ -303,10 +303,10 @@ def random_probabilities(rng, n: int) -> np.ndarray:
 
 SEGMENTER_SETTINGS = [
     VadSettings(),
-    VadSettings(max_segment_s=1.5),  # cuts at the longest inner silence, or hard cuts
-    VadSettings(speech_pad_ms=200, min_silence_ms=100, max_segment_s=3),  # padding shared by close segments
-    VadSettings(min_silence_ms=100, speech_pad_ms=30, max_segment_s=2),  # silero's own defaults
-    VadSettings(threshold=0.6, neg_threshold=0.55, min_speech_ms=0, speech_pad_ms=0, max_segment_s=0.5),
+    VadSettings(vad_max_segment_s=1.5),  # cuts at the longest inner silence, or hard cuts
+    VadSettings(vad_speech_pad_ms=200, vad_min_silence_ms=100, vad_max_segment_s=3),  # padding shared by close segments
+    VadSettings(vad_min_silence_ms=100, vad_speech_pad_ms=30, vad_max_segment_s=2),  # silero's own defaults
+    VadSettings(vad_threshold=0.6, vad_neg_threshold=0.55, vad_min_speech_ms=0, vad_speech_pad_ms=0, vad_max_segment_s=0.5),
 ]
 
 
@@ -315,16 +315,16 @@ SEGMENTER_SETTINGS = [
 @pytest.mark.parametrize("rate", RATES)
 def test_streaming_segmenter_equals_silero_offline_get_speech_timestamps(settings, rate):
     offline = silero_offline_get_speech_timestamps_from_probs()
-    rng = np.random.default_rng(abs(hash((rate, settings.speech_pad_ms, settings.max_segment_s))) % 2**32)
+    rng = np.random.default_rng(abs(hash((rate, settings.vad_speech_pad_ms, settings.vad_max_segment_s))) % 2**32)
     window = WINDOW_SAMPLES[rate]
     for trial in range(8):
         probs = random_probabilities(rng, int(rng.integers(1, 1500)))
         total = len(probs) * window - int(rng.integers(0, window))
         expected = offline(
-            [float(p) for p in probs], sampling_rate=rate, threshold=settings.threshold,
-            neg_threshold=settings.neg_threshold, min_speech_duration_ms=settings.min_speech_ms,
-            min_silence_duration_ms=settings.min_silence_ms, speech_pad_ms=settings.speech_pad_ms,
-            max_speech_duration_s=settings.max_segment_s, audio_length_samples=total,
+            [float(p) for p in probs], sampling_rate=rate, threshold=settings.vad_threshold,
+            neg_threshold=settings.vad_neg_threshold, min_speech_duration_ms=settings.vad_min_speech_ms,
+            min_silence_duration_ms=settings.vad_min_silence_ms, speech_pad_ms=settings.vad_speech_pad_ms,
+            max_speech_duration_s=settings.vad_max_segment_s, audio_length_samples=total,
         )
         seg = Segmenter(rate, settings)
         events = []
@@ -399,11 +399,11 @@ def test_bad_input_is_refused_with_a_precise_error(model):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"threshold": 1.2}, "threshold"),
-        ({"threshold": 0.5, "neg_threshold": 0.7}, "neg_threshold"),
-        ({"min_silence_ms": -1}, "min_silence_ms"),
-        ({"max_segment_s": math.inf}, "max_segment_s"),
-        ({"max_segment_s": 0.2, "speech_pad_ms": 100}, "max_segment_s"),
+        ({"vad_threshold": 1.2}, "threshold"),
+        ({"vad_threshold": 0.5, "vad_neg_threshold": 0.7}, "neg_threshold"),
+        ({"vad_min_silence_ms": -1}, "min_silence_ms"),
+        ({"vad_max_segment_s": math.inf}, "max_segment_s"),
+        ({"vad_max_segment_s": 0.2, "vad_speech_pad_ms": 100}, "max_segment_s"),
     ],
 )
 def test_bad_settings_are_refused(kwargs, match):

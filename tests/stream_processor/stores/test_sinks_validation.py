@@ -157,10 +157,10 @@ def test_analysis_document_keeps_what_has_no_column():
 
 
 def test_sink_settings_mix_into_the_worker_settings(monkeypatch):
-    from stream_processor.settings import RecorderSettings
+    from stream_processor.settings import WorkerSettings
     from stream_processor.stores.settings import SinkSettings
 
-    class Worker(RecorderSettings, SinkSettings):
+    class Worker(WorkerSettings, SinkSettings):
         pass
 
     monkeypatch.setenv("LUPITA_SINK_RETRY_MAX_ATTEMPTS", "9")
@@ -171,7 +171,7 @@ def test_sink_settings_mix_into_the_worker_settings(monkeypatch):
     assert s.weaviate_conversation_collection == "CallsV2" and s.weaviate_utterance_collection == "LupitaUtterance"
     with pytest.raises(ValueError, match="must differ"):
         Worker(weaviate_utterance_collection="CallsV2")
-    with pytest.raises(ValueError, match="LUPITA_KAFKA_HEARTBEAT_SECONDS"):  # the recorder's check still runs
+    with pytest.raises(ValueError, match="LUPITA_KAFKA_HEARTBEAT_SECONDS"):  # the worker's check still runs
         Worker(kafka_heartbeat_seconds=20)
     monkeypatch.setenv("LUPITA_WEAVIATE_UTTERANCE_COLLECTION", "lowercase")
     with pytest.raises(ValueError, match="weaviate_utterance_collection"):

@@ -41,12 +41,17 @@ from stream_processor.stages.recorder import metrics as m
 from stream_processor.stores.archive import Archive
 from stream_processor.stores.calls_db import CallStore
 from stream_processor.stages.recorder.core import RecordingRules, record_call
-from stream_processor.settings import RECORDER_CONTROL, RecorderSettings
+from stream_processor.stages.recorder.settings import RecorderSettings
 from stream_processor.records import LEG_NAMES
 
 log = logging.getLogger(__name__)
 
 DEAD_LETTERS = "stream-processor.recorder-dead-letters"
+# Internal topic (keyed by call_id, same partition count as the sources) on which the recorder
+# sends itself "check", "done" and "failed" commands, so every table write happens while
+# processing a record of the call's own partition.
+RECORDER_CONTROL = "stream-processor.recorder-control"
+TOPICS = (AUDIO_CHUNKS, CALL_LIFECYCLE, RECORDER_CONTROL, DEAD_LETTERS)  # read and written
 CALLS_TABLE = "recorder_calls"
 CHUNKS_TABLE = "recorder_chunks"
 
@@ -60,22 +65,26 @@ def chunk_key(call_id: str, leg: int, seq: int) -> str:
 
 
 class Recorder:
-    """The recorder stage wired into a Faust app (``Recorder(settings).app`` is what runs)."""
+    """The recorder stage wired into the worker's Faust app."""
 
     def __init__(
         self,
         settings: RecorderSettings,
         *,
+        app: faust.App,
         archive: Archive,
         store: CallStore,
         probes: Probes | None = None,
-        app: faust.App | None = None,
+        worker_name: str = "",
+        drain_seconds: float = 20.0,
     ) -> None:
         self.settings = settings
         self.archive = archive
         self.store = store
         self.probes = probes or Probes()
-        self.app = app or faust_kit.build_app(settings)
+        self.app = app
+        self.worker_name = worker_name  # in each call's metadata: which worker recorded it
+        self.drain_seconds = drain_seconds
         self.rules = RecordingRules(
             max_call_seconds=settings.recorder_max_call_seconds,
             align_tolerance_ms=settings.recorder_align_tolerance_ms,
@@ -304,7 +313,7 @@ class Recorder:
         try:
             work = functools.partial(
                 record_call, state, chunks, archive=self.archive, store=self.store, rules=self.rules,
-                worker=self.settings.instance_name,
+                worker=self.worker_name,
             )
             try:
                 outcome = await loop.run_in_executor(self.executor, work)
@@ -388,7 +397,7 @@ class Recorder:
         running = list(self._running.values())
         if running:
             log.info("waiting for running finalisations", extra={"stage": "shutdown", "running": len(running)})
-            await asyncio.wait(running, timeout=self.settings.recorder_drain_seconds)
+            await asyncio.wait(running, timeout=self.drain_seconds)
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 

@@ -41,11 +41,13 @@ from stream_processor.stages.transcriber.core import (
     leg_complete_event, order_key, parse_segment, segment_audio,
     stale_partial, stream_key, transcript_event,
 )
+from stream_processor.stages.transcriber.settings import TranscriberSettings
 from stream_processor.stages.transcriber.metrics import BAD_RECORDS, DECODE_SECONDS, IN_FLIGHT, LAG_SECONDS, SEGMENTS
 
 log = logging.getLogger(__name__)
 
 TRANSCRIBER_DEAD_LETTERS = "stream-processor.transcriber-dead-letters"
+TOPICS = (SPEECH_SEGMENTS, TRANSCRIPTS, TRANSCRIBER_DEAD_LETTERS)  # read and written
 PROGRESS_TABLE = "transcriber_progress"
 
 @dataclass
@@ -64,11 +66,12 @@ class _Partial:
 class TranscriberAgent:
     """The transcriber stage wired into a Faust app (shared with the other stages of the worker)."""
 
-    def __init__(self, settings: Any, *, app: Any, transcriber: Transcriber | None = None,
-                 probes: Any = None) -> None:
+    def __init__(self, settings: TranscriberSettings, *, app: Any, transcriber: Transcriber | None = None,
+                 probes: Any = None, drain_seconds: float = 20.0) -> None:
         from stream_processor.models.asr.factory import build_transcriber
 
         self.settings = settings
+        self.drain_seconds = drain_seconds
         self.app = app
         self.probes = probes
         self.asr = transcriber or build_transcriber(settings)
@@ -313,7 +316,7 @@ class TranscriberAgent:
         workers = list(self._workers.values())
         if workers:
             with contextlib.suppress(Exception):
-                await asyncio.wait(workers, timeout=self.settings.recorder_drain_seconds)
+                await asyncio.wait(workers, timeout=self.drain_seconds)
         self.executor.shutdown(wait=False, cancel_futures=True)
         with contextlib.suppress(Exception):
             self.asr.close()

@@ -60,6 +60,7 @@ from stream_processor import faust_kit, records
 from stream_processor.errors import safe_error
 from stream_processor.faust_kit import in_partition_of
 from stream_processor.retry import RetryPolicy
+from stream_processor.stages.understanding.settings import UnderstandingSettings
 from stream_processor.stages.understanding.metrics import (
     ALERT_LATENCY, ALERTS_RAISED, BAD_RECORDS, CALLS, ERRORS, FINISH_SECONDS, IN_PROGRESS, RECORDS, SPEECH_SECONDS, STORE_RETRIES,
 )
@@ -165,10 +166,11 @@ def _call_of(key: bytes | None) -> dict[str, str]:
 class UnderstandingStage:
     """The understanding stage wired into a Faust app (shared with the worker's other stages)."""
 
-    def __init__(self, settings: Any, *, app: Any = None, probes: Any = None,
-                 services: UnderstandingServices | None = None) -> None:
+    def __init__(self, settings: UnderstandingSettings, *, app: Any, probes: Any = None,
+                 services: UnderstandingServices | None = None, drain_seconds: float = 20.0) -> None:
         self.settings = settings
-        self.app = app or faust_kit.build_app(settings)
+        self.app = app
+        self.drain_seconds = drain_seconds
         self.probes = probes
         self.stop = threading.Event()
         self.services = services or UnderstandingServices.from_settings(settings, stop=self.stop)
@@ -489,7 +491,7 @@ class UnderstandingStage:
         tasks = list(self._tasks)
         if tasks:
             with contextlib.suppress(Exception):
-                await asyncio.wait(tasks, timeout=getattr(self.settings, "recorder_drain_seconds", 10.0))
+                await asyncio.wait(tasks, timeout=self.drain_seconds)
         self.stop.set()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.services.close()

@@ -32,7 +32,8 @@ from stream_processor import faust_kit, records
 from stream_processor.faust_kit import in_partition_of
 from stream_processor.models.vad import SileroModel
 from stream_processor.records import KIND_FINAL, KIND_NAMES, LEG_NAMES
-from stream_processor.stages.vad.core import SegmentOut, VadCore, config_from_settings, due_reason
+from stream_processor.stages.vad.core import SegmentOut, VadCore, due_reason
+from stream_processor.stages.vad.settings import VadStageSettings
 from stream_processor.stages.vad.metrics import (
     BAD_RECORDS, BATCH_SECONDS, BATCH_STREAMS, OPEN_CALLS, RECORDS, SEGMENTS, SKIPPED_CHUNKS, UNREADABLE_STATES,
 )
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 VAD_CONTROL = "stream-processor.vad-control"
 VAD_DEAD_LETTERS = "stream-processor.vad-dead-letters"
+TOPICS = (AUDIO_CHUNKS, CALL_LIFECYCLE, VAD_CONTROL, VAD_DEAD_LETTERS, SPEECH_SEGMENTS)  # read and written
 CALLS_TABLE = "vad_calls"
 AUDIO_TABLE = "vad_audio"
 
@@ -48,12 +50,13 @@ AUDIO_TABLE = "vad_audio"
 class VadAgent:
     """The vad stage wired into a Faust app (shared with the other stages of the worker)."""
 
-    def __init__(self, settings: Any, *, app: Any, probes: Any = None, model: SileroModel | None = None) -> None:
+    def __init__(self, settings: VadStageSettings, *, app: Any, probes: Any = None,
+                 model: SileroModel | None = None) -> None:
         self.settings = settings
         self.app = app
         self.probes = probes
         self.core = VadCore(model or SileroModel(intra_op_num_threads=settings.vad_threads),
-                            config_from_settings(settings))
+                            settings)
         self.alive_since = time.time()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="vad")
         self._generation = 0
@@ -276,7 +279,6 @@ class VadAgent:
         self._backlog = await faust_kit.backlog_partitions(
             self.app, self._processed, assigned, (self.chunks_topic, self.lifecycle_topic))
         actives = {tp.partition for tp in assigned if tp.topic == self.chunks_topic}
-        cfg = self.core.config
         tick = self.settings.vad_tick_seconds
         for call_id, value in list(self.calls.items()):
             try:
@@ -294,8 +296,8 @@ class VadAgent:
                 continue
             if state.partition not in actives:
                 continue
-            due = (cs.purge_due(state, now, cfg.retention_seconds)
-                   or due_reason(state, now, cfg, alive_since=self.alive_since,
+            due = (cs.purge_due(state, now, self.settings.vad_state_retention_seconds)
+                   or due_reason(state, now, self.settings, alive_since=self.alive_since,
                                  backlog=state.partition in self._backlog) is not None)
             if due and now - self._commanded.get(call_id, 0.0) >= 2 * tick:
                 self._commanded[call_id] = now

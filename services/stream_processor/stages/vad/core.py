@@ -29,30 +29,14 @@ from lupita.v1 import events_pb2
 
 from stream_processor import callstate as cs
 from stream_processor import records
-from stream_processor.models.vad import WINDOW_SAMPLES, BatchedVad, SegmentEvent, SileroModel, VadSettings, WindowResult
+from stream_processor.models.vad import WINDOW_SAMPLES, BatchedVad, SegmentEvent, SileroModel, WindowResult
 from stream_processor.records import KIND_END, KIND_FINAL, KIND_PARTIAL, LEG_BY_NAME, LEG_NAMES, LEGS
 from stream_processor.stages.vad.metrics import BAD_RECORDS
+from stream_processor.stages.vad.settings import VadStageSettings
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-
-
-@dataclass(frozen=True)
-class VadStageConfig:
-    """What the core needs from the settings (see ``PipelineSettings`` for the meanings)."""
-
-    vad: VadSettings = VadSettings()
-    partial_after_s: float = 4.0
-    partial_every_s: float = 2.0
-    align_tolerance_ms: float = 10.0
-    max_gap_s: float = 60.0
-    max_call_s: float = 4 * 3600
-    max_held_chunks: int = 200
-    grace_seconds: float = 10.0
-    idle_seconds: float = 600.0
-    orphan_seconds: float = 120.0
-    retention_seconds: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -146,9 +130,9 @@ class VadCore:
     tombstones. :meth:`export_call` / :meth:`load` carry a call across worker restarts.
     """
 
-    def __init__(self, model: SileroModel, config: VadStageConfig = VadStageConfig()) -> None:
-        self.config = config
-        self.vad = BatchedVad(model, config.vad)
+    def __init__(self, model: SileroModel, settings: VadStageSettings | None = None) -> None:
+        self.settings = settings if settings is not None else VadStageSettings(_env_file=None)
+        self.vad = BatchedVad(model, self.settings)
         self.calls: dict[str, _Call] = {}
         self._out: list[SegmentOut] = []
 
@@ -259,9 +243,9 @@ class VadCore:
         if not cs.apply_chunk(call.state, chunk, now):
             return "no_consent"
         if call.state.started is None:
-            if len(call.held) >= self.config.max_held_chunks:
+            if len(call.held) >= self.settings.vad_max_held_chunks:
                 raise records.BadRecord(
-                    f"chunk {chunk.chunk_seq}: more than {self.config.max_held_chunks} chunks before the "
+                    f"chunk {chunk.chunk_seq}: more than {self.settings.vad_max_held_chunks} chunks before the "
                     "call's started event; dropped", reason="held_overflow")
             call.held.append(bytes(raw))
             return None
@@ -309,13 +293,13 @@ class VadCore:
         pcm = decode_pcm16(chunk.payload, chunk.codec)
         n = int(pcm.size)
         pos = int(round((chunk.start_ts_us - call.origin_us) * rate / 1e6))
-        tolerance = int(round(self.config.align_tolerance_ms * rate / 1000.0))
+        tolerance = int(round(self.settings.recorder_align_tolerance_ms * rate / 1000.0))
         if lg.placed and abs(pos - lg.cursor) <= tolerance:
             pos = lg.cursor  # capture-timestamp jitter: contiguous
-        if pos + n > self.config.max_call_s * rate:
+        if pos + n > self.settings.recorder_max_call_seconds * rate:
             raise records.BadRecord(
                 f"chunk {chunk.chunk_seq} of leg {LEG_NAMES[chunk.leg]} ends {(pos + n) / rate:.1f} s after the "
-                f"call start, beyond the {self.config.max_call_s:.0f} s limit", reason="beyond_limit")
+                f"call start, beyond the {self.settings.recorder_max_call_seconds:.0f} s limit", reason="beyond_limit")
         lg.last_seq = int(chunk.chunk_seq)
         skip = max(0, lg.cursor - pos)
         if skip >= n:
@@ -324,7 +308,7 @@ class VadCore:
         start = pos + skip
         gap = start - lg.cursor
         sid = stream_id(call.state.call_id, chunk.leg)
-        if gap > self.config.max_gap_s * rate:
+        if gap > self.settings.vad_max_gap_s * rate:
             # Restart the leg's VAD at the new position: what is open closes where the audio stopped.
             if lg.vad_open:
                 self._finish_stream(call, lg)
@@ -379,14 +363,14 @@ class VadCore:
         lg.open = None
 
     def _maybe_partial(self, call: _Call, lg: _Leg, processed: int) -> None:
-        cfg = self.config
-        if cfg.partial_after_s <= 0 or lg.open is None:
+        cfg = self.settings
+        if cfg.vad_partial_after_s <= 0 or lg.open is None:
             return
         rate = call.rate
         start, k = lg.open["start"], lg.open["next_partial"]
 
         def boundary(i: int) -> int:
-            return start + int(round((cfg.partial_after_s + i * cfg.partial_every_s) * rate))
+            return start + int(round((cfg.vad_partial_after_s + i * cfg.vad_partial_every_s) * rate))
 
         if boundary(k) > processed:
             return
@@ -422,7 +406,7 @@ class VadCore:
         if vad_state is not None:
             seg = vad_state["segmenter"]
             window = WINDOW_SAMPLES[rate]
-            pad = int(self.config.vad.speech_pad_ms * rate / 1000) + window
+            pad = int(self.settings.vad_speech_pad_ms * rate / 1000) + window
             keep = min(keep, lg.base + seg["windows"] * window - pad)
             if seg["open_start"] is not None:
                 keep = min(keep, lg.base + seg["open_start"] - pad)
@@ -459,7 +443,7 @@ class VadCore:
         call = self.calls.get(call_id)
         if call is None:
             return None
-        return due_reason(call.state, now, self.config, alive_since=alive_since, backlog=backlog)
+        return due_reason(call.state, now, self.settings, alive_since=alive_since, backlog=backlog)
 
     def check(self, call_id: str, now: float, *, alive_since: float, backlog: bool = False) -> str | None:
         """Finish the call if it is due, purge its tombstone if that is due; returns what was done
@@ -468,7 +452,7 @@ class VadCore:
         if call is None:
             return None
         state = call.state
-        if cs.purge_due(state, now, self.config.retention_seconds):
+        if cs.purge_due(state, now, self.settings.vad_state_retention_seconds):
             self.forget(call_id)
             return "purged"
         reason = self.due(call_id, now, alive_since=alive_since, backlog=backlog)
@@ -503,26 +487,8 @@ class VadCore:
         return out
 
 
-def due_reason(state: cs.CallState, now: float, config: VadStageConfig, *, alive_since: float,
+def due_reason(state: cs.CallState, now: float, settings: VadStageSettings, *, alive_since: float,
                backlog: bool = False) -> str | None:
-    """The recorder's rule (:func:`.callstate.due_reason`) with the vad stage's own waits."""
-    return cs.due_reason(state, now, grace_seconds=config.grace_seconds, idle_seconds=config.idle_seconds,
-                         orphan_seconds=config.orphan_seconds, alive_since=alive_since, backlog=backlog)
-
-
-def config_from_settings(settings: Any) -> VadStageConfig:
-    return VadStageConfig(
-        vad=settings.vad_settings(),
-        partial_after_s=settings.vad_partial_after_s,
-        partial_every_s=settings.vad_partial_every_s,
-        align_tolerance_ms=settings.recorder_align_tolerance_ms,
-        max_gap_s=settings.vad_max_gap_s,
-        max_call_s=settings.recorder_max_call_seconds,
-        max_held_chunks=settings.vad_max_held_chunks,
-        grace_seconds=settings.vad_grace_seconds,
-        idle_seconds=settings.vad_idle_seconds,
-        orphan_seconds=settings.vad_orphan_seconds,
-        retention_seconds=settings.vad_state_retention_seconds,
-    )
-
-
+    """The shared arrival rule (:func:`stream_processor.callstate.due_reason`) with the vad stage's own waits."""
+    return cs.due_reason(state, now, grace_seconds=settings.vad_grace_seconds, idle_seconds=settings.vad_idle_seconds,
+                         orphan_seconds=settings.vad_orphan_seconds, alive_since=alive_since, backlog=backlog)

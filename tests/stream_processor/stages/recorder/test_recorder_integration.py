@@ -3,15 +3,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
 from botocore.exceptions import ClientError
-from sp_calls import LUPITA, PERSON, SimCall, produce, records_for, simulate_call, wait_for
+from calls import LUPITA, PERSON, SimCall, simulate_call
+from kafka_io import TopicReader, produce
 from sp_stores import exists, get_json, keys_of, read_wav, row_of, versions
+from waits import wait_for
 
 from lupita.privacy import decrypt_phone, phone_hash
 from lupita.v1 import audio_pb2, events_pb2
@@ -30,7 +31,7 @@ def new_phone() -> str:
 
 def record(call: SimCall, topics, recorder_worker, s3, settings, **kw) -> dict:
     """Publish a call as the bridge would and wait until its metadata.json is in the archive."""
-    produce(settings.kafka_bootstrap, records_for(call, topics, **kw))
+    produce(settings.kafka_bootstrap, call.records(topics, **kw))
     keys = keys_of(call)
     return wait_for(
         f"metadata.json of {call.call_id}",
@@ -132,7 +133,7 @@ def test_redelivered_call_makes_no_second_version_and_no_second_row(
     # 1. while the worker still remembers the call (state retention: 6 s in these tests): every
     #    redelivered chunk is recognised and ignored
     late = recorder_worker.metric("lupita_recorder_bad_records_total", reason="late")
-    produce(recorder_settings.kafka_bootstrap, records_for(call, topics))
+    produce(recorder_settings.kafka_bootstrap, call.records(topics))
     wait_for(
         "the redelivered chunks to be seen",
         lambda: recorder_worker.metric("lupita_recorder_bad_records_total", reason="late") >= late + len(call.chunks),
@@ -141,7 +142,7 @@ def test_redelivered_call_makes_no_second_version_and_no_second_row(
     # 2. after the worker forgot it (state retention): re-recorded, and the archive keeps the first
     wait_for("the call state to be purged",
              lambda: any(r["msg"] == "call state purged" for r in recorder_worker.logs(call.call_id)))
-    produce(recorder_settings.kafka_bootstrap, records_for(call, topics))
+    produce(recorder_settings.kafka_bootstrap, call.records(topics))
     archived = wait_for(
         "the second finalisation",
         lambda: [r for r in recorder_worker.logs(call.call_id) if r["msg"] == "call archived"][1:],
@@ -182,7 +183,7 @@ def test_call_without_consent_has_no_audio_object_and_metadata_says_why(
 ):
     call = simulate_call(new_call_id(), phone=new_phone(), consent=False)
     # chunks before the started event too: they must be dropped once the refusal is known
-    early = records_for(call, topics, chunks=call.chunks[:3], started=False, ended=False)
+    early = call.records(topics, chunks=call.chunks[:3], started=False, ended=False)
     produce(recorder_settings.kafka_bootstrap, early)
     meta = record(call, topics, recorder_worker, s3, recorder_settings, chunks=call.chunks[3:])
     row = wait_for("the Postgres row", lambda: row_of(pg, call.call_id), timeout=15)  # written last
@@ -205,7 +206,7 @@ def test_chunks_of_a_call_that_never_started_are_dropped_and_counted(
 ):
     call = simulate_call(new_call_id(), phone=new_phone())
     before = recorder_worker.metric("lupita_recorder_bad_records_total", reason="unknown_call")
-    produce(recorder_settings.kafka_bootstrap, records_for(call, topics, started=False, ended=False))
+    produce(recorder_settings.kafka_bootstrap, call.records(topics, started=False, ended=False))
     wait_for(
         "the unknown call to be dropped",
         lambda: [r for r in recorder_worker.logs(call.call_id) if r["msg"].startswith("records of an unknown call")],
@@ -259,32 +260,15 @@ def test_bad_records_are_counted_dead_lettered_and_do_not_stop_the_worker(
 
     # the bad records sit on other partitions than the good call: they may be read after it
     wait_for("the bad records to be counted", lambda: counted() == expected, timeout=15)
-    dead = wait_for("the dead letters", lambda: (lambda d: d if len(d) >= len(bad) else None)(
-        asyncio.run(read_topic(recorder_settings.kafka_bootstrap, topics.dead_letters))), timeout=20)
+    with TopicReader(recorder_settings.kafka_bootstrap, topics.dead_letters) as reader:
+        reader.wait("the dead letters", lambda: len(reader.records) >= len(bad), timeout=20)
+        dead = [(r.value, list(r.headers)) for r in reader.records]
     got = {(v, dict(h)["lupita-reason"]) for v, h in dead}
     assert got == {
         (b"\x0a\xff\xff", b"undecodable"), (b"\xff\xff\xff\xff", b"undecodable"),
         (unsafe.SerializeToString(), b"invalid_call_id"), (mismatch.SerializeToString(), b"key_mismatch"),
     }
     assert all(dict(h)["lupita-source"].startswith(b"test-") for _, h in dead)
-
-
-async def read_topic(bootstrap: str, topic: str) -> list[tuple[bytes, list]]:
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    try:
-        out = []
-        batch = await consumer.getmany(timeout_ms=3000)
-        while batch:
-            for records in batch.values():
-                out.extend((r.value, list(r.headers)) for r in records)
-            batch = await consumer.getmany(timeout_ms=500)
-        return out
-    finally:
-        await consumer.stop()
 
 
 def test_worker_logs_and_metrics_never_contain_a_phone_number(recorder_worker, recorded_call):

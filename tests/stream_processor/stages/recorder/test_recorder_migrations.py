@@ -116,12 +116,10 @@ def test_the_project_migrations_are_well_formed_and_applied_by_the_fixture(pg):
 
 
 def test_lupita_migrate_command_reports_status(stack_env, pg):
-    import subprocess
-    import sys
+    from procs import run_lupita
 
-    out = subprocess.run([sys.executable, "-m", "lupita.cli", "migrate", "--status"], capture_output=True,
-                         text=True, timeout=60)
+    out = run_lupita("migrate-status", ["migrate", "--status"], timeout=60)
     assert out.returncode == 0, out.stderr
     assert "applied  0001_companion_calls.sql" in out.stdout
-    again = subprocess.run([sys.executable, "-m", "lupita.cli", "migrate"], capture_output=True, text=True, timeout=60)
+    again = run_lupita("migrate", ["migrate"], timeout=60)
     assert again.returncode == 0 and "up to date" in again.stdout

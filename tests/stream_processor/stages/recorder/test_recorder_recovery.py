@@ -7,28 +7,25 @@ import uuid
 
 import numpy as np
 import pytest
-from kafka.admin import KafkaAdminClient
-from sp_calls import produce, records_for, simulate_call, wait_for
-from sp_worker import start_worker, stop_worker
+from calls import simulate_call
+from kafka_io import committed_offsets, produce
+from procs import start_worker, stop_worker
 from sp_stores import get_json, keys_of, read_wav, row_of
+from waits import wait_for
 
 from lupita.topics import ensure_topics
 from stream_processor.stages.recorder.agent import DEAD_LETTERS
-from stream_processor.settings import RECORDER_CONTROL, RecorderSettings
+from stream_processor.stages.recorder.agent import RECORDER_CONTROL
+from stream_processor.stages.recorder.settings import RecorderSettings
 
 pytestmark = pytest.mark.stack
 
 
 def committed(bootstrap: str, group: str) -> dict[str, int]:
     """Sum of the group's committed offsets per topic."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="recorder-test")
-    try:
-        offsets = admin.list_group_offsets(group).get(group, {})
-    finally:
-        admin.close()
     out: dict[str, int] = {}
-    for tp, meta in offsets.items():
-        out[tp.topic] = out.get(tp.topic, 0) + max(meta.offset, 0)
+    for (topic, _), offset in committed_offsets(bootstrap, group).items():
+        out[topic] = out.get(topic, 0) + offset
     return out
 
 
@@ -54,9 +51,9 @@ def test_sigkilled_worker_loses_nothing_its_successor_records_the_call_exactly(s
     half = len(call.chunks) // 2
     first = start_worker(tmp_path / "first", app_id, env_extra=env)
     try:
-        produce(settings.kafka_bootstrap, records_for(call, Topics, chunks=call.chunks[:half], ended=False))
+        produce(settings.kafka_bootstrap, call.records(Topics, chunks=call.chunks[:half], ended=False))
         wait_for("the first half to be buffered", lambda: chunks_stored(first) == half)
-        group = f"{prefix}{app_id}"
+        group = first.group
         wait_for("the offsets to be committed", lambda: committed(settings.kafka_bootstrap, group).get(
             Topics.chunks) == half and committed(settings.kafka_bootstrap, group).get(Topics.lifecycle) == 1)
     finally:
@@ -64,7 +61,7 @@ def test_sigkilled_worker_loses_nothing_its_successor_records_the_call_exactly(s
 
     second = start_worker(tmp_path / "second", app_id, env_extra=env)
     try:
-        produce(settings.kafka_bootstrap, records_for(call, Topics, chunks=call.chunks[half:], started=False))
+        produce(settings.kafka_bootstrap, call.records(Topics, chunks=call.chunks[half:], started=False))
         keys = keys_of(call)
         meta = wait_for("metadata.json", lambda: get_json(s3, settings.s3_legal_bucket, keys.metadata), timeout=60)
         # the second worker consumed only the second half: the first came from the changelog

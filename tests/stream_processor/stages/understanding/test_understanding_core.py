@@ -14,7 +14,8 @@ import pytest
 import weaviate
 from weaviate.classes.query import Filter
 
-from stream_processor.stages.understanding.core import CallUnderstanding, UnderstandingServices, UnderstandingSettings
+from stream_processor.stages.understanding.core import CallUnderstanding, UnderstandingServices
+from stream_processor.stages.understanding.settings import UnderstandingSettings
 from stream_processor.contracts import Utterance
 
 pytestmark = pytest.mark.stack

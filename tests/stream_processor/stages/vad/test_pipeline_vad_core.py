@@ -7,26 +7,26 @@ from __future__ import annotations
 import json
 import time
 
+import calls as P
 import numpy as np
 import pytest
-import sp_pipeline as P
 
 from lupita.v1 import audio_pb2, events_pb2
 from stream_processor import callstate as cs
 from stream_processor import records
-from stream_processor.models.vad import SileroModel, VadSettings
+from stream_processor.models.vad import SileroModel
 from stream_processor.stages.vad.core import (
     KIND_END,
     KIND_FINAL,
     KIND_PARTIAL,
     SegmentOut,
     VadCore,
-    VadStageConfig,
     piece_key,
 )
+from stream_processor.stages.vad.settings import VadStageSettings
 
 LUPITA, PERSON = audio_pb2.LEG_LUPITA, audio_pb2.LEG_PERSON
-PAD_S = VadSettings().speech_pad_ms / 1000
+PAD_S = VadStageSettings(_env_file=None).vad_speech_pad_ms / 1000
 NOW = 1_000.0
 
 
@@ -66,7 +66,7 @@ def run(core: VadCore, call: P.PipelineCall, *, chunks=None, started_first=True,
         if chunks is None:
             assert core.check(call.call_id, NOW, alive_since=0.0) == "finished:complete"
         else:  # chunks are missing: the call ends once the grace period is over
-            assert core.check(call.call_id, NOW + core.config.grace_seconds, alive_since=0.0) \
+            assert core.check(call.call_id, NOW + core.settings.vad_grace_seconds, alive_since=0.0) \
                 == "finished:grace_expired"
         out += core.take_outputs()
     return out
@@ -113,7 +113,7 @@ def test_segments_of_both_legs_match_the_scripts_speech_regions(model, cache, ra
 def test_chunks_before_the_started_event_are_held_and_give_the_same_segments(model, audio):
     call = new_call(audio)
     normal = run(VadCore(model), call)
-    late_start = run(VadCore(model, VadStageConfig(max_held_chunks=1000)), call, started_first=False)
+    late_start = run(VadCore(model, VadStageSettings(_env_file=None, vad_max_held_chunks=1000)), call, started_first=False)
     assert comparable(late_start) == comparable(normal)
 
 
@@ -185,7 +185,7 @@ def test_one_inference_serves_every_ready_stream_and_matches_one_call_at_a_time(
 @pytest.mark.parametrize("every", [1, 7])
 def test_state_exported_and_reloaded_at_any_record_gives_identical_records(model, audio, every):
     call = new_call(audio)
-    config = VadStageConfig(partial_after_s=1.5, partial_every_s=1.0)
+    config = VadStageSettings(_env_file=None, vad_partial_after_s=1.5, vad_partial_every_s=1.0)
     reference = run(VadCore(model, config), call)
     table: dict[str, dict] = {}
     pieces: dict[str, bytes] = {}
@@ -234,7 +234,7 @@ def test_audio_kept_per_leg_stays_small_while_nobody_speaks(model):
 
 def test_long_segments_get_partial_snapshots_before_their_final(model, audio):
     call = new_call(audio)
-    out = run(VadCore(model, VadStageConfig(partial_after_s=2.5, partial_every_s=1.0)), call)
+    out = run(VadCore(model, VadStageSettings(_env_file=None, vad_partial_after_s=2.5, vad_partial_every_s=1.0)), call)
     long_final = max(finals(out), key=lambda o: o.end - o.start)
     snaps = [o for o in out if o.kind == KIND_PARTIAL and (o.leg, o.seq) == (long_final.leg, long_final.seq)]
     assert len(snaps) >= 2
@@ -248,7 +248,7 @@ def test_long_segments_get_partial_snapshots_before_their_final(model, audio):
     short = [o for o in finals(out) if (o.end - o.start) / call.rate < 2.5]
     assert short  # the greetings (~2 s) get no snapshot
     assert not [o for o in out if o.kind == KIND_PARTIAL and (o.leg, o.seq) in {(f.leg, f.seq) for f in short}]
-    assert not [o for o in run(VadCore(model, VadStageConfig(partial_after_s=0)), call) if o.kind == KIND_PARTIAL]
+    assert not [o for o in run(VadCore(model, VadStageSettings(_env_file=None, vad_partial_after_s=0)), call) if o.kind == KIND_PARTIAL]
 
 
 # --- bad input and the end of a call ---------------------------------------------------------------
@@ -256,7 +256,7 @@ def test_long_segments_get_partial_snapshots_before_their_final(model, audio):
 
 def test_bad_chunks_are_refused_with_the_reason(model, audio):
     call = new_call(audio)
-    core = VadCore(model, VadStageConfig(max_call_s=60, max_held_chunks=2))
+    core = VadCore(model, VadStageSettings(_env_file=None, recorder_max_call_seconds=60, vad_max_held_chunks=2))
     core.on_lifecycle(call.started, 0, NOW)
     wrong_rate = events_pb2.AudioChunk()
     wrong_rate.CopyFrom(call.chunks[0])
@@ -280,7 +280,7 @@ def test_bad_chunks_are_refused_with_the_reason(model, audio):
 
 def test_a_huge_timestamp_jump_restarts_the_leg_instead_of_feeding_hours_of_silence(model, audio):
     call = new_call(audio)
-    core = VadCore(model, VadStageConfig(max_gap_s=5))
+    core = VadCore(model, VadStageSettings(_env_file=None, vad_max_gap_s=5))
     first = run(core, call, finish=False)
     jump = events_pb2.AudioChunk()
     jump.CopyFrom(call.chunks[-1])
@@ -299,7 +299,7 @@ def test_a_huge_timestamp_jump_restarts_the_leg_instead_of_feeding_hours_of_sile
 
 def test_a_call_is_finished_when_every_announced_chunk_is_in_or_after_the_grace(model, audio):
     call = new_call(audio)
-    config = VadStageConfig(grace_seconds=5, idle_seconds=60)
+    config = VadStageSettings(_env_file=None, vad_grace_seconds=5, vad_idle_seconds=60)
     core = VadCore(model, config)
     core.on_lifecycle(call.started, 0, NOW)
     core.on_lifecycle(call.ended, 0, NOW)  # the ended event may overtake chunks (another topic)
@@ -313,7 +313,7 @@ def test_a_call_is_finished_when_every_announced_chunk_is_in_or_after_the_grace(
     assert sorted(o.leg for o in out if o.kind == KIND_END) == [LUPITA, PERSON]
     late = call.chunks[-1]
     assert core.on_chunk(late, late.SerializeToString(), 0, NOW + 7) == "late"
-    assert core.check(call.call_id, NOW + 7 + config.retention_seconds, alive_since=0.0) == "purged"
+    assert core.check(call.call_id, NOW + 7 + config.vad_state_retention_seconds, alive_since=0.0) == "purged"
     assert not core.has(call.call_id)
     value, _, _ = core.export_call(call.call_id)
     assert value is None  # the agent deletes the table entry
@@ -321,7 +321,7 @@ def test_a_call_is_finished_when_every_announced_chunk_is_in_or_after_the_grace(
 
 def test_orphan_chunks_without_a_started_event_are_dropped(model, audio):
     call = new_call(audio)
-    core = VadCore(model, VadStageConfig(orphan_seconds=5))
+    core = VadCore(model, VadStageSettings(_env_file=None, vad_orphan_seconds=5))
     for c in call.chunks[:5]:
         core.on_chunk(c, c.SerializeToString(), 0, NOW)
     assert core.check(call.call_id, NOW + 1, alive_since=0.0) is None

@@ -1,0 +1,22 @@
+"""Settings of the transcriber stage (``LUPITA_TRANSCRIBER_*`` and the ASR backend's
+``LUPITA_ASR_*`` / cloud settings; frozen)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from stream_processor.models.asr.settings import AsrSettings
+
+
+class TranscriberSettings(AsrSettings):
+    """What the transcriber agent reads: the ASR backend's settings plus its own."""
+
+    # Threads decoding segments (each runs one Transcriber call; the local model's own
+    # parallelism is LUPITA_ASR_NUM_WORKERS).
+    transcriber_threads: int = Field(default=1, ge=1, le=64)
+    # Segments taken from Kafka and not yet transcribed (backpressure beyond that).
+    transcriber_max_in_flight: int = Field(default=64, ge=1, le=10000)
+    # Skip a partial snapshot when a newer record of the same segment is already waiting.
+    transcriber_skip_stale_partials: bool = True
+    # How long the per-leg dedupe progress is kept after the leg's end (redeliveries).
+    transcriber_state_retention_seconds: float = Field(default=3600.0, gt=0)
