@@ -37,7 +37,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def run_level(calls: int, seconds: float, speed: float, timeout_s: float) -> dict:
     from lupita.config import CommonSettings
-    from lupita.demo import Child
+    from lupita_dev.demo import Child
     from lupita.topics import ensure_topics
     from loadgen import synth
     from loadgen.bridgeproc import BridgeProcess

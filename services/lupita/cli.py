@@ -16,13 +16,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 # sub-command -> (module, help). Each module exposes add_arguments(parser) and run(args) -> int.
+# lupita_dev (stack, demo) is development tooling: not in the service images.
 COMMANDS = {
-    "stack": ("lupita.stack.cli", "install/start/stop the local Kafka, Postgres, Weaviate and MinIO"),
+    "stack": ("lupita_dev.stack.cli", "install/start/stop the local Kafka, Postgres, Weaviate and MinIO"),
     "bridge": ("media_bridge.cli", "run the media-bridge gRPC server"),
     "worker": ("stream_processor.worker", "run the stream-processor Faust worker"),
     "call": ("loadgen.cli", "simulate one or many calls against the media bridge"),
     "migrate": ("lupita.db", "apply the Postgres migrations"),
-    "demo": ("lupita.demo", "push a simulated Spanish call end to end and show every store"),
+    "demo": ("lupita_dev.demo", "push a simulated Spanish call end to end and show every store"),
     "replay": ("stream_processor.replay", "re-run recorded calls from S3 through the understanding stages"),
 }
 
@@ -51,7 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
         if name == chosen:  # only import the module that will run
-            importlib.import_module(module).add_arguments(p)
+            try:
+                importlib.import_module(module).add_arguments(p)
+            except ModuleNotFoundError as exc:
+                if exc.name != "lupita_dev":
+                    raise
+                print(f"lupita {name}: development tooling, not installed here (a service image ships "
+                      "without it); run it from a checkout after scripts/setup.sh", file=sys.stderr)
+                return 2
             p.set_defaults(_module=module)
     args = parser.parse_args(argv)
     load_stack_env()

@@ -23,7 +23,7 @@ from types import SimpleNamespace
 import psycopg
 import pytest
 
-from lupita.stack import manager
+from lupita_dev.stack import manager
 
 REPO = Path(__file__).resolve().parents[2]
 PG_UID, PG_GROUPS = 101, {104}

@@ -28,7 +28,7 @@ import time
 import uuid
 from pathlib import Path
 
-from lupita.stack import manager
+from lupita_dev.stack import manager
 
 STAGE = "[demo]"
 

@@ -1,6 +1,6 @@
 """The local stack: real Kafka (KRaft), PostgreSQL, Weaviate and MinIO as plain local processes.
 
-``up()`` installs what is missing (see :mod:`lupita.stack.install`), starts every server on
+``up()`` installs what is missing (see :mod:`lupita_dev.stack.install`), starts every server on
 127.0.0.1 with its data and logs under ``$LUPITA_STACK_DIR`` (default ``<repo>/.stack``),
 waits for each health check, prepares the database and the S3 buckets, and writes
 ``<stack dir>/env`` with the ``LUPITA_*`` settings every service reads (Postgres' data goes
