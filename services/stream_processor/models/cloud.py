@@ -1,5 +1,6 @@
 """What every cloud model backend shares (OpenAI, Deepgram, Anthropic): the backend error with
-its retry facts, the cloud defaults of the one retry policy
+its retry facts, :func:`translate_sdk_error` (the one translation of the official clients'
+exceptions into that error), the cloud defaults of the one retry policy
 (:class:`stream_processor.retry.RetryPolicy`) with :meth:`RetryPolicy.run`, and the HTTP helpers
 that read the retry facts. The transcriber, embedder and analyzer each derive their own error
 classes from :class:`BackendError` and their policy defaults from :class:`RetryPolicy`.
@@ -131,3 +132,99 @@ def error_summary(body: object, limit: int = 200) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit] + "..."
 
+
+# --- the official clients' exceptions -> BackendError -----------------------------------------
+
+# Classes (by name, anywhere in an exception's MRO) that mean "no answer came": the clients'
+# own wrappers (openai / anthropic ``APITimeoutError`` < ``APIConnectionError``), httpx's transport
+# errors (the Deepgram SDK raises them as they are) and Python's own.
+_TIMEOUT_CLASSES = frozenset({"APITimeoutError", "TimeoutException", "TimeoutError"})
+_CONNECTION_CLASSES = frozenset({"APIConnectionError", "TransportError", "ConnectionError"})
+
+
+def _is_a(exc: BaseException, names: frozenset[str]) -> bool:
+    return any(cls.__name__ in names for cls in type(exc).__mro__)
+
+
+def error_message(body: object) -> str:
+    """The message of a cloud API's error body, read by its documented shape: Anthropic
+    ``{"type": "error", "error": {"type", "message"}}`` -> ``"type: message"``; OpenAI
+    ``{"error": {"message", ...}}`` (or the inner object alone) -> the message; Deepgram
+    ``{"err_code", "err_msg"}`` -> ``"err_code: err_msg"``; anything else as text."""
+    if isinstance(body, Mapping):
+        err = body.get("error")
+        if isinstance(err, Mapping):
+            if body.get("type") == "error":
+                return f"{err.get('type', 'error')}: {err.get('message', '')}"
+            return str(err.get("message") or err)
+        code, msg = body.get("err_code"), body.get("err_msg")
+        if code or msg:
+            return f"{code}: {msg}"
+        if isinstance(body.get("message"), str) and body["message"]:
+            return body["message"]
+    return str(body)
+
+
+def _error_body(exc: BaseException) -> object:
+    """The error body an SDK exception carries: the HTTP response's JSON (else its text) when it
+    holds the response (openai, anthropic), else its ``body`` (Deepgram's ``ApiError``)."""
+    response = getattr(exc, "response", None)
+    if response is not None and hasattr(response, "json"):
+        try:
+            return response.json()
+        except Exception:  # noqa: BLE001 - any undecodable body
+            return getattr(response, "text", "?")
+    return getattr(exc, "body", None)
+
+
+def translate_sdk_error(
+    backend: str,
+    exc: BaseException,
+    error_class: type[BackendError],
+    *,
+    auth_class: type[BackendError] | None = None,
+    malformed_class: type[BackendError] | None = None,
+    key_setting: str | None = None,
+    cause_by_type: bool = False,
+) -> BackendError:
+    """The :class:`BackendError` for an exception raised by a cloud SDK's client (the call site
+    catches the SDK's own classes and raises this ``from None``).
+
+    Read from the shapes the official clients share, whatever the SDK:
+
+    - an HTTP answer (``status_code``: openai / anthropic ``APIStatusError``, Deepgram
+      ``ApiError``): 401/403 -> ``auth_class`` (not retryable, "check <key_setting>"); 2xx (the
+      client could not decode the body) -> ``malformed_class``, not retried; anything else ->
+      ``error_class`` with the status, ``retryable`` for 408/409/425/429/5xx/529 (and an unknown
+      status), ``retry_after_s`` from ``retry-after-ms`` / ``Retry-After`` (the response's headers,
+      else the exception's) and the message of the error body (:func:`error_message`, shortened;
+      never headers);
+    - a timeout (``APITimeoutError``, ``httpx.TimeoutException``, ``TimeoutError``) ->
+      retryable "request timed out";
+    - a failed connection (``APIConnectionError``, ``httpx.TransportError``, ``ConnectionError``)
+      -> retryable "connection failed: <the underlying error>" (its type name alone with
+      ``cause_by_type``, for messages that are stored);
+    - anything else -> not retryable, named by its type.
+
+    ``auth_class`` and ``malformed_class`` default to ``error_class``.
+    """
+    if _is_a(exc, _TIMEOUT_CLASSES):
+        return error_class(backend, "request timed out", retryable=True)
+    if _is_a(exc, _CONNECTION_CLASSES):
+        cause = exc.__cause__ or exc
+        return error_class(backend, f"connection failed: {type(cause).__name__ if cause_by_type else cause}",
+                           retryable=True)
+    if not hasattr(exc, "status_code"):
+        return error_class(backend, f"unexpected {type(exc).__name__} from the client")
+    status = exc.status_code
+    body = _error_body(exc)
+    if status is not None and 200 <= status < 300:
+        return (malformed_class or error_class)(
+            backend, f"answered {status} with a body that is not JSON: {error_summary(body)!r}", status=status)
+    detail = error_summary(error_message(body))
+    if status in (401, 403):
+        hint = f"; check {key_setting}" if key_setting else ""
+        return (auth_class or error_class)(backend, f"credentials refused ({detail}){hint}", status=status)
+    headers = getattr(getattr(exc, "response", None), "headers", None) or getattr(exc, "headers", None)
+    return error_class(backend, detail, status=status, retryable=status is None or is_retryable_status(status),
+                       retry_after_s=parse_retry_after(headers))

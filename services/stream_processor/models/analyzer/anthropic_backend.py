@@ -15,9 +15,10 @@ Answer: ``{"type": "message", "content": [..., {"type": "tool_use", "name":
 input is validated against the schema and the call's utterances before use.
 
 Errors (all :class:`~stream_processor.models.analyzer.base.AnalyzerBackendError`, so
-:class:`~stream_processor.models.analyzer.base.FallbackAnalyzer` answers locally): 408/409/429/5xx/529,
-timeouts and connection errors are retried with backoff, honouring ``Retry-After`` up to a limit
-(the client's own retries are off); 401/403 raise :class:`AnalyzerAuthError` at once; other 4xx
+:class:`~stream_processor.models.analyzer.base.FallbackAnalyzer` answers locally; the client's
+exceptions are translated by :func:`~stream_processor.models.cloud.translate_sdk_error`, connection
+errors named by their type only): 408/409/429/5xx/529, timeouts and connection errors are retried
+with backoff, honouring ``Retry-After`` up to a limit (the client's own retries are off); 401/403 raise :class:`AnalyzerAuthError` at once; other 4xx
 are not retried; a 2xx body that is not the documented JSON raises
 :class:`AnalyzerMalformedResponse`; ``stop_reason: refusal`` or no ``tool_use`` block raises
 :class:`AnalyzerRefused`; a truncated (``max_tokens``) or schema-invalid input raises
@@ -43,12 +44,11 @@ from stream_processor.models.analyzer.base import (
     AnalyzerOutputInvalid,
     AnalyzerRefused,
     RetryPolicy,
-    is_retryable_status,
     prepare_utterances,
 )
 from stream_processor.models.analyzer.catalog import Catalogues, load_catalogues
 from stream_processor.models.analyzer.schema import FACT_TYPES, analysis_schema, to_call_analysis
-from stream_processor.models.asr.base import error_summary, parse_retry_after
+from stream_processor.models.cloud import translate_sdk_error
 from stream_processor.contracts import CallAnalysis, Utterance
 
 log = logging.getLogger("stream_processor.models.analyzer")
@@ -185,19 +185,10 @@ class AnthropicAnalyzer(Analyzer):
         anthropic = self._anthropic
         try:
             raw = self._client.messages.with_raw_response.create(**kwargs)
-        except anthropic.APIStatusError as exc:
-            status = exc.status_code
-            detail = error_summary(_error_message(exc.response))
-            if status in (401, 403):
-                raise AnalyzerAuthError(self.name, f"credentials refused ({detail}); check "
-                                        "LUPITA_ANALYZER_ANTHROPIC_API_KEY", status=status) from None
-            raise AnalyzerBackendError(self.name, detail, status=status, retryable=is_retryable_status(status),
-                                       retry_after_s=parse_retry_after(exc.response.headers)) from None
-        except anthropic.APITimeoutError:
-            raise AnalyzerBackendError(self.name, "request timed out", retryable=True) from None
-        except anthropic.APIConnectionError as exc:
-            raise AnalyzerBackendError(self.name, f"connection failed: {type(exc.__cause__ or exc).__name__}",
-                                       retryable=True) from None
+        except (anthropic.APIStatusError, anthropic.APIConnectionError) as exc:
+            # connection errors named by type only: the reason is stored in the analysis notes
+            raise translate_sdk_error(self.name, exc, AnalyzerBackendError, auth_class=AnalyzerAuthError,
+                                      key_setting="LUPITA_ANALYZER_ANTHROPIC_API_KEY", cause_by_type=True) from None
         body = raw.content
         try:
             payload = json.loads(body)
@@ -230,15 +221,3 @@ class AnthropicAnalyzer(Analyzer):
             raise AnalyzerMalformedResponse(self.name, "tool_use block without 'input'")
         return mine[0]["input"]
 
-
-def _error_message(response: Any) -> str:
-    """``error.type: error.message`` of Anthropic's error JSON, else the start of the body."""
-    try:
-        data = response.json()
-        err = data.get("error") if isinstance(data, dict) else None
-        if isinstance(err, dict):
-            return f"{err.get('type', 'error')}: {err.get('message', '')}"
-        return str(data)[:200]
-    except Exception:  # noqa: BLE001 - any undecodable body
-        text = getattr(response, "text", "")
-        return text[:200] if isinstance(text, str) else "?"

@@ -13,8 +13,10 @@ The transcript is ``results.channels[0].alternatives[0]``: one segment with its 
 ``punctuated_word`` form when present) and their confidences. Errors are JSON
 ``{"err_code", "err_msg", "request_id"}``.
 
-The SDK's own retries are off (``max_retries=0``): :class:`~stream_processor.models.asr.base.RetryPolicy`
-retries 408/409/429/5xx and connection errors, honouring ``Retry-After``; 401/403 raise
+The SDK's own retries are off (``max_retries=0``); its exceptions (``ApiError``, httpx's transport
+errors) become backend errors through :func:`~stream_processor.models.cloud.translate_sdk_error`, and
+:class:`~stream_processor.models.asr.base.RetryPolicy` retries 408/409/429/5xx (and an answer without a
+status), timeouts and connection errors, honouring ``Retry-After``; 401/403 raise
 :class:`~stream_processor.models.asr.base.AsrAuthError` at once; a 2xx body that is not the documented
 JSON raises :class:`~stream_processor.models.asr.base.AsrMalformedResponse`. The API key never appears
 in messages or logs (the SDK also redacts it from its own error headers).
@@ -38,12 +40,10 @@ from stream_processor.models.asr.base import (
     Word,
     as_mono_float32,
     encode_wav,
-    error_summary,
-    is_retryable_status,
-    parse_retry_after,
     sanitize_words,
 )
 from stream_processor.models.asr.guards import GuardConfig, guard_segments
+from stream_processor.models.cloud import translate_sdk_error
 
 DEFAULT_BASE_URL = "https://api.deepgram.com"
 
@@ -106,28 +106,15 @@ class DeepgramTranscriber(Transcriber):
     # -- HTTP ----------------------------------------------------------------------------------
 
     def _request(self, wav: bytes) -> dict[str, Any]:
-        httpx = self._httpx
         try:
             response = self._client.listen.v1.media.with_raw_response.transcribe_file(
                 request=wav, model=self.model, language=self.language, punctuate=True,
                 request_options={"additional_headers": {"content-type": "audio/wav"}},
             )
-        except self._api_error as exc:
-            status = exc.status_code
-            if status is not None and 200 <= status < 300:  # the SDK could not decode a 2xx body
-                raise AsrMalformedResponse(self.name, f"answered {status} with a body that is not JSON: "
-                                           f"{error_summary(exc.body)!r}", status=status) from None
-            detail = error_summary(_error_message(exc.body))
-            if status in (401, 403):
-                raise AsrAuthError(self.name, f"credentials refused ({detail}); check LUPITA_DEEPGRAM_API_KEY",
-                                   status=status) from None
-            retryable = status is None or is_retryable_status(status)
-            raise AsrBackendError(self.name, detail, status=status, retryable=retryable,
-                                  retry_after_s=parse_retry_after(exc.headers)) from None
-        except httpx.TimeoutException:
-            raise AsrBackendError(self.name, "request timed out", retryable=True) from None
-        except httpx.TransportError as exc:
-            raise AsrBackendError(self.name, f"connection failed: {exc}", retryable=True) from None
+        except (self._api_error, self._httpx.TransportError) as exc:
+            raise translate_sdk_error(self.name, exc, AsrBackendError, auth_class=AsrAuthError,
+                                      malformed_class=AsrMalformedResponse,
+                                      key_setting="LUPITA_DEEPGRAM_API_KEY") from None
         data = response.data
         payload = data.dict() if hasattr(data, "dict") else data
         if not isinstance(payload, dict):
@@ -157,10 +144,3 @@ class DeepgramTranscriber(Transcriber):
         return [TranscriptSegment(text, start, end, words_t,
                                   confidence_hint=float(conf) if conf is not None else None)]
 
-
-def _error_message(body: Any) -> str:
-    if isinstance(body, dict):
-        code, msg = body.get("err_code"), body.get("err_msg")
-        if code or msg:
-            return f"{code}: {msg}"
-    return str(body)

@@ -13,7 +13,8 @@ at its own sample rate, ``model``, ``language=es``, ``temperature=0`` and
   "logprob", "bytes"}], "usage"}``: one segment spanning the audio, no word timings, confidence
   = exp(mean token logprob).
 
-The client's own retries are off (``max_retries=0``): :class:`~stream_processor.models.asr.base.RetryPolicy`
+The client's own retries are off (``max_retries=0``); its exceptions become backend errors through
+:func:`~stream_processor.models.cloud.translate_sdk_error`, and :class:`~stream_processor.models.asr.base.RetryPolicy`
 retries 408/409/429/5xx, timeouts and connection errors with backoff, honouring ``Retry-After``;
 401/403 raise :class:`~stream_processor.models.asr.base.AsrAuthError` at once; a 2xx body that is not the
 documented JSON raises :class:`~stream_processor.models.asr.base.AsrMalformedResponse`. The API key is a
@@ -42,11 +43,10 @@ from stream_processor.models.asr.base import (
     as_mono_float32,
     encode_wav,
     error_summary,
-    is_retryable_status,
-    parse_retry_after,
     sanitize_words,
 )
 from stream_processor.models.asr.guards import GuardConfig, guard_segments
+from stream_processor.models.cloud import translate_sdk_error
 
 VERBOSE_MODELS_PREFIX = "whisper"
 # OpenAI answers the language of verbose_json as an English name.
@@ -111,18 +111,9 @@ class OpenAITranscriber(Transcriber):
             kwargs.update(response_format="json", include=["logprobs"])
         try:
             raw = self._client.audio.transcriptions.with_raw_response.create(**kwargs)
-        except openai.APIStatusError as exc:
-            status = exc.status_code
-            detail = error_summary(_error_message(exc.response))
-            if status in (401, 403):
-                raise AsrAuthError(self.name, f"credentials refused ({detail}); check LUPITA_OPENAI_API_KEY",
-                                   status=status) from None
-            raise AsrBackendError(self.name, detail, status=status, retryable=is_retryable_status(status),
-                                  retry_after_s=parse_retry_after(exc.response.headers)) from None
-        except openai.APITimeoutError:
-            raise AsrBackendError(self.name, "request timed out", retryable=True) from None
-        except openai.APIConnectionError as exc:
-            raise AsrBackendError(self.name, f"connection failed: {exc.__cause__ or exc}", retryable=True) from None
+        except (openai.APIStatusError, openai.APIConnectionError) as exc:
+            raise translate_sdk_error(self.name, exc, AsrBackendError, auth_class=AsrAuthError,
+                                      key_setting="LUPITA_OPENAI_API_KEY") from None
         body = raw.http_response.content
         try:
             payload = json.loads(body)
@@ -177,13 +168,3 @@ def _opt_float(obj: dict[str, Any], key: str) -> float | None:
     value = obj.get(key)
     return None if value is None else float(value)
 
-
-def _error_message(response: Any) -> str:
-    """``error.message`` of OpenAI's error JSON, else the start of the body."""
-    try:
-        data = response.json()
-        if isinstance(data, dict) and isinstance(data.get("error"), dict):
-            return str(data["error"].get("message") or data["error"])
-        return str(data)
-    except Exception:  # noqa: BLE001 - any undecodable body
-        return response.text[:200] if hasattr(response, "text") else "?"

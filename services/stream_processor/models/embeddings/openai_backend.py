@@ -13,7 +13,8 @@ tokens per input, no empty strings. Inputs are sent in batches of ``batch_size``
 most ``MAX_REQUEST_CHARS`` characters; blank texts never leave the process (zero rows, see
 :mod:`.base`); an over-long input comes back as a 400, raised without retry.
 
-The client's own retries are off (``max_retries=0``): :class:`~.base.RetryPolicy` retries
+The client's own retries are off (``max_retries=0``); its exceptions become backend errors through
+:func:`~stream_processor.models.cloud.translate_sdk_error`, and :class:`~.base.RetryPolicy` retries
 408/409/425/429/5xx, timeouts and connection errors with backoff, honouring ``Retry-After``;
 401/403 raise :class:`~.base.EmbeddingAuthError` at once; a 2xx body that is not the documented
 JSON raises :class:`~.base.EmbeddingMalformedResponse`. The API key is a ``SecretStr`` read only
@@ -30,7 +31,6 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import SecretStr
 
-from stream_processor.models.asr.base import error_summary, is_retryable_status, parse_retry_after
 from stream_processor.models.embeddings.base import (
     Embedder,
     EmbeddingAuthError,
@@ -39,6 +39,7 @@ from stream_processor.models.embeddings.base import (
     EmbeddingMalformedResponse,
     RetryPolicy,
 )
+from stream_processor.models.cloud import error_summary, translate_sdk_error
 
 # Native output sizes; text-embedding-3-* accept a smaller ``dimensions``.
 KNOWN_DIMS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
@@ -132,19 +133,9 @@ class OpenAIEmbedder(Embedder):
             kwargs["dimensions"] = self.dimensions
         try:
             raw = self._client.embeddings.with_raw_response.create(**kwargs)
-        except openai.APIStatusError as exc:
-            status = exc.status_code
-            detail = error_summary(_error_message(exc.response))
-            if status in (401, 403):
-                raise EmbeddingAuthError(self.name, f"credentials refused ({detail}); check "
-                                         "LUPITA_EMBED_OPENAI_API_KEY", status=status) from None
-            raise EmbeddingBackendError(self.name, detail, status=status, retryable=is_retryable_status(status),
-                                        retry_after_s=parse_retry_after(exc.response.headers)) from None
-        except openai.APITimeoutError:
-            raise EmbeddingBackendError(self.name, "request timed out", retryable=True) from None
-        except openai.APIConnectionError as exc:
-            raise EmbeddingBackendError(self.name, f"connection failed: {exc.__cause__ or exc}",
-                                        retryable=True) from None
+        except (openai.APIStatusError, openai.APIConnectionError) as exc:
+            raise translate_sdk_error(self.name, exc, EmbeddingBackendError, auth_class=EmbeddingAuthError,
+                                      key_setting="LUPITA_EMBED_OPENAI_API_KEY") from None
         body = raw.http_response.content
         status = raw.http_response.status_code
         try:
@@ -195,13 +186,3 @@ def _decode_vector(value: Any) -> np.ndarray:
         return np.asarray(value, dtype=np.float32)
     raise TypeError(f"embedding is {type(value).__name__}, expected a list of floats or a base64 string")
 
-
-def _error_message(response: Any) -> str:
-    """``error.message`` of OpenAI's error JSON, else the start of the body."""
-    try:
-        data = response.json()
-        if isinstance(data, dict) and isinstance(data.get("error"), dict):
-            return str(data["error"].get("message") or data["error"])
-        return str(data)
-    except Exception:  # noqa: BLE001 - any undecodable body
-        return response.text[:200] if hasattr(response, "text") else "?"
