@@ -7,7 +7,7 @@ from prometheus_client import Counter, Gauge, Histogram
 # Every ``kind`` a Violation or failure can carry (validation.py, server.py): exported at 0
 # from the start so dashboards and alerts see each series before its first error.
 ERROR_KINDS = (
-    "auth", "call_id", "sample_rate", "codec", "direction", "phone", "timestamp", "empty_message",
+    "auth", "call_id", "sample_rate", "codec", "direction", "phone", "timestamp", "empty_message", "undecodable",
     "before_start", "second_start", "after_end", "no_end", "leg", "seq", "payload", "credits",
     "duplicate_call", "too_many_calls", "kafka",
 )

@@ -2,7 +2,8 @@
 
 Per stream, three small tasks cooperate on one event loop:
 
-* the reader moves client messages into the session's inbox;
+* the reader moves client messages into the session's inbox (a message whose bytes did not
+  parse arrives there as the Violation :func:`parse_client_message` made of it);
 * the session (the RPC handler itself) checks each message against :class:`CallProtocol`,
   re-chunks frames with one :class:`LegChunker` per leg and submits closed chunks to the
   call's :class:`CallPipeline`; it flushes partial chunks when no frame came for
@@ -31,7 +32,7 @@ from . import metrics
 from .chunker import LegChunker
 from .publisher import CallPipeline, KafkaPublisher, ended_event, now_us, started_event
 from .settings import BridgeSettings
-from .validation import LEGS, CallProtocol, CallRegistry, Violation, check_bearer, leg_name
+from .validation import LEGS, CallProtocol, CallRegistry, Violation, check_bearer, leg_name, parse_client_message
 
 log = logging.getLogger("media_bridge")
 
@@ -128,6 +129,8 @@ class CallSession:
                 else:
                     await self._on_end(item.end)
                     return
+            elif isinstance(item, Violation):  # a message that did not parse (parse_client_message)
+                raise item
             elif item is _EOF:
                 if self.call_id is None:
                     raise Violation(
@@ -268,6 +271,8 @@ class CallSession:
             item = await asyncio.wait_for(self.inbox.get(), self.settings.close_grace_ms / 1000)
         except TimeoutError:
             return
+        if isinstance(item, Violation):  # bytes that are not a ClientMessage
+            raise item
         if isinstance(item, media_bridge_pb2.ClientMessage):
             self.protocol.check(item)  # raises FAILED_PRECONDITION (after end)
 
@@ -386,6 +391,22 @@ class MediaBridgeServicer(media_bridge_pb2_grpc.MediaBridgeServicer):
         await CallSession(self.bridge, request_iterator, context).run()
 
 
+def add_media_bridge_to_server(servicer: MediaBridgeServicer, server: grpc.aio.Server) -> None:
+    """Register StreamCall like the generated ``add_MediaBridgeServicer_to_server``, but with
+    :func:`parse_client_message` as the request deserializer: bytes that are not a ClientMessage
+    reach the session as a Violation (INVALID_ARGUMENT, kind ``undecodable``) instead of an
+    exception out of the request iterator."""
+    handlers = {
+        "StreamCall": grpc.stream_stream_rpc_method_handler(
+            servicer.StreamCall,
+            request_deserializer=parse_client_message,
+            response_serializer=media_bridge_pb2.ServerMessage.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
 class Bridge:
     """The server process: gRPC server, health, Kafka producer, live calls, graceful drain."""
 
@@ -435,7 +456,7 @@ class Bridge:
             # RESOURCE_EXHAUSTED at once instead of queueing the call
             maximum_concurrent_rpcs=self.settings.max_calls + 64,
         )
-        media_bridge_pb2_grpc.add_MediaBridgeServicer_to_server(MediaBridgeServicer(self), self.server)
+        add_media_bridge_to_server(MediaBridgeServicer(self), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port = self.server.add_insecure_port(f"{s.grpc_host}:{s.grpc_port}")
         await self.server.start()

@@ -62,6 +62,26 @@ def _order(kind: str, message: str) -> Violation:
     return Violation(grpc.StatusCode.FAILED_PRECONDITION, kind, message)
 
 
+def parse_client_message(data: bytes) -> media_bridge_pb2.ClientMessage | Violation:
+    """The StreamCall request deserializer: the parsed ClientMessage, or a :class:`Violation`
+    (returned, not raised) when ``data`` is not a valid ClientMessage.
+
+    It must not raise: grpc.aio re-raises a deserializer's exception from the servicer's request
+    iterator, where it is indistinguishable from a lost connection (the stream used to end OK,
+    with no Error and no count). Returned as a value, the refusal reaches the session in message
+    order, after whatever valid messages came before it. The message names the size and the
+    parser's reason, never the bytes (they may hold a phone number).
+    """
+    try:
+        return media_bridge_pb2.ClientMessage.FromString(data)
+    except Exception as exc:  # DecodeError (wire format, invalid UTF-8 in a string field, ...)
+        return _invalid(
+            "undecodable",
+            f"a message of {len(data)} bytes is not a valid {media_bridge_pb2.ClientMessage.DESCRIPTOR.full_name} "
+            f"protobuf: {exc}",
+        )
+
+
 def leg_name(leg: int) -> str:
     return {audio_pb2.LEG_LUPITA: "lupita", audio_pb2.LEG_PERSON: "person"}.get(leg, str(leg))
 

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lupita.audio import BYTES_PER_SAMPLE
 from lupita.topics import AUDIO_CHUNKS, CALL_LIFECYCLE
-from lupita.v1 import audio_pb2, events_pb2, media_bridge_pb2 as mb, media_bridge_pb2_grpc as mb_grpc
+from lupita.v1 import audio_pb2, events_pb2, media_bridge_pb2 as mb
 
 LUPITA, PERSON = audio_pb2.LEG_LUPITA, audio_pb2.LEG_PERSON
 PCM16, MULAW = audio_pb2.CODEC_PCM16, audio_pb2.CODEC_MULAW
@@ -99,7 +99,11 @@ def interleave(*legs: list[mb.AudioFrame]) -> list[mb.AudioFrame]:
     return out
 
 
-def msg(x) -> mb.ClientMessage:
+def msg(x) -> mb.ClientMessage | bytes:
+    """The ClientMessage carrying ``x``; ``bytes`` are sent on the wire exactly as they are
+    (what a raw-gRPC client can send: not necessarily a valid protobuf)."""
+    if isinstance(x, bytes):
+        return x
     if isinstance(x, mb.AudioFrame):
         return mb.ClientMessage(frame=x)
     if isinstance(x, mb.CallStart):
@@ -124,9 +128,17 @@ def call_start(call_id: str, *, rate: int = 8000, codec: int = PCM16, consent: b
 
 # ---- the client ----------------------------------------------------------------------------
 
+STREAM_CALL = "/lupita.v1.MediaBridge/StreamCall"
+
+
+def _to_wire(m: mb.ClientMessage | bytes) -> bytes:
+    return m if isinstance(m, bytes) else m.SerializeToString()
+
 
 class CallClient:
-    """One StreamCall stream, driven step by step by a test; records what the server sends."""
+    """One StreamCall stream, driven step by step by a test; records what the server sends.
+
+    :meth:`write` takes a message part (CallStart, AudioFrame, CallEnd) or raw ``bytes``."""
 
     def __init__(
         self, channel: grpc.aio.Channel, token: str | None, *, timeout_s: float = RPC_TIMEOUT_S,
@@ -134,7 +146,10 @@ class CallClient:
     ) -> None:
         if metadata is None and token is not None:
             metadata = (("authorization", f"Bearer {token}"),)
-        self.rpc = mb_grpc.MediaBridgeStub(channel).StreamCall(metadata=metadata, timeout=timeout_s)
+        # the generated stub's method, with a serializer that also lets raw bytes through
+        self.rpc = channel.stream_stream(
+            STREAM_CALL, request_serializer=_to_wire, response_deserializer=mb.ServerMessage.FromString
+        )(metadata=metadata, timeout=timeout_s)
         self.received: list[mb.ServerMessage] = []
         self.credits = 0
         self.acked: dict[int, int] = {}

@@ -5,6 +5,7 @@ on the same bridge is not disturbed."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from bridgekit import (
     LUPITA, MULAW, PCM16, PERSON, CallClient, RunningBridge, assert_leg_exact, call_start, interleave,
     last_seqs, make_frames, read_call, run_good_call, start_bridge, stop_bridge,
 )
+from lupita.logs import JsonFormatter
 from lupita.v1 import media_bridge_pb2 as mb
 
 pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="session")]
@@ -38,7 +40,9 @@ async def refused_start(b: RunningBridge, call_id: str, **start_kw) -> Outcome:
     return Outcome(c)
 
 
-async def bad_frame_after(b: RunningBridge, call_id: str, good: list[mb.AudioFrame], bad: mb.AudioFrame, **start_kw) -> Outcome:
+async def bad_frame_after(
+    b: RunningBridge, call_id: str, good: list[mb.AudioFrame], bad: mb.AudioFrame | bytes, **start_kw
+) -> Outcome:
     c = b.client()
     await c.start(call_start(call_id, **start_kw))
     await c.send(good)
@@ -141,6 +145,36 @@ async def case_credit_overrun(b, cid, good_id):
     return Outcome(c, kept=frames[:10], ended_reason="error")
 
 
+# Bytes a raw-gRPC client can put on the StreamCall method that are no ClientMessage at all.
+NOT_PROTOBUF = b"\xff\xff\xff\xff\x0f"  # a field tag whose varint runs past 32 bits
+# Well-formed wire format, but CallStart.call_id (a proto3 string) holds invalid UTF-8.
+BAD_UTF8_CALL_ID = b"\x0a\x03\x0a\x01\xff"
+UNDECODABLE = "bytes is not a valid lupita.v1.ClientMessage protobuf: Error parsing message"
+
+
+async def raw_first(b, raw: bytes) -> Outcome:
+    c = b.client()
+    await c.write(raw)
+    await c.status()
+    return Outcome(c)
+
+
+async def case_not_protobuf_after_frames(b, cid, good_id):
+    return await bad_frame_after(b, cid, frames3(), NOT_PROTOBUF)
+
+
+async def case_not_protobuf_after_end(b, cid, good_id):
+    c = b.client()
+    await c.start(call_start(cid))
+    frames = frames3()
+    await c.send(frames)
+    await c.write(mb.CallEnd(reason="hangup"))
+    await c.write(NOT_PROTOBUF)
+    await c.status()
+    assert c.closed is not None  # the call itself was complete: CallClosed came first
+    return Outcome(c, kept=frames, ended_reason="hangup")
+
+
 def no_token(b, cid, good_id):
     return _with_metadata(b, cid, ())
 
@@ -186,6 +220,14 @@ CASES = [
          case_seq_repeated),
     Case("seq_backwards", C.INVALID_ARGUMENT, "seq", "frame seq 7 on leg lupita is not greater than the previous seq 12",
          case_seq_backwards),
+    Case("not_protobuf_first_message", C.INVALID_ARGUMENT, "undecodable", f"a message of 5 {UNDECODABLE}",
+         lambda b, c, g: raw_first(b, NOT_PROTOBUF)),
+    Case("invalid_utf8_in_call_id", C.INVALID_ARGUMENT, "undecodable", f"a message of 5 {UNDECODABLE}",
+         lambda b, c, g: raw_first(b, BAD_UTF8_CALL_ID)),
+    Case("not_protobuf_after_frames", C.INVALID_ARGUMENT, "undecodable", f"a message of 5 {UNDECODABLE}",
+         case_not_protobuf_after_frames),
+    Case("not_protobuf_after_end", C.INVALID_ARGUMENT, "undecodable", f"a message of 5 {UNDECODABLE}",
+         case_not_protobuf_after_end),
     Case("audio_before_start", C.FAILED_PRECONDITION, "before_start", "AudioFrame before CallStart", case_audio_before_start),
     Case("second_start", C.FAILED_PRECONDITION, "second_start", "second CallStart", case_second_start),
     Case("message_after_end", C.FAILED_PRECONDITION, "after_end", "frame received after CallEnd", case_message_after_end),
@@ -253,6 +295,32 @@ async def test_all_violations_at_once_leave_a_concurrent_call_byte_exact_in_kafk
     assert [e.WhichOneof("event") for e in rec.lifecycle] == ["started", "ended"]  # the duplicate left no trace
     for leg in (LUPITA, PERSON):
         assert_leg_exact(rec, leg, frames)
+
+
+async def test_undecodable_message_is_refused_counted_and_logged_once_without_its_bytes(bridge, call_id, caplog):
+    # a whole CallStart (phone number included) followed by bytes that break the parse
+    raw = mb.ClientMessage(start=call_start(call_id)).SerializeToString() + NOT_PROTOBUF
+    assert b"555-0142" in raw
+    errors_before = REGISTRY.get_sample_value("lupita_bridge_errors_total", {"kind": "undecodable"})
+    rejected_before = REGISTRY.get_sample_value("lupita_bridge_calls_total", {"outcome": "rejected"})
+    caplog.set_level(logging.INFO)
+
+    c = (await raw_first(bridge, raw)).client
+
+    assert c.code == C.INVALID_ARGUMENT, c.details
+    assert c.details == f"a message of {len(raw)} {UNDECODABLE} with type 'lupita.v1.ClientMessage'"
+    assert [(e.code, e.message) for e in c.errors] == [("INVALID_ARGUMENT", c.details)]
+    assert REGISTRY.get_sample_value("lupita_bridge_errors_total", {"kind": "undecodable"}) == errors_before + 1
+    assert REGISTRY.get_sample_value("lupita_bridge_calls_total", {"outcome": "rejected"}) == rejected_before + 1
+    # the bridge logs the refusal once, and nothing (grpc included) logs the parse failure as an error
+    refusals = [r for r in caplog.records if getattr(r, "kind", None) == "undecodable"]
+    assert [(r.name, r.levelname, r.getMessage(), r.code, r.error) for r in refusals] == [
+        ("media_bridge", "WARNING", "call refused", "INVALID_ARGUMENT", c.details)
+    ]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    text = "\n".join(JsonFormatter("media-bridge").format(r) for r in caplog.records) + c.details
+    for leak in ("5550142", "555-0142", call_id, raw.hex(), NOT_PROTOBUF.hex(), "\\xff"):
+        assert leak not in text
 
 
 async def test_too_many_calls_is_resource_exhausted_and_the_live_call_goes_on(stack_env, call_id):

@@ -13,6 +13,7 @@ from media_bridge.validation import (
     Violation,
     check_bearer,
     check_call_id,
+    parse_client_message,
 )
 
 PHONE = "+52 (951) 123-4567"
@@ -99,6 +100,25 @@ def test_violation_messages_never_contain_the_phone_number():
             run(start(phone=phone))
         assert phone not in info.value.message
         assert "95112345678901234" not in info.value.message
+
+
+@pytest.mark.parametrize("data", [
+    b"\xff\xff\xff\xff\x0f",                                   # a tag whose varint overflows
+    b"\x0a\x05",                                                # a length past the end
+    b"\x0a\x03\x0a\x01\xff",                                    # invalid UTF-8 in CallStart.call_id
+    start().SerializeToString() + b"\xff\xff\xff\xff\x0f",         # a valid start, then garbage
+], ids=["varint_overflow", "truncated", "bad_utf8_string", "start_then_garbage"])
+def test_bytes_that_are_no_client_message_become_an_invalid_argument_violation(data):
+    v = parse_client_message(data)  # returned, not raised (see its docstring)
+    assert isinstance(v, Violation)
+    assert (v.code, v.kind) == (C.INVALID_ARGUMENT, "undecodable")
+    assert v.message.startswith(f"a message of {len(data)} bytes is not a valid lupita.v1.ClientMessage protobuf: ")
+    assert "9511234567" not in v.message and data.hex() not in v.message
+
+
+def test_valid_bytes_parse_to_the_client_message():
+    for m in (start(), frame(), end(), mb.ClientMessage()):
+        assert parse_client_message(m.SerializeToString()) == m
 
 
 def test_valid_call_passes_and_legs_are_independent():
