@@ -1,6 +1,7 @@
 """What every cloud model backend shares (OpenAI, Deepgram, Anthropic): the backend error with
 its retry facts, :func:`translate_sdk_error` (the one translation of the official clients'
-exceptions into that error), the cloud defaults of the one retry policy
+exceptions into that error) and :func:`json_object` (a 2xx body that is not a JSON object), the
+cloud defaults of the one retry policy
 (:class:`stream_processor.retry.RetryPolicy`) with :meth:`RetryPolicy.run`, and the HTTP helpers
 that read the retry facts. The transcriber, embedder and analyzer each derive their own error
 classes from :class:`BackendError` and their policy defaults from :class:`RetryPolicy`.
@@ -9,10 +10,11 @@ classes from :class:`BackendError` and their policy defaults from :class:`RetryP
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping, TypeVar
+from typing import Callable, Mapping, Self, TypeVar
 
 from stream_processor import retry
 from stream_processor.retry import GiveUp
@@ -63,6 +65,20 @@ class RetryPolicy(retry.RetryPolicy):
     max_retry_after_s: float | None = 30.0
     label: str = "cloud"  # in the log message: "<label> backend error, retrying"
     stage: str = "cloud"  # the log record's stage
+
+    @classmethod
+    def from_settings(cls, settings: object, prefix: str) -> Self:
+        """The policy a family's settings give: ``LUPITA_<PREFIX>_MAX_ATTEMPTS`` (1 = no retry),
+        ``_BACKOFF_SECONDS`` (the first wait), ``_MAX_BACKOFF_SECONDS`` (the cap) and
+        ``_MAX_RETRY_AFTER_SECONDS`` (the longest Retry-After obeyed), i.e. the fields
+        ``<prefix>_max_attempts`` ... of ``AsrSettings`` (``asr``), ``EmbedSettings`` (``embed``)
+        and ``AnalyzerSettings`` (``analyzer``); the rest keeps ``cls``'s defaults."""
+        return cls(
+            max_attempts=getattr(settings, f"{prefix}_max_attempts"),
+            initial_delay_s=getattr(settings, f"{prefix}_backoff_seconds"),
+            max_delay_s=getattr(settings, f"{prefix}_max_backoff_seconds"),
+            max_retry_after_s=getattr(settings, f"{prefix}_max_retry_after_seconds"),
+        )
 
     def run(self, fn: Callable[[], T], *, backend: str, call_id: str | None = None) -> T:
         """``fn()`` under this policy: a retryable :class:`BackendError` is tried again; the
@@ -131,6 +147,24 @@ def error_summary(body: object, limit: int = 200) -> str:
     text = body if isinstance(body, str) else repr(body)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def json_object(backend: str, body: bytes, status: int, malformed_class: type[BackendError], *,
+                quote_body: bool = True) -> dict:
+    """The JSON object a 2xx answer's body holds (read raw, so a malformed answer is reported
+    precisely). A body that is not JSON, or JSON that is not an object, raises ``malformed_class``
+    with the status; the message quotes the body's start, or gives only its size with
+    ``quote_body=False`` (an answer that may echo what a person said)."""
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        shown = (repr(error_summary(body[:200].decode("utf-8", "replace"))) if quote_body
+                 else f"({len(body)} bytes)")
+        raise malformed_class(backend, f"answered {status} with a body that is not JSON"
+                              f"{': ' if quote_body else ' '}{shown}", status=status) from None
+    if not isinstance(payload, dict):
+        raise malformed_class(backend, f"expected a JSON object, got {type(payload).__name__}", status=status)
+    return payload
 
 
 # --- the official clients' exceptions -> BackendError -----------------------------------------

@@ -1,6 +1,7 @@
 """The one translator of cloud SDK exceptions (``models.cloud.translate_sdk_error``), pure: each
 official client's exception shapes (made by the clients' own code where they expose it) ->
-the BackendError class, status, retryable, retry_after_s and message. The wire-format tests
+the BackendError class, status, retryable, retry_after_s and message; and ``json_object`` for
+2xx bodies. The wire-format tests
 (test_asr_cloud.py, test_embeddings.py, test_analyzer_anthropic.py) run the same path against
 scripted HTTP servers."""
 
@@ -13,7 +14,7 @@ import pytest
 from deepgram.core.api_error import ApiError
 
 from stream_processor.models.asr.base import AsrAuthError, AsrBackendError, AsrMalformedResponse
-from stream_processor.models.cloud import BackendError, error_message, translate_sdk_error
+from stream_processor.models.cloud import BackendError, error_message, json_object, translate_sdk_error
 
 REQUEST = httpx.Request("POST", "https://api.example.test/v1/thing", headers={"authorization": "Bearer sk-secret"})
 OPENAI = openai.OpenAI(api_key="sk-secret", max_retries=0)
@@ -161,3 +162,17 @@ def test_error_message_reads_each_documented_body_shape():
     assert error_message({"detail": "nope"}) == "{'detail': 'nope'}"
     assert error_message("plain text") == "plain text"
     assert error_message(None) == "None"
+
+
+def test_json_object_reads_a_2xx_body_or_says_precisely_what_is_wrong():
+    assert json_object("svc", b'{"text": "hola"}', 200, AsrMalformedResponse) == {"text": "hola"}
+    with pytest.raises(AsrMalformedResponse) as info:
+        json_object("svc", b"<html>\n 502  Bad gateway</html>", 200, AsrMalformedResponse)
+    assert str(info.value) == "svc HTTP 200: answered 200 with a body that is not JSON: '<html> 502 Bad gateway</html>'"
+    assert info.value.status == 200 and not info.value.retryable
+    with pytest.raises(AsrMalformedResponse, match=r"^svc HTTP 200: answered 200 with a body that is not JSON \(9 bytes\)$"):
+        json_object("svc", b"dijo hola", 200, AsrMalformedResponse, quote_body=False)  # may echo the transcript
+    with pytest.raises(AsrMalformedResponse, match=r"^svc HTTP 201: expected a JSON object, got list$"):
+        json_object("svc", b"[1, 2]", 201, AsrMalformedResponse)
+    with pytest.raises(AsrMalformedResponse, match="not JSON"):
+        json_object("svc", b"\xff\xfe{", 200, AsrMalformedResponse)

@@ -257,13 +257,23 @@ def test_the_settings_map_onto_the_policy_with_their_old_defaults(clean_env):
     assert (AnalyzerRetryPolicy().label, AnalyzerRetryPolicy().stage) == ("analyzer", "analyzer")
 
 
-def test_the_settings_are_read_into_the_policy(clean_env, monkeypatch):
-    monkeypatch.setenv("LUPITA_ASR_MAX_ATTEMPTS", "2")
-    monkeypatch.setenv("LUPITA_ASR_BACKOFF_SECONDS", "0.25")
-    monkeypatch.setenv("LUPITA_ASR_MAX_BACKOFF_SECONDS", "3")
-    monkeypatch.setenv("LUPITA_ASR_MAX_RETRY_AFTER_SECONDS", "7")
-    p = asr_factory.retry_policy(AsrSettings())
+@pytest.mark.parametrize("prefix, settings, factory, cls", [
+    ("ASR", AsrSettings, asr_factory, AsrRetryPolicy),
+    ("EMBED", EmbedSettings, embed_factory, EmbedRetryPolicy),
+    ("ANALYZER", AnalyzerSettings, analyzer_factory, AnalyzerRetryPolicy),
+])
+def test_the_cloud_settings_are_read_into_the_policy(clean_env, monkeypatch, prefix, settings, factory, cls):
+    monkeypatch.setenv(f"LUPITA_{prefix}_MAX_ATTEMPTS", "2")
+    monkeypatch.setenv(f"LUPITA_{prefix}_BACKOFF_SECONDS", "0.25")
+    monkeypatch.setenv(f"LUPITA_{prefix}_MAX_BACKOFF_SECONDS", "3")
+    monkeypatch.setenv(f"LUPITA_{prefix}_MAX_RETRY_AFTER_SECONDS", "7")
+    p = factory.retry_policy(settings())
+    assert type(p) is cls
     assert (p.max_attempts, p.initial_delay_s, p.max_delay_s, p.max_retry_after_s) == (2, 0.25, 3.0, 7.0)
+    assert (p.max_elapsed_s, p.multiplier, p.jitter) == (None, 2.0, 0.2)
+
+
+def test_the_sink_settings_are_read_into_the_policy(clean_env, monkeypatch):
     monkeypatch.setenv("LUPITA_SINK_RETRY_INITIAL_SECONDS", "0.5")
     monkeypatch.setenv("LUPITA_SINK_RETRY_MAX_DELAY_SECONDS", "2")
     s = SinkSettings().retry_policy

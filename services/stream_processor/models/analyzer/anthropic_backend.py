@@ -29,7 +29,6 @@ request JSON, is held at INFO).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any, Sequence
@@ -48,7 +47,7 @@ from stream_processor.models.analyzer.base import (
 )
 from stream_processor.models.analyzer.catalog import Catalogues, load_catalogues
 from stream_processor.models.analyzer.schema import FACT_TYPES, analysis_schema, to_call_analysis
-from stream_processor.models.cloud import translate_sdk_error
+from stream_processor.models.cloud import json_object, translate_sdk_error
 from stream_processor.contracts import CallAnalysis, Utterance
 
 log = logging.getLogger("stream_processor.models.analyzer")
@@ -189,16 +188,8 @@ class AnthropicAnalyzer(Analyzer):
             # connection errors named by type only: the reason is stored in the analysis notes
             raise translate_sdk_error(self.name, exc, AnalyzerBackendError, auth_class=AnalyzerAuthError,
                                       key_setting="LUPITA_ANALYZER_ANTHROPIC_API_KEY", cause_by_type=True) from None
-        body = raw.content
-        try:
-            payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise AnalyzerMalformedResponse(self.name, f"answered {raw.status_code} with a body that is not "
-                                            f"JSON ({len(body)} bytes)", status=raw.status_code) from None
-        if not isinstance(payload, dict):
-            raise AnalyzerMalformedResponse(self.name, f"expected a JSON object, got {type(payload).__name__}",
-                                            status=raw.status_code)
-        return payload
+        # the body's size only: an answer may echo the transcript
+        return json_object(self.name, raw.content, raw.status_code, AnalyzerMalformedResponse, quote_body=False)
 
     def _tool_input(self, payload: dict[str, Any]) -> Any:
         content = payload.get("content")

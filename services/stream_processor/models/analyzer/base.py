@@ -134,9 +134,8 @@ def prepare_utterances(call_id: str, utterances: Sequence[Utterance]) -> list[Ut
 
 @dataclass(frozen=True, kw_only=True)
 class RetryPolicy(cloud.RetryPolicy):
-    """The analyzer backends' retry policy: :class:`stream_processor.models.cloud.RetryPolicy`
-    with 3 attempts, 1 s doubling up to 10 s (the ``LUPITA_ANALYZER_*`` defaults, which the
-    factory maps onto it), logging as stage ``analyzer``."""
+    """:class:`stream_processor.models.cloud.RetryPolicy` with the analyzer's defaults (3 attempts,
+    1 s doubling up to 10 s), logging as the analyzer's."""
 
     max_attempts: int | None = 3
     initial_delay_s: float = 1.0

@@ -14,12 +14,8 @@ def catalogues_from(s: AnalyzerSettings) -> Catalogues:
 
 
 def retry_policy(s: AnalyzerSettings) -> RetryPolicy:
-    return RetryPolicy(
-        max_attempts=s.analyzer_max_attempts,
-        initial_delay_s=s.analyzer_backoff_seconds,
-        max_delay_s=s.analyzer_max_backoff_seconds,
-        max_retry_after_s=s.analyzer_max_retry_after_seconds,
-    )
+    """``LUPITA_ANALYZER_MAX_ATTEMPTS``, ``_BACKOFF_SECONDS``, ``_MAX_BACKOFF_SECONDS``, ``_MAX_RETRY_AFTER_SECONDS``."""
+    return RetryPolicy.from_settings(s, "analyzer")
 
 
 def build_local(s: AnalyzerSettings, *, catalogues: Catalogues | None = None,

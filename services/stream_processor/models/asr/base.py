@@ -300,9 +300,7 @@ def sanitize_words(words: list[Word], duration_s: float) -> tuple[Word, ...]:
 
 @dataclass(frozen=True, kw_only=True)
 class RetryPolicy(cloud.RetryPolicy):
-    """The transcription backends' retry policy: :class:`stream_processor.models.cloud.RetryPolicy`
-    (the cloud defaults) logging as ``asr`` / stage ``transcriber``; the factory maps the
-    ``LUPITA_ASR_*`` retry settings onto it."""
+    """:class:`stream_processor.models.cloud.RetryPolicy` logging as the transcriber's."""
 
     label: str = "asr"
     stage: str = "transcriber"

@@ -68,12 +68,8 @@ def guard_config(s: AsrSettings) -> GuardConfig:
 
 
 def retry_policy(s: AsrSettings) -> RetryPolicy:
-    return RetryPolicy(
-        max_attempts=s.asr_max_attempts,
-        initial_delay_s=s.asr_backoff_seconds,
-        max_delay_s=s.asr_max_backoff_seconds,
-        max_retry_after_s=s.asr_max_retry_after_seconds,
-    )
+    """``LUPITA_ASR_MAX_ATTEMPTS``, ``_BACKOFF_SECONDS``, ``_MAX_BACKOFF_SECONDS``, ``_MAX_RETRY_AFTER_SECONDS``."""
+    return RetryPolicy.from_settings(s, "asr")
 
 
 def build_local(s: AsrSettings) -> Transcriber:

@@ -24,7 +24,6 @@ documented JSON raises :class:`~stream_processor.models.asr.base.AsrMalformedRes
 from __future__ import annotations
 
 import bisect
-import json
 import math
 from typing import Any
 
@@ -42,11 +41,10 @@ from stream_processor.models.asr.base import (
     Word,
     as_mono_float32,
     encode_wav,
-    error_summary,
     sanitize_words,
 )
 from stream_processor.models.asr.guards import GuardConfig, guard_segments
-from stream_processor.models.cloud import translate_sdk_error
+from stream_processor.models.cloud import json_object, translate_sdk_error
 
 VERBOSE_MODELS_PREFIX = "whisper"
 # OpenAI answers the language of verbose_json as an English name.
@@ -114,16 +112,8 @@ class OpenAITranscriber(Transcriber):
         except (openai.APIStatusError, openai.APIConnectionError) as exc:
             raise translate_sdk_error(self.name, exc, AsrBackendError, auth_class=AsrAuthError,
                                       key_setting="LUPITA_OPENAI_API_KEY") from None
-        body = raw.http_response.content
-        try:
-            payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise AsrMalformedResponse(self.name, f"answered {raw.http_response.status_code} with a body that is "
-                                       f"not JSON: {error_summary(body[:200].decode('utf-8', 'replace'))!r}",
-                                       status=raw.http_response.status_code) from None
-        if not isinstance(payload, dict):
-            raise AsrMalformedResponse(self.name, f"expected a JSON object, got {type(payload).__name__}")
-        return payload
+        return json_object(self.name, raw.http_response.content, raw.http_response.status_code,
+                           AsrMalformedResponse)
 
     # -- parsing -------------------------------------------------------------------------------
 

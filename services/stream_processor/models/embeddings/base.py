@@ -139,9 +139,7 @@ class Embedder(ABC):
 
 @dataclass(frozen=True, kw_only=True)
 class RetryPolicy(cloud.RetryPolicy):
-    """The embedding backends' retry policy: :class:`stream_processor.models.cloud.RetryPolicy`
-    (the cloud defaults) logging as ``embedding`` / stage ``embedder``; the factory maps the
-    ``LUPITA_EMBED_*`` retry settings onto it."""
+    """:class:`stream_processor.models.cloud.RetryPolicy` logging as the embedder's."""
 
     label: str = "embedding"
     stage: str = "embedder"

@@ -7,12 +7,8 @@ from stream_processor.models.embeddings.settings import EmbedSettings
 
 
 def retry_policy(s: EmbedSettings) -> RetryPolicy:
-    return RetryPolicy(
-        max_attempts=s.embed_max_attempts,
-        initial_delay_s=s.embed_backoff_seconds,
-        max_delay_s=s.embed_max_backoff_seconds,
-        max_retry_after_s=s.embed_max_retry_after_seconds,
-    )
+    """``LUPITA_EMBED_MAX_ATTEMPTS``, ``_BACKOFF_SECONDS``, ``_MAX_BACKOFF_SECONDS``, ``_MAX_RETRY_AFTER_SECONDS``."""
+    return RetryPolicy.from_settings(s, "embed")
 
 
 def build_local(s: EmbedSettings) -> Embedder:

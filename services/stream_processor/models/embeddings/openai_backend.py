@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import Any, Literal
 
 import numpy as np
@@ -39,7 +38,7 @@ from stream_processor.models.embeddings.base import (
     EmbeddingMalformedResponse,
     RetryPolicy,
 )
-from stream_processor.models.cloud import error_summary, translate_sdk_error
+from stream_processor.models.cloud import json_object, translate_sdk_error
 
 # Native output sizes; text-embedding-3-* accept a smaller ``dimensions``.
 KNOWN_DIMS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
@@ -136,18 +135,8 @@ class OpenAIEmbedder(Embedder):
         except (openai.APIStatusError, openai.APIConnectionError) as exc:
             raise translate_sdk_error(self.name, exc, EmbeddingBackendError, auth_class=EmbeddingAuthError,
                                       key_setting="LUPITA_EMBED_OPENAI_API_KEY") from None
-        body = raw.http_response.content
-        status = raw.http_response.status_code
-        try:
-            payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise EmbeddingMalformedResponse(self.name, f"answered {status} with a body that is not JSON: "
-                                             f"{error_summary(body[:200].decode('utf-8', 'replace'))!r}",
-                                             status=status) from None
-        if not isinstance(payload, dict):
-            raise EmbeddingMalformedResponse(self.name, f"expected a JSON object, got {type(payload).__name__}",
-                                             status=status)
-        return payload
+        return json_object(self.name, raw.http_response.content, raw.http_response.status_code,
+                           EmbeddingMalformedResponse)
 
     # -- parsing -------------------------------------------------------------------------------
 
