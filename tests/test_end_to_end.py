@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 import uuid
-from pathlib import Path
 
 import psycopg
 import pytest
-
-from sp_worker import start_worker, stop_worker  # short group timeouts: sp_worker.WORKER_ENV
+from kafka_io import produce, records_of_call, wait_drained
+from procs import bridge_process, start_worker, stop_worker  # short group timeouts: procs.WORKER_ENV
+from waits import wait_for
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(600)]
 
@@ -47,70 +46,17 @@ SCRIPT = (
 # --------------------------------------------------------------------------------------- helpers
 
 
-def wait_for(what: str, fn, *, timeout: float, interval: float = 0.5, alive=None):
-    """Poll ``fn`` until it returns something truthy (bounded); ``alive()`` False fails at once."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if alive is not None and not alive():
-            raise AssertionError(f"the worker died while waiting for {what}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
-def metric_sum(worker, name: str, **labels: str) -> float:
-    """Sum of a counter's samples with these labels in the worker's /metrics."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    total = 0.0
-    for family in text_string_to_metric_families(worker.metrics_text()):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                total += s.value
-    return total
-
-
-def records_of_call(bootstrap: str, topic: str, call_id: str) -> list:
-    """Every record of ``call_id`` on ``topic`` (all partitions, from the start to the current end)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                             client_id="e2e-test-reader")
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        out = []
-        deadline = time.monotonic() + 60
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"could not read {topic} to its end")
-            for batch in consumer.poll(timeout_ms=500, max_records=5000).values():
-                out.extend(r for r in batch if r.key == call_id.encode())
-        return sorted(out, key=lambda r: (r.partition, r.offset))
-    finally:
-        consumer.close()
-
-
 def produce_unchanged(bootstrap: str, records: list) -> None:
-    """Produce (topic, key, value, headers) again as they are, in this order, and wait for acks."""
-    from kafka import KafkaProducer
+    """Produce consumed records again as they are (topic, key, value, headers), in this order."""
+    produce(bootstrap, [(r.topic, r.key, r.value, r.headers) for r in records])
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", max_in_flight_requests_per_connection=1,
-                             client_id="e2e-test-replay")
-    try:
-        futures = [producer.send(r.topic, key=r.key, value=r.value, headers=list(r.headers or []))
-                   for r in records]
-        producer.flush(30)
-        for f in futures:
-            f.get(timeout=30)
-    finally:
-        producer.close()
+
+def idle(worker) -> bool:
+    """No call open in the recorder or the vad, no segment being transcribed, no understanding
+    work running or waiting."""
+    return all(worker.metric(name, required=True) == 0 for name in (
+        "lupita_recorder_open_calls", "lupita_vad_open_calls", "lupita_transcriber_in_flight",
+        "lupita_understanding_work_in_progress"))
 
 
 def call_row(db, call_id: str) -> dict | None:
@@ -204,9 +150,7 @@ def worker(settings, names, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bridge(settings, tmp_path_factory):
-    from loadgen.bridgeproc import BridgeProcess
-
-    with BridgeProcess(tmp_path_factory.mktemp("e2e-bridge") / "bridge.log") as b:
+    with bridge_process("e2e-bridge", tmp_path_factory.mktemp("e2e-bridge")) as b:
         yield b
 
 
@@ -341,28 +285,30 @@ def test_one_spanish_call_end_to_end_and_replaying_its_events_twice_changes_noth
     assert len(before["weaviate_conversations"]) == 1
     assert len(before["utterances"]) == len(before["weaviate_utterances"]) == len(utts)
 
+    def consumed(stage: str) -> float:
+        return (worker.metric(f"lupita_{stage}_records_total", topic=AUDIO_CHUNKS)
+                + worker.metric(f"lupita_{stage}_records_total", topic=CALL_LIFECYCLE))
+
     for attempt in (1, 2):
-        rec0 = (metric_sum(worker, "lupita_recorder_records_total", topic=AUDIO_CHUNKS)
-                + metric_sum(worker, "lupita_recorder_records_total", topic=CALL_LIFECYCLE))
-        vad0 = (metric_sum(worker, "lupita_vad_records_total", topic=AUDIO_CHUNKS)
-                + metric_sum(worker, "lupita_vad_records_total", topic=CALL_LIFECYCLE))
-        late0 = metric_sum(worker, "lupita_understanding_records_total", kind="late")
+        rec0, vad0 = consumed("recorder"), consumed("vad")
+        late0 = worker.metric("lupita_understanding_records_total", kind="late")
         produce_unchanged(bootstrap, replay)
         wait_for(f"replay {attempt} to be consumed by every stage", lambda: (
-            metric_sum(worker, "lupita_recorder_records_total", topic=AUDIO_CHUNKS)
-            + metric_sum(worker, "lupita_recorder_records_total", topic=CALL_LIFECYCLE) >= rec0 + len(replay)
-            and metric_sum(worker, "lupita_vad_records_total", topic=AUDIO_CHUNKS)
-            + metric_sum(worker, "lupita_vad_records_total", topic=CALL_LIFECYCLE) >= vad0 + len(replay)
-            and metric_sum(worker, "lupita_understanding_records_total", kind="late") >= late0 + 2
-        ), timeout=90, alive=worker.alive)
+            consumed("recorder") >= rec0 + len(replay) and consumed("vad") >= vad0 + len(replay)
+            and worker.metric("lupita_understanding_records_total", kind="late") >= late0 + 2
+        ), timeout=90, interval=0.5, alive=worker.alive)
 
-    # let anything the replays might have started (a re-segmented leg, a re-transcription, a
-    # second finish) show itself before looking: bounded, and the topics are checked too
-    time.sleep(3.0)
+    # anything the replays might have started (a re-opened call, a re-segmented leg, a
+    # re-transcription, a second finish) has run its course once the worker's group has committed
+    # every topic it reads to its end (its own segments and transcripts included) and no call is
+    # open and no work in progress, twice in a row
+    wait_drained(bootstrap, worker.group, [settings.topic(t) for t in (
+        AUDIO_CHUNKS, CALL_LIFECYCLE, SPEECH_SEGMENTS, TRANSCRIPTS)], idle=lambda: idle(worker),
+        alive=worker.alive)
     after = stores_snapshot(db, s3, wv, settings, call_id, row)
     for key in before:
         assert after[key] == before[key], f"{key} changed after the replays"
     assert len(records_of_call(bootstrap, settings.topic(SPEECH_SEGMENTS), call_id)) == segments_before
     assert len(records_of_call(bootstrap, settings.topic(TRANSCRIPTS), call_id)) == transcripts_before
-    assert metric_sum(worker, "lupita_recorder_calls_total", outcome="recorded") == 1
-    assert metric_sum(worker, "lupita_understanding_calls_total", outcome="analysed") == 1
+    assert worker.metric("lupita_recorder_calls_total", outcome="recorded") == 1
+    assert worker.metric("lupita_understanding_calls_total", outcome="analysed") == 1

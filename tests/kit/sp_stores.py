@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 from botocore.exceptions import ClientError
-from sp_calls import SimCall
+from calls import SimCall
 
 from stream_processor.stores.archive import call_keys
 

@@ -1,6 +1,7 @@
 """``lupita call`` against a real ``lupita bridge`` child process and the real Kafka.
 
-The bridge runs as its own process (``loadgen.bridgeproc.BridgeProcess``) on a free port,
+The bridge runs as its own process (``loadgen.bridgeproc.BridgeProcess`` through the test kit's
+``procs.bridge_process``: its log lands in the session's log folder) on a free port,
 publishing to this test session's topics (``stack_env``: unique prefix, topics created).
 What the simulator reports is then checked against what Kafka holds.
 """
@@ -12,6 +13,7 @@ import json
 
 import numpy as np
 import pytest
+from procs import bridge_process
 
 from lupita import cli
 from lupita.audio import mulaw_encode
@@ -19,7 +21,6 @@ from lupita.config import CommonSettings
 from lupita.topics import AUDIO_CHUNKS, CALL_LIFECYCLE
 from lupita.v1 import audio_pb2
 from loadgen import synth
-from loadgen.bridgeproc import BridgeProcess
 from loadgen.verify import read_calls
 
 pytestmark = pytest.mark.stack
@@ -29,8 +30,8 @@ LUPITA, PERSON = audio_pb2.LEG_LUPITA, audio_pb2.LEG_PERSON
 
 @pytest.fixture(scope="module")
 def bridge(stack_env, tmp_path_factory):
-    """One bridge child process for this module (its log lands in the test's tmp folder)."""
-    proc = BridgeProcess(tmp_path_factory.mktemp("bridge") / "bridge.log")
+    """One bridge child process for this module."""
+    proc = bridge_process("loadgen-bridge", tmp_path_factory.mktemp("bridge"))
     proc.start()
     yield proc
     assert proc.stop() == 0, proc.log_tail()

@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from logscan import run_logged
 
 LUPITA = [str(Path(sys.executable).with_name("lupita"))]
 
 
 def lupita(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*LUPITA, *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **env})
+    return run_logged("lupita-stack", [*LUPITA, *args], text=True, timeout=60, env={**os.environ, **env})
 
 
 @pytest.mark.parametrize("offset", ["abc", "-5", "1.5", "99999"])

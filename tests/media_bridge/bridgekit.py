@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import grpc
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from waits import await_for
 
 from lupita.audio import BYTES_PER_SAMPLE
 from lupita.topics import AUDIO_CHUNKS, CALL_LIFECYCLE
@@ -270,13 +271,9 @@ def last_seqs(frames: Iterable[mb.AudioFrame]) -> dict[int, int]:
 
 
 async def wait_for_condition(pred: Callable[[], bool], what: str, timeout_s: float = WAIT_S, every_s: float = 0.05) -> None:
-    """Poll ``pred`` (bounded): for state that changes in the background."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not pred():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(every_s)
+    """Poll ``pred`` (bounded): for state that changes in the background (the kit's
+    :func:`waits.await_for`, in this module's argument order)."""
+    await await_for(what, pred, timeout=timeout_s, interval=every_s)
 
 
 # ---- reading Kafka back --------------------------------------------------------------------
@@ -329,10 +326,7 @@ async def read_topic(topic: str, *, stop: Callable[[list[Record]], bool] | None 
     await consumer.start()
     try:
         # without a group, a subscription is assigned every partition of the topic
-        for _ in range(100):
-            if consumer.assignment():
-                break
-            await asyncio.sleep(0.05)
+        await await_for(f"the partitions of {topic}", consumer.assignment, timeout=5)
         tps = sorted(consumer.assignment())
         assert tps, f"topic {topic} has no partitions"
         await consumer.seek_to_beginning(*tps)

@@ -8,44 +8,31 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
-import urllib.request
 
 import grpc
 import pytest
+from procs import bridge_process, free_port, scrape
+from waits import await_for
 
 from bridgekit import (
     LUPITA, NOT_SERVING, PERSON, PHONE_FORMS, SERVING, CallClient, assert_leg_exact, bridge_settings,
     call_start, health_status, interleave, make_frames, read_call,
 )
-from loadgen.bridgeproc import BridgeProcess
 
 pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="session")]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        return r.read().decode()
-
-
-async def start_child(tmp_path, *args: str) -> BridgeProcess:
-    proc = BridgeProcess(tmp_path / "bridge.log", extra_args=list(args))
+async def start_child(tmp_path, *args: str):
+    proc = bridge_process("sigterm-bridge", tmp_path, extra_args=list(args))
     await asyncio.to_thread(proc.start)
     return proc
 
 
 async def wait_not_serving(channel: grpc.aio.Channel) -> None:
-    for _ in range(200):
-        if await health_status(channel) == NOT_SERVING:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("health never turned NOT_SERVING after SIGTERM")
+    async def not_serving() -> bool:
+        return await health_status(channel) == NOT_SERVING
+
+    await await_for("health to turn NOT_SERVING after SIGTERM", not_serving, timeout=10)
 
 
 async def test_sigterm_lets_a_live_call_finish_refuses_new_ones_and_exits_0(stack_env, call_id, tmp_path):
@@ -95,7 +82,7 @@ async def test_sigterm_lets_a_live_call_finish_refuses_new_ones_and_exits_0(stac
     assert rec.ended().reason == "hangup"
     for leg in (LUPITA, PERSON):
         assert_leg_exact(rec, leg, frames)
-    log = (tmp_path / "bridge.log").read_bytes()
+    log = proc.log_path.read_bytes()
     assert b'"draining"' in log and b'"stopped"' in log and call_id.encode() in log
     for form in PHONE_FORMS:
         assert form not in log

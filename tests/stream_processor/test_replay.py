@@ -15,7 +15,7 @@ import pytest
 import weaviate
 from weaviate.classes.query import Filter
 
-from sp_pipeline import SCRIPT, dialogue, make_call
+from calls import SCRIPT, dialogue, make_call
 
 pytestmark = pytest.mark.stack
 

@@ -6,19 +6,23 @@ beam 1 for partials), one snapshot per long segment (``LUPITA_VAD_PARTIAL_AFTER_
 ``..._EVERY_S=10``). Stale partials are not skipped here (``LUPITA_TRANSCRIBER_SKIP_STALE_PARTIALS
 =false``): the test publishes a whole call at once, far faster than real time, and must see the
 partial that a live call gives the transcriber time for.
+
+What is asserted holds for any voice: every voiced segment gets a non-empty final transcript in
+its own leg and segment, with monotonic word timings in call time inside the segment. Which words
+Whisper base hears depends on the voice (and on sampling at a fallback temperature): word accuracy
+is measured by ``bench/asr_wer.py``, not asserted here.
 """
 
 from __future__ import annotations
 
 import uuid
 
+import calls as sim
 import pytest
-import sp_pipeline as P
-from sp_calls import produce
-from sp_worker import start_worker, stop_worker
+from kafka_io import TopicReader, own_topics, produce, segment_of, segments_of, transcripts_of
+from procs import start_worker, stop_worker
 
 from lupita.v1 import events_pb2
-from stream_processor.models.asr.guards import normalize_text
 
 pytestmark = pytest.mark.stack
 
@@ -37,7 +41,7 @@ ENV = {
 
 @pytest.fixture(scope="module")
 def own(stack_env):
-    return P.own_topics(stack_env["LUPITA_TOPIC_PREFIX"], "asr")
+    return own_topics(stack_env["LUPITA_TOPIC_PREFIX"], "asr")
 
 
 @pytest.fixture(scope="module")
@@ -64,57 +68,67 @@ def worker(stack_env, tmp_path_factory, settings):
 def readers(settings):
     from lupita.topics import SPEECH_SEGMENTS, TRANSCRIPTS
 
-    segs = P.TopicReader(settings.kafka_bootstrap, settings.topic(SPEECH_SEGMENTS))
-    trans = P.TopicReader(settings.kafka_bootstrap, settings.topic(TRANSCRIPTS))
+    segs = TopicReader(settings.kafka_bootstrap, settings.topic(SPEECH_SEGMENTS))
+    trans = TopicReader(settings.kafka_bootstrap, settings.topic(TRANSCRIPTS))
     yield segs, trans
     segs.close()
     trans.close()
 
 
 def legs_complete(reader, call_id):
-    return lambda: sum(e.leg_complete for e in P.transcripts_of(reader, call_id)) >= 2
+    return lambda: sum(e.leg_complete for e in transcripts_of(reader, call_id)) >= 2
 
 
 @pytest.fixture(scope="module")
 def calls(worker, readers, settings, topics, tmp_path_factory):
     """Two calls: the two-leg script, and one whose person never speaks (only line noise)."""
     cache = tmp_path_factory.mktemp("synth")
-    stereo, truth = P.dialogue(cache_dir=cache)
-    talk = P.make_call(f"asr-talk-{uuid.uuid4().hex[:8]}", stereo, truth)
-    quiet_audio, quiet_truth = P.dialogue(P.SCRIPT[:2], cache_dir=cache, silent_person=True, noise_dbfs=-50)
-    quiet = P.make_call(f"asr-quiet-{uuid.uuid4().hex[:8]}", quiet_audio, quiet_truth)
+    stereo, truth = sim.dialogue(cache_dir=cache)
+    talk = sim.make_call(f"asr-talk-{uuid.uuid4().hex[:8]}", stereo, truth)
+    quiet_audio, quiet_truth = sim.dialogue(sim.SCRIPT[:2], cache_dir=cache, silent_person=True, noise_dbfs=-50)
+    quiet = sim.make_call(f"asr-quiet-{uuid.uuid4().hex[:8]}", quiet_audio, quiet_truth)
     produce(settings.kafka_bootstrap, talk.records(topics) + quiet.records(topics))
     _, trans = readers
     for call in (talk, quiet):
-        P.wait_until(f"the transcripts of {call.call_id}", trans, legs_complete(trans, call.call_id), timeout=240)
+        trans.wait(f"the transcripts of {call.call_id}", legs_complete(trans, call.call_id), timeout=240)
     return talk, quiet
 
 
-def test_transcripts_contain_the_key_words_of_each_leg_with_word_timings_in_call_time(calls, readers):
+SLACK_S = 0.3  # the VAD pads each segment by its speech pad (and Silero ends up to ~150 ms late)
+
+
+def assert_final_of_the_region(e, t_start: float, t_end: float) -> None:
+    """A final transcript of the voiced region [t_start, t_end] s (call time): non-empty text in
+    the segment that covers the region, monotonic word timings in call time inside the segment."""
+    assert e.text.strip(), f"empty final for the voiced region {t_start:.2f}-{t_end:.2f} s"
+    assert e.backend == "local" and e.language == "es" and 0 < e.confidence <= 1
+    assert e.segment_start_us / 1e6 <= t_start + SLACK_S and t_end - SLACK_S <= e.segment_end_us / 1e6
+    assert e.segment_end_us / 1e6 <= t_end + 1.0  # this turn's segment, not one spanning the next
+    assert e.words, e.text
+    for a, b in zip(e.words, e.words[1:]):
+        assert a.start_us <= a.end_us <= b.start_us <= b.end_us
+    # call time, not segment time: inside the segment (whose start is seconds into the call)
+    assert e.segment_start_us <= e.words[0].start_us and e.words[-1].end_us <= e.segment_end_us
+
+
+def test_every_voiced_segment_has_a_final_in_its_leg_with_word_timings_in_call_time(calls, readers):
     talk, _ = calls
     _, trans = readers
-    events = P.transcripts_of(trans, talk.call_id)
-    for leg, words in P.KEY_WORDS.items():
+    events = transcripts_of(trans, talk.call_id)
+    for leg in (sim.LUPITA, sim.PERSON):
         finals = sorted((e for e in events if e.leg == leg and not e.is_partial and not e.leg_complete),
                         key=lambda e: e.seq)
+        # one final per voiced region of this leg's turns, in order
         assert [e.seq for e in finals] == list(range(len(talk.truth[leg])))
-        text = normalize_text(" ".join(e.text for e in finals))
-        assert [w for w in words if w not in text] == [], text
         for e, (t_start, t_end) in zip(finals, talk.truth[leg]):
-            assert e.backend == "local" and e.language == "es" and 0 < e.confidence <= 1
-            assert e.words, e.text
-            starts = [w.start_us for w in e.words]
-            assert starts == sorted(starts)
-            # word timings are call time: inside the segment, i.e. around the script's turn
-            assert e.segment_start_us <= e.words[0].start_us and e.words[-1].end_us <= e.segment_end_us
-            assert abs(e.words[0].start_us / 1e6 - t_start) < 0.6 and abs(e.words[-1].end_us / 1e6 - t_end) < 0.6
+            assert_final_of_the_region(e, t_start, t_end)
 
 
 def test_partials_precede_the_final_of_a_long_segment(calls, readers):
     talk, _ = calls
     _, trans = readers
-    events = P.transcripts_of(trans, talk.call_id)  # one call = one partition: in publication order
-    long_leg, long_seq = P.LUPITA, 1  # "Ya se tomó la pastilla ... esta mañana", ~4.6 s
+    events = transcripts_of(trans, talk.call_id)  # one call = one partition: in publication order
+    long_leg, long_seq = sim.LUPITA, 1  # "Ya se tomó la pastilla ... esta mañana", ~4.6 s
     mine = [(i, e) for i, e in enumerate(events) if (e.leg, e.seq) == (long_leg, long_seq)]
     partials = [(i, e) for i, e in mine if e.is_partial]
     final = [(i, e) for i, e in mine if not e.is_partial]
@@ -129,13 +143,14 @@ def test_partials_precede_the_final_of_a_long_segment(calls, readers):
 def test_a_silent_leg_yields_no_transcript(calls, readers):
     _, quiet = calls
     segs, trans = readers
-    events = P.transcripts_of(trans, quiet.call_id)
-    person = [e for e in events if e.leg == P.PERSON]
+    events = transcripts_of(trans, quiet.call_id)
+    person = [e for e in events if e.leg == sim.PERSON]
     assert [e.leg_complete for e in person] == [True] and person[0].seq == 0 and not person[0].text
     segs.poll()
-    assert [s.kind for s in P.segments_of(segs, quiet.call_id) if s.leg == P.PERSON] == [END]
-    lupita = [e for e in events if e.leg == P.LUPITA and not e.leg_complete]
-    assert lupita and "buenos dias" in normalize_text(lupita[0].text)
+    assert [s.kind for s in segments_of(segs, quiet.call_id) if s.leg == sim.PERSON] == [END]
+    lupita = [e for e in events if e.leg == sim.LUPITA and not e.leg_complete and not e.is_partial]
+    assert len(lupita) == 1
+    assert_final_of_the_region(lupita[0], *quiet.truth[sim.LUPITA][0])
 
 
 def test_a_redelivered_segment_is_not_transcribed_again(calls, readers, worker, settings):
@@ -144,15 +159,14 @@ def test_a_redelivered_segment_is_not_transcribed_again(calls, readers, worker, 
     from lupita.topics import SPEECH_SEGMENTS
 
     record = next(r for r in segs.of(talk.call_id)
-                  if (lambda s: (s.leg, s.seq, s.kind) == (P.PERSON, 0, FINAL))(P.segment_of(r)))
+                  if (lambda s: (s.leg, s.seq, s.kind) == (sim.PERSON, 0, FINAL))(segment_of(r)))
     before = worker.metric("lupita_transcriber_segments_total", kind="final", outcome="duplicate")
     produce(settings.kafka_bootstrap, [(settings.topic(SPEECH_SEGMENTS), record.key, record.value)])
-    P.wait_until("the transcriber to recognise the duplicate", trans,
-                 lambda: worker.metric("lupita_transcriber_segments_total", kind="final",
-                                       outcome="duplicate") > before)
+    trans.wait("the transcriber to recognise the duplicate",
+               lambda: worker.metric("lupita_transcriber_segments_total", kind="final", outcome="duplicate") > before)
     trans.poll()
-    again = [e for e in P.transcripts_of(trans, talk.call_id)
-             if (e.leg, e.seq) == (P.PERSON, 0) and not e.is_partial]
+    again = [e for e in transcripts_of(trans, talk.call_id)
+             if (e.leg, e.seq) == (sim.PERSON, 0) and not e.is_partial]
     assert len(again) == 1
 
 
@@ -162,13 +176,10 @@ def test_a_bad_segment_goes_to_the_transcriber_dead_letter_topic(worker, setting
 
     key = f"asr-bad-{uuid.uuid4().hex[:8]}".encode()
     # odd number of PCM16 bytes: not audio
-    bad = events_pb2.SpeechSegment(call_id=key.decode(), leg=P.PERSON, kind=FINAL, sample_rate_hz=8000,
+    bad = events_pb2.SpeechSegment(call_id=key.decode(), leg=sim.PERSON, kind=FINAL, sample_rate_hz=8000,
                                    pcm16=b"\x00", start_us=0, end_us=10)
     produce(settings.kafka_bootstrap, [(settings.topic(SPEECH_SEGMENTS), key, bad.SerializeToString())])
-    dead = P.TopicReader(settings.kafka_bootstrap, settings.topic(TRANSCRIBER_DEAD_LETTERS))
-    try:
-        records = P.wait_until("the dead letter", dead, lambda: [r for r in dead.records if r.key == key])
-    finally:
-        dead.close()
+    with TopicReader(settings.kafka_bootstrap, settings.topic(TRANSCRIBER_DEAD_LETTERS)) as dead:
+        records = dead.wait("the dead letter", lambda: [r for r in dead.records if r.key == key])
     assert dict(records[0].headers)["lupita-reason"] == b"invalid"
     assert records[0].value == bad.SerializeToString()

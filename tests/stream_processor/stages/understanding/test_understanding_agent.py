@@ -1,28 +1,25 @@
-"""The understanding agent end to end on the real stack: a worker running the stage
-(``python -m stream_processor.stages.understanding.agent``, a child process with its own consumer group
-and Weaviate collections) consumes CallStarted/CallEnded (the bridge's own event builders) and
+"""The understanding stage end to end on the real stack: ``lupita worker`` with
+``LUPITA_STAGES=understanding`` (a child process with its own consumer group and Weaviate
+collections) consumes CallStarted/CallEnded (the bridge's own event builders) and
 TranscriptEvents (finals, a partial, a blank final, leg_complete per leg) from the real Kafka;
 an AlertEvent arrives on ``alerts`` for the alert utterance, a CallAnalysisEvent on
 ``call.analysis``, the Postgres and Weaviate rows exist; redelivering the same records changes
-nothing; a call without recording consent derives nothing."""
+nothing; a call without recording consent derives nothing. "Nothing" is looked at once the
+worker has positively handled the records (its consumer group committed past them, its
+counters moved, no work in progress), never after a fixed sleep."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
-from pathlib import Path
 
 import psycopg
 import pytest
 import weaviate
-from sp_calls import produce, simulate_call, wait_for
-from sp_worker import WORKER_ENV, free_port
+from calls import simulate_call
+from kafka_io import TopicReader, events_of, produce, wait_handled
+from procs import start_worker, stop_worker
+from waits import wait_for
 from weaviate.classes.query import Filter
 
 from lupita.v1 import analysis_pb2, audio_pb2, events_pb2
@@ -30,7 +27,6 @@ from media_bridge.publisher import ended_event
 
 pytestmark = pytest.mark.stack
 
-ROOT = Path(__file__).resolve().parents[4]
 LUP, PER = audio_pb2.LEG_LUPITA, audio_pb2.LEG_PERSON
 PHONE = "+52 951 555 0142"  # synthetic; never printed
 
@@ -43,46 +39,24 @@ def names() -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def settings(stack_env, names):
-    from stream_processor.stages.understanding.core import UnderstandingSettings
+    from stream_processor.stages.understanding.settings import UnderstandingSettings
 
     return UnderstandingSettings(weaviate_conversation_collection=names[0], weaviate_utterance_collection=names[1])
 
 
 @pytest.fixture(scope="module")
 def worker(settings, names, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("understanding-worker")
-    port = free_port()
-    env = dict(os.environ, **WORKER_ENV)
-    env.update(
-        LUPITA_APP_ID=f"understanding-test-{uuid.uuid4().hex[:8]}", LUPITA_METRICS_PORT=str(port),
-        LUPITA_METRICS_HOST="127.0.0.1", LUPITA_DATA_DIR=str(workdir / "data"),
-        LUPITA_INSTANCE_NAME="understanding-test", LUPITA_WEAVIATE_CONVERSATION_COLLECTION=names[0],
-        LUPITA_WEAVIATE_UTTERANCE_COLLECTION=names[1], LUPITA_SINK_RETRY_MAX_ELAPSED_SECONDS="10",
-    )
-    log_path = workdir / "worker.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "stream_processor.stages.understanding.agent"], env=env, cwd=ROOT,
-                                stdout=log_file, stderr=subprocess.STDOUT)
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                return r.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
-
+    """``lupita worker`` running the understanding stage alone, on the session's topics."""
+    w = start_worker(tmp_path_factory.mktemp("understanding-worker"), f"understanding-test-{uuid.uuid4().hex[:8]}",
+                     stages="understanding", env_extra={
+                         "LUPITA_WEAVIATE_CONVERSATION_COLLECTION": names[0],
+                         "LUPITA_WEAVIATE_UTTERANCE_COLLECTION": names[1],
+                         "LUPITA_SINK_RETRY_MAX_ELAPSED_SECONDS": "10",
+                     })
     try:
-        wait_for("the understanding worker to be ready", ready, timeout=120)
-        yield port, log_path
+        yield w
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_worker(w)
 
 
 @pytest.fixture(scope="module")
@@ -103,42 +77,17 @@ def db(settings):
         yield conn
 
 
-def metric(port: int, name: str, **labels: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                total += s.value
-    return total
-
-
 def read_events(bootstrap: str, topic: str, message_type, call_id: str, *, until, timeout: float = 60.0) -> list:
     """The topic's records of ``call_id`` (decoded), read from the start until ``until(events)``."""
-    from kafka import KafkaConsumer
+    with TopicReader(bootstrap, topic) as reader:
+        return reader.wait(f"{topic} records of {call_id}",
+                           lambda: (lambda evs: until(evs) and evs)(reader.decoded(call_id, message_type)),
+                           timeout=timeout)
 
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False, group_id=None, consumer_timeout_ms=500)
-    found = []
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            for rec in consumer:
-                if rec.key == call_id.encode():
-                    if message_type is None:  # raw: (value, headers)
-                        found.append((rec.value, dict(rec.headers or [])))
-                        continue
-                    ev = message_type()
-                    ev.ParseFromString(rec.value)
-                    found.append(ev)
-            if until(found):
-                return found
-        return found
-    finally:
-        consumer.close()
+
+def idle(worker) -> bool:
+    """No alert write or call finish running or waiting in the stage."""
+    return worker.metric("lupita_understanding_work_in_progress", required=True) == 0
 
 
 def transcript(call_id: str, leg: int, seq: int, start_s: float, text: str, *, partial: bool = False,
@@ -178,7 +127,6 @@ def call_records(settings, call_id: str, *, consent: bool = True) -> tuple[list,
 
 
 def test_alerts_live_analysis_at_the_end_and_redelivery_changes_nothing(worker, settings, db, wv, names, call_id):
-    port, _ = worker
     bootstrap = settings.kafka_bootstrap
     records, t0 = call_records(settings, call_id)
     produce(bootstrap, records)
@@ -213,37 +161,36 @@ def test_alerts_live_analysis_at_the_end_and_redelivery_changes_nothing(worker, 
         filters=Filter.by_property("call_id").equal(call_id), include_vector=True).objects
     assert len(objs) == 1 and str(objs[0].uuid) == ca.weaviate_id
     assert len(objs[0].vector["default"]) == 512 and objs[0].properties["s3_uri"] == ca.s3_uri
-    assert metric(port, "lupita_understanding_records_total", kind="partial") >= 1
-    assert metric(port, "lupita_understanding_records_total", kind="blank") >= 1
+    assert worker.metric("lupita_understanding_records_total", kind="partial") >= 1
+    assert worker.metric("lupita_understanding_records_total", kind="blank") >= 1
 
     # the same records again (a producer retry, a replayed topic): ignored, nothing changes
-    late_before = metric(port, "lupita_understanding_records_total", kind="late")
-    produce(bootstrap, records)
-    wait_for("the redelivered records to be handled",
-             lambda: metric(port, "lupita_understanding_records_total", kind="late") >= late_before + len(records),
-             timeout=60)
+    late_before = worker.metric("lupita_understanding_records_total", kind="late")
+    produced = produce(bootstrap, records)
+    wait_for("the redelivered records to be counted as late",
+             lambda: worker.metric("lupita_understanding_records_total", kind="late") >= late_before + len(records),
+             timeout=60, alive=worker.alive)
+    wait_handled(bootstrap, worker.group, produced, alive=worker.alive)
+    wait_for("the stage to be idle", lambda: idle(worker), alive=worker.alive)
     again = db.execute("SELECT weaviate_id, topics, emotion_primary, summary, transcript, processed_at, "
                        "phone_number_hash FROM companion_calls WHERE call_id = %s", (call_id,)).fetchone()
     assert again == row
-    assert len(read_events(bootstrap, settings.topic("call.analysis"), analysis_pb2.CallAnalysisEvent, call_id,
-                           until=lambda evs: False, timeout=2)) == 1
-    assert len([e for e in read_events(bootstrap, settings.topic("alerts"), analysis_pb2.AlertEvent, call_id,
-                                       until=lambda evs: False, timeout=2) if e.cue_id == "fall"]) == 1
+    assert len(events_of(bootstrap, settings.topic("call.analysis"), analysis_pb2.CallAnalysisEvent, call_id)) == 1
+    assert len([e for e in events_of(bootstrap, settings.topic("alerts"), analysis_pb2.AlertEvent, call_id)
+                if e.cue_id == "fall"]) == 1
 
 
 def test_a_call_without_consent_derives_nothing(worker, settings, db):
-    port, _ = worker
     call_id = f"test-{uuid.uuid4().hex[:16]}"
-    skipped = metric(port, "lupita_understanding_calls_total", outcome="skipped_no_consent")
+    skipped = worker.metric("lupita_understanding_calls_total", outcome="skipped_no_consent")
     records, _ = call_records(settings, call_id, consent=False)
-    produce(settings.kafka_bootstrap, records)
+    produced = produce(settings.kafka_bootstrap, records)
     wait_for("the call to be skipped",
-             lambda: metric(port, "lupita_understanding_calls_total", outcome="skipped_no_consent") >= skipped + 1,
-             timeout=60)
-    late = metric(port, "lupita_understanding_records_total", kind="late")
-    wait_for("the rest of its records to be ignored",
-             lambda: metric(port, "lupita_understanding_records_total", kind="late") >= late, timeout=5)
-    time.sleep(1.0)  # its last record (ended) must have been handled too: nothing comes of it
+             lambda: worker.metric("lupita_understanding_calls_total", outcome="skipped_no_consent") >= skipped + 1,
+             timeout=60, alive=worker.alive)
+    # every record of the call, its last (ended) included, handled; nothing left running
+    wait_handled(settings.kafka_bootstrap, worker.group, produced, alive=worker.alive)
+    wait_for("the stage to be idle", lambda: idle(worker), alive=worker.alive)
     # (the recorder, when it shares these topics, may write its own 'skipped' row: no analysis in it)
     assert db.execute(
         "SELECT count(*) FROM companion_calls WHERE call_id = %s"
@@ -252,40 +199,38 @@ def test_a_call_without_consent_derives_nothing(worker, settings, db):
     ).fetchone()[0] == 0
     for table in ("call_alerts", "call_utterances"):
         assert db.execute(f"SELECT count(*) FROM {table} WHERE call_id = %s", (call_id,)).fetchone()[0] == 0
-    assert read_events(settings.kafka_bootstrap, settings.topic("alerts"), analysis_pb2.AlertEvent, call_id,
-                       until=lambda evs: False, timeout=2) == []
+    assert events_of(settings.kafka_bootstrap, settings.topic("alerts"), analysis_pb2.AlertEvent, call_id) == []
 
 
 def test_a_bad_transcript_record_is_dead_lettered(worker, settings):
-    port, _ = worker
-    bad = metric(port, "lupita_understanding_bad_records_total")
+    bad = worker.metric("lupita_understanding_bad_records_total")
     produce(settings.kafka_bootstrap, [(settings.topic("transcripts"), b"test-bad-key", b"\xff\xfenot a protobuf")])
     wait_for("the bad record to be counted",
-             lambda: metric(port, "lupita_understanding_bad_records_total") >= bad + 1, timeout=30)
+             lambda: worker.metric("lupita_understanding_bad_records_total") >= bad + 1, timeout=30)
     from stream_processor.stages.understanding.agent import UNDERSTANDING_DEAD_LETTERS
 
-    dead = read_events(settings.kafka_bootstrap, settings.topic(UNDERSTANDING_DEAD_LETTERS), None,
-                       "test-bad-key", until=bool, timeout=20)
+    with TopicReader(settings.kafka_bootstrap, settings.topic(UNDERSTANDING_DEAD_LETTERS)) as reader:
+        dead = reader.wait("the dead letter", lambda: reader.of("test-bad-key"), timeout=20)
     assert len(dead) == 1
-    value, headers = dead[0]
+    value, headers = dead[0].value, dict(dead[0].headers or [])
     assert value == b"\xff\xfenot a protobuf" and headers["lupita-reason"] == b"undecodable"
 
 
 def test_parse_transcript_names_what_is_wrong():
-    from stream_processor import callstate as cs
+    from stream_processor import records
     from stream_processor.stages.understanding.agent import parse_transcript
 
     ok = transcript("call-1", PER, 0, 1.0, "hola")
     assert parse_transcript(b"call-1", ok.SerializeToString()).text == "hola"
-    with pytest.raises(cs.BadRecord) as e:
+    with pytest.raises(records.BadRecord) as e:
         parse_transcript(b"call-2", ok.SerializeToString())
     assert e.value.reason == "key_mismatch"
-    with pytest.raises(cs.BadRecord, match="not a TranscriptEvent"):
+    with pytest.raises(records.BadRecord, match="not a TranscriptEvent"):
         parse_transcript(b"call-1", b"\xff\xfe")
     no_leg = transcript("call-1", audio_pb2.LEG_UNSPECIFIED, 0, 1.0, "hola")
-    with pytest.raises(cs.BadRecord, match="leg"):
+    with pytest.raises(records.BadRecord, match="leg"):
         parse_transcript(b"call-1", no_leg.SerializeToString())
     backwards = transcript("call-1", PER, 0, 1.0, "hola")
     backwards.segment_end_us = 0
-    with pytest.raises(cs.BadRecord, match="ends"):
+    with pytest.raises(records.BadRecord, match="ends"):
         parse_transcript(b"call-1", backwards.SerializeToString())

@@ -11,10 +11,10 @@ import hashlib
 import signal
 import uuid
 
+import calls as sim
 import pytest
-import sp_pipeline as P
-from sp_calls import produce
-from sp_worker import start_worker, stop_worker
+from kafka_io import TopicReader, committed_offsets, own_topics, produce, segments_of
+from procs import start_worker, stop_worker
 
 from lupita.v1 import events_pb2
 
@@ -35,7 +35,7 @@ VAD_ENV = {
 
 @pytest.fixture(scope="module")
 def own(stack_env):
-    return P.own_topics(stack_env["LUPITA_TOPIC_PREFIX"], "vad")
+    return own_topics(stack_env["LUPITA_TOPIC_PREFIX"], "vad")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def topics(own):
 
 @pytest.fixture(scope="module")
 def audio(tmp_path_factory):
-    return P.dialogue(cache_dir=tmp_path_factory.mktemp("synth"))
+    return sim.dialogue(cache_dir=tmp_path_factory.mktemp("synth"))
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +70,13 @@ def vad_worker(stack_env, tmp_path_factory, settings):
 def segments_reader(settings):
     from lupita.topics import SPEECH_SEGMENTS
 
-    reader = P.TopicReader(settings.kafka_bootstrap, settings.topic(SPEECH_SEGMENTS))
+    reader = TopicReader(settings.kafka_bootstrap, settings.topic(SPEECH_SEGMENTS))
     yield reader
     reader.close()
 
 
 def legs_ended(reader, call_id):
-    return lambda: sum(s.kind == END for s in P.segments_of(reader, call_id)) >= 2
+    return lambda: sum(s.kind == END for s in segments_of(reader, call_id)) >= 2
 
 
 def identity(seg: events_pb2.SpeechSegment) -> tuple:
@@ -89,16 +89,16 @@ def identity(seg: events_pb2.SpeechSegment) -> tuple:
 def reference(vad_worker, segments_reader, topics, audio, settings):
     """An uninterrupted run: the whole call, then its two END_OF_LEG records."""
     stereo, truth = audio
-    call = P.make_call(f"vad-ref-{uuid.uuid4().hex[:8]}", stereo, truth)
+    call = sim.make_call(f"vad-ref-{uuid.uuid4().hex[:8]}", stereo, truth)
     produce(settings.kafka_bootstrap, call.records(topics))
-    P.wait_until("both legs of the reference call to end", segments_reader,
-                 legs_ended(segments_reader, call.call_id), timeout=90)
-    return call, P.segments_of(segments_reader, call.call_id)
+    segments_reader.wait("both legs of the reference call to end", legs_ended(segments_reader, call.call_id),
+                         timeout=90)
+    return call, segments_of(segments_reader, call.call_id)
 
 
 def test_segments_of_both_legs_match_the_scripts_speech_regions(reference):
     call, segments = reference
-    for leg in (P.LUPITA, P.PERSON):
+    for leg in (sim.LUPITA, sim.PERSON):
         finals = sorted((s for s in segments if s.leg == leg and s.kind == FINAL), key=lambda s: s.seq)
         truth = call.truth[leg]
         assert [s.seq for s in finals] == list(range(len(truth)))
@@ -109,7 +109,7 @@ def test_segments_of_both_legs_match_the_scripts_speech_regions(reference):
             # segment is late by up to that (measured 0-151 ms on these voices, see test_vad.py)
             assert -0.100 <= end - t_end <= 0.160, (leg, seg.seq, end, t_end)
             # the audio travels inline: exactly the leg's samples of [start, end) in call time
-            column = 0 if leg == P.LUPITA else 1
+            column = 0 if leg == sim.LUPITA else 1
             a, b = seg.start_us * call.rate // 1_000_000, seg.end_us * call.rate // 1_000_000
             assert seg.pcm16 == call.stereo[a:b, column].astype("<i2").tobytes()
             assert seg.sample_rate_hz == call.rate and seg.call_started_at_us == call.started_at_us
@@ -117,24 +117,9 @@ def test_segments_of_both_legs_match_the_scripts_speech_regions(reference):
         assert len(end) >= 1 and end[0].seq == len(truth) and not end[0].pcm16
     # the long turn (Lupita's second, ~4.6 s) got snapshots while it was open, before its final
     snaps = [s for s in segments if s.kind == PARTIAL]
-    assert {(s.leg, s.seq) for s in snaps} >= {(P.LUPITA, 1)}
-    final = next(s for s in segments if (s.leg, s.seq, s.kind) == (P.LUPITA, 1, FINAL))
-    assert segments.index(final) > max(segments.index(s) for s in snaps if (s.leg, s.seq) == (P.LUPITA, 1))
-
-
-def committed_offset(settings, app_id: str, topic: str, partition: int) -> int:
-    from kafka import TopicPartition
-    from kafka.admin import KafkaAdminClient
-
-    group = f"{settings.topic_prefix}{app_id}"  # the Faust app id is the consumer group
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="pipeline-test-admin")
-    try:
-        tp = TopicPartition(topic, partition)
-        offsets = admin.list_group_offsets({group: [tp]}).get(group, {})
-        meta = offsets.get(tp)
-        return -1 if meta is None else meta.offset
-    finally:
-        admin.close()
+    assert {(s.leg, s.seq) for s in snaps} >= {(sim.LUPITA, 1)}
+    final = next(s for s in segments if (s.leg, s.seq, s.kind) == (sim.LUPITA, 1, FINAL))
+    assert segments.index(final) > max(segments.index(s) for s in snaps if (s.leg, s.seq) == (sim.LUPITA, 1))
 
 
 def test_a_worker_killed_mid_call_resumes_with_the_same_segments(vad_worker, segments_reader, topics, reference,
@@ -142,33 +127,28 @@ def test_a_worker_killed_mid_call_resumes_with_the_same_segments(vad_worker, seg
     ref_call, ref_segments = reference
     stereo, truth = audio
     # the same call again under another id, same start time: its segments must be identical
-    call = P.make_call(f"vad-kill-{uuid.uuid4().hex[:8]}", stereo, truth, started_at_us=ref_call.started_at_us)
+    call = sim.make_call(f"vad-kill-{uuid.uuid4().hex[:8]}", stereo, truth, started_at_us=ref_call.started_at_us)
     bootstrap = settings.kafka_bootstrap
     half = len(call.chunks) * 55 // 100
-    produce(bootstrap, call.records(topics, chunks=call.chunks[:half], ended=False))
-    P.wait_until("a first segment of the call", segments_reader,
-                 lambda: [s for s in P.segments_of(segments_reader, call.call_id) if s.kind == FINAL])
+    produced = produce(bootstrap, call.records(topics, chunks=call.chunks[:half], ended=False))
+    segments_reader.wait("a first segment of the call",
+                         lambda: [s for s in segments_of(segments_reader, call.call_id) if s.kind == FINAL])
     # Wait until the worker has committed the first half: its state (written before the commit)
     # is then in the changelog, and the restarted worker must resume from it.
-    chunks = P.TopicReader(bootstrap, topics.chunks)
-    try:
-        produced = P.wait_until("the first half on Kafka", chunks,
-                                lambda: (lambda rs: rs if len(rs) >= half else None)(chunks.of(call.call_id)))
-    finally:
-        chunks.close()
-    partition, last = produced[0].partition, max(r.offset for r in produced)
-    P.wait_until("the worker to commit the first half", segments_reader,
-                 lambda: committed_offset(settings, vad_worker["app_id"], topics.chunks, partition) > last)
+    group = vad_worker["worker"].group
+    need = {(p.topic, p.partition): p.offset + 1 for p in produced if p.topic == topics.chunks}
+    segments_reader.wait("the worker to commit the first half", lambda: all(
+        committed_offsets(bootstrap, group).get(tp, -1) >= off for tp, off in need.items()))
     assert stop_worker(vad_worker["worker"], signal.SIGKILL) == -signal.SIGKILL
-    before_kill = P.segments_of(segments_reader, call.call_id)
+    before_kill = segments_of(segments_reader, call.call_id)
     assert not [s for s in before_kill if s.kind == END]  # killed mid-call
     vad_worker["worker"] = start_worker(vad_worker["workdir"], vad_worker["app_id"], env_extra=vad_worker["env"])
     # the rest of the call, starting with 20 chunks the worker has already seen (a bridge that
     # republishes after a reconnect): they are recognised by their chunk_seq and skipped
     produce(bootstrap, call.records(topics, chunks=call.chunks[half - 20:], started=False))
-    P.wait_until("both legs of the interrupted call to end", segments_reader,
-                 legs_ended(segments_reader, call.call_id), timeout=120)
-    segments = P.segments_of(segments_reader, call.call_id)
+    segments_reader.wait("both legs of the interrupted call to end", legs_ended(segments_reader, call.call_id),
+                         timeout=120)
+    segments = segments_of(segments_reader, call.call_id)
     assert {identity(s) for s in segments} == {identity(s) for s in ref_segments}
     # nothing was published twice: the restarted worker resumed where the first one stopped
     assert sorted(identity(s)[:4] for s in segments) == sorted(identity(s)[:4] for s in ref_segments)
@@ -181,11 +161,8 @@ def test_an_undecodable_chunk_goes_to_the_vad_dead_letter_topic(vad_worker, segm
 
     key = f"vad-bad-{uuid.uuid4().hex[:8]}".encode()
     produce(settings.kafka_bootstrap, [(topics.chunks, key, b"\x08\x96\x01 not an AudioChunk")])
-    dead = P.TopicReader(settings.kafka_bootstrap, settings.topic(VAD_DEAD_LETTERS))
-    try:
-        records = P.wait_until("the dead letter", dead, lambda: [r for r in dead.records if r.key == key])
-    finally:
-        dead.close()
+    with TopicReader(settings.kafka_bootstrap, settings.topic(VAD_DEAD_LETTERS)) as dead:
+        records = dead.wait("the dead letter", lambda: [r for r in dead.records if r.key == key])
     headers = dict(records[0].headers)
     assert headers["lupita-reason"] == b"undecodable"
     assert headers["lupita-source"].startswith(topics.chunks.encode() + b"/")
