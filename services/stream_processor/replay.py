@@ -15,16 +15,16 @@ each call:
    absent);
 2. each leg is cut into 100 ms PCM16 ``AudioChunk`` records on the call timeline
    (``start_ts_us = origin + offset``, like :mod:`media_bridge.chunker` builds them) and fed
-   with the call's lifecycle events to :class:`~.vad_agent.VadCore`, the batched streaming VAD
+   with the call's lifecycle events to :class:`~.stages.vad.core.VadCore`, the batched streaming VAD
    of the ``vad`` agent (same code, same settings; partial snapshots are not made: nothing
    downstream of a replay uses them);
 3. every FINAL segment is transcribed by the configured transcriber
-   (:func:`~.asr.factory.build_transcriber`) and made a ``TranscriptEvent`` by the transcriber
-   agent's :func:`~.transcriber_agent.transcript_event`, then an ``Utterance`` by the understanding
-   agent's :func:`~.understanding_agent.utterance_of`; alerts found on the person's leg are stored
+   (:func:`~.models.asr.factory.build_transcriber`) and made a ``TranscriptEvent`` by the transcriber
+   stage's :func:`~.stages.transcriber.core.transcript_event`, then an ``Utterance`` by the understanding
+   agent's :func:`~.stages.understanding.agent.utterance_of`; alerts found on the person's leg are stored
    in ``call_alerts`` (idempotent per (call, cue); nothing is published on Kafka, nobody is paged
    for an old call);
-4. :meth:`~.call_understanding.CallUnderstanding.finish` REPLACES the derived data: Weaviate
+4. :func:`~.stages.understanding.core.finish_call` REPLACES the derived data: Weaviate
    objects and Postgres rows are upserts on natural keys and utterances no longer found are
    deleted, so replaying a call twice changes nothing.
 
@@ -430,7 +430,7 @@ class Replayer:
         return transcript_event(proto, result, emitted_at_us=time.time_ns() // 1000)
 
     def replay(self, entry: CallEntry, progress: Progress | None = None) -> Outcome:
-        from stream_processor.stages.understanding.core import CallUnderstanding
+        from stream_processor.stages.understanding.core import CallUnderstanding, finish_call
         from stream_processor.stages.understanding.agent import utterance_of
         from stream_processor.records import LEG_NAMES
 
@@ -460,7 +460,7 @@ class Replayer:
         cu.end(ended_us)
         if progress is not None:
             progress.show(call_id, "analysing and storing", force=True)
-        result = cu.finish(svc)
+        result = finish_call(cu, svc)
         a, pg = result.analysis, result.postgres
         detail = (
             f"segments lupita={per_leg['lupita']} person={per_leg['person']}, utterances {result.utterances}"

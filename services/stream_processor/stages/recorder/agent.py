@@ -13,7 +13,7 @@ Every table write happens while the agent processes a record of the call's own p
 timers and finished uploads do not touch the tables themselves: they send a command, keyed by
 the call and addressed to the call's partition, on the internal control topic, and the agent
 applies it. The decisions (when a call is due, what a duplicate is) are the pure functions of
-:mod:`.callstate`; the blocking work is :func:`.recording.record_call` in a thread pool.
+:mod:`stream_processor.callstate`; the blocking work is :func:`.core.record_call` in a thread pool.
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ from stream_processor.stages.understanding.settings import UnderstandingSettings
 from stream_processor.stages.understanding.metrics import (
     ALERT_LATENCY, ALERTS_RAISED, BAD_RECORDS, CALLS, ERRORS, FINISH_SECONDS, IN_PROGRESS, RECORDS, SPEECH_SECONDS, STORE_RETRIES,
 )
-from stream_processor.stages.understanding.core import CallUnderstanding, FinishResult, UnderstandingServices
+from stream_processor.stages.understanding.core import CallUnderstanding, FinishResult, UnderstandingServices, finish_call
 from stream_processor.stores import SinkUnavailable, Stopped
 from stream_processor.contracts import AlertHit, EvidenceSpan, Utterance
 from stream_processor.records import LEG_NAMES
@@ -387,7 +387,7 @@ class UnderstandingStage:
         status = DONE
         try:
             try:
-                result = await self._retrying("finish", call_id, generation, lambda: cu.finish(self.services))
+                result = await self._retrying("finish", call_id, generation, lambda: finish_call(cu, self.services))
             except _Revoked:
                 return False
             except Exception as exc:

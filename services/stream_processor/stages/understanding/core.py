@@ -1,13 +1,13 @@
 """One call's understanding, start to finish: plain synchronous code, no Kafka.
 
-The Faust agent (:mod:`.understanding_agent`) and a future ``lupita replay`` drive the same
+The Faust agent (:mod:`.agent`) and ``lupita replay`` drive the same
 :class:`CallUnderstanding`::
 
     cu = CallUnderstanding(call_id)
     cu.start(started_at_us=..., phone_hash=..., region=..., consent=True)   # CallStarted
     hits = cu.on_final(utterance, services)        # each final transcript with text -> new alerts
     cu.end(ended_at_us)                            # CallEnded
-    result = cu.finish(services)                   # analyzer -> embedder -> Weaviate -> Postgres
+    result = finish_call(cu, services)             # analyzer -> embedder -> Weaviate -> Postgres
 
 What it holds (all JSON-able, :meth:`CallUnderstanding.to_dict` / :meth:`from_dict`, so a
 changelog-backed Faust table can carry it): the :class:`~.conversation.ConversationState`
@@ -15,13 +15,13 @@ changelog-backed Faust table can carry it): the :class:`~.conversation.Conversat
 raised once per (call, cue)), and the call's metadata from its lifecycle events (phone hash,
 region, start and end, recording consent).
 
-:meth:`CallUnderstanding.finish` writes Weaviate first (the ``LupitaConversation`` object with
+:func:`finish_call` writes Weaviate first (the ``LupitaConversation`` object with
 the call vector and the legal WAV's ``s3_uri``, plus one ``LupitaUtterance`` per utterance),
 then Postgres (``companion_calls`` analysis columns with the ``weaviate_id``, ``call_utterances``,
 ``user_facts``), so ``companion_calls.processed_at`` means "everything of this call is stored".
 Every write is an upsert on a natural key and the local analyzer and embedder are
 deterministic: running ``finish`` again (redelivery, crash, replay) changes nothing. A store
-that stays down raises :class:`~.sinks.SinkUnavailable` after the sinks' bounded retries; the
+that stays down raises :class:`~stream_processor.stores.SinkUnavailable` after the sinks' bounded retries; the
 caller tries the whole ``finish`` again later.
 
 Blank finals (the ASR guards removed everything) are not utterances: they are counted by the
@@ -220,39 +220,6 @@ class CallUnderstanding:
         started = _utc(self.started_at_us)
         return None if started is None else s3_uri(legal_bucket, call_keys(self.call_id, started).audio)
 
-    # -- the end of the call -------------------------------------------------------------------
-
-    def finish(self, services: UnderstandingServices) -> FinishResult:
-        """Analyse, embed, store (Weaviate, then Postgres); idempotent. Raises the sinks' errors
-        (:class:`~.sinks.SinkUnavailable`: try again later; :class:`~.sinks.SinkRejected`: not)."""
-        if self.consent is False:
-            raise ValueError(f"call {self.call_id}: no recording consent, nothing may be derived")
-        utts = self.utterances()
-        analysis = services.analyzer.analyze(self.call_id, utts)
-        uri = self.s3_uri(services.legal_bucket)
-        started = _utc(self.started_at_us)
-        weaviate_id: str | None = None
-        dim: int | None = None
-        if utts:
-            vectors = np.asarray(services.embedder.embed([u.text for u in utts]), dtype=np.float32)
-            weights = np.array([max(u.end_s - u.start_s, 0.0) for u in utts])
-            if not (weights > 0).any():
-                weights = np.ones(len(utts))
-            vec = call_vector(vectors, weights)
-            dim = int(vec.shape[0])
-            services.ensure_ready()
-            doc = ConversationDoc.from_analysis(
-                analysis, s3_uri=uri, phone_number_hash=self.phone_hash,
-                duration_seconds=self.duration_seconds(), region=self.region, started_at=started,
-            )
-            weaviate_id = str(services.weaviate.write_call(doc, vec.tolist(), utts, vectors.tolist()))
-        assert self.conversation is not None
-        write = services.postgres.write_call_analysis(
-            self.call_id, analysis, self.conversation.transcript(), utts, weaviate_id, self.phone_hash,
-            observed_at=started, conversation=self.conversation.summary(),
-        )
-        return FinishResult(analysis, weaviate_id, write, uri, len(utts), dim)
-
     # -- table form ------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
@@ -278,3 +245,40 @@ class CallUnderstanding:
             ended_at_us=data.get("ended_at_us"),
             blank_finals=int(data.get("blank_finals") or 0),
         )
+
+
+# ------------------------------------------------------------------------------------------ the end of a call
+
+
+def finish_call(cu: CallUnderstanding, services: UnderstandingServices) -> FinishResult:
+    """Finish a call: analyse, embed, store (Weaviate, then Postgres) with the models and stores
+    ``services`` holds (passed in: the function has none of its own). Idempotent. Raises the
+    stores' errors (:class:`~stream_processor.stores.SinkUnavailable`: try again later;
+    :class:`~stream_processor.stores.SinkRejected`: not)."""
+    if cu.consent is False:
+        raise ValueError(f"call {cu.call_id}: no recording consent, nothing may be derived")
+    utts = cu.utterances()
+    analysis = services.analyzer.analyze(cu.call_id, utts)
+    uri = cu.s3_uri(services.legal_bucket)
+    started = _utc(cu.started_at_us)
+    weaviate_id: str | None = None
+    dim: int | None = None
+    if utts:
+        vectors = np.asarray(services.embedder.embed([u.text for u in utts]), dtype=np.float32)
+        weights = np.array([max(u.end_s - u.start_s, 0.0) for u in utts])
+        if not (weights > 0).any():
+            weights = np.ones(len(utts))
+        vec = call_vector(vectors, weights)
+        dim = int(vec.shape[0])
+        services.ensure_ready()
+        doc = ConversationDoc.from_analysis(
+            analysis, s3_uri=uri, phone_number_hash=cu.phone_hash,
+            duration_seconds=cu.duration_seconds(), region=cu.region, started_at=started,
+        )
+        weaviate_id = str(services.weaviate.write_call(doc, vec.tolist(), utts, vectors.tolist()))
+    assert cu.conversation is not None
+    write = services.postgres.write_call_analysis(
+        cu.call_id, analysis, cu.conversation.transcript(), utts, weaviate_id, cu.phone_hash,
+        observed_at=started, conversation=cu.conversation.summary(),
+    )
+    return FinishResult(analysis, weaviate_id, write, uri, len(utts), dim)

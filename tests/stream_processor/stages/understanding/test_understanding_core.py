@@ -14,7 +14,7 @@ import pytest
 import weaviate
 from weaviate.classes.query import Filter
 
-from stream_processor.stages.understanding.core import CallUnderstanding, UnderstandingServices
+from stream_processor.stages.understanding.core import CallUnderstanding, UnderstandingServices, finish_call
 from stream_processor.stages.understanding.settings import UnderstandingSettings
 from stream_processor.contracts import Utterance
 
@@ -137,7 +137,7 @@ def test_finish_stores_analysis_rows_facts_and_the_weaviate_object_once(services
     assert cu.conversation.summary()["turns"] == len(CARMEN)
     assert cu.conversation.sentiment < 0  # "triste", "sola", "me hace falta"
 
-    result = cu.finish(services)
+    result = finish_call(cu, services)
     assert result.postgres.call_row == "inserted"
     before = stored(db, wv, settings, call_id, person)
 
@@ -163,7 +163,7 @@ def test_finish_stores_analysis_rows_facts_and_the_weaviate_object_once(services
     assert len(before["utt_objs"]) == len(CARMEN)
 
     # the same call again (redelivery, replay; also rebuilt from its table form): nothing changes
-    again = CallUnderstanding.from_dict(cu.to_dict()).finish(services)
+    again = finish_call(CallUnderstanding.from_dict(cu.to_dict()), services)
     assert again.postgres.call_row == "unchanged" and not again.postgres.changed
     assert again.weaviate_id == result.weaviate_id
     assert stored(db, wv, settings, call_id, person) == before
@@ -202,7 +202,7 @@ def test_no_consent_keeps_nothing_and_refuses_to_finish(services, db):
     cu, hits = run_call(services, call_id, ALERT, person=None, consent=False)
     assert hits == [] and cu.utterances() == []
     with pytest.raises(ValueError, match="no recording consent"):
-        cu.finish(services)
+        finish_call(cu, services)
     assert db.execute("SELECT count(*) FROM companion_calls WHERE call_id = %s", (call_id,)).fetchone()[0] == 0
 
 
@@ -212,7 +212,7 @@ def test_blank_finals_are_not_utterances_and_a_silent_call_has_no_weaviate_objec
     cu.start(started_at_us=STARTED_US, phone_hash=None, region="oaxaca", consent=True)
     assert cu.on_final(Utterance(call_id, P, 0, 1.0, 2.0, "   "), services.detector) == []
     assert cu.blank_finals == 1 and cu.utterances() == []
-    result = cu.finish(services)
+    result = finish_call(cu, services)
     assert result.weaviate_id is None and result.utterances == 0
     row = db.execute("SELECT weaviate_id, transcript, processed_at FROM companion_calls WHERE call_id = %s",
                      (call_id,)).fetchone()
@@ -241,10 +241,10 @@ def test_postgres_down_raises_unavailable_within_the_budget_and_a_later_finish_c
     call_id, person = new_call(), uuid.uuid4().hex * 2
     cu, _ = run_call(services, call_id, CALM, person=person)
     with pytest.raises(SinkUnavailable, match="postgres write_call_analysis: still failing after 2 attempt"):
-        cu.finish(down)
+        finish_call(cu, down)
     down.postgres.close()
     assert db.execute("SELECT count(*) FROM companion_calls WHERE call_id = %s", (call_id,)).fetchone()[0] == 0
     # Weaviate went first and holds the object; the retry later stores the rest and the same object
-    result = cu.finish(services)
+    result = finish_call(cu, services)
     after = stored(db, wv, settings, call_id, person)
     assert after["row"] is not None and str(after["row"][5]) == result.weaviate_id and len(after["objs"]) == 1
