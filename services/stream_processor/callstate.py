@@ -27,6 +27,7 @@ from lupita.config import CommonSettings
 from lupita.v1 import events_pb2
 
 from stream_processor.records import LEG_NAMES
+from stream_processor.retry import RetryPolicy
 
 class CallTimelineSettings(CommonSettings):
     """How a call's chunks are placed on its timeline: shared by the recorder (the WAV) and the
@@ -267,13 +268,15 @@ def retry_due(
 ) -> bool:
     """A finalisation that is not running in this process (it failed, or an earlier worker
     died during it) is started again: at once after a restart, else after a backoff that
-    doubles with each failure (capped at 16x)."""
+    doubles with each failure (capped at 16x; no jitter, the timer's tick is jitter enough)."""
     if state.status != FINALIZING or running:
         return False
     started = state.finalize_started or 0.0
     if started < alive_since:
         return True
-    return now - started >= retry_seconds * (2 ** min(state.attempts, 4))
+    policy = RetryPolicy(max_attempts=None, max_elapsed_s=None, initial_delay_s=retry_seconds,
+                         max_delay_s=16 * retry_seconds, jitter=0.0)
+    return now - started >= policy.backoff(state.attempts + 1)
 
 
 def mark_failed(state: CallState, now: float) -> None:
