@@ -4,11 +4,16 @@ real ``lupita bridge`` child → Kafka → a real ``lupita worker`` child runnin
 ``companion_calls`` row with its analysis, the expected user facts, one Weaviate
 ``LupitaConversation`` object whose ``s3_uri`` names that locked WAV. Then the call's own Kafka
 records (every ``audio.chunks`` and ``call.lifecycle`` record of the call, read back from the
-topics) are produced again, unchanged, twice: nothing changes anywhere.
+topics) are produced again, unchanged, twice: nothing changes anywhere. "Nothing changed" is
+looked at once the worker has positively handled the replays (every stage counted them, its
+consumer group committed every input topic to its end, no call open and no work in progress),
+never after a fixed sleep.
 
-The speech comes from espeak-ng through the telephone band (``loadgen.synth``), so the script
-uses phrases Whisper base transcribes reliably enough from these voices ("pastillas", "me gusta el
-café"); what is asserted of the analysis is limited to what survives espeak-ng + Whisper base.
+The speech comes from espeak-ng through the telephone band (``loadgen.synth``). Which words
+Whisper base hears depends on the voice (``bench/asr_wer.py`` measures it), so nothing here
+depends on a recognised word: the analysis is checked for its structure and for consistency
+with the stored transcript (the facts are exactly those the analyzer's rules find in the
+call's stored utterances), not for a topic or a fact the script was written to produce.
 
 The worker keeps its default state retention (an hour) here, so both replays are redeliveries the
 worker still remembers: they must be recognised as late/duplicate by every stage. The other
@@ -225,34 +230,34 @@ def test_one_spanish_call_end_to_end_and_replaying_its_events_twice_changes_noth
     wav = s3.get_object(Bucket=legal, Key=row["s3_legal_key"])["Body"].read()
     assert wav[:4] == b"RIFF" and wav[8:12] == b"WAVE"
 
-    # the analysis
+    # the analysis: its structure, whatever words Whisper heard
     transcript = row["transcript"] or ""
     assert transcript.strip(), "empty transcript"
-    folded = transcript.lower()
-    assert "pastillas" in folded and "café" in folded, transcript
-    assert isinstance(row["topics"], list) and row["topics"], row["topics"]
-    # salud from "pastillas" (person) and "pastilla de la presión" (Lupita)
-    assert "salud" in row["topics"], (row["topics"], transcript)
+    assert isinstance(row["topics"], list) and all(isinstance(t, str) and t for t in row["topics"])
     assert row["emotion_primary"] and row["summary"]
     assert row["weaviate_id"] is not None
 
-    # the expected facts, learned in this call (the phone hash is the same synthetic number in every
-    # run, so facts are selected by source_call_id: the last call that confirmed them)
+    # utterances of both legs in Postgres, each with text, and the transcript made of them
+    utts = db.execute("SELECT leg, seq, start_s, end_s, text, confidence FROM call_utterances"
+                      " WHERE call_id = %s ORDER BY leg, seq", (call_id,)).fetchall()
+    assert {u[0] for u in utts} == {"lupita", "person"}, utts
+    assert all(u[4].strip() and 0 <= u[2] <= u[3] for u in utts), utts
+    assert all(u[4] in transcript for u in utts), (utts, transcript)
+
+    # the facts learned in this call are exactly what the analyzer's rules find in its stored
+    # utterances (the phone hash is the same synthetic number in every run, so facts are selected
+    # by source_call_id: the last call that confirmed them; superseded rows included)
+    from stream_processor.contracts import Utterance
+    from stream_processor.models.analyzer.base import prepare_utterances
+    from stream_processor.models.analyzer.facts import extract_facts
+
+    stored = [Utterance(call_id, leg, seq, float(a), float(b), text, 1.0 if conf is None else float(conf))
+              for leg, seq, a, b, text, conf in utts]
+    expected_facts = {(f.fact_type, f.key, f.value) for f in extract_facts(prepare_utterances(call_id, stored))}
     facts = db.execute(
         "SELECT fact_type, fact_key, fact_value FROM user_facts WHERE source_call_id = %s"
         " AND phone_number_hash = %s", (call_id, expected_hash)).fetchall()
-    # "Me gusta el café con leche" -> preference likes.<slug>: Whisper base keeps "me gusta el café"
-    # through the telephone band reliably ("leche" sometimes becomes "el che", so the value is only
-    # checked for "café"). The health phrase ("Tomo mis pastillas para el azúcar") is NOT asserted as
-    # a medication fact: with the VAD's padding Whisper base hears "para la su cara" as often as
-    # "para el azúcar", so it only carries the topic (salud, from "pastillas").
-    likes = [(k, v) for t, k, v in facts if t == "preference" and k.startswith("likes.")]
-    assert any("café" in v for _, v in likes), (facts, transcript)
-
-    # utterances of both legs in Postgres
-    utts = db.execute("SELECT leg, seq, text FROM call_utterances WHERE call_id = %s ORDER BY leg, seq",
-                      (call_id,)).fetchall()
-    assert {leg for leg, _, _ in utts} == {"lupita", "person"}, utts
+    assert set(facts) == expected_facts and len(facts) == len(expected_facts), (facts, transcript)
 
     # one Weaviate object, our vector of the embedder's size, s3_uri of the locked WAV
     conv = wv.collections.get(settings.weaviate_conversation_collection)
