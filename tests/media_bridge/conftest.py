@@ -1,4 +1,4 @@
-"""Fixtures of the media-bridge tests (helpers live in bridgekit.py)."""
+"""Fixtures of the media-bridge tests (helpers live in the test kit: tests/kit/bridgekit.py)."""
 
 from __future__ import annotations
 

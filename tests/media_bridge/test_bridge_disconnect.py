@@ -39,8 +39,8 @@ asyncio.run(main(*sys.argv[1:]))
 
 
 async def _client_killed(bridge, call_id: str) -> None:
-    kit = [Path(__file__).parent, Path(__file__).parents[1] / "kit"]  # bridgekit and the kit it uses
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, kit), os.environ.get("PYTHONPATH", "")])}
+    kit = Path(__file__).parents[1] / "kit"  # bridgekit and the rest of the test kit
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(kit), os.environ.get("PYTHONPATH", "")])}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", CLIENT, f"127.0.0.1:{bridge.bridge.port}", bridge.token, call_id,
         stdout=subprocess.PIPE, env=env,
