@@ -12,6 +12,10 @@
   so every table write happens while a record of the call's own partition is processed;
 - :func:`backlog_partitions`: the partitions whose source records are not all processed yet
   (a call must not be declared idle or orphaned while its records still wait in Kafka);
+- :func:`timer`: a stage's periodic check (due calls, purges), run only while the worker is
+  ready and never allowed to die on an error (it is what ends stuck calls);
+- :func:`track_readiness`: the worker's ``/readyz`` follows its partitions (ready once they are
+  assigned and the tables recovered, not ready while they are being revoked);
 - :func:`deliver`: run a delivery to Kafka (a publish, a flush) until the broker has it: a
   broker error is retried with backoff (``lupita_stream_broker_retries_total``), never turned into
   a dead letter or an acknowledgement; only ``stopped()`` (the partition was revoked, the worker
@@ -48,6 +52,8 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (KafkaError, ProducerSendError,
 # Waits between delivery attempts: 0.2 s doubling to 10 s, for as long as it takes.
 BROKER_RETRY = RetryPolicy(max_attempts=None, max_elapsed_s=None, initial_delay_s=0.2, max_delay_s=10.0)
 
+TIMER_ERRORS = Counter("lupita_stream_timer_errors_total", "Timer passes that failed (and were retried at the next tick)",
+                       ["stage"])
 BROKER_RETRIES = Counter(
     "lupita_stream_broker_retries_total",
     "Deliveries to Kafka tried again after a broker error, by stage and what was delivered",
@@ -212,3 +218,37 @@ async def backlog_partitions(app: faust.App, processed: dict[Any, int], assigned
         if behind:
             backlog.add(tp.partition)
     return backlog
+
+
+def timer(app: faust.App, seconds: float, *, name: str, stage: str, probes: Any,
+          check: Callable[[], Awaitable[None]]) -> None:
+    """Run ``check()`` every ``seconds`` while the worker is ready; an error is logged, counted
+    and the next tick tries again."""
+
+    async def tick() -> None:
+        if probes is not None and not probes.ready.is_set():
+            return
+        try:
+            await check()
+        except Exception as exc:  # the timer is what ends stuck calls: never let it die
+            TIMER_ERRORS.labels(stage).inc()
+            log.error("timer pass failed", extra={"stage": stage, "error": f"{type(exc).__name__}: {exc}"[:300]})
+
+    app.timer(seconds, name=name)(tick)
+
+
+def track_readiness(app: faust.App, probes: Any) -> None:
+    """``probes`` ready once the partitions are assigned and the tables recovered; not ready
+    from the moment partitions are revoked until the next assignment completes, nor once the
+    worker is shutting down."""
+
+    async def assigned(sender: Any, **kwargs: Any) -> None:
+        probes.set_ready(True)
+        log.info("partitions assigned and tables recovered", extra={"stage": "rebalance"})
+
+    async def revoked(sender: Any, revoked: Any = None, **kwargs: Any) -> None:
+        probes.set_ready(False)
+
+    app.on_rebalance_complete.connect(assigned)
+    app.on_partitions_revoked.connect(revoked)
+    app.on_before_shutdown.connect(revoked)  # SIGTERM: no new traffic while draining

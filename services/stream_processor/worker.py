@@ -44,13 +44,13 @@ def _vad(settings: Any, app: Any, probes: Any, stores: dict[str, Any], worker: A
 def _transcriber(settings: Any, app: Any, probes: Any, stores: dict[str, Any], worker: Any) -> Any:
     from stream_processor.stages.transcriber.agent import TranscriberAgent
 
-    return TranscriberAgent(settings, app=app, probes=probes, drain_seconds=worker.recorder_drain_seconds)
+    return TranscriberAgent(settings, app=app, drain_seconds=worker.recorder_drain_seconds)
 
 
 def _understanding(settings: Any, app: Any, probes: Any, stores: dict[str, Any], worker: Any) -> Any:
     from stream_processor.stages.understanding.agent import UnderstandingStage
 
-    return UnderstandingStage(settings, app=app, probes=probes, drain_seconds=worker.recorder_drain_seconds)
+    return UnderstandingStage(settings, app=app, drain_seconds=worker.recorder_drain_seconds)
 
 
 STAGES: dict[str, Stage] = {
@@ -172,6 +172,7 @@ def serve(worker: Any, stages: dict[str, Any]) -> int:
     if recorder is not None:
         stores["calls"] = CallStore(dsn)
     app = faust_kit.build_app(worker)
+    faust_kit.track_readiness(app, probes)
     for name, settings in stages.items():
         STAGES[name].start(settings, app, probes, stores, worker)
     log.info(

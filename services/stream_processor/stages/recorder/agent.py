@@ -110,8 +110,8 @@ class Recorder:
         self.calls = self.app.Table(CALLS_TABLE, key_type=str, partitions=settings.topic_partitions)
         self.chunks = faust_kit.raw_table(self.app, CHUNKS_TABLE, settings.topic_partitions)
         self.app.agent(self.source, name="recorder")(self._agent)
-        self.app.timer(settings.recorder_tick_seconds, name="recorder_timer")(self._timer)
-        self.app.on_rebalance_complete.connect(self._on_rebalance_complete)
+        faust_kit.timer(self.app, settings.recorder_tick_seconds, name="recorder_timer", stage="recorder",
+                        probes=self.probes, check=self._check_calls)
         self.app.on_partitions_revoked.connect(self._on_partitions_revoked)
         self.app.on_before_shutdown.connect(self._on_before_shutdown)
 
@@ -346,16 +346,8 @@ class Recorder:
 
     # -- timer, rebalance, shutdown -------------------------------------------------------------------
 
-    async def _timer(self) -> None:
-        """Ask the agent to re-check calls that are due (grace, idle, orphan, retry, purge)."""
-        if not self.probes.ready.is_set():
-            return
-        try:
-            await self._check_calls()
-        except Exception as exc:  # never let the timer die: it is what ends stuck calls
-            log.error("timer pass failed", extra={"stage": "timer", "error": repr(exc)[:300]})
-
     async def _check_calls(self) -> None:
+        """The timer: ask the agent to re-check calls that are due (grace, idle, orphan, retry, purge)."""
         now = time.time()
         assigned = set(self.app.assignor.assigned_actives())
         self._backlog = await faust_kit.backlog_partitions(
@@ -382,18 +374,12 @@ class Recorder:
         if len(self._commanded) > 10_000:
             self._commanded = {k: v for k, v in self._commanded.items() if now - v < 60}
 
-    async def _on_rebalance_complete(self, sender: Any, **kwargs: Any) -> None:
-        self.probes.set_ready(True)
-        log.info("partitions assigned and tables recovered", extra={"stage": "rebalance"})
-
     async def _on_partitions_revoked(self, sender: Any, revoked: set[TP], **kwargs: Any) -> None:
-        self.probes.set_ready(False)
         self._processed.clear()
         self._backlog = set()
 
     async def _on_before_shutdown(self, sender: Any, **kwargs: Any) -> None:
         """SIGTERM: let running finalisations finish (bounded) so they report before we leave."""
-        self.probes.set_ready(False)
         running = list(self._running.values())
         if running:
             log.info("waiting for running finalisations", extra={"stage": "shutdown", "running": len(running)})

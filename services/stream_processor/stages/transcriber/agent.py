@@ -67,13 +67,12 @@ class TranscriberAgent:
     """The transcriber stage wired into a Faust app (shared with the other stages of the worker)."""
 
     def __init__(self, settings: TranscriberSettings, *, app: Any, transcriber: Transcriber | None = None,
-                 probes: Any = None, drain_seconds: float = 20.0) -> None:
+                 drain_seconds: float = 20.0) -> None:
         from stream_processor.models.asr.factory import build_transcriber
 
         self.settings = settings
         self.drain_seconds = drain_seconds
         self.app = app
-        self.probes = probes
         self.asr = transcriber or build_transcriber(settings)
         self.executor = ThreadPoolExecutor(settings.transcriber_threads, thread_name_prefix="transcriber")
         self._generation = 0
@@ -91,7 +90,6 @@ class TranscriberAgent:
         # "call_id:leg" -> {"key": order_key done, "partition": p, "done_at": unix s once ended}
         self.progress = app.Table(PROGRESS_TABLE, key_type=str, partitions=settings.topic_partitions)
         app.agent(self.source, name="transcriber")(self._agent)
-        app.on_rebalance_complete.connect(self._on_rebalance_complete)
         app.on_partitions_revoked.connect(self._on_partitions_revoked)
         app.on_before_shutdown.connect(self._on_before_shutdown)
 
@@ -300,16 +298,10 @@ class TranscriberAgent:
 
     # -- rebalance, shutdown -------------------------------------------------------------------------------
 
-    async def _on_rebalance_complete(self, sender: Any, **kwargs: Any) -> None:
-        if self.probes is not None:
-            self.probes.set_ready(True)
-
     async def _on_partitions_revoked(self, sender: Any, revoked: set[Any], **kwargs: Any) -> None:
         # Records already taken are redelivered to the partitions' new owners (maybe this worker):
         # the queued ones are skipped, a decode in progress publishes nothing.
         self._generation += 1
-        if self.probes is not None:
-            self.probes.set_ready(False)
 
     async def _on_before_shutdown(self, sender: Any, **kwargs: Any) -> None:
         """SIGTERM: give the decodes in progress a moment to publish, then stop the pool."""

@@ -166,12 +166,11 @@ def _call_of(key: bytes | None) -> dict[str, str]:
 class UnderstandingStage:
     """The understanding stage wired into a Faust app (shared with the worker's other stages)."""
 
-    def __init__(self, settings: UnderstandingSettings, *, app: Any, probes: Any = None,
+    def __init__(self, settings: UnderstandingSettings, *, app: Any,
                  services: UnderstandingServices | None = None, drain_seconds: float = 20.0) -> None:
         self.settings = settings
         self.app = app
         self.drain_seconds = drain_seconds
-        self.probes = probes
         self.stop = threading.Event()
         self.services = services or UnderstandingServices.from_settings(settings, stop=self.stop)
         self.executor = ThreadPoolExecutor(settings.understanding_threads, thread_name_prefix="understanding")
@@ -190,7 +189,6 @@ class UnderstandingStage:
         self.dead_letters = self.app.topic(settings.topic(UNDERSTANDING_DEAD_LETTERS), **raw)
         self.calls = self.app.Table(CALLS_TABLE, key_type=str, partitions=settings.topic_partitions)
         self.app.agent(self.source, name=STAGE)(self._agent)
-        self.app.on_rebalance_complete.connect(self._on_rebalance_complete)
         self.app.on_partitions_revoked.connect(self._on_partitions_revoked)
         self.app.on_before_shutdown.connect(self._on_before_shutdown)
 
@@ -473,18 +471,12 @@ class UnderstandingStage:
             if value.get("partition") == partition and value.get("done_at") and now - value["done_at"] >= retention:
                 del self.calls[key]
 
-    async def _on_rebalance_complete(self, sender: Any, **kwargs: Any) -> None:
-        if self.probes is not None:
-            self.probes.set_ready(True)
-
     async def _on_partitions_revoked(self, sender: Any, revoked: set[Any], **kwargs: Any) -> None:
         # Held records are redelivered to the partitions' new owners; work in progress stops at
         # its next check and acknowledges nothing.
         self._generation += 1
         self._finishing.clear()
         self._writing_alerts.clear()
-        if self.probes is not None:
-            self.probes.set_ready(False)
 
     async def _on_before_shutdown(self, sender: Any, **kwargs: Any) -> None:
         """SIGTERM: give running work a moment (bounded), then stop retries and the pool."""

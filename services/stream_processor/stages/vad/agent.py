@@ -78,8 +78,8 @@ class VadAgent:
         self.calls = app.Table(CALLS_TABLE, key_type=str, partitions=settings.topic_partitions)
         self.audio = faust_kit.raw_table(app, AUDIO_TABLE, settings.topic_partitions)
         app.agent(self.source, name="vad")(self._agent)
-        app.timer(settings.vad_tick_seconds, name="vad_timer")(self._timer)
-        app.on_rebalance_complete.connect(self._on_rebalance_complete)
+        faust_kit.timer(app, settings.vad_tick_seconds, name="vad_timer", stage="vad", probes=probes,
+                        check=self._check_calls)
         app.on_partitions_revoked.connect(self._on_partitions_revoked)
 
     # -- the agent ------------------------------------------------------------------------------
@@ -265,14 +265,6 @@ class VadAgent:
 
     # -- timer, rebalance ----------------------------------------------------------------------------
 
-    async def _timer(self) -> None:
-        if self.probes is not None and not self.probes.ready.is_set():
-            return
-        try:
-            await self._check_calls()
-        except Exception as exc:  # the timer is what ends stuck calls: never let it die
-            log.error("vad timer pass failed", extra={"stage": "vad", "error": repr(exc)[:300]})
-
     async def _check_calls(self) -> None:
         now = time.time()
         assigned = set(self.app.assignor.assigned_actives())
@@ -305,15 +297,9 @@ class VadAgent:
         if len(self._commanded) > 10_000:
             self._commanded = {k: v for k, v in self._commanded.items() if now - v < 60}
 
-    async def _on_rebalance_complete(self, sender: Any, **kwargs: Any) -> None:
-        if self.probes is not None:
-            self.probes.set_ready(True)
-
     async def _on_partitions_revoked(self, sender: Any, revoked: set[Any], **kwargs: Any) -> None:
         """Everything in memory may be stale after a rebalance: the tables are the truth."""
         self._generation += 1
-        if self.probes is not None:
-            self.probes.set_ready(False)
         self._processed.clear()
         self._backlog = set()
         # The core is cleared by the agent before its next batch (see _batch): a batch still
