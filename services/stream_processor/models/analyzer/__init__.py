@@ -1,4 +1,4 @@
-"""Call analysis on call end (issue #3, stage 6): topics, emotion, behavioral codes, user facts, summary.
+"""Call analysis at the end of a call (the understanding stage's analyzer): topics, emotion, behavioral codes, user facts, summary.
 
 Plain synchronous code, no Kafka. ``build_analyzer(AnalyzerSettings())`` gives the configured
 backend: the offline :class:`LocalAnalyzer` (default) or Claude through the official

@@ -87,7 +87,7 @@ class _Revoked(Exception):
 
 
 def parse_transcript(key: bytes | None, value: bytes | None) -> events_pb2.TranscriptEvent:
-    """Decode and validate a ``transcripts`` record; raises :class:`~.callstate.BadRecord`."""
+    """Decode and validate a ``transcripts`` record; raises :class:`~stream_processor.records.BadRecord`."""
     ev = events_pb2.TranscriptEvent()
     try:
         ev.ParseFromString(value or b"")
