@@ -33,6 +33,7 @@ import psycopg
 import pytest
 from kafka_io import produce, records_of_call, wait_drained
 from procs import bridge_process, start_worker, stop_worker  # short group timeouts: procs.WORKER_ENV
+from sp_stores import weaviate_client
 from waits import wait_for
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(600)]
@@ -174,19 +175,8 @@ def s3(settings):
 
 @pytest.fixture(scope="module")
 def wv(settings, names):
-    import weaviate
-
-    # LUPITA_WEAVIATE_* as exported by the session fixture, read through the settings
-    c = weaviate.connect_to_custom(
-        http_host=settings.weaviate_host, http_port=settings.weaviate_http_port, http_secure=False,
-        grpc_host=settings.weaviate_host, grpc_port=settings.weaviate_grpc_port, grpc_secure=False,
-    )
-    try:
+    with weaviate_client(settings, drop=names) as c:
         yield c
-    finally:
-        for name in names:
-            c.collections.delete(name)
-        c.close()
 
 
 # ------------------------------------------------------------------------------------------ test

@@ -1,10 +1,13 @@
-"""Looking at what the recorder wrote: S3 objects and versions, WAV contents, Postgres rows."""
+"""Looking at what the stages wrote: S3 objects and versions, WAV contents, Postgres rows, and a
+Weaviate client for a test's own collections."""
 
 from __future__ import annotations
 
 import io
 import json
 import wave
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import numpy as np
@@ -56,3 +59,21 @@ def row_of(pg, call_id: str) -> dict | None:
     if row is None:
         return None
     return dict(zip([d.name for d in cur.description], row))
+
+
+@contextmanager
+def weaviate_client(settings, drop: Iterable[str] = ()) -> Iterator:
+    """A Weaviate client on the settings' host and ports (``LUPITA_WEAVIATE_*``, as the session
+    exports them); the collections named in ``drop`` (a test's own) are deleted at the end."""
+    import weaviate
+
+    client = weaviate.connect_to_custom(
+        http_host=settings.weaviate_host, http_port=settings.weaviate_http_port, http_secure=False,
+        grpc_host=settings.weaviate_host, grpc_port=settings.weaviate_grpc_port, grpc_secure=False,
+    )
+    try:
+        yield client
+    finally:
+        for name in drop:
+            client.collections.delete(name)
+        client.close()

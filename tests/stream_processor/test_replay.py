@@ -12,10 +12,9 @@ import uuid
 
 import psycopg
 import pytest
-import weaviate
-from weaviate.classes.query import Filter
-
 from calls import SCRIPT, dialogue, make_call
+from sp_stores import weaviate_client
+from weaviate.classes.query import Filter
 
 pytestmark = pytest.mark.stack
 
@@ -30,16 +29,11 @@ def env(stack_env):
     from stream_processor.replay import ReplaySettings
 
     settings = ReplaySettings()
-    wv = weaviate.connect_to_custom(
-        http_host=settings.weaviate_host, http_port=settings.weaviate_http_port, http_secure=False,
-        grpc_host=settings.weaviate_host, grpc_port=settings.weaviate_grpc_port, grpc_secure=False,
-    )
     try:
-        yield settings, wv
+        with weaviate_client(settings, drop=(settings.weaviate_conversation_collection,
+                                             settings.weaviate_utterance_collection)) as wv:
+            yield settings, wv
     finally:
-        for name in (settings.weaviate_conversation_collection, settings.weaviate_utterance_collection):
-            wv.collections.delete(name)
-        wv.close()
         mp.undo()
 
 

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 import psycopg
 import pytest
-import weaviate
+from sp_stores import weaviate_client
 from weaviate.classes.config import Configure, DataType, Property
 from weaviate.classes.data import DataObject
 from weaviate.classes.query import Filter
@@ -58,14 +58,8 @@ def settings(stack_env, names) -> SinkSettings:
 
 @pytest.fixture(scope="module")
 def client(settings, names):
-    c = weaviate.connect_to_custom(
-        http_host=settings.weaviate_host, http_port=settings.weaviate_http_port, http_secure=False,
-        grpc_host=settings.weaviate_host, grpc_port=settings.weaviate_grpc_port, grpc_secure=False,
-    )
-    yield c
-    for name in names:
-        c.collections.delete(name)
-    c.close()
+    with weaviate_client(settings, drop=names) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,10 @@ import uuid
 
 import psycopg
 import pytest
-import weaviate
 from calls import simulate_call
 from kafka_io import TopicReader, events_of, produce, wait_handled
 from procs import start_worker, stop_worker
+from sp_stores import weaviate_client
 from waits import wait_for
 from weaviate.classes.query import Filter
 
@@ -61,14 +61,8 @@ def worker(settings, names, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def wv(settings, names):
-    c = weaviate.connect_to_custom(
-        http_host=settings.weaviate_host, http_port=settings.weaviate_http_port, http_secure=False,
-        grpc_host=settings.weaviate_host, grpc_port=settings.weaviate_grpc_port, grpc_secure=False,
-    )
-    yield c
-    for name in names:
-        c.collections.delete(name)
-    c.close()
+    with weaviate_client(settings, drop=names) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")

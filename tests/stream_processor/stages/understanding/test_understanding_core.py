@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 import psycopg
 import pytest
-import weaviate
+from sp_stores import weaviate_client
 from weaviate.classes.query import Filter
 
 from stream_processor.stages.understanding.core import CallUnderstanding, UnderstandingServices, finish_call
@@ -86,14 +86,9 @@ def services(settings):
 
 @pytest.fixture(scope="module")
 def wv(settings):
-    c = weaviate.connect_to_custom(
-        http_host=settings.weaviate_host, http_port=settings.weaviate_http_port, http_secure=False,
-        grpc_host=settings.weaviate_host, grpc_port=settings.weaviate_grpc_port, grpc_secure=False,
-    )
-    yield c
-    for name in (settings.weaviate_conversation_collection, settings.weaviate_utterance_collection):
-        c.collections.delete(name)
-    c.close()
+    with weaviate_client(settings, drop=(settings.weaviate_conversation_collection,
+                                         settings.weaviate_utterance_collection)) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
