@@ -25,6 +25,7 @@ COMMANDS = {
     "migrate": ("lupita.db", "apply the Postgres migrations"),
     "demo": ("lupita_dev.demo", "push a simulated Spanish call end to end and show every store"),
     "replay": ("stream_processor.replay", "re-run recorded calls from S3 through the understanding stages"),
+    "context-api": ("context_api.cli", "serve the voice agent's VAPI webhook (context, facts, callbacks)"),
 }
 
 

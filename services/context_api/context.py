@@ -1,0 +1,106 @@
+"""A person's context for the voice agent: structured (JSON) and a compact Spanish brief.
+
+:func:`build` turns a :class:`~context_api.store.Snapshot` into ``{"known", "facts", "last_calls",
+"alerts", "pending_callbacks"}`` and the brief, a single line that never exceeds the character
+budget: sections go in order of use to the agent (alerts to follow up, facts, pending callbacks,
+last calls) and whatever does not fit is cut at an item boundary. An unknown person gets a
+well-formed empty context and a brief that says so.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from context_api.store import Snapshot
+from context_api.when import say_ago, say_datetime
+
+MINIMAL_BRIEF = ("Contexto no disponible en este momento: conversa con naturalidad, no supongas datos "
+                 "previos y pregunta cómo ha estado.")
+UNKNOWN_BRIEF = ("Persona sin llamadas ni datos previos: preséntate, pregunta su nombre y cómo está, "
+                 "sin suponer nada.")
+_SEVERITY_ES = {"critical": "crítica", "high": "alta", "medium": "media", "low": "baja"}
+_FACT_TYPE_ES = {"health": "salud", "family": "familia", "pet": "mascota", "routine": "rutina",
+                 "preference": "gusto", "other": "otro"}
+_SPACE = re.compile(r"\s+")
+
+
+def one_line(text: Any, limit: int | None = None) -> str:
+    out = _SPACE.sub(" ", str(text or "")).strip()
+    if limit is not None and len(out) > limit:
+        out = out[: max(0, limit - 1)].rstrip() + "…"
+    return out
+
+
+def empty() -> dict[str, Any]:
+    return {"known": False, "facts": [], "last_calls": [], "alerts": [], "pending_callbacks": []}
+
+
+def build(snap: Snapshot, now: datetime, tz: ZoneInfo, max_chars: int) -> tuple[dict[str, Any], str]:
+    ctx = {
+        "known": bool(snap.facts or snap.calls or snap.callbacks or snap.alerts),
+        "facts": [
+            {"type": f["fact_type"], "key": f["fact_key"], "value": f["fact_value"],
+             "confidence": round(float(f["confidence"]), 3), "source": f["source"],
+             "observed_at": f["observed_at"].isoformat()}
+            for f in snap.facts
+        ],
+        "last_calls": [
+            {"call_id": c["call_id"], "started_at": c["started_at"].isoformat(),
+             "when": say_ago(c["started_at"], now, tz), "summary": c["summary"] or "",
+             "emotion": c["emotion_primary"] or "", "topics": list(c["topics"] or [])}
+            for c in snap.calls
+        ],
+        "alerts": [
+            {"call_id": a["call_id"], "cue": a["cue_id"], "severity": a["severity"], "said": a["text"] or "",
+             "raised_at": a["raised_at"].isoformat(), "when": say_ago(a["raised_at"], now, tz)}
+            for a in snap.alerts
+        ],
+        "pending_callbacks": [
+            {"scheduled_for": cb["scheduled_for"].isoformat(), "when": say_datetime(cb["scheduled_for"], tz),
+             "reason": cb["reason"] or ""}
+            for cb in snap.callbacks
+        ],
+    }
+    return ctx, brief(ctx, max_chars)
+
+
+def brief(ctx: dict[str, Any], max_chars: int) -> str:
+    if not ctx["known"]:
+        return one_line(UNKNOWN_BRIEF, max_chars)
+    sections: list[tuple[str, list[str]]] = []
+    if ctx["alerts"]:
+        sections.append(("Pendiente de seguimiento", [
+            f"{a['when']}: {a['cue'].replace('_', ' ')} (gravedad {_SEVERITY_ES.get(a['severity'], a['severity'])})"
+            + (f", dijo «{one_line(a['said'], 120)}»" if a["said"] else "") + "; pregunta cómo sigue"
+            for a in ctx["alerts"]]))
+    if ctx["facts"]:
+        sections.append(("Lo que sabemos", [
+            f"{_FACT_TYPE_ES.get(f['type'], f['type'])}, {f['key'].replace('_', ' ')}: {one_line(f['value'], 120)}"
+            for f in ctx["facts"]]))
+    if ctx["pending_callbacks"]:
+        sections.append(("Llamadas agendadas", [
+            f"{cb['when']}" + (f" ({one_line(cb['reason'], 80)})" if cb["reason"] else "")
+            for cb in ctx["pending_callbacks"]]))
+    if ctx["last_calls"]:
+        sections.append(("Últimas llamadas", [
+            f"{c['when']}" + (f", ánimo {c['emotion']}" if c["emotion"] else "")
+            + (f": {one_line(c['summary'], 240)}" if c["summary"] else "")
+            for c in ctx["last_calls"]]))
+    out = ""
+    for title, items in sections:
+        head = (" " if out else "") + f"{title}: "
+        added = False
+        for item in items:
+            piece = (head if not added else "; ") + item
+            if len(out) + len(piece) + 1 > max_chars:
+                break
+            out += piece
+            added = True
+        if added:
+            out += "."
+        if len(out) >= max_chars - 20:
+            break
+    return one_line(out or UNKNOWN_BRIEF, max_chars)

@@ -1,0 +1,46 @@
+"""Prometheus metrics of the context API (names ``lupita_context_api_<thing>_<unit>``).
+
+No label ever holds a phone number, a person hash or a free-form value: message types and tool
+names outside the known ones are counted as ``unknown``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+MESSAGE_TYPES = ("assistant-request", "tool-calls", "end-of-call-report", "status-update", "transcript",
+                 "conversation-update", "speech-update", "unknown")
+TOOLS = ("getUserContext", "saveUserFact", "scheduleCallback", "unknown")
+TOOL_OUTCOMES = ("ok", "error", "timeout")
+REJECTIONS = ("auth_missing", "auth_bad", "auth_stale", "too_large", "malformed_json", "bad_shape")
+DEGRADE_REASONS = ("timeout", "error", "no_phone")
+REPORT_OUTCOMES = ("stored", "duplicate")
+
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+MESSAGES = Counter("lupita_context_api_webhook_messages_total", "VAPI webhook messages accepted, by type", ["type"])
+REJECTED = Counter("lupita_context_api_webhook_rejected_total",
+                   "Webhook requests refused before any handling (401, 413, 400), by reason", ["reason"])
+ASSISTANT_SECONDS = Histogram("lupita_context_api_assistant_request_seconds",
+                              "Time to answer an assistant-request", buckets=_LATENCY)
+DEGRADED = Counter("lupita_context_api_assistant_request_degraded_total",
+                   "assistant-requests answered with the minimal context, by reason", ["reason"])
+TOOL_CALLS = Counter("lupita_context_api_tool_calls_total", "Tool calls answered, by tool and outcome",
+                     ["tool", "outcome"])
+TOOL_SECONDS = Histogram("lupita_context_api_tool_call_seconds", "Time to answer one tool call", ["tool"],
+                         buckets=_LATENCY)
+REPORTS = Counter("lupita_context_api_end_of_call_reports_total",
+                  "end-of-call-report messages, stored or a duplicate of one stored", ["outcome"])
+
+for _t in MESSAGE_TYPES:
+    MESSAGES.labels(_t)
+for _r in REJECTIONS:
+    REJECTED.labels(_r)
+for _r in DEGRADE_REASONS:
+    DEGRADED.labels(_r)
+for _tool in TOOLS:
+    TOOL_SECONDS.labels(_tool)
+    for _o in TOOL_OUTCOMES:
+        TOOL_CALLS.labels(_tool, _o)
+for _o in REPORT_OUTCOMES:
+    REPORTS.labels(_o)

@@ -1,0 +1,48 @@
+"""Run the context API under uvicorn until SIGTERM / SIGINT: stop accepting, let in-flight
+requests finish (up to ``context_api_drain_seconds``), close the Postgres pool, exit 0."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import uvicorn
+
+from context_api.app import create_app
+from context_api.settings import ContextApiSettings
+from lupita.metrics import serve_metrics
+
+log = logging.getLogger("context_api")
+
+
+async def serve(settings: ContextApiSettings) -> int:
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host=settings.context_api_host, port=settings.context_api_port,
+        log_config=None, access_log=False, lifespan="off", server_header=False,
+        timeout_graceful_shutdown=settings.context_api_drain_seconds,
+        h11_max_incomplete_event_size=64 * 1024,
+    )
+    server = uvicorn.Server(config)
+    # uvicorn handles SIGTERM/SIGINT itself and re-raises the signal once it has shut down: with
+    # these no-op handlers installed first, the re-raise does not kill the process (exit 0).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    serve_metrics(settings.context_api_metrics_port, settings.context_api_host)
+    task = asyncio.create_task(server.serve())
+    while not server.started and not task.done():
+        await asyncio.sleep(0.02)
+    if server.started:
+        port = server.servers[0].sockets[0].getsockname()[1]
+        log.info("context api listening", extra={"stage": "startup", "host": settings.context_api_host,
+                                                  "port": port, "auth_mode": settings.context_api_auth_mode})
+    try:
+        await task
+    finally:
+        app.state.pool.close()
+    if not server.started:
+        log.error("context api did not start", extra={"stage": "startup"})
+        return 1
+    log.info("context api stopped", extra={"stage": "shutdown"})
+    return 0

@@ -1,0 +1,105 @@
+"""Settings of the context API (env prefix ``LUPITA_``, service names ``LUPITA_CONTEXT_API_*``, frozen).
+
+Secrets (bearer tokens, the HMAC secret, the phone keys, the Postgres DSN) come only from the
+environment and are never logged or echoed in an error.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from lupita.config import CommonSettings
+
+
+class ContextApiSettings(CommonSettings):
+    """Everything the context API reads from its environment (``LUPITA_<FIELD>``)."""
+
+    # HTTP listen address and port (0 = any free port, tests), Prometheus /metrics port (0 = off).
+    context_api_host: str = "0.0.0.0"
+    context_api_port: int = Field(default=8090, ge=0, le=65535)
+    context_api_metrics_port: int = Field(default=9103, ge=0, le=65535)
+
+    # The VAPI assistant answered to every assistant-request.
+    context_api_assistant_id: str = Field(default="", max_length=200)
+
+    # How VAPI authenticates to us: "bearer" (a credential in a header, with or without the
+    # "Bearer " prefix; the legacy X-Vapi-Secret is header name "X-Vapi-Secret") or "hmac"
+    # (VAPI's HMAC plan: signature + timestamp headers over "{timestamp}.{raw body}").
+    context_api_auth_mode: Literal["bearer", "hmac"] = "bearer"
+    context_api_bearer_header: str = Field(default="Authorization", min_length=1, max_length=100)
+    # comma-separated accepted credentials (more than one while rotating)
+    context_api_bearer_tokens: SecretStr = SecretStr("")
+    context_api_hmac_secret: SecretStr = SecretStr("")
+    context_api_hmac_algorithm: Literal["sha256", "sha512"] = "sha256"
+    context_api_hmac_signature_header: str = Field(default="x-signature", min_length=1, max_length=100)
+    context_api_hmac_timestamp_header: str = Field(default="x-timestamp", min_length=1, max_length=100)
+    context_api_hmac_encoding: Literal["hex", "base64"] = "hex"
+    # e.g. "sha256=" (GitHub style); empty = none
+    context_api_hmac_prefix: str = Field(default="", max_length=40)
+    # a signature whose timestamp is further than this from now (either way) is refused
+    context_api_hmac_max_age_seconds: float = Field(default=300.0, gt=0, le=86400)
+
+    # Largest request body (bytes); more = 413.
+    context_api_max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    # assistant-request: answer within this, with a minimal context if the store is slower.
+    context_api_assistant_request_budget_ms: int = Field(default=300, ge=1, le=7000)
+    # One tool call (its store work) may take this long before it answers with an error.
+    context_api_tool_timeout_ms: int = Field(default=3000, ge=10, le=20000)
+    context_api_max_tool_calls: int = Field(default=16, ge=1, le=128)
+    # The Spanish brief given to the agent, in characters.
+    context_api_brief_max_chars: int = Field(default=1200, ge=200, le=20000)
+    context_api_max_facts: int = Field(default=30, ge=1, le=500)
+    context_api_recent_calls: int = Field(default=3, ge=0, le=50)
+    context_api_alert_days: int = Field(default=14, ge=0, le=365)
+
+    # The person's time zone (callbacks, "hace 3 días") and phone regions.
+    context_api_timezone: str = "America/Mexico_City"
+    context_api_default_region: str = Field(default="MX", pattern=r"^[A-Z]{2}$")
+    context_api_phone_regions: str = "MX,US"
+    # scheduleCallback: earliest and latest acceptable time, and the window within which a second
+    # request for the same person is the same callback.
+    context_api_callback_min_lead_minutes: int = Field(default=5, ge=0, le=1440)
+    context_api_callback_max_days: int = Field(default=60, ge=1, le=366)
+    context_api_callback_window_minutes: int = Field(default=30, ge=1, le=1440)
+
+    # Postgres: connections kept, connect and statement timeout.
+    context_api_db_pool_size: int = Field(default=8, ge=1, le=200)
+    context_api_db_timeout_ms: int = Field(default=2000, ge=50, le=60000)
+    # /readyz gives up on Postgres after this long.
+    context_api_readyz_timeout_ms: int = Field(default=1000, ge=10, le=30000)
+    # SIGTERM: in-flight requests may finish within this.
+    context_api_drain_seconds: float = Field(default=10.0, ge=0, le=300)
+
+    @field_validator("context_api_timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("LUPITA_CONTEXT_API_TIMEZONE is not an IANA time zone") from None
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> "ContextApiSettings":
+        if not self.context_api_assistant_id.strip():
+            raise ValueError("LUPITA_CONTEXT_API_ASSISTANT_ID is empty: the VAPI assistant to answer with")
+        if self.context_api_auth_mode == "bearer" and not self.bearer_tokens():
+            raise ValueError("LUPITA_CONTEXT_API_BEARER_TOKENS is empty (auth mode bearer)")
+        if self.context_api_auth_mode == "hmac" and len(self.context_api_hmac_secret.get_secret_value()) < 16:
+            raise ValueError("LUPITA_CONTEXT_API_HMAC_SECRET must have at least 16 characters (auth mode hmac)")
+        return self
+
+    def bearer_tokens(self) -> tuple[str, ...]:
+        raw = self.context_api_bearer_tokens.get_secret_value()
+        return tuple(t.strip() for t in raw.split(",") if t.strip())
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.context_api_timezone)
+
+    @property
+    def phone_regions(self) -> tuple[str, ...]:
+        return tuple(r.strip().upper() for r in self.context_api_phone_regions.split(",") if r.strip())

@@ -1,0 +1,210 @@
+"""Postgres access of the context API: a small pool of synchronous psycopg connections used from
+worker threads (never on the event loop), and every read and write the webhook needs.
+
+Reads are by ``phone_number_hash`` on indexed columns. Facts are written through the stream
+processor's own :func:`stream_processor.stores.postgres.upsert_fact` (one fact rule for the
+analyzer and the agent). Each connection carries a statement timeout, so a slow store costs a
+bounded time; a connection that saw an error is closed instead of returned.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Iterator
+
+import psycopg
+from psycopg.rows import dict_row
+
+
+class StoreUnavailable(RuntimeError):
+    """No connection could be had in time (the message never holds the DSN)."""
+
+
+class Pool:
+    """At most ``size`` connections, opened lazily; :meth:`connection` waits ``wait_s`` at most."""
+
+    def __init__(self, dsn: str, size: int, timeout_ms: int) -> None:
+        self._dsn = dsn
+        self._size = size
+        self._timeout_ms = timeout_ms
+        self._idle: queue.LifoQueue[psycopg.Connection] = queue.LifoQueue()
+        self._opened = 0
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _open(self) -> psycopg.Connection:
+        return psycopg.connect(
+            self._dsn, autocommit=True, row_factory=dict_row,
+            connect_timeout=max(1, round(self._timeout_ms / 1000)),
+            options=f"-c statement_timeout={self._timeout_ms} -c lock_timeout={self._timeout_ms}",
+            application_name="lupita-context-api",
+        )
+
+    @contextmanager
+    def connection(self, wait_s: float) -> Iterator[psycopg.Connection]:
+        conn = self._take(wait_s)
+        ok = False
+        try:
+            yield conn
+            ok = True
+        finally:
+            self._give(conn, ok)
+
+    def _take(self, wait_s: float) -> psycopg.Connection:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            grow = self._opened < self._size
+            if grow:
+                self._opened += 1
+        if grow:
+            try:
+                return self._open()
+            except psycopg.Error as exc:
+                with self._lock:
+                    self._opened -= 1
+                raise StoreUnavailable(f"postgres unreachable ({type(exc).__name__})") from None
+        try:
+            return self._idle.get(timeout=wait_s)
+        except queue.Empty:
+            raise StoreUnavailable("no postgres connection free in time") from None
+
+    def _give(self, conn: psycopg.Connection, ok: bool) -> None:
+        if ok and not self._closed and not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            self._idle.put(conn)
+            return
+        try:
+            conn.close()
+        finally:
+            with self._lock:
+                self._opened -= 1
+
+    def close(self) -> None:
+        self._closed = True
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
+
+
+# --------------------------------------------------------------------------- reads
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the store holds about one person (rows as dicts)."""
+
+    facts: list[dict[str, Any]]
+    calls: list[dict[str, Any]]
+    alerts: list[dict[str, Any]]
+    callbacks: list[dict[str, Any]]
+
+
+_FACTS = """
+SELECT fact_type, fact_key, fact_value, confidence, source, observed_at
+FROM user_facts WHERE phone_number_hash = %s AND is_active
+ORDER BY confidence DESC, observed_at DESC, id DESC LIMIT %s
+"""
+_CALLS = """
+SELECT call_id, started_at, ended_at, summary, emotion_primary, topics
+FROM companion_calls
+WHERE phone_number_hash = %s AND started_at IS NOT NULL
+ORDER BY started_at DESC LIMIT %s
+"""
+_ALERTS = """
+SELECT a.call_id, a.cue_id, a.severity, a.evidence ->> 'text' AS text, a.raised_at
+FROM call_alerts a JOIN companion_calls c ON c.call_id = a.call_id
+WHERE c.phone_number_hash = %s AND a.raised_at >= now() - make_interval(days => %s)
+ORDER BY a.raised_at DESC LIMIT 10
+"""
+_CALLBACKS = """
+SELECT id, scheduled_for, reason FROM scheduled_callbacks
+WHERE phone_number_hash = %s AND status = 'pending' AND scheduled_for >= now()
+ORDER BY scheduled_for LIMIT 5
+"""
+
+
+def read_person(conn: psycopg.Connection, person: str, *, max_facts: int, recent_calls: int,
+                alert_days: int) -> Snapshot:
+    facts = conn.execute(_FACTS, (person, max_facts)).fetchall()
+    calls = conn.execute(_CALLS, (person, recent_calls)).fetchall() if recent_calls else []
+    alerts = conn.execute(_ALERTS, (person, alert_days)).fetchall() if alert_days else []
+    callbacks = conn.execute(_CALLBACKS, (person,)).fetchall()
+    return Snapshot(facts, calls, alerts, callbacks)
+
+
+# --------------------------------------------------------------------------- callbacks
+
+# pg_advisory_xact_lock(class, hashtext(person)): one scheduleCallback per person at a time, so
+# two retries of the same request cannot both insert ("lupc" in ASCII)
+CALLBACK_LOCK_CLASS = 0x6C757063
+
+
+def schedule_callback(conn: psycopg.Connection, *, person: str, when: datetime, reason: str,
+                      call_id: str | None, window: timedelta) -> tuple[bool, datetime]:
+    """Insert a pending callback unless the person already has one within ``window`` of ``when``;
+    returns (created, the time of the callback kept)."""
+    when = when.replace(second=0, microsecond=0)
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (CALLBACK_LOCK_CLASS, person))
+        row = conn.execute(
+            "SELECT scheduled_for FROM scheduled_callbacks WHERE phone_number_hash = %s AND status = 'pending' "
+            "AND scheduled_for BETWEEN %s AND %s ORDER BY abs(extract(epoch FROM scheduled_for - %s)) LIMIT 1",
+            (person, when - window, when + window, when),
+        ).fetchone()
+        if row is not None:
+            return False, row["scheduled_for"]
+        conn.execute(
+            "INSERT INTO scheduled_callbacks (phone_number_hash, call_id, scheduled_for, reason) "
+            "VALUES (%s, %s, %s, %s)",
+            (person, call_id, when, reason),
+        )
+    return True, when
+
+
+# --------------------------------------------------------------------------- VAPI call reports
+
+_STATUS = """
+INSERT INTO vapi_calls AS v (vapi_call_id, call_id, phone_number_hash, status, ended_reason)
+VALUES (%(vapi_call_id)s, %(call_id)s, %(hash)s, %(status)s, %(ended_reason)s)
+ON CONFLICT (vapi_call_id) DO UPDATE SET
+    call_id = COALESCE(v.call_id, EXCLUDED.call_id),
+    phone_number_hash = COALESCE(v.phone_number_hash, EXCLUDED.phone_number_hash),
+    status = CASE WHEN v.status = 'ended' THEN v.status ELSE COALESCE(EXCLUDED.status, v.status) END,
+    ended_reason = COALESCE(v.ended_reason, EXCLUDED.ended_reason),
+    updated_at = now()
+"""
+
+_REPORT = """
+INSERT INTO vapi_calls AS v (vapi_call_id, call_id, phone_number_hash, status, ended_reason, started_at,
+                             ended_at, duration_seconds, report_received_at)
+VALUES (%(vapi_call_id)s, %(call_id)s, %(hash)s, 'ended', %(ended_reason)s, %(started_at)s, %(ended_at)s,
+        %(duration)s, now())
+ON CONFLICT (vapi_call_id) DO UPDATE SET
+    call_id = COALESCE(v.call_id, EXCLUDED.call_id),
+    phone_number_hash = COALESCE(v.phone_number_hash, EXCLUDED.phone_number_hash),
+    status = 'ended',
+    ended_reason = COALESCE(EXCLUDED.ended_reason, v.ended_reason),
+    started_at = COALESCE(EXCLUDED.started_at, v.started_at),
+    ended_at = COALESCE(EXCLUDED.ended_at, v.ended_at),
+    duration_seconds = COALESCE(EXCLUDED.duration_seconds, v.duration_seconds),
+    report_received_at = now(), updated_at = now()
+WHERE v.report_received_at IS NULL
+RETURNING 1
+"""
+
+
+def record_status(conn: psycopg.Connection, **row: Any) -> None:
+    conn.execute(_STATUS, row)
+
+
+def record_report(conn: psycopg.Connection, **row: Any) -> bool:
+    """True when stored, False when this call's report was already stored (a redelivery)."""
+    return conn.execute(_REPORT, row).fetchone() is not None

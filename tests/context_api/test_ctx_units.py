@@ -1,0 +1,136 @@
+"""Pure logic of the context API: phone numbers, spoken times, the brief, the HMAC check."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from context_api import auth
+from context_api.context import MINIMAL_BRIEF, UNKNOWN_BRIEF, brief, build, empty
+from context_api.phones import InvalidPhone, to_e164
+from context_api.store import Snapshot
+from context_api.when import check_horizon, parse_when, say_ago
+
+TZ = ZoneInfo("America/Mexico_City")
+# Wednesday 2 December 2026, 09:00 in Mexico City
+NOW = datetime(2026, 12, 2, 9, 0, tzinfo=TZ)
+
+
+@pytest.mark.parametrize("typed", [
+    "+52 951 555 0142", "+529515550142", "951 555 0142", "(951) 555-0142", "951.555.0142", "9515550142",
+    "52 951 555 0142", "0052 951 555 0142", "+52 1 951 555 0142", "521 951 555 0142",
+    "044 951 555 0142", "045 951 555 0142", "01 951 555 0142",
+])
+def test_mexican_numbers_in_every_typed_form_are_one_e164(typed):
+    assert to_e164(typed) == "+529515550142"
+
+
+@pytest.mark.parametrize("typed", ["+1 (202) 555-0142", "1-202-555-0142", "001 202 555 0142", "+12025550142"])
+def test_us_numbers_need_their_country_code(typed):
+    assert to_e164(typed) == "+12025550142"
+
+
+@pytest.mark.parametrize("typed", ["", "   ", "12", "abc", "+44 20 7946 0958", "+52 000", "9" * 30, None, 5215512345678,
+                                   "+52 951 555 0142" + " " * 40])
+def test_invalid_or_foreign_numbers_are_refused_without_echoing_them(typed):
+    with pytest.raises(InvalidPhone) as info:
+        to_e164(typed)
+    assert "951" not in str(info.value) and "7946" not in str(info.value)
+
+
+@pytest.mark.parametrize("said, expected", [
+    ("el jueves a las cinco de la tarde", datetime(2026, 12, 3, 17, 0, tzinfo=TZ)),
+    ("mañana temprano", datetime(2026, 12, 3, 9, 0, tzinfo=TZ)),
+    ("en dos horas", datetime(2026, 12, 2, 11, 0, tzinfo=TZ)),
+    ("mañana a las 9", datetime(2026, 12, 3, 9, 0, tzinfo=TZ)),
+    ("pasado mañana a las 10", datetime(2026, 12, 4, 10, 0, tzinfo=TZ)),
+    ("el viernes a las diez y media de la mañana", datetime(2026, 12, 4, 10, 30, tzinfo=TZ)),
+    ("hoy a las 8 de la noche", datetime(2026, 12, 2, 20, 0, tzinfo=TZ)),
+    ("el lunes", datetime(2026, 12, 7, 10, 0, tzinfo=TZ)),
+    ("el 5 de diciembre a las 4 de la tarde", datetime(2026, 12, 5, 16, 0, tzinfo=TZ)),
+    ("2026-12-05T10:00:00-06:00", datetime(2026, 12, 5, 10, 0, tzinfo=TZ)),
+    ("2026-12-05T16:00:00Z", datetime(2026, 12, 5, 10, 0, tzinfo=TZ)),
+])
+def test_spanish_and_iso_times_in_the_persons_zone(said, expected):
+    assert parse_when(said, TZ, NOW) == expected
+
+
+@pytest.mark.parametrize("said", ["blabla", "", "a las 25", "x" * 200])
+def test_unreadable_times_are_none(said):
+    assert parse_when(said, TZ, NOW) is None
+
+
+def test_horizon_refuses_the_past_and_far_future_with_a_sentence():
+    kw = {"min_lead": timedelta(minutes=5), "max_ahead": timedelta(days=60)}
+    assert check_horizon(NOW + timedelta(hours=1), NOW, **kw) is None
+    assert "pasó" in check_horizon(NOW - timedelta(days=1), NOW, **kw)
+    assert "60 días" in check_horizon(NOW + timedelta(days=90), NOW, **kw)
+
+
+def test_dates_in_the_persons_words():
+    assert say_ago(NOW - timedelta(hours=2), NOW, TZ) == "hoy"
+    assert say_ago(NOW - timedelta(days=1), NOW, TZ) == "ayer"
+    assert say_ago(NOW - timedelta(days=3), NOW, TZ).startswith("hace 3 días")
+    assert say_ago(NOW - timedelta(days=15), NOW, TZ) == "hace 2 semanas"
+
+
+def _snapshot(n_facts: int) -> Snapshot:
+    at = datetime(2026, 11, 29, 10, 0, tzinfo=timezone.utc)
+    facts = [{"fact_type": "health", "fact_key": f"medication.m{i}", "fact_value": f"medicina número {i}",
+              "confidence": 0.9, "source": "analysis", "observed_at": at} for i in range(n_facts)]
+    calls = [{"call_id": "c1", "started_at": at, "ended_at": at, "summary": "Habló de su nieta.\nEstaba contenta.",
+              "emotion_primary": "positive", "topics": ["family"]}]
+    alerts = [{"call_id": "c1", "cue_id": "fall", "severity": "high", "text": "me caí en el baño", "raised_at": at}]
+    return Snapshot(facts, calls, alerts, [])
+
+
+@pytest.mark.parametrize("budget", [200, 400, 1200])
+def test_the_brief_is_one_line_within_its_budget(budget):
+    ctx, text = build(_snapshot(50), NOW, TZ, budget)
+    assert ctx["known"] and len(ctx["facts"]) == 50
+    assert len(text) <= budget and "\n" not in text
+    assert text.startswith("Pendiente de seguimiento: hace 3 días")  # alerts first, in the person's words
+    assert "me caí en el baño" in text
+
+
+def test_an_unknown_person_gets_a_well_formed_empty_context():
+    ctx, text = build(Snapshot([], [], [], []), NOW, TZ, 1200)
+    assert ctx == empty() and text == UNKNOWN_BRIEF
+    assert brief(empty(), 1200) == UNKNOWN_BRIEF and MINIMAL_BRIEF
+
+
+class _S:
+    """The HMAC settings of the check (only what auth reads)."""
+
+    def __init__(self, **kw):
+        self.context_api_auth_mode = "hmac"
+        self.context_api_hmac_signature_header = "x-signature"
+        self.context_api_hmac_timestamp_header = "x-timestamp"
+        self.context_api_hmac_algorithm = kw.get("algorithm", "sha256")
+        self.context_api_hmac_encoding = kw.get("encoding", "hex")
+        self.context_api_hmac_prefix = kw.get("prefix", "")
+        self.context_api_hmac_max_age_seconds = 300
+        from pydantic import SecretStr
+
+        self.context_api_hmac_secret = SecretStr("s3cret-s3cret-s3cret")
+
+
+@pytest.mark.parametrize("algorithm, encoding, prefix", [("sha256", "hex", ""), ("sha512", "base64", "sha512="),
+                                                         ("sha256", "base64", "v1=")])
+def test_hmac_good_bad_and_stale(algorithm, encoding, prefix):
+    s = _S(algorithm=algorithm, encoding=encoding, prefix=prefix)
+    body, now = b'{"message":{"type":"x"}}', 1_800_000_000.0
+    for stamp in (str(int(now)), str(int(now * 1000))):  # seconds or milliseconds
+        sig = auth.sign("s3cret-s3cret-s3cret", algorithm, stamp, body, encoding, prefix)
+        auth.check(s, {"x-signature": sig, "x-timestamp": stamp}, body, now=now)
+        with pytest.raises(auth.AuthError) as e:
+            auth.check(s, {"x-signature": sig, "x-timestamp": stamp}, body + b" ", now=now)
+        assert e.value.reason == "auth_bad"
+        with pytest.raises(auth.AuthError) as e:
+            auth.check(s, {"x-signature": sig, "x-timestamp": stamp}, body, now=now + 301)
+        assert e.value.reason == "auth_stale"
+    with pytest.raises(auth.AuthError) as e:
+        auth.check(s, {"x-timestamp": "1"}, body, now=now)
+    assert e.value.reason == "auth_missing"
