@@ -38,7 +38,7 @@ class Pool:
 
     def _open(self) -> psycopg.Connection:
         return psycopg.connect(
-            self._dsn, autocommit=True, row_factory=dict_row,
+            self._dsn, autocommit=True,
             connect_timeout=max(1, round(self._timeout_ms / 1000)),
             options=f"-c statement_timeout={self._timeout_ms} -c lock_timeout={self._timeout_ms}",
             application_name="lupita-context-api",
@@ -133,10 +133,11 @@ ORDER BY scheduled_for LIMIT 5
 
 def read_person(conn: psycopg.Connection, person: str, *, max_facts: int, recent_calls: int,
                 alert_days: int) -> Snapshot:
-    facts = conn.execute(_FACTS, (person, max_facts)).fetchall()
-    calls = conn.execute(_CALLS, (person, recent_calls)).fetchall() if recent_calls else []
-    alerts = conn.execute(_ALERTS, (person, alert_days)).fetchall() if alert_days else []
-    callbacks = conn.execute(_CALLBACKS, (person,)).fetchall()
+    cur = conn.cursor(row_factory=dict_row)  # the connection keeps tuple rows (upsert_fact reads them so)
+    facts = cur.execute(_FACTS, (person, max_facts)).fetchall()
+    calls = cur.execute(_CALLS, (person, recent_calls)).fetchall() if recent_calls else []
+    alerts = cur.execute(_ALERTS, (person, alert_days)).fetchall() if alert_days else []
+    callbacks = cur.execute(_CALLBACKS, (person,)).fetchall()
     return Snapshot(facts, calls, alerts, callbacks)
 
 
@@ -160,7 +161,7 @@ def schedule_callback(conn: psycopg.Connection, *, person: str, when: datetime, 
             (person, when - window, when + window, when),
         ).fetchone()
         if row is not None:
-            return False, row["scheduled_for"]
+            return False, row[0]
         conn.execute(
             "INSERT INTO scheduled_callbacks (phone_number_hash, call_id, scheduled_for, reason) "
             "VALUES (%s, %s, %s, %s)",
