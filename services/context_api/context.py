@@ -85,10 +85,12 @@ def brief(ctx: dict[str, Any], max_chars: int) -> str:
             f"{cb['when']}" + (f" ({one_line(cb['reason'], 80)})" if cb["reason"] else "")
             for cb in ctx["pending_callbacks"]]))
     if ctx["last_calls"]:
+        # a call not analysed yet (no summary, no emotion) says nothing but when it was
+        described = [c for c in ctx["last_calls"] if c["summary"] or c["emotion"]]
         sections.append(("Últimas llamadas", [
             f"{c['when']}" + (f", ánimo {c['emotion']}" if c["emotion"] else "")
             + (f": {one_line(c['summary'], 240)}" if c["summary"] else "")
-            for c in ctx["last_calls"]]))
+            for c in described] or [f"la más reciente {ctx['last_calls'][0]['when']}, aún sin resumen"]))
     out = ""
     for title, items in sections:
         head = (" " if out else "") + f"{title}: "

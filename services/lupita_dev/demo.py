@@ -14,7 +14,10 @@ Steps (each printed as it happens):
    ``LUPITA_STAGES``), it waits for ``companion_calls.processed_at`` and prints the speech
    segments the VAD found, the transcript with timings, the alerts, the analysis, the caller's
    ``user_facts`` and the ``LupitaConversation`` object in Weaviate (vector length, s3_uri).
-   Otherwise it says so and stops after the recording (exit 0).
+   Otherwise it says so and stops after the recording (exit 0);
+6. the voice agent's view: a ``lupita context-api`` child answers an ``assistant-request`` and a
+   ``getUserContext`` tool call for the demo caller, printed as VAPI sends and receives them (the
+   caller's number shown as ``[phone]``: it never goes to the terminal or a log).
 """
 
 from __future__ import annotations
@@ -120,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
         _print_kafka(settings, call_id)
         _print_s3(settings, row)
         _print_row(row)
-        return _understanding(settings, call_id, row, args.timeout, worker)
+        rc = _understanding(settings, call_id, row, args.timeout, worker)
+        return rc if rc != 0 else _voice_agent_view(call_id)
     finally:
         if worker is not None:
             worker.stop()
@@ -378,6 +382,73 @@ def _print_weaviate(call_id: str, row: dict) -> None:
             f"region {p.get('region')}")
     finally:
         client.close()
+
+
+
+# --- the voice agent's view (context-api) -----------------------------------------------------------
+
+
+def _demo_phone() -> str:
+    """The number the call simulator gave the demo call (``loadgen.client.stream_call``'s default)."""
+    import inspect
+
+    from loadgen.client import stream_call
+
+    return inspect.signature(stream_call).parameters["phone"].default
+
+
+def _voice_agent_view(call_id: str) -> int:
+    """Start ``lupita context-api`` and show what VAPI would get for the demo caller: the answer to
+    an ``assistant-request`` and to a ``getUserContext`` tool call."""
+    import secrets
+    import urllib.request
+
+    token = secrets.token_urlsafe(24)
+    os.environ.setdefault("LUPITA_CONTEXT_API_ASSISTANT_ID", "lupita-demo-assistant")
+    os.environ["LUPITA_CONTEXT_API_AUTH_MODE"] = "bearer"
+    os.environ["LUPITA_CONTEXT_API_BEARER_TOKENS"] = token
+    api = Child("context-api", ["context-api", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0"])
+    try:
+        port = None
+        deadline = time.monotonic() + 60
+        while port is None and time.monotonic() < deadline:
+            api.check_alive()
+            for line in api.log_path.read_text(errors="replace").splitlines():
+                if '"context api listening"' in line:
+                    port = json.loads(line)["port"]
+            time.sleep(0.1)
+        if port is None:
+            say(f"the context API did not start; see {api.log_path}")
+            return 1
+        say(f"context API listening on 127.0.0.1:{port} (log {api.log_path}); the voice agent's view of the caller:")
+        phone = _demo_phone()
+        vapi_call = {"id": f"vapi-{uuid.uuid4()}", "type": "inboundPhoneCall",
+                     "customer": {"number": phone}, "metadata": {"lupita_call_id": call_id}}
+        requests = [
+            {"message": {"type": "assistant-request", "timestamp": int(time.time() * 1000), "call": vapi_call}},
+            {"message": {"type": "tool-calls", "timestamp": int(time.time() * 1000), "call": vapi_call,
+                         "toolCallList": [{"id": f"call_{uuid.uuid4().hex[:12]}", "type": "function",
+                                           "function": {"name": "getUserContext", "arguments": "{}"}}]}},
+        ]
+        for body in requests:
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}/vapi/webhook", data=json.dumps(body).encode(), method="POST",
+                headers={"content-type": "application/json", "authorization": f"Bearer {token}"})
+            started = time.perf_counter()
+            with urllib.request.urlopen(req, timeout=10) as r:
+                answer = json.loads(r.read())
+            took = (time.perf_counter() - started) * 1000
+            shown = json.loads(json.dumps(body).replace(phone, "[phone]"))
+            say(f"VAPI → POST /vapi/webhook ({body['message']['type']}):")
+            print(json.dumps(shown, indent=2, ensure_ascii=False), flush=True)
+            say(f"context API → VAPI ({took:.1f} ms):")
+            for result in answer.get("results", []):
+                if "result" in result:  # the tool's result is a JSON string: shown decoded
+                    result["result"] = json.loads(result["result"])
+            print(json.dumps(answer, indent=2, ensure_ascii=False), flush=True)
+        return 0
+    finally:
+        api.stop()
 
 
 if __name__ == "__main__":

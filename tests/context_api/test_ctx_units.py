@@ -134,3 +134,11 @@ def test_hmac_good_bad_and_stale(algorithm, encoding, prefix):
     with pytest.raises(auth.AuthError) as e:
         auth.check(s, {"x-timestamp": "1"}, body, now=now)
     assert e.value.reason == "auth_missing"
+
+
+def test_calls_not_analysed_yet_only_say_when():
+    at = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)
+    calls = [{"call_id": f"c{i}", "started_at": at, "ended_at": at, "summary": None, "emotion_primary": None,
+              "topics": None} for i in range(2)]
+    _, text = build(Snapshot([], calls, [], []), NOW, TZ, 1200)
+    assert text == "Últimas llamadas: la más reciente ayer, aún sin resumen."
