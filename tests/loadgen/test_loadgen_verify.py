@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+from google.protobuf.message import DecodeError
+
 from lupita.v1 import audio_pb2, events_pb2
 from loadgen.verify import ChunkTally, Ended, LifecycleTally
 
@@ -59,3 +62,13 @@ def test_lifecycle_tally_keeps_started_ids_and_ended_summaries_of_its_calls():
     tally.add(events_pb2.CallLifecycle(call_id="z", ended=events_pb2.CallEnded(reason="x")).SerializeToString())
     assert tally.started == {"a"}
     assert tally.ended == {"a": Ended("completed", 9, 2)}
+
+
+def test_another_clients_undecodable_record_on_the_shared_topic_is_not_one_of_ours():
+    tally, life = ChunkTally(["a"]), LifecycleTally(["a"])
+    tally.add(b"\xff\xff\xff\xff\x0f")  # e.g. a test's deliberately bad record
+    life.add(b"\xff\xff\xff\xff\x0f")
+    tally.add(chunk("a", LUPITA, 0))
+    assert tally.records == 1 and tally.ignored == 1 and not life.started
+    with pytest.raises(DecodeError):  # counting everything: a record that is not a chunk is an error
+        ChunkTally().add(b"\xff\xff\xff\xff\x0f")
