@@ -89,7 +89,7 @@ def brief(ctx: dict[str, Any], max_chars: int) -> str:
         described = [c for c in ctx["last_calls"] if c["summary"] or c["emotion"]]
         sections.append(("Últimas llamadas", [
             f"{c['when']}" + (f", ánimo {c['emotion']}" if c["emotion"] else "")
-            + (f": {one_line(c['summary'], 240)}" if c["summary"] else "")
+            + (f": {one_line(c['summary'], 240).rstrip('.')}" if c["summary"] else "")
             for c in described] or [f"la más reciente {ctx['last_calls'][0]['when']}, aún sin resumen"]))
     out = ""
     for title, items in sections:

@@ -389,12 +389,10 @@ def _print_weaviate(call_id: str, row: dict) -> None:
 
 
 def _demo_phone() -> str:
-    """The number the call simulator gave the demo call (``loadgen.client.stream_call``'s default)."""
-    import inspect
+    """The number the call simulator gave the demo call (``lupita call``'s first call)."""
+    from loadgen.runner import synthetic_phone
 
-    from loadgen.client import stream_call
-
-    return inspect.signature(stream_call).parameters["phone"].default
+    return synthetic_phone(0)
 
 
 def _voice_agent_view(call_id: str) -> int:

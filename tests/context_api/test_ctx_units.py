@@ -142,3 +142,12 @@ def test_calls_not_analysed_yet_only_say_when():
               "topics": None} for i in range(2)]
     _, text = build(Snapshot([], calls, [], []), NOW, TZ, 1200)
     assert text == "Últimas llamadas: la más reciente ayer, aún sin resumen."
+
+
+def test_facts_go_through_the_stream_processors_own_upsert_and_vocabulary():
+    import context_api.tools as tools
+    from stream_processor.models.analyzer import schema
+    from stream_processor.stores import postgres
+
+    assert tools.upsert_fact is postgres.upsert_fact
+    assert tools.FACT_TYPES is schema.FACT_TYPES and tools.KEY_PATTERN is schema.KEY_PATTERN
