@@ -1,0 +1,475 @@
+"""Understanding on imperfect speech: the evaluation corpus (``bench/corpus``) through the pipeline's
+cores, stage by stage, against a clean-text baseline in the same run.
+
+Each call of the corpus (scripted two-leg Spanish dialogues with their truth, rendered by espeak-ng
++ sox to 8 kHz telephone audio with several voices, speeds, pauses, noise and µ-law) goes through
+the same code ``lupita replay`` runs (``--path core``, the only path so far; it says so in the
+output): the stereo audio in 100 ms ``AudioChunk`` records into
+:class:`~stream_processor.stages.vad.core.VadCore` (the batched Silero VAD of the vad agent, the
+worker's settings), every FINAL segment through the configured transcriber (Whisper base, int8,
+the worker's ASR settings) and the transcriber stage's ``transcript_event``, each final into
+:class:`~stream_processor.stages.understanding.core.CallUnderstanding` (``on_final`` → the
+:class:`AlertDetector`), and at the end the configured analyzer (local rules + USE embedding
+prototypes). The baseline runs the same understanding on the script itself (one utterance per
+spoken piece, the rendering's times, confidence 1.0), so what the audio path loses is visible.
+
+Printed, per stage: VAD frame F1 (10 ms frames, against the speech regions of the rendering),
+WER per leg, name and medication recall (said by the person, found in her leg's transcript), the
+rate of empty finals on voiced segments, alert recall and false alerts per 100 calls (and per
+100 calm calls), fact precision / recall on (type, key, value), topic accuracy, code accuracy.
+
+    .venv/bin/python bench/understanding.py                     # 40 calls (~40-60 min on 2 shared cores)
+    .venv/bin/python bench/understanding.py --calls 8 --json
+    .venv/bin/python bench/understanding.py --asr-cache         # reuse cached transcripts (same audio, same ASR settings)
+
+The audio is rendered once and cached under ``~/.cache/lupita/understanding-corpus``; with
+``--asr-cache`` the transcripts are too (only what follows ASR is recomputed: for catalogue work).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import io
+import json
+import os
+import platform
+import re
+import sys
+import time
+import wave
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import corpus  # noqa: E402  (bench/corpus)
+from corpus import CALM, LUPITA, PERSON, RATE, Call, fold, word_edits  # noqa: E402
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+FRAME_S = 0.01
+IGNORED_CODES = frozenset({"echo_open_question"})  # its truth depends on the person's exact words
+
+
+# ------------------------------------------------------------------------------------------ the cores
+
+
+class _Body(io.BytesIO):
+    pass
+
+
+class _OneObjectS3:
+    """What ``Replayer.segments`` reads from S3: here, the rendered call as a WAV body."""
+
+    def __init__(self) -> None:
+        self.wav = b""
+
+    def get_object(self, Bucket: str, Key: str) -> dict[str, Any]:  # noqa: N803 - boto3's names
+        return {"Body": _Body(self.wav)}
+
+
+def wav_bytes(stereo: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(stereo.astype("<i2").tobytes())
+    return buf.getvalue()
+
+
+@dataclass
+class Models:
+    settings: Any
+    replayer: Any
+    services: Any
+    detectors: dict[str, Any]
+    asr_key: str
+
+
+def load_models(detectors: dict[str, Callable[[], Any]] | None = None) -> Models:
+    """The worker's models, from the worker's settings (``.stack/env`` / ``LUPITA_*``)."""
+    from stream_processor.models.analyzer.factory import build_analyzer
+    from stream_processor.models.embeddings.factory import build_embedder
+    from stream_processor.replay import Replayer, ReplaySettings
+    from stream_processor.stages.understanding.alerts import AlertDetector
+    from stream_processor.stages.understanding.core import UnderstandingServices
+
+    settings = ReplaySettings()
+    emb = build_embedder(settings)
+    det = AlertDetector.from_settings(settings)
+    services = UnderstandingServices(analyzer=build_analyzer(settings, embedder=emb), embedder=emb, weaviate=None,
+                                     postgres=None, detector=det, legal_bucket="eval")
+    replayer = Replayer(settings, services=services, s3=_OneObjectS3())
+    built = {"catalogue": det}
+    for name, make in (detectors or {}).items():
+        built[name] = make()
+    asr_fields = {k: str(v) for k, v in settings.model_dump().items() if k.startswith(("asr_", "vad_"))
+                  and "key" not in k}
+    asr_key = hashlib.sha256(json.dumps(asr_fields, sort_keys=True).encode()).hexdigest()[:16]
+    return Models(settings, replayer, services, built, asr_key)
+
+
+@dataclass
+class Final:
+    leg: str
+    seq: int
+    start_s: float
+    end_s: float
+    text: str
+    confidence: float
+    event: bytes  # the TranscriptEvent
+
+
+def transcribe_call(models: Models, rendered: corpus.Rendered, *, use_cache: bool) -> tuple[list[Final], bool]:
+    """VAD + ASR of one rendered call through the replay's code; (finals, from cache)."""
+    from lupita.v1 import events_pb2
+
+    from stream_processor.records import LEG_NAMES
+    from stream_processor.replay import CallEntry
+
+    call = rendered.call
+    audio_key = hashlib.sha256(rendered.stereo.tobytes()).hexdigest()[:16]
+    path = corpus.cache_dir() / "asr" / f"{call.call_id}-{audio_key}-{models.asr_key}.json"
+    if use_cache and path.exists():
+        rows = json.loads(path.read_text())
+        return [Final(r["leg"], r["seq"], r["start_s"], r["end_s"], r["text"], r["confidence"],
+                      base64.b64decode(r["event"])) for r in rows], True
+    started = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)
+    entry = CallEntry(call.call_id, "recorded", None, True, "eval/call.wav", None, started, None, None, None, None)
+    models.replayer.s3.wav = wav_bytes(rendered.stereo)
+    segs, _, _ = models.replayer.segments(entry)
+    finals: list[Final] = []
+    for seg in segs:
+        ev = models.replayer.transcript(seg)
+        conf = ev.confidence if ev.HasField("confidence") else 1.0
+        finals.append(Final(LEG_NAMES[ev.leg], int(ev.seq), seg.start_us / 1e6, seg.end_us / 1e6, ev.text,
+                            float(conf), ev.SerializeToString()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([{"leg": f.leg, "seq": f.seq, "start_s": f.start_s, "end_s": f.end_s, "text": f.text,
+                                 "confidence": f.confidence, "event": base64.b64encode(f.event).decode()}
+                                for f in finals]))
+    _ = events_pb2  # the event bytes are a TranscriptEvent
+    return finals, False
+
+
+def asr_utterances(call: Call, finals: list[Final]) -> list[Any]:
+    """The finals as the understanding agent sees them (``utterance_of``), in end-of-speech order."""
+    from lupita.v1 import events_pb2
+
+    from stream_processor.stages.understanding.agent import utterance_of
+
+    out = []
+    for f in sorted(finals, key=lambda f: (f.end_s, f.leg, f.seq)):
+        ev = events_pb2.TranscriptEvent()
+        ev.ParseFromString(f.event)
+        out.append(utterance_of(ev))
+    return out
+
+
+def script_utterances(rendered: corpus.Rendered) -> list[Any]:
+    """The baseline: the script itself, one utterance per spoken piece, at the rendering's times."""
+    from stream_processor.contracts import Utterance
+
+    seqs: Counter[str] = Counter()
+    out = []
+    for p, (a, b) in zip(rendered.call.pieces, rendered.piece_times):
+        out.append(Utterance(rendered.call.call_id, p.leg, seqs[p.leg], a, b, p.text, 1.0))
+        seqs[p.leg] += 1
+    return out
+
+
+def understand(models: Models, call_id: str, utts: list[Any]) -> dict[str, Any]:
+    """Alerts (every detector, each on its own CallUnderstanding) and the analysis of one call."""
+    from stream_processor.stages.understanding.core import CallUnderstanding
+
+    svc = models.services
+    alerts: dict[str, list[Any]] = {}
+    cu = None
+    for name, det in models.detectors.items():
+        cu = CallUnderstanding(call_id)
+        cu.start(started_at_us=1, phone_hash=None, region=None, consent=True, detector=det)
+        hits: list[Any] = []
+        for u in utts:
+            hits.extend(cu.on_final(u, det, svc.sentiment_of))
+        alerts[name] = hits
+    assert cu is not None
+    analysis = svc.analyzer.analyze(call_id, cu.utterances())
+    return {"alerts": alerts, "analysis": analysis, "blank": cu.blank_finals}
+
+
+# ------------------------------------------------------------------------------------------ scoring
+
+
+def frames(regions: list[tuple[float, float]], n: int) -> np.ndarray:
+    out = np.zeros(n, bool)
+    for a, b in regions:
+        out[int(round(a / FRAME_S)):int(round(b / FRAME_S))] = True
+    return out
+
+
+def fact_tuple(fact_type: str, key: str, value: str) -> tuple[str, str, str]:
+    return (fact_type, key.split(".", 1)[0], fold(value))
+
+
+def fact_match(truth: tuple[str, str, str], got: tuple[str, str, str]) -> bool:
+    """Same type and key; the same value after folding (preferences: one value contains the other,
+    "mole negro" vs "el mole negro para toda la familia")."""
+    if truth[:2] != got[:2]:
+        return False
+    if truth[1] in ("likes", "dislikes"):
+        return bool(truth[2]) and bool(got[2]) and (truth[2] in got[2] or got[2] in truth[2])
+    return truth[2] == got[2]
+
+
+def said(word: str, text: str) -> bool:
+    return re.search(rf"(?<!\w){re.escape(fold(word))}(?!\w)", fold(text)) is not None
+
+
+@dataclass
+class Score:
+    """Counts over calls; one per (column, subset)."""
+
+    calls: int = 0
+    calm_calls: int = 0
+    vad: Counter = field(default_factory=Counter)  # tp, fp, fn frames
+    edits: Counter = field(default_factory=Counter)  # per leg
+    words: Counter = field(default_factory=Counter)
+    names: list[int] = field(default_factory=lambda: [0, 0])  # found, said
+    meds: list[int] = field(default_factory=lambda: [0, 0])
+    voiced: int = 0
+    voiced_empty: int = 0
+    alerts: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))  # detector -> tp fn fp fp_calm
+    missed: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    false: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    facts: Counter = field(default_factory=Counter)  # tp_truth, truth, tp_pred, pred
+    topic_acc: list[float] = field(default_factory=list)
+    topic_pred: Counter = field(default_factory=Counter)  # right, predicted
+    topics_empty: int = 0
+    codes: Counter = field(default_factory=Counter)  # tp, truth, pred, exact calls
+
+
+def score_call(s: Score, call: Call, res: dict[str, Any], *, utts: list[Any], finals: list[Final] | None,
+               rendered: corpus.Rendered) -> None:
+    s.calls += 1
+    s.calm_calls += call.kind == CALM
+    if finals is not None:
+        n = int(len(rendered.stereo) / RATE / FRAME_S) + 1
+        for leg in (LUPITA, PERSON):
+            truth = frames(rendered.regions[leg], n)
+            got = frames([(f.start_s, f.end_s) for f in finals if f.leg == leg], n)
+            s.vad["tp"] += int((truth & got).sum())
+            s.vad["fp"] += int((~truth & got).sum())
+            s.vad["fn"] += int((truth & ~got).sum())
+        for f in finals:
+            overlap = sum(max(0.0, min(b, f.end_s) - max(a, f.start_s)) for a, b in rendered.regions[f.leg])
+            if overlap >= 0.3:
+                s.voiced += 1
+                s.voiced_empty += not f.text.strip()
+    for leg in (LUPITA, PERSON):
+        hyp = " ".join(u.text for u in sorted(utts, key=lambda u: u.start_s) if u.leg == leg)
+        e, w = word_edits(call.text(leg), hyp)
+        s.edits[leg] += e
+        s.words[leg] += w
+    person_text = " ".join(u.text for u in utts if u.leg == PERSON)
+    for bucket, words in ((s.names, call.names), (s.meds, call.meds)):
+        for w in words:
+            bucket[1] += 1
+            bucket[0] += said(w, person_text)
+    truth_alerts = set(call.alerts)
+    for name, hits in res["alerts"].items():
+        got = {h.cue_id for h in hits}
+        c = s.alerts[name]
+        c["tp"] += len(got & truth_alerts)
+        c["fn"] += len(truth_alerts - got)
+        c["fp"] += len(got - truth_alerts)
+        c["fp_calm"] += len(got - truth_alerts) if call.kind == CALM else 0
+        c["to_verify"] += sum(bool(getattr(h, "to_verify", False)) for h in hits)
+        s.missed[name] += [f"{call.call_id}:{x}" for x in sorted(truth_alerts - got)]
+        s.false[name] += [f"{call.call_id}:{h.cue_id} «{h.evidence.text[h.evidence.char_start:h.evidence.char_end]}»"
+                          for h in hits if h.cue_id not in truth_alerts]
+    a = res["analysis"]
+    truth_facts = [fact_tuple(*f) for f in call.facts]
+    got_facts = [fact_tuple(f.fact_type, f.key, f.value) for f in a.facts]
+    s.facts["truth"] += len(truth_facts)
+    s.facts["pred"] += len(got_facts)
+    s.facts["tp_truth"] += sum(any(fact_match(t, g) for g in got_facts) for t in truth_facts)
+    s.facts["tp_pred"] += sum(any(fact_match(t, g) for t in truth_facts) for g in got_facts)
+    topics = set(a.topics)
+    truth_topics = set(call.topics)
+    if truth_topics:
+        s.topic_acc.append(len(topics & truth_topics) / len(truth_topics))
+    s.topic_pred["pred"] += len(topics)
+    s.topic_pred["right"] += len(topics & truth_topics)
+    s.topics_empty += not topics
+    codes = set(a.behavioral_codes) - IGNORED_CODES
+    truth_codes = set(call.codes)
+    s.codes["tp"] += len(codes & truth_codes)
+    s.codes["truth"] += len(truth_codes)
+    s.codes["pred"] += len(codes)
+    s.codes["exact"] += codes == truth_codes
+
+
+def ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+def summary(s: Score) -> dict[str, Any]:
+    v = s.vad
+    p, r = ratio(v["tp"], v["tp"] + v["fp"]), ratio(v["tp"], v["tp"] + v["fn"])
+    out: dict[str, Any] = {
+        "calls": s.calls, "calm_calls": s.calm_calls,
+        "vad_frame_f1": (2 * p * r / (p + r)) if p and r else None,
+        "wer_person": ratio(s.edits[PERSON], s.words[PERSON]), "wer_lupita": ratio(s.edits[LUPITA], s.words[LUPITA]),
+        "name_recall": ratio(*s.names), "medication_recall": ratio(*s.meds),
+        "empty_finals_on_voiced": ratio(s.voiced_empty, s.voiced) if s.voiced else None,
+        "voiced_finals": s.voiced,
+        "fact_precision": ratio(s.facts["tp_pred"], s.facts["pred"]),
+        "fact_recall": ratio(s.facts["tp_truth"], s.facts["truth"]),
+        "facts_truth": s.facts["truth"], "facts_pred": s.facts["pred"],
+        "topic_accuracy": float(np.mean(s.topic_acc)) if s.topic_acc else None,
+        "topic_precision": ratio(s.topic_pred["right"], s.topic_pred["pred"]),
+        "topics_empty_calls": s.topics_empty,
+        "code_precision": ratio(s.codes["tp"], s.codes["pred"]), "code_recall": ratio(s.codes["tp"], s.codes["truth"]),
+        "code_exact_calls": ratio(s.codes["exact"], s.calls),
+        "alerts": {},
+    }
+    for name, c in s.alerts.items():
+        out["alerts"][name] = {
+            "recall": ratio(c["tp"], c["tp"] + c["fn"]), "expected": c["tp"] + c["fn"],
+            "false_per_100_calls": 100 * c["fp"] / max(1, s.calls),
+            "false_per_100_calm_calls": 100 * c["fp_calm"] / max(1, s.calm_calls),
+            "to_verify": c["to_verify"], "missed": s.missed[name], "false": s.false[name],
+        }
+    return out
+
+
+# ------------------------------------------------------------------------------------------ running
+
+
+def evaluate(calls: list[Call], *, models: Models | None = None, use_asr_cache: bool = False,
+             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Both columns over ``calls``: ``baseline`` (the script's text) and ``audio`` (VAD → ASR)."""
+    models = models or load_models()
+    scores = {"baseline": Score(), "audio": Score()}
+    cached = 0
+    per_voice: dict[str, Counter] = defaultdict(Counter)
+    t0 = time.perf_counter()
+    for i, call in enumerate(calls):
+        rendered = corpus.render(call)
+        base_utts = script_utterances(rendered)
+        score_call(scores["baseline"], call, understand(models, call.call_id, base_utts), utts=base_utts,
+                   finals=None, rendered=rendered)
+        finals, hit = transcribe_call(models, rendered, use_cache=use_asr_cache)
+        cached += hit
+        utts = asr_utterances(call, finals)
+        score_call(scores["audio"], call, understand(models, call.call_id, utts), utts=utts, finals=finals,
+                   rendered=rendered)
+        e, w = word_edits(call.text(PERSON), " ".join(u.text for u in utts if u.leg == PERSON))
+        per_voice[call.person_voice[0]]["edits"] += e
+        per_voice[call.person_voice[0]]["words"] += w
+        if progress:
+            progress(f"{i + 1}/{len(calls)} {call.call_id} ({call.describe()}): {len(finals)} finals, "
+                     f"{time.perf_counter() - t0:.0f} s")
+    return {"baseline": summary(scores["baseline"]), "audio": summary(scores["audio"]), "asr_cached_calls": cached,
+            "person_wer_by_voice": {v: c["edits"] / max(1, c["words"]) for v, c in sorted(per_voice.items())},
+            "wall_s": time.perf_counter() - t0}
+
+
+def _fmt(x: Any, pct: bool = False) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.1%}" if pct else f"{x:.3f}"
+    return str(x)
+
+
+def print_report(r: dict[str, Any], path: str) -> None:
+    b, a = r["baseline"], r["audio"]
+    rows = [
+        ("VAD", "frame F1 (10 ms, both legs)", "vad_frame_f1", False),
+        ("ASR", "WER person leg", "wer_person", True),
+        ("ASR", "WER Lupita leg", "wer_lupita", True),
+        ("ASR", "name recall (person leg)", "name_recall", False),
+        ("ASR", "medication recall (person leg)", "medication_recall", False),
+        ("ASR", "empty finals on voiced segments", "empty_finals_on_voiced", True),
+        ("analyzer", "fact precision (type, key, value)", "fact_precision", False),
+        ("analyzer", "fact recall (type, key, value)", "fact_recall", False),
+        ("analyzer", "topic accuracy (share of the call's topics found)", "topic_accuracy", False),
+        ("analyzer", "topic precision", "topic_precision", False),
+        ("analyzer", "calls with no topic", "topics_empty_calls", False),
+        ("analyzer", "code precision", "code_precision", False),
+        ("analyzer", "code recall", "code_recall", False),
+        ("analyzer", "code accuracy (calls with the exact code set)", "code_exact_calls", False),
+    ]
+    print(f"\npath: {path}; {a['calls']} calls ({a['calls'] - a['calm_calls']} with an alert cue, "
+          f"{a['calm_calls']} calm); ASR from cache for {r['asr_cached_calls']} calls; {r['wall_s']:.0f} s")
+    head = f"{'stage':<9} {'metric':<50} {'clean text':>11} {'audio':>9}"
+    print(head)
+    print("-" * len(head))
+    for stage, label, k, pct in rows:
+        print(f"{stage:<9} {label:<50} {_fmt(b[k], pct):>11} {_fmt(a[k], pct):>9}")
+    for name in a["alerts"]:
+        ab, aa = b["alerts"][name], a["alerts"][name]
+        labels = (f"[{name}] recall ({aa['expected']} expected)", f"[{name}] false alerts / 100 calls",
+                  f"[{name}] false alerts / 100 calm calls", f"[{name}] raised as to_verify")
+        print(f"{'alerts':<9} {labels[0]:<50} {_fmt(ab['recall']):>11} {_fmt(aa['recall']):>9}")
+        print(f"{'alerts':<9} {labels[1]:<50} {ab['false_per_100_calls']:>11.1f} {aa['false_per_100_calls']:>9.1f}")
+        print(f"{'alerts':<9} {labels[2]:<50} {ab['false_per_100_calm_calls']:>11.1f} "
+              f"{aa['false_per_100_calm_calls']:>9.1f}")
+        if aa["to_verify"] or ab["to_verify"]:
+            print(f"{'alerts':<9} {labels[3]:<50} {ab['to_verify']:>11} {aa['to_verify']:>9}")
+    print("\nperson-leg WER by voice: " + ", ".join(f"{v} {w:.0%}" for v, w in r["person_wer_by_voice"].items()))
+    for name in a["alerts"]:
+        for col, x in (("clean text", b["alerts"][name]), ("audio", a["alerts"][name])):
+            if x["missed"]:
+                print(f"[{name}] {col}: missed {', '.join(x['missed'])}")
+            if x["false"]:
+                print(f"[{name}] {col}: false {'; '.join(x['false'])}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--calls", type=int, default=40, help="how many calls of the corpus (the first N)")
+    p.add_argument("--path", choices=("core",), default="core",
+                   help="core: the replay's cores in this process (VadCore -> transcriber -> CallUnderstanding -> "
+                        "analyzer); the bridge -> worker -> stores path is not written yet")
+    p.add_argument("--asr-cache", action="store_true", help="reuse cached transcripts of the same audio and settings")
+    p.add_argument("--reverse", action="store_true",
+                   help="last call first (a second process filling the ASR cache from the other end)")
+    p.add_argument("--json", action="store_true", help=f"also write the results to {RESULTS_DIR}/")
+    args = p.parse_args(argv)
+    import logging
+
+    logging.disable(logging.WARNING)
+    calls = corpus.build_corpus(args.calls)
+    if args.reverse:
+        calls.reverse()
+    print(f"understanding evaluation: {len(calls)} scripted Spanish calls, espeak-ng voices "
+          f"{sorted({c.person_voice[0] for c in calls} | {c.lupita_voice[0] for c in calls})}, 8 kHz telephone band")
+    print(f"path: {args.path} (the replay's cores in one process: VadCore -> transcriber -> "
+          f"CallUnderstanding.on_final/AlertDetector -> analyzer; no Kafka, no stores)")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    t = time.perf_counter()
+    models = load_models()
+    print(f"models loaded in {time.perf_counter() - t:.1f} s; ASR settings key {models.asr_key}")
+    r = evaluate(calls, models=models, use_asr_cache=args.asr_cache,
+                 progress=lambda m: print("  " + m, file=sys.stderr, flush=True))
+    print_report(r, args.path)
+    if args.json:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        out = RESULTS_DIR / f"understanding-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        out.write_text(json.dumps({"path": args.path, "loadavg": os.getloadavg(), **r}, indent=2, default=str))
+        print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
