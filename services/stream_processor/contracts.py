@@ -43,6 +43,10 @@ class AlertHit:
     cue_id: str  # e.g. "fall", "chest_pain" (the catalogue's key)
     severity: str  # "critical" | "high" | "medium"
     evidence: EvidenceSpan
+    # Raised although a negator or past marker that would have dropped it was doubtful (low word
+    # probability, implausible) or a cue word was only approximately heard: a human should check.
+    to_verify: bool = False
+    verification: str = ""  # why, e.g. "negator 'no' doubtful (word probability 0.31)"
 
 
 @dataclass(frozen=True)

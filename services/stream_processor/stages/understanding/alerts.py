@@ -23,10 +23,22 @@ A pattern match is *not* an alert when
   "hace un rato", "otra vez"): "hace años me caí" is history, "hace años que me pegan" is not
   (``hace ... que`` is excluded from the past markers: it means "for years, still").
 
+Transcripts are imperfect (Whisper base on 8 kHz telephone audio gets a third to two thirds of the
+words wrong), and a safety cue is asymmetric: a missed chest pain is far worse than a question too
+many. With the catalogue's ``uncertainty`` section (:class:`Uncertainty`), a negator or past marker
+that would drop a match of a critical/high cue is not believed when it is doubtful (its word
+probability, given to :meth:`AlertDetector.scan` as ``words``, is low; without word probabilities
+the utterance's ``confidence`` stands for it) or implausible (with a neighbouring word it spells
+"anoche" or "nomás": Whisper's "a no che me caí"); and a word one edit away from a cue word
+("respriar") is read as that word. Such a hit is raised with ``AlertHit.to_verify`` and the
+evidence in ``AlertHit.verification``: a human checks it. ``AlertDetector(uncertainty=False)``
+believes every negator (the plain catalogue, for comparison).
+
 What rules like these miss: cues said in other words than the catalogue's, reported speech
 ("mi vecina se cayó" is ignored, but "mi hija dice que me caí" fires), irony and jokes, a cue split
 across two segments, double negation ("no es que no pueda respirar"), negation further than the
-window ("no creo que de verdad me haya caído"), and ASR errors in the cue words themselves. It
+window ("no creo que de verdad me haya caído"), and ASR errors in short cue words ("pecho" heard
+as "techo") or more than one edit away. It
 finds phrases, not situations: an alert is a prompt for a human, not a diagnosis.
 
 Settings: ``LUPITA_ALERT_CUES_PATH`` (:class:`AlertSettings`; unset = the packaged catalogue).
@@ -37,7 +49,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -58,7 +70,10 @@ DEFAULT_CATALOGUE = "alert_cues.json"
 
 _CUE_ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _CUE_KEYS = {"id", "severity", "description", "patterns", "exclude", "past_resolves"}
-_TOP_KEYS = {"version", "language", "negators", "negation_window", "past_markers", "recent_markers", "cues"}
+_TOP_KEYS = {"version", "language", "negators", "negation_window", "past_markers", "recent_markers", "cues",
+             "uncertainty"}
+_UNCERTAINTY_KEYS = {"severities", "word_probability_below", "utterance_confidence_below", "negator_lookalikes",
+                     "approximate_min_length"}
 
 Status = Literal["hit", "negated", "past", "excluded"]
 
@@ -173,6 +188,26 @@ class Cue:
 
 
 @dataclass(frozen=True)
+class Uncertainty:
+    """How transcription uncertainty changes the decision (the catalogue's ``uncertainty``).
+
+    A negator or remote-past marker that would drop a match of a cue of one of ``severities`` does
+    not drop it when it is doubtful: its word probability is below ``word_probability_below``
+    (when the transcript's word probabilities are given), or, without them, the utterance's
+    confidence is below ``utterance_confidence_below``; or it is implausible: joined with a
+    neighbouring word it spells one of ``negator_lookalikes`` ("a no che" is "anoche", "no mas"
+    is "nomás"). The match is then raised with ``to_verify``. Words of at least
+    ``approximate_min_length`` letters one edit away from a catalogue word are read as that word
+    (the hit is ``to_verify`` too); 0 turns that off."""
+
+    severities: frozenset[str] = frozenset({"critical", "high"})
+    word_probability_below: float = 0.5
+    utterance_confidence_below: float = 0.5
+    negator_lookalikes: frozenset[str] = frozenset()
+    approximate_min_length: int = 6
+
+
+@dataclass(frozen=True)
 class Catalogue:
     """A validated cue catalogue (build it with :func:`load_catalogue` or :func:`parse_catalogue`)."""
 
@@ -183,6 +218,7 @@ class Catalogue:
     recent_markers: tuple[str, ...]
     source: str = "<data>"
     language: str = "es"
+    uncertainty: Uncertainty | None = None  # None: every negator and past marker is believed
 
     def cue(self, cue_id: str) -> Cue:
         for c in self.cues:
@@ -287,7 +323,36 @@ def parse_catalogue(data: Any, *, source: str = "<data>") -> Catalogue:
             raise _fail(source, where, f"past_resolves must be true or false, got {past_resolves!r}")
         cues.append(Cue(cid, severity, description.strip(), patterns, exclude, past_resolves))
     return Catalogue(tuple(cues), frozenset(fold(w) for w in negators_raw), window, past, recent,
-                     source=source, language=language)
+                     source=source, language=language,
+                     uncertainty=_parse_uncertainty(source, data.get("uncertainty")))
+
+
+def _parse_uncertainty(source: str, raw: Any) -> Uncertainty | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise _fail(source, "uncertainty", f"must be an object, got {type(raw).__name__}")
+    extra = sorted(k for k in raw if k not in _UNCERTAINTY_KEYS and not str(k).startswith("_"))
+    if extra:
+        raise _fail(source, "uncertainty", f"unknown key(s) {extra}; expected {sorted(_UNCERTAINTY_KEYS)}")
+    sev = raw.get("severities", ["critical", "high"])
+    if not isinstance(sev, list) or any(x not in SEVERITIES for x in sev):
+        raise _fail(source, "uncertainty.severities", f"must be a list of {list(SEVERITIES)}, got {sev!r}")
+    out: dict[str, Any] = {"severities": frozenset(sev)}
+    for key in ("word_probability_below", "utterance_confidence_below"):
+        v = raw.get(key, 0.5)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            raise _fail(source, f"uncertainty.{key}", f"must be a number in [0, 1], got {v!r}")
+        out[key] = float(v)
+    looks = raw.get("negator_lookalikes", [])
+    if not isinstance(looks, list) or not all(isinstance(w, str) and re.fullmatch(r"[a-z]+", fold(w)) for w in looks):
+        raise _fail(source, "uncertainty.negator_lookalikes", "must be a list of single words")
+    out["negator_lookalikes"] = frozenset(fold(w) for w in looks)
+    n = raw.get("approximate_min_length", 6)
+    if isinstance(n, bool) or not isinstance(n, int) or not (n == 0 or 4 <= n <= 30):
+        raise _fail(source, "uncertainty.approximate_min_length", f"must be 0 (off) or an integer in [4, 30], got {n!r}")
+    out["approximate_min_length"] = n
+    return Uncertainty(**out)
 
 
 def load_catalogue(path: str | Path | None = None) -> Catalogue:
@@ -325,6 +390,8 @@ class CueMatch:
     text: str  # the original text of the span
     status: Status
     reason: str = ""  # the negator, past marker or exclusion that dropped it
+    to_verify: bool = False  # raised although a doubtful negator / past marker or an approximate word
+    verification: str = ""  # why it is to be verified (the evidence), e.g. "negator 'no' p=0.31"
 
 
 def _union(sources: Iterable[str]) -> re.Pattern[str] | None:
@@ -350,9 +417,12 @@ class AlertDetector:
     state besides the compiled catalogue).
     """
 
-    def __init__(self, catalogue: Catalogue | None = None) -> None:
+    def __init__(self, catalogue: Catalogue | None = None, *, uncertainty: bool = True) -> None:
         self.catalogue = catalogue or load_catalogue()
         cat = self.catalogue
+        # uncertainty=False: the catalogue's ``uncertainty`` is ignored (every negator is believed)
+        self.uncertainty = cat.uncertainty if uncertainty else None
+        self._vocab, self._known = _vocabulary(cat)
         self._cues = tuple(
             _CompiledCue(c, _union(compile_pattern(p) for p in c.patterns),  # type: ignore[arg-type]
                          _union(compile_pattern(p) for p in c.exclude))
@@ -366,14 +436,20 @@ class AlertDetector:
 
     # -- public --------------------------------------------------------------------------------
 
-    def scan(self, utterance: Utterance, seen: set[str] | None = None) -> list[AlertHit]:
-        """New alerts in one utterance (none for Lupita's leg); adds their cue ids to ``seen``."""
+    def scan(self, utterance: Utterance, seen: set[str] | None = None, *,
+             words: Sequence[tuple[str, float | None]] | None = None) -> list[AlertHit]:
+        """New alerts in one utterance (none for Lupita's leg); adds their cue ids to ``seen``.
+
+        ``words``: the transcript's words with their probabilities (``TranscriptEvent.words`` as
+        ``(word, probability)`` pairs), in order; without them the utterance's ``confidence`` stands
+        for every word. A cue is raised once per call, doubtful (``to_verify``) or not, whichever
+        comes first."""
         self._check(utterance)
         if utterance.leg != PERSON_LEG:
             return []
         raised = seen if seen is not None else set()
         hits: list[AlertHit] = []
-        for m in self.matches(utterance.text):
+        for m in self.matches(utterance.text, words=words, confidence=utterance.confidence):
             if m.status != "hit" or m.cue_id in raised:
                 continue
             raised.add(m.cue_id)
@@ -381,17 +457,25 @@ class AlertDetector:
                 call_id=utterance.call_id, cue_id=m.cue_id, severity=m.severity,
                 evidence=EvidenceSpan(leg=utterance.leg, seq=utterance.seq, start_s=utterance.start_s,
                                       end_s=utterance.end_s, text=utterance.text,
-                                      char_start=m.char_start, char_end=m.char_end)))
+                                      char_start=m.char_start, char_end=m.char_end),
+                to_verify=m.to_verify, verification=m.verification))
         return hits
 
-    def matches(self, text: str) -> list[CueMatch]:
+    def matches(self, text: str, *, words: Sequence[tuple[str, float | None]] | None = None,
+                confidence: float | None = None) -> list[CueMatch]:
         """Every cue match in ``text`` with its status (hit / negated / past / excluded), in text
-        order; for tests, debugging and the catalogue authors. Ignores legs (plain text)."""
+        order; for tests, debugging and the catalogue authors. Ignores legs (plain text).
+        ``words`` / ``confidence``: see :meth:`scan` (used only with the catalogue's ``uncertainty``)."""
         if not isinstance(text, str):
             raise AlertInputError(f"text must be a string, got {type(text).__name__}")
         norm, idx = normalise(text)
         if not norm:
             return []
+        unc = self.uncertainty
+        fixes: list[tuple[int, int, str, str]] = []  # (start, end) in the new norm, heard, read as
+        if unc is not None and unc.approximate_min_length:
+            norm, idx, fixes = self._approximate(norm, idx, unc.approximate_min_length)
+        probs = _token_probabilities(norm, words) if unc is not None and words else None
         out: list[tuple[int, CueMatch]] = []
         for cc in self._cues:
             excl_spans: list[tuple[int, int]] | None = None
@@ -406,16 +490,29 @@ class AlertDetector:
                         if ea < b and a < eb:
                             status, reason = "excluded", norm[ea:eb]
                             break
+                doubts: list[str] = []
                 if status == "hit":
-                    neg = self._negator_before(norm, a, m.group(0))
+                    neg, at = self._negator_before(norm, a, m.group(0))
                     if neg:
-                        status, reason = "negated", neg
+                        doubt = self._doubt(cc.cue, norm, at, at + len(neg), probs, confidence, negator=True)
+                        if doubt:
+                            doubts.append(f"negator '{neg}' {doubt}")
+                        else:
+                            status, reason = "negated", neg
                 if status == "hit" and cc.cue.past_resolves:
-                    past = self._remote_past(norm, a, b)
+                    past, pa, pb = self._remote_past(norm, a, b)
                     if past:
-                        status, reason = "past", past
+                        doubt = self._doubt(cc.cue, norm, pa, pb, probs, confidence, negator=False)
+                        if doubt:
+                            doubts.append(f"past marker '{past}' {doubt}")
+                        else:
+                            status, reason = "past", past
+                if status == "hit":
+                    doubts += [f"heard '{heard}', read as '{word}'" for fa, fb, heard, word in fixes
+                               if fa < b and a < fb]
                 start, end = idx[a], idx[b - 1] + 1
-                out.append((a, CueMatch(cc.cue.id, cc.cue.severity, start, end, text[start:end], status, reason)))
+                out.append((a, CueMatch(cc.cue.id, cc.cue.severity, start, end, text[start:end], status, reason,
+                                        to_verify=bool(doubts), verification="; ".join(doubts))))
         out.sort(key=lambda t: t[0])
         return [m for _, m in out]
 
@@ -432,34 +529,162 @@ class AlertDetector:
             raise AlertInputError(f"utterance {u.call_id}/{u.seq}: text must be a string, got "
                                   f"{type(u.text).__name__}")
 
-    def _negator_before(self, norm: str, start: int, matched: str) -> str:
+    def _negator_before(self, norm: str, start: int, matched: str) -> tuple[str, int]:
+        """The negator that drops a match starting at ``start`` and where it is ('', -1: none)."""
         negators = self.catalogue.negators
         first = matched.split(" ", 1)[0]
         if first in negators:
-            return ""  # the cue is itself a negative statement ("no puedo respirar")
+            return "", -1  # the cue is itself a negative statement ("no puedo respirar")
         window = self.catalogue.negation_window
         if window == 0 or start == 0:
-            return ""
+            return "", -1
         words = 0
-        for tok in reversed(norm[:start].split()):
+        for t in reversed(list(re.finditer(r"\S+", norm[:start]))):
+            tok = t.group(0)
             if tok in (".", ","):
                 break
             if tok in negators:
-                return tok
+                return tok, t.start()
             words += 1
             if words >= window:
                 break
-        return ""
+        return "", -1
 
-    def _remote_past(self, norm: str, start: int, end: int) -> str:
+    def _remote_past(self, norm: str, start: int, end: int) -> tuple[str, int, int]:
         if self._past is None:
-            return ""
+            return "", -1, -1
         s0 = norm.rfind(".", 0, start) + 1
         s1 = norm.find(".", end)
         sentence = norm[s0:] if s1 < 0 else norm[s0:s1]
         past = self._past.search(sentence)
         if past is None:
-            return ""
+            return "", -1, -1
         if self._recent is not None and self._recent.search(sentence):
+            return "", -1, -1
+        return past.group(0), s0 + past.start(), s0 + past.end()
+
+    def _doubt(self, cue: Cue, norm: str, a: int, b: int, probs: dict[int, float] | None,
+               confidence: float | None, *, negator: bool) -> str:
+        """Why the negator / past marker at ``norm[a:b]`` is not to be believed ('' = believe it)."""
+        unc = self.uncertainty
+        if unc is None or cue.severity not in unc.severities or a < 0:
             return ""
-        return past.group(0)
+        if negator and unc.negator_lookalikes:
+            before = norm[:a].rstrip().rsplit(" ", 1)[-1] if a > 0 else ""
+            after = norm[b:].lstrip().split(" ", 1)[0]
+            word = norm[a:b]
+            for joined in (before + word + after, before + word, word + after):
+                if joined != word and joined in unc.negator_lookalikes:
+                    return f"implausible (with its neighbour it spells '{joined}')"
+        if probs is not None:
+            ps = [p for start, p in probs.items() if a <= start < b]
+            if ps:
+                p = sum(ps) / len(ps)
+                return f"doubtful (word probability {p:.2f})" if p < unc.word_probability_below else ""
+        if confidence is not None and confidence < unc.utterance_confidence_below:
+            return f"doubtful (utterance confidence {confidence:.2f})"
+        return ""
+
+    def _approximate(self, norm: str, idx: list[int], min_len: int) -> tuple[str, list[int], list[tuple[int, int, str, str]]]:
+        """Words of ``min_len`` letters or more one edit away from a catalogue word (and not
+        catalogue words themselves) replaced by it; the index map follows."""
+        toks = norm.split(" ")
+        out_t: list[str] = []
+        out_i: list[int] = []
+        fixes: list[tuple[int, int, str, str]] = []
+        pos = 0
+        new_pos = 0
+        for k, tok in enumerate(toks):
+            rep = tok
+            if len(tok) >= min_len and tok.isalpha() and tok not in self._known:
+                rep = _nearest(tok, self._vocab, min_len) or tok
+            span = idx[pos:pos + len(tok)]
+            if rep != tok:
+                fixes.append((new_pos, new_pos + len(rep), tok, rep))
+                span = [span[min(j, len(span) - 1)] for j in range(len(rep))]
+            out_t.append(rep)
+            out_i += span
+            new_pos += len(rep)
+            pos += len(tok)
+            if k < len(toks) - 1:
+                out_i.append(idx[pos])
+                pos += 1
+                new_pos += 1
+        return " ".join(out_t), out_i, fixes
+
+
+# --- approximate words and word probabilities -------------------------------------------------------
+
+
+def _vocabulary(cat: Catalogue) -> tuple[dict[int, tuple[str, ...]], frozenset[str]]:
+    """(catalogue words of the cue patterns by length, every literal word of the catalogue)."""
+    cue_words: set[str] = set()
+    known: set[str] = set(cat.negators)
+    for c in cat.cues:
+        for p in c.patterns:
+            cue_words.update(re.findall(r"[a-z]+", fold(p)))
+        for p in c.exclude:
+            known.update(re.findall(r"[a-z]+", fold(p)))
+    for p in (*cat.past_markers, *cat.recent_markers):
+        known.update(re.findall(r"[a-z]+", fold(p)))
+    cue_words.discard("w")  # from \w in patterns
+    known |= cue_words
+    by_len: dict[int, list[str]] = {}
+    for w in sorted(cue_words):
+        by_len.setdefault(len(w), []).append(w)
+    return {n: tuple(ws) for n, ws in by_len.items()}, frozenset(known)
+
+
+def _within_one(a: str, b: str) -> bool:
+    """One substitution, insertion, deletion or transposition of neighbours apart (a != b)."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1
+                                   and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
+    if len(a) > len(b):
+        a, b = b, a
+    i = 0
+    while i < len(a) and a[i] == b[i]:
+        i += 1
+    return a[i:] == b[i + 1:]
+
+
+def _nearest(tok: str, vocab: dict[int, tuple[str, ...]], min_len: int) -> str | None:
+    """The one catalogue word of ``min_len`` letters or more one edit away from ``tok`` (None: none,
+    or more than one). A plural or singular of a catalogue word ("muchos" / "mucho") is a word of
+    its own, not a mis-hearing."""
+    found = [w for n in (len(tok) - 1, len(tok), len(tok) + 1) if n >= min_len for w in vocab.get(n, ())
+             if _within_one(tok, w) and tok != w + "s" and w != tok + "s"]
+    return found[0] if len(found) == 1 else None
+
+
+def _token_probabilities(norm: str, words: Sequence[tuple[str, float | None]]) -> dict[int, float] | None:
+    """Start offset in ``norm`` of each word token -> the probability of the transcript word it
+    came from (aligned on the folded words; tokens that do not align get none)."""
+    from difflib import SequenceMatcher
+
+    heard: list[tuple[str, float]] = []
+    for w, p in words:
+        if p is None:
+            continue
+        for t in normalise(str(w))[0].split(" "):
+            if t and t not in (".", ","):
+                heard.append((t, float(p)))
+    if not heard:
+        return None
+    starts: list[int] = []
+    toks: list[str] = []
+    pos = 0
+    for t in norm.split(" "):
+        if t and t not in (".", ","):
+            starts.append(pos)
+            toks.append(t)
+        pos += len(t) + 1
+    out: dict[int, float] = {}
+    sm = SequenceMatcher(a=toks, b=[t for t, _ in heard], autojunk=False)
+    for blk in sm.get_matching_blocks():
+        for k in range(blk.size):
+            out[starts[blk.a + k]] = heard[blk.b + k][1]
+    return out

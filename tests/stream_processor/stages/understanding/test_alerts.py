@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 
@@ -306,3 +307,96 @@ def test_a_custom_catalogue_from_settings_is_used(tmp_path, monkeypatch, raw_cat
     det = AlertDetector.from_settings(AlertSettings())
     hits = det.scan(person(0, "Hoy me mareé al levantarme, y me caí."))
     assert [(h.cue_id, h.severity) for h in hits] == [("dizziness", "medium")]  # "me caí" is not in this catalogue
+
+
+# --- transcription uncertainty (issue 11 §2) ------------------------------------------------------
+
+
+def heard(text: str, confidence: float = 1.0) -> Utterance:
+    return Utterance(CALL, "person", 0, 0.0, 2.0, text, confidence)
+
+
+def test_a_confident_negator_still_drops_the_cue(detector):
+    assert detector.scan(heard("no me caí", 0.95)) == []
+    assert detector.scan(heard("no me caí", 0.95), words=[("no", 0.97), ("me", 0.9), ("caí", 0.9)]) == []
+    assert [h.cue_id for h in detector.scan(heard("me caí", 0.95))] == ["fall"]  # the words do fire
+
+
+def test_a_doubtful_negator_raises_the_cue_to_verify_with_the_evidence(detector):
+    [hit] = detector.scan(heard("no me caí", 0.95), words=[("no", 0.21), ("me", 0.9), ("caí", 0.9)])
+    assert (hit.cue_id, hit.to_verify) == ("fall", True)
+    assert "negator 'no'" in hit.verification and "0.21" in hit.verification
+    # without word probabilities the utterance's confidence stands for every word
+    [hit] = detector.scan(heard("no me caí", 0.3))
+    assert hit.to_verify and "utterance confidence 0.30" in hit.verification
+    # a confident negator in a doubtful utterance is believed when its own probability is known
+    assert detector.scan(heard("no me caí", 0.3), words=[("no", 0.9), ("me", 0.2), ("caí", 0.2)]) == []
+
+
+def test_an_implausible_negator_does_not_silence_a_fall(detector):
+    # Whisper splits "anoche" and "nomás": the "no" is a piece of another word
+    for text, joined in (("a no che me caí en el baño", "anoche"), ("no más me caí tantito", "nomas")):
+        [hit] = detector.scan(heard(text, 0.95))
+        assert (hit.cue_id, hit.to_verify) == ("fall", True), text
+        assert f"'{joined}'" in hit.verification
+
+
+def test_a_doubtful_past_marker_raises_the_cue_to_verify(detector):
+    assert [m.status for m in detector.matches("hace muchos años me caí", confidence=0.9)] == ["past"]
+    [m] = detector.matches("hace muchos años me caí", confidence=0.2)
+    assert (m.status, m.to_verify) == ("hit", True) and "past marker" in m.verification
+
+
+def test_figurative_uses_stay_excluded_however_doubtful(detector):
+    for text in ("me caí muy bien con la vecina", "me caigo de sueño", "me duele que no venga"):
+        assert detector.scan(heard(text, 0.1)) == [], text
+
+
+def test_cue_words_heard_one_edit_away_are_read_and_marked_to_verify(detector):
+    [hit] = detector.scan(heard("no puedo respriar", 0.9))
+    assert (hit.cue_id, hit.to_verify) == ("cant_breathe", True)
+    assert "heard 'respriar', read as 'respirar'" in hit.verification
+    assert hit.evidence.text[hit.evidence.char_start:hit.evidence.char_end] == "no puedo respriar"
+    [hit] = detector.scan(heard("necesito una ambulansia", 0.9))
+    assert hit.cue_id == "help_request" and hit.to_verify
+    # short words are not guessed, and a plural of a catalogue word is a word of its own
+    assert detector.scan(heard("me duele el pecjo", 0.9)) == []
+    [m] = detector.matches("hace muchos años me caí")
+    assert m.status == "past" and "muchos" in m.reason
+
+
+def test_uncertainty_off_is_the_plain_catalogue(detector):
+    plain = AlertDetector(load_catalogue(), uncertainty=False)
+    assert plain.scan(heard("no me caí", 0.1)) == []
+    assert plain.scan(heard("a no che me caí", 0.9)) == []
+    assert plain.scan(heard("no puedo respriar", 0.9)) == []
+    assert [h.to_verify for h in plain.scan(heard("me caí", 0.1))] == [False]
+
+
+def test_alert_hit_stays_backward_compatible():
+    from stream_processor.contracts import EvidenceSpan
+
+    hit = AlertHit(CALL, "fall", "high", EvidenceSpan("person", 0, 0.0, 1.0, "me caí"))
+    assert (hit.to_verify, hit.verification) == (False, "")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["uncertainty"].update(severities=["urgent"]), "uncertainty.severities"),
+    (lambda c: c["uncertainty"].update(word_probability_below=1.5), "uncertainty.word_probability_below"),
+    (lambda c: c["uncertainty"].update(negator_lookalikes=["a noche"]), "uncertainty.negator_lookalikes"),
+    (lambda c: c["uncertainty"].update(approximate_min_length=2), "uncertainty.approximate_min_length"),
+    (lambda c: c["uncertainty"].update(fuzzy=True), "unknown key(s) ['fuzzy']"),
+])
+def test_broken_uncertainty_gives_a_precise_error(raw_catalogue, edit, message):
+    data = copy.deepcopy(raw_catalogue)
+    edit(data)
+    with pytest.raises(CatalogueError, match=re.escape(message)):
+        parse_catalogue(data, source="cues.json")
+
+
+def test_a_catalogue_without_uncertainty_believes_every_negator(raw_catalogue):
+    data = copy.deepcopy(raw_catalogue)
+    del data["uncertainty"]
+    d = AlertDetector(parse_catalogue(data))
+    assert d.scan(heard("no me caí", 0.1)) == []
+    assert d.scan(heard("no puedo respriar", 0.9)) == []
