@@ -107,13 +107,31 @@ def load_models(detectors: dict[str, Callable[[], Any]] | None = None) -> Models
     services = UnderstandingServices(analyzer=build_analyzer(settings, embedder=emb), embedder=emb, weaviate=None,
                                      postgres=None, detector=det, legal_bucket="eval")
     replayer = Replayer(settings, services=services, s3=_OneObjectS3())
-    built = {"catalogue": det}
+    # "catalogue": the detector the worker runs (the catalogue as configured, its uncertainty rules
+    # judging a negator by the utterance's confidence, which is all CallUnderstanding passes on);
+    # "uncertainty off": every negator and past marker believed, exact words only (the detector
+    # before issue 11 §2); "word probabilities": the catalogue's detector given each transcript's
+    # word probabilities (what the worker gets once the understanding agent passes them on)
+    built: dict[str, Any] = {"uncertainty off": AlertDetector(det.catalogue, uncertainty=False), "catalogue": det,
+                             "word probabilities": WordsDetector(det)}
     for name, make in (detectors or {}).items():
         built[name] = make()
     asr_fields = {k: str(v) for k, v in settings.model_dump().items() if k.startswith(("asr_", "vad_"))
                   and "key" not in k}
     asr_key = hashlib.sha256(json.dumps(asr_fields, sort_keys=True).encode()).hexdigest()[:16]
     return Models(settings, replayer, services, built, asr_key)
+
+
+class WordsDetector:
+    """An AlertDetector fed each utterance's transcript words with their probabilities (set per
+    call in ``words``, keyed by (leg, seq)); ``CallUnderstanding.on_final`` calls its ``scan``."""
+
+    def __init__(self, detector: Any) -> None:
+        self.detector = detector
+        self.words: dict[tuple[str, int], list[tuple[str, float | None]]] = {}
+
+    def scan(self, utterance: Any, seen: set[str] | None = None) -> list[Any]:
+        return self.detector.scan(utterance, seen, words=self.words.get((utterance.leg, utterance.seq)))
 
 
 @dataclass
@@ -125,52 +143,95 @@ class Final:
     text: str
     confidence: float
     event: bytes  # the TranscriptEvent
+    scripted: bool = False  # the script's words, not the ASR's (Lupita's leg with --lupita-leg script)
 
 
-def transcribe_call(models: Models, rendered: corpus.Rendered, *, use_cache: bool) -> tuple[list[Final], bool]:
-    """VAD + ASR of one rendered call through the replay's code; (finals, from cache)."""
+def _save(path: Path, finals: list[Final]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([{"leg": f.leg, "seq": f.seq, "start_s": f.start_s, "end_s": f.end_s, "text": f.text,
+                                 "confidence": f.confidence, "event": base64.b64encode(f.event).decode()}
+                                for f in finals]))
+
+
+def _load(path: Path) -> list[Final]:
+    return [Final(r["leg"], r["seq"], r["start_s"], r["end_s"], r["text"], r["confidence"],
+                  base64.b64decode(r["event"])) for r in json.loads(path.read_text())]
+
+
+def script_finals(rendered: corpus.Rendered, finals: list[Final], leg: str) -> list[Final]:
+    """``leg``'s finals with the script's words instead of the ASR's: each spoken piece of the leg
+    goes to the segment it overlaps most (a segment with no piece gets no text), confidence 1."""
     from lupita.v1 import events_pb2
 
+    mine = [f for f in finals if f.leg == leg]
+    texts: dict[int, list[str]] = defaultdict(list)
+    for p, (a, b) in zip(rendered.call.pieces, rendered.piece_times):
+        if p.leg != leg or not mine:
+            continue
+        best = max(range(len(mine)), key=lambda k: min(b, mine[k].end_s) - max(a, mine[k].start_s))
+        texts[best].append(p.text)
+    out = [f for f in finals if f.leg != leg]
+    for k, f in enumerate(mine):
+        ev = events_pb2.TranscriptEvent()
+        ev.ParseFromString(f.event)
+        del ev.words[:]
+        ev.text = " ".join(texts.get(k, []))
+        ev.confidence = 1.0
+        out.append(Final(f.leg, f.seq, f.start_s, f.end_s, ev.text, 1.0, ev.SerializeToString(), scripted=True))
+    return out
+
+
+def transcribe_call(models: Models, rendered: corpus.Rendered, *, use_cache: bool,
+                    lupita_asr: bool = True) -> tuple[list[Final], bool]:
+    """VAD + ASR of one rendered call through the replay's code; (finals, from cache).
+    ``lupita_asr=False``: Lupita's segments are not transcribed; they carry the script's words."""
     from stream_processor.records import LEG_NAMES
     from stream_processor.replay import CallEntry
 
     call = rendered.call
     audio_key = hashlib.sha256(rendered.stereo.tobytes()).hexdigest()[:16]
     path = corpus.cache_dir() / "asr" / f"{call.call_id}-{audio_key}-{models.asr_key}.json"
+    person_path = path.with_name(path.stem + "-person.json")
     if use_cache and path.exists():
-        rows = json.loads(path.read_text())
-        return [Final(r["leg"], r["seq"], r["start_s"], r["end_s"], r["text"], r["confidence"],
-                      base64.b64decode(r["event"])) for r in rows], True
+        finals = _load(path)
+        return (finals if lupita_asr else script_finals(rendered, finals, LUPITA)), True
+    if use_cache and not lupita_asr and person_path.exists():
+        return script_finals(rendered, _load(person_path), LUPITA), True
     started = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)
     entry = CallEntry(call.call_id, "recorded", None, True, "eval/call.wav", None, started, None, None, None, None)
     models.replayer.s3.wav = wav_bytes(rendered.stereo)
     segs, _, _ = models.replayer.segments(entry)
     finals: list[Final] = []
     for seg in segs:
-        ev = models.replayer.transcript(seg)
+        if not lupita_asr and LEG_NAMES[seg.leg] == LUPITA:
+            from stream_processor.stages.transcriber.core import transcript_event
+
+            ev = transcript_event(seg.to_proto(time.time_ns() // 1000), None, emitted_at_us=time.time_ns() // 1000)
+        else:
+            ev = models.replayer.transcript(seg)
         conf = ev.confidence if ev.HasField("confidence") else 1.0
         finals.append(Final(LEG_NAMES[ev.leg], int(ev.seq), seg.start_us / 1e6, seg.end_us / 1e6, ev.text,
                             float(conf), ev.SerializeToString()))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([{"leg": f.leg, "seq": f.seq, "start_s": f.start_s, "end_s": f.end_s, "text": f.text,
-                                 "confidence": f.confidence, "event": base64.b64encode(f.event).decode()}
-                                for f in finals]))
-    _ = events_pb2  # the event bytes are a TranscriptEvent
-    return finals, False
+    _save(path if lupita_asr else person_path, finals)
+    return (finals if lupita_asr else script_finals(rendered, finals, LUPITA)), False
 
 
-def asr_utterances(call: Call, finals: list[Final]) -> list[Any]:
-    """The finals as the understanding agent sees them (``utterance_of``), in end-of-speech order."""
+def asr_utterances(call: Call, finals: list[Final]) -> tuple[list[Any], dict[tuple[str, int], list]]:
+    """The finals as the understanding agent sees them (``utterance_of``), in end-of-speech order,
+    and each one's transcript words with their probabilities."""
     from lupita.v1 import events_pb2
 
     from stream_processor.stages.understanding.agent import utterance_of
 
     out = []
+    words: dict[tuple[str, int], list] = {}
     for f in sorted(finals, key=lambda f: (f.end_s, f.leg, f.seq)):
         ev = events_pb2.TranscriptEvent()
         ev.ParseFromString(f.event)
-        out.append(utterance_of(ev))
-    return out
+        u = utterance_of(ev)
+        out.append(u)
+        words[(u.leg, u.seq)] = [(w.word, w.probability if w.HasField("probability") else None) for w in ev.words]
+    return out, words
 
 
 def script_utterances(rendered: corpus.Rendered) -> list[Any]:
@@ -185,7 +246,8 @@ def script_utterances(rendered: corpus.Rendered) -> list[Any]:
     return out
 
 
-def understand(models: Models, call_id: str, utts: list[Any]) -> dict[str, Any]:
+def understand(models: Models, call_id: str, utts: list[Any],
+               words: dict[tuple[str, int], list] | None = None) -> dict[str, Any]:
     """Alerts (every detector, each on its own CallUnderstanding) and the analysis of one call."""
     from stream_processor.stages.understanding.core import CallUnderstanding
 
@@ -193,6 +255,8 @@ def understand(models: Models, call_id: str, utts: list[Any]) -> dict[str, Any]:
     alerts: dict[str, list[Any]] = {}
     cu = None
     for name, det in models.detectors.items():
+        if isinstance(det, WordsDetector):
+            det.words = words or {}
         cu = CallUnderstanding(call_id)
         cu.start(started_at_us=1, phone_hash=None, region=None, consent=True, detector=det)
         hits: list[Any] = []
@@ -253,6 +317,7 @@ class Score:
     topic_pred: Counter = field(default_factory=Counter)  # right, predicted
     topics_empty: int = 0
     codes: Counter = field(default_factory=Counter)  # tp, truth, pred, exact calls
+    scripted_legs: set = field(default_factory=set)  # legs given the script's words instead of ASR
 
 
 def score_call(s: Score, call: Call, res: dict[str, Any], *, utts: list[Any], finals: list[Final] | None,
@@ -268,11 +333,16 @@ def score_call(s: Score, call: Call, res: dict[str, Any], *, utts: list[Any], fi
             s.vad["fp"] += int((~truth & got).sum())
             s.vad["fn"] += int((truth & ~got).sum())
         for f in finals:
+            if f.scripted:
+                continue
             overlap = sum(max(0.0, min(b, f.end_s) - max(a, f.start_s)) for a, b in rendered.regions[f.leg])
             if overlap >= 0.3:
                 s.voiced += 1
                 s.voiced_empty += not f.text.strip()
     for leg in (LUPITA, PERSON):
+        if finals is not None and any(f.scripted for f in finals if f.leg == leg):
+            s.scripted_legs.add(leg)
+            continue
         hyp = " ".join(u.text for u in sorted(utts, key=lambda u: u.start_s) if u.leg == leg)
         e, w = word_edits(call.text(leg), hyp)
         s.edits[leg] += e
@@ -326,7 +396,9 @@ def summary(s: Score) -> dict[str, Any]:
     out: dict[str, Any] = {
         "calls": s.calls, "calm_calls": s.calm_calls,
         "vad_frame_f1": (2 * p * r / (p + r)) if p and r else None,
-        "wer_person": ratio(s.edits[PERSON], s.words[PERSON]), "wer_lupita": ratio(s.edits[LUPITA], s.words[LUPITA]),
+        "wer_person": None if PERSON in s.scripted_legs else ratio(s.edits[PERSON], s.words[PERSON]),
+        "wer_lupita": None if LUPITA in s.scripted_legs else ratio(s.edits[LUPITA], s.words[LUPITA]),
+        "scripted_legs": sorted(s.scripted_legs),
         "name_recall": ratio(*s.names), "medication_recall": ratio(*s.meds),
         "empty_finals_on_voiced": ratio(s.voiced_empty, s.voiced) if s.voiced else None,
         "voiced_finals": s.voiced,
@@ -354,7 +426,7 @@ def summary(s: Score) -> dict[str, Any]:
 
 
 def evaluate(calls: list[Call], *, models: Models | None = None, use_asr_cache: bool = False,
-             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+             lupita_asr: bool = True, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Both columns over ``calls``: ``baseline`` (the script's text) and ``audio`` (VAD → ASR)."""
     models = models or load_models()
     scores = {"baseline": Score(), "audio": Score()}
@@ -366,10 +438,10 @@ def evaluate(calls: list[Call], *, models: Models | None = None, use_asr_cache: 
         base_utts = script_utterances(rendered)
         score_call(scores["baseline"], call, understand(models, call.call_id, base_utts), utts=base_utts,
                    finals=None, rendered=rendered)
-        finals, hit = transcribe_call(models, rendered, use_cache=use_asr_cache)
+        finals, hit = transcribe_call(models, rendered, use_cache=use_asr_cache, lupita_asr=lupita_asr)
         cached += hit
-        utts = asr_utterances(call, finals)
-        score_call(scores["audio"], call, understand(models, call.call_id, utts), utts=utts, finals=finals,
+        utts, words = asr_utterances(call, finals)
+        score_call(scores["audio"], call, understand(models, call.call_id, utts, words), utts=utts, finals=finals,
                    rendered=rendered)
         e, w = word_edits(call.text(PERSON), " ".join(u.text for u in utts if u.leg == PERSON))
         per_voice[call.person_voice[0]]["edits"] += e
@@ -441,6 +513,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="core: the replay's cores in this process (VadCore -> transcriber -> CallUnderstanding -> "
                         "analyzer); the bridge -> worker -> stores path is not written yet")
     p.add_argument("--asr-cache", action="store_true", help="reuse cached transcripts of the same audio and settings")
+    p.add_argument("--lupita-leg", choices=("asr", "script"), default="asr",
+                   help="script: Lupita's segments (found by the VAD) carry the script's words instead of being "
+                        "transcribed: half the Whisper time; her leg's WER is then not measured")
     p.add_argument("--reverse", action="store_true",
                    help="last call first (a second process filling the ASR cache from the other end)")
     p.add_argument("--json", action="store_true", help=f"also write the results to {RESULTS_DIR}/")
@@ -460,7 +535,9 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     models = load_models()
     print(f"models loaded in {time.perf_counter() - t:.1f} s; ASR settings key {models.asr_key}")
-    r = evaluate(calls, models=models, use_asr_cache=args.asr_cache,
+    if args.lupita_leg == "script":
+        print("Lupita's leg: VAD only; her segments carry the script's words (not transcribed)")
+    r = evaluate(calls, models=models, use_asr_cache=args.asr_cache, lupita_asr=args.lupita_leg == "asr",
                  progress=lambda m: print("  " + m, file=sys.stderr, flush=True))
     print_report(r, args.path)
     if args.json:
