@@ -162,8 +162,11 @@ def test_a_redelivered_segment_is_not_transcribed_again(calls, readers, worker, 
                   if (lambda s: (s.leg, s.seq, s.kind) == (sim.PERSON, 0, FINAL))(segment_of(r)))
     before = worker.metric("lupita_transcriber_segments_total", kind="final", outcome="duplicate")
     produce(settings.kafka_bootstrap, [(settings.topic(SPEECH_SEGMENTS), record.key, record.value)])
+    # the duplicate queues behind whatever of the leg is still decoding: on a busy 2-core machine
+    # that can be a while (the wait ends as soon as the counter moves)
     trans.wait("the transcriber to recognise the duplicate",
-               lambda: worker.metric("lupita_transcriber_segments_total", kind="final", outcome="duplicate") > before)
+               lambda: worker.metric("lupita_transcriber_segments_total", kind="final", outcome="duplicate") > before,
+               timeout=240)
     trans.poll()
     again = [e for e in transcripts_of(trans, talk.call_id)
              if (e.leg, e.seq) == (sim.PERSON, 0) and not e.is_partial]
