@@ -41,8 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how much faster than real time the call is streamed (1 = real time; default 4)")
     parser.add_argument("--no-consent", action="store_true",
                         help="simulate a person who did not agree to be recorded")
-    parser.add_argument("--timeout", type=float, default=180.0,
-                        help="seconds to wait for the recording to land (default 180)")
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="seconds to wait for each result (the recording, then the analysis) before "
+                             "giving up; the waits end as soon as the result is there (default 600: a first "
+                             "run on a busy 2-core machine loads every model)")
 
 
 def say(message: str) -> None:
