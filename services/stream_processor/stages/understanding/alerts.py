@@ -423,6 +423,7 @@ class AlertDetector:
         # uncertainty=False: the catalogue's ``uncertainty`` is ignored (every negator is believed)
         self.uncertainty = cat.uncertainty if uncertainty else None
         self._vocab, self._known = _vocabulary(cat)
+        self._near: dict[str, str | None] = {}  # word heard -> the cue word it is read as (None: none)
         self._cues = tuple(
             _CompiledCue(c, _union(compile_pattern(p) for p in c.patterns),  # type: ignore[arg-type]
                          _union(compile_pattern(p) for p in c.exclude))
@@ -597,7 +598,12 @@ class AlertDetector:
         for k, tok in enumerate(toks):
             rep = tok
             if len(tok) >= min_len and tok.isalpha() and tok not in self._known:
-                rep = _nearest(tok, self._vocab, min_len) or tok
+                near = self._near.get(tok, "")
+                if near == "":
+                    near = _nearest(tok, self._vocab, min_len)
+                    if len(self._near) < 100_000:  # bounded: words heard are a small vocabulary
+                        self._near[tok] = near
+                rep = near or tok
             span = idx[pos:pos + len(tok)]
             if rep != tok:
                 fixes.append((new_pos, new_pos + len(rep), tok, rep))
