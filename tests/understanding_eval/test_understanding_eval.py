@@ -23,7 +23,7 @@ sys.path.insert(0, str(BENCH))
 pytestmark = [
     pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("sox") is None,
                        reason="needs espeak-ng and sox (apt-get install espeak-ng sox)"),
-    # ~20 Whisper finals: about a minute on an idle core, several when other runs share the CPU
+    # ~34 Whisper finals, ~3.3 CPU-minutes: 4-8 min wall when other runs share the 2 cores
     pytest.mark.timeout(900),
 ]
 
