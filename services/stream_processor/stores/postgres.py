@@ -290,8 +290,9 @@ WHERE id = %(id)s
 """
 
 _INSERT_ALERT = """
-INSERT INTO call_alerts (call_id, cue_id, severity, evidence, raised_at)
-VALUES (%(call_id)s, %(cue_id)s, %(severity)s, %(evidence)s, COALESCE(%(raised_at)s::timestamptz, now()))
+INSERT INTO call_alerts (call_id, cue_id, severity, evidence, raised_at, to_verify, verification)
+VALUES (%(call_id)s, %(cue_id)s, %(severity)s, %(evidence)s, COALESCE(%(raised_at)s::timestamptz, now()),
+        %(to_verify)s, %(verification)s)
 ON CONFLICT (call_id, cue_id) DO NOTHING
 RETURNING 1
 """
@@ -575,6 +576,8 @@ class PostgresSink:
             "severity": hit.severity,
             "evidence": Jsonb(evidence_json(hit.evidence)),
             "raised_at": raised_at,
+            "to_verify": bool(hit.to_verify),
+            "verification": (hit.verification[:500] or None) if hit.to_verify else None,
         }
         new = self._run(op, hit.call_id, lambda conn: conn.execute(_INSERT_ALERT, params).fetchone() is not None,
                         on_retry)

@@ -368,6 +368,18 @@ def test_an_alert_is_stored_once(sink, db, made):
     assert db.execute("SELECT count(*) FROM call_alerts WHERE call_id = %s", (call_id,)).fetchone()[0] == 2
 
 
+def test_an_alert_to_verify_is_stored_as_one_with_its_reason(sink, db, made):
+    call_id = made.call()
+    doubtful = AlertHit(call_id, "fall", "critical", EvidenceSpan("person", 2, 8.0, 10.0, "no me caí anoche"),
+                        to_verify=True, verification="negator 'no' doubtful (word probability 0.08)")
+    sure = AlertHit(call_id, "chest_pain", "critical", EvidenceSpan("person", 3, 11.0, 12.0, "me duele el pecho"),
+                    verification="ignored: not to verify")
+    assert sink.write_alert(doubtful) is True and sink.write_alert(sure) is True
+    rows = db.execute("SELECT cue_id, to_verify, verification FROM call_alerts WHERE call_id = %s ORDER BY cue_id",
+                      (call_id,)).fetchall()
+    assert rows == [("chest_pain", False, None), ("fall", True, "negator 'no' doubtful (word probability 0.08)")]
+
+
 def test_scheduled_callbacks_refuse_the_same_pending_callback_twice(db, made):
     person = made.person()
     insert = ("INSERT INTO scheduled_callbacks (phone_number_hash, call_id, scheduled_for, reason) "

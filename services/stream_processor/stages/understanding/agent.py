@@ -118,7 +118,7 @@ def alert_event(hit: AlertHit, *, raised_at_us: int, transcript_emitted_at_us: i
         call_id=hit.call_id, cue_id=hit.cue_id, severity=hit.severity, leg=LEG_IDS[e.leg], seq=e.seq,
         start_us=round(e.start_s * 1e6), end_us=round(e.end_s * 1e6), evidence=e.text,
         char_start=e.char_start, char_end=e.char_end, raised_at_us=raised_at_us,
-        transcript_emitted_at_us=transcript_emitted_at_us,
+        transcript_emitted_at_us=transcript_emitted_at_us, to_verify=hit.to_verify, verification=hit.verification,
     )
 
 

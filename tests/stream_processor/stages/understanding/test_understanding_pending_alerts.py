@@ -20,3 +20,14 @@ def test_a_new_entry_has_no_pending_alert_and_is_not_ready_to_finish():
     entry = new_entry("call-1", 2)
     assert not entry.get("pending_alerts")
     assert not ready_to_finish(entry)
+
+
+def test_an_alert_to_verify_says_so_on_the_alerts_topic_and_survives_the_table():
+    from stream_processor.stages.understanding.agent import alert_event
+
+    hit = AlertHit("call-2", "fall", "critical", EvidenceSpan("person", 1, 2.0, 4.0, "no me caí anoche", 0, 10),
+                   to_verify=True, verification="negator 'no' doubtful (word probability 0.08)")
+    ev = alert_event(hit, raised_at_us=1)
+    assert ev.to_verify and ev.verification == "negator 'no' doubtful (word probability 0.08)"
+    assert hit_from_dict(json.loads(json.dumps(hit_to_dict(hit)))) == hit
+    assert not alert_event(AlertHit("call-2", "fall", "critical", hit.evidence), raised_at_us=1).to_verify
