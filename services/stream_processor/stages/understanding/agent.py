@@ -353,27 +353,34 @@ class UnderstandingStage:
 
     async def _write_alerts(self, event: Any, call_id: str, hits: list[AlertHit], generation: int) -> bool:
         """Store the call's pending alerts in ``call_alerts`` (an upsert per (call, cue): exactly
-        once however often this runs), then drop them from the table entry."""
+        once however often this runs), then drop them from the table entry. Alerts of the call
+        raised while these were being written (no second write starts while one runs) are this
+        write's too: it goes on until the entry has none pending."""
         try:
-            try:
-                for hit in hits:
-                    await self._retrying("write_alert", call_id, generation,
-                                         lambda h=hit: self.services.postgres.write_alert(h))
-            except _Revoked:
-                return False
-            except Exception as exc:  # SinkRejected or a bug: logged and counted; the alert was published
-                ERRORS.labels("write_alert").inc()
-                log.error("alert could not be stored", extra={
-                    "stage": STAGE, "call_id": call_id, "error": safe_error(exc)})
-            if generation != self._generation:
-                return False
-            entry = self.calls.get(call_id)
-            if entry is not None and entry.get("pending_alerts"):
+            while True:
+                try:
+                    for hit in hits:
+                        await self._retrying("write_alert", call_id, generation,
+                                             lambda h=hit: self.services.postgres.write_alert(h))
+                except _Revoked:
+                    return False
+                except Exception as exc:  # SinkRejected or a bug: logged and counted; the alert was published
+                    ERRORS.labels("write_alert").inc()
+                    log.error("alert could not be stored", extra={
+                        "stage": STAGE, "call_id": call_id, "error": safe_error(exc)})
+                if generation != self._generation:
+                    return False
+                entry = self.calls.get(call_id)
+                if entry is None or not entry.get("pending_alerts"):
+                    return True
                 done = {h.cue_id for h in hits}
-                entry["pending_alerts"] = [d for d in entry["pending_alerts"] if d["cue_id"] not in done]
+                pending = [d for d in entry["pending_alerts"] if d["cue_id"] not in done]
+                entry["pending_alerts"] = pending
                 with in_partition_of(event):
                     self.calls[call_id] = entry
-            return True
+                if not pending:
+                    return True
+                hits = [hit_from_dict(d) for d in pending]
         finally:
             if self._writing_alerts.get(call_id) == generation:
                 del self._writing_alerts[call_id]
