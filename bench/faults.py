@@ -9,8 +9,8 @@ counted from the stores with their own clients (see ``tests/faults/faultkit.py``
 Kafka, the WAV, segments, final transcripts, rows, facts, Weaviate objects, alerts against the
 no-fault baseline run. One table row per scenario; the problems are listed under it.
 
-    .venv/bin/python bench/faults.py                 # the pytest share: 1 call, 8 s outages (~5 min)
-    .venv/bin/python bench/faults.py --full          # every scenario, 2 calls, 30 s outages (~20-30 min)
+    .venv/bin/python bench/faults.py                 # the pytest share: 1 call, 8 s outages (~4 min)
+    .venv/bin/python bench/faults.py --full          # every scenario, 2 calls, 30 s outages (~15-25 min)
     .venv/bin/python bench/faults.py --scenarios kafka-outage --calls 3 --outage-s 30
 
 Exit status: 0 when no scenario lost or duplicated anything, 1 otherwise.
@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # the scenarios of the pytest share (tests/faults/test_faults.py)
-QUICK = ("kill-recorder", "kill-transcriber", "minio-outage", "kill-understanding")
+QUICK = ("kill-recorder", "kill-transcriber", "minio-outage")
 
 
 def main() -> int:

@@ -10,7 +10,8 @@ to the shared local stack would break every other test session running against i
 brings up a second stack of the same servers through the same code (``lupita stack up`` with
 ``LUPITA_STACK_DIR=<repo>/.stack/faults`` and ``LUPITA_STACK_PORT_OFFSET``, default 2000: no port of it meets one of the shared stack's) and stops and
 starts its servers with the stack manager's own functions (``PROCS[name].stop()``, ``up((name,))``)
-in a child process, where that offset applies.
+in a child process, where that offset applies. One fault run at a time holds that stack (a file lock):
+a second test session or benchmark waits for it.
 
 **The pipeline.** One bridge (``lupita bridge`` child) and four workers (``lupita worker`` children
 through ``procs.start_worker``), each with ``LUPITA_STAGES`` = one stage and its own app id
@@ -91,8 +92,11 @@ SCRIPT = (
     ("person", "Me gusta el café con leche", 0.8),
 )
 
-# Worker settings on top of procs.WORKER_ENV (short group timeouts, recorder grace 2 s).
+# Worker settings on top of procs.WORKER_ENV (short group timeouts, recorder grace 2 s). The idle
+# limit (a call without an ended event) is the production one: its clock runs during a broker outage,
+# so the kit's 30 s would end every call that a longer Kafka outage interrupts.
 WORKER_EXTRA = {
+    "LUPITA_RECORDER_IDLE_SECONDS": "600",
     "LUPITA_RECORDER_STATE_RETENTION_SECONDS": "3600",
     "LUPITA_VAD_GRACE_SECONDS": "3",
     "LUPITA_VAD_TICK_SECONDS": "0.25",
@@ -218,6 +222,37 @@ class OwnStack:
 
     def down(self) -> None:
         self._manager("manager.down()", timeout=300)
+
+    def lock(self, wait_s: float | None = None) -> None:
+        """Take the stack for this rig alone (an exclusive lock on ``<dir>/rig.lock``, released by
+        :meth:`unlock` or when this process ends): a second fault run on the same stack (another test
+        session, a benchmark) would have its servers stopped under it. Waits for the other run to end."""
+        import fcntl
+
+        wait_s = float(os.environ.get("LUPITA_FAULTS_LOCK_WAIT_S", "1800")) if wait_s is None else wait_s
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.dir / "rig.lock", "a+")
+        deadline = time.monotonic() + wait_s
+        told = False
+        while True:
+            try:
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if not told:
+                    say(f"another fault run holds the fault stack ({self.dir}); waiting for it (up to {wait_s:.0f} s)")
+                    told = True
+                if time.monotonic() > deadline:
+                    self._lock_file.close()
+                    raise RuntimeError(f"the fault stack {self.dir} stayed locked by another fault run for "
+                                       f"{wait_s:.0f} s") from None
+                time.sleep(2.0)  # polling the lock
+
+    def unlock(self) -> None:
+        f = getattr(self, "_lock_file", None)
+        if f is not None:
+            f.close()  # closing the file releases the lock
+            self._lock_file = None
 
 
 # ------------------------------------------------------------------------------------- calls
@@ -447,6 +482,7 @@ class FaultRig:
         # scenario then starts on a fresh pipeline, so each row of the table is one fault's doing
         self.unclean: list[str] = []
         self._stack_env: dict[str, str] = {}
+        self._spawned: list[Any] = []  # every worker started and not yet stopped
         self._saved_env: dict[str, str | None] = {}
         self.env: dict[str, str] = {}
         self.audio: Audio | None = None
@@ -460,6 +496,7 @@ class FaultRig:
 
     def start(self) -> "FaultRig":
         t0 = time.monotonic()
+        self.stack.lock()
         self._stack_env = self.stack.up()
         from loadgen.settings import LoadgenSettings
 
@@ -498,8 +535,9 @@ class FaultRig:
         say(f"pipeline on topics {self.env['LUPITA_TOPIC_PREFIX']}* ready in {time.monotonic() - t0:.0f} s")
 
     def _close_pipeline(self) -> None:
-        for w in list(self.workers.values()):
+        for w in self._spawned:  # also any a failed or interrupted start left behind
             stop_worker(w)
+        self._spawned.clear()
         self.workers.clear()
         if self.bridge is not None:
             self.bridge.stop()
@@ -525,10 +563,12 @@ class FaultRig:
             stop_stack = self.stack.started_here and os.environ.get("LUPITA_KEEP_STACK") != "1"
         if stop_stack:
             self.stack.down()
+        self.stack.unlock()
 
     def _start_worker(self, stage: str):
         env = dict(self.env, **WORKER_EXTRA, LUPITA_INSTANCE_NAME=f"faults-{stage}")
         worker = start_worker(self.workdir / stage, self.app_ids[stage], stages=stage, timeout=300, env_extra=env)
+        self._spawned.append(worker)
         self.log_paths[worker.log_path] = stage
         return worker
 
