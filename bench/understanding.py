@@ -116,8 +116,11 @@ def load_models(detectors: dict[str, Callable[[], Any]] | None = None) -> Models
                              "word probabilities": WordsDetector(det)}
     for name, make in (detectors or {}).items():
         built[name] = make()
+    # the settings that shape a transcript; one left at its default is left out, so a new setting
+    # (with a default that keeps today's behaviour) does not invalidate the transcripts cached so far
+    defaults = type(settings).model_fields
     asr_fields = {k: str(v) for k, v in settings.model_dump().items() if k.startswith(("asr_", "vad_"))
-                  and "key" not in k}
+                  and "key" not in k and not (k.startswith("asr_encoder_") and v == defaults[k].default)}
     asr_key = hashlib.sha256(json.dumps(asr_fields, sort_keys=True).encode()).hexdigest()[:16]
     return Models(settings, replayer, services, built, asr_key)
 

@@ -216,3 +216,14 @@ def test_any_encoder_window_gives_text_with_timings_inside_the_segment(any_windo
 def test_any_encoder_window_keeps_the_noise_guard(any_window):
     result = any_window.transcribe(noise(8000, 3.0, -50.0), 8000)
     assert result.text == "", f"hallucinated {result.text!r} from noise"
+
+
+def test_the_encoder_window_settings_reach_the_local_model(monkeypatch):
+    from stream_processor.models.asr.factory import build_local
+    from stream_processor.models.asr.settings import AsrSettings
+
+    monkeypatch.setenv("LUPITA_ASR_ENCODER_WINDOW", "trimmed")
+    monkeypatch.setenv("LUPITA_ASR_ENCODER_MARGIN_SECONDS", "1.5")
+    monkeypatch.setenv("LUPITA_ASR_ENCODER_MIN_WINDOW_SECONDS", "4")
+    options = build_local(AsrSettings(_env_file=None)).options
+    assert (options.encoder_window, options.encoder_margin_s, options.encoder_min_window_s) == ("trimmed", 1.5, 4.0)

@@ -85,6 +85,9 @@ def build_local(s: AsrSettings) -> Transcriber:
         compression_ratio_threshold=s.asr_compression_ratio_threshold,
         log_prob_threshold=s.asr_logprob_threshold,
         no_speech_threshold=s.asr_no_speech_threshold,
+        encoder_window=s.asr_encoder_window,
+        encoder_margin_s=s.asr_encoder_margin_seconds,
+        encoder_min_window_s=s.asr_encoder_min_window_seconds,
     )
     return WhisperLocal(threads=s.asr_threads, num_workers=s.asr_num_workers, device=s.asr_device,
                         compute_type=s.asr_compute_type, options=options, guard=guard_config(s))
