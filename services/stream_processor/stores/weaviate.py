@@ -99,6 +99,9 @@ _TRANSIENT_HINTS = (
     "unavailable", "deadline", "timeout", "timed out", "connection refused", "connection reset",
     "connection closed", "broken pipe", "too many requests", "resource exhausted", "read-only",
     "readonly", "not ready", "temporarily",
+    # gRPC's words for a channel lost while the server restarts (seen as a batch error: "Query call
+    # with protocol GRPC batch failed with message Channel closed!")
+    "channel closed", "socket closed", "stream removed", "transport is closing",
 )
 _PERMANENT_HINTS = ("vector dimensions do not match", "invalid", "no such prop", "unprocessable")
 

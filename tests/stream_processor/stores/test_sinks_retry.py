@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from weaviate.exceptions import (
     UnexpectedStatusCodeError,
+    WeaviateBatchError,
     WeaviateConnectionError,
     WeaviateInsertManyAllFailedError,
     WeaviateQueryError,
@@ -191,6 +192,8 @@ def _http_error(code: int) -> UnexpectedStatusCodeError:
         (WeaviateConnectionError("refused"), True),
         (WeaviateQueryError("<_InactiveRpcError StatusCode.UNAVAILABLE>", "GRPC search"), True),
         (WeaviateQueryError("no such prop with name 'x' found in class", "GRPC search"), False),
+        # Weaviate restarting under a batch write (the fault suite's weaviate-outage): try again
+        (WeaviateBatchError("Query call with protocol GRPC batch failed with message Channel closed!"), True),
         (WeaviateInsertManyAllFailedError("vector dimensions do not match the index dimensions"), False),
         (ValueError("x"), False),
     ],
