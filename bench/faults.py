@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # the scenarios of the pytest share (tests/faults/test_faults.py)
-QUICK = ("kill-recorder", "kill-transcriber", "minio-outage")
+QUICK = ("kill-recorder", "kill-transcriber", "kill-understanding", "postgres-outage", "minio-outage")
 
 
 def main() -> int:

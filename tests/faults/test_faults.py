@@ -21,12 +21,10 @@ pytestmark = [pytest.mark.stack, pytest.mark.timeout(900)]
 # The quick scenarios that pass today (a kill costs one worker restart, a short outage a few
 # seconds). Left out because they lose data today, depending on timing, so a test of them would
 # pass or fail at random (what and why: bench/README.md, "Faults"): kill-vad (speech of the open
-# segment lost), kill-understanding and postgres-outage (an alert raised while another alert of
-# the call is being written never reaches call_alerts), weaviate-outage (a "Channel closed" batch
-# error taken for permanent: the analysis is dropped). kafka-outage passes but costs ~1.5 min
-# (the broker's stop and start). LUPITA_FAULTS_SCENARIOS (a comma list of faultkit.SCENARIOS)
-# runs any of them.
-CI_SCENARIOS = ("kill-recorder", "kill-transcriber", "minio-outage")
+# segment lost), weaviate-outage (a "Channel closed" batch error taken for permanent: the analysis
+# is dropped). kafka-outage passes but costs ~1.5 min (the broker's stop and start).
+# LUPITA_FAULTS_SCENARIOS (a comma list of faultkit.SCENARIOS) runs any of them.
+CI_SCENARIOS = ("kill-recorder", "kill-transcriber", "kill-understanding", "postgres-outage", "minio-outage")
 SCENARIO_NAMES = tuple(s.strip() for s in os.environ.get("LUPITA_FAULTS_SCENARIOS", "").split(",") if s.strip()) \
     or CI_SCENARIOS
 
