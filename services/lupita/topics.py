@@ -21,8 +21,10 @@ ALERTS = "alerts"
 ALL = (AUDIO_CHUNKS, CALL_LIFECYCLE, SPEECH_SEGMENTS, TRANSCRIPTS, CALL_ANALYSIS, ALERTS)
 
 
-def ensure_topics(settings: CommonSettings, names: tuple[str, ...] = ALL) -> list[str]:
-    """Create the topics that are missing, with the configured partition count.
+def ensure_topics(settings: CommonSettings, names: tuple[str, ...] = ALL,
+                  configs: dict[str, str] | None = None) -> list[str]:
+    """Create the topics that are missing, with the configured partition count (and the topic
+    ``configs``, e.g. ``{"cleanup.policy": "compact"}``).
 
     Source topics must exist before Faust starts (auto-created topics get one partition and
     Faust then stops with PartitionsMismatch). Returns the topics created.
@@ -35,7 +37,8 @@ def ensure_topics(settings: CommonSettings, names: tuple[str, ...] = ALL) -> lis
         for name in wanted:
             try:
                 admin.create_topics(
-                    [NewTopic(name, settings.topic_partitions, settings.topic_replication)]
+                    [NewTopic(name, settings.topic_partitions, settings.topic_replication,
+                              topic_configs=dict(configs or {}))]
                 )
                 created.append(name)
             except TopicAlreadyExistsError:

@@ -138,8 +138,10 @@ def serve(worker: Any, stages: dict[str, Any]) -> int:
     from stream_processor.stores.archive import Archive, ArchiveConfigError, s3_client
     from stream_processor.stores.calls_db import CallStore
 
-    topic_names = tuple(dict.fromkeys(
-        t for name in stages for t in importlib.import_module(STAGES[name].agent).TOPICS))
+    agents = [importlib.import_module(STAGES[name].agent) for name in stages]
+    topic_names = tuple(dict.fromkeys(t for agent in agents for t in agent.TOPICS))
+    # Faust names a table's changelog "<app id>-<table>-changelog" (after the topic prefix)
+    changelogs = tuple(f"{worker.app_id}-{table}-changelog" for agent in agents for table in agent.TABLES)
     probes = m.Probes()
     m.serve(worker.metrics_port, worker.metrics_host, probes)
     dsn = worker.postgres_dsn.get_secret_value()
@@ -150,6 +152,10 @@ def serve(worker: Any, stages: dict[str, Any]) -> int:
             applied = migrate(dsn)
             log.info("migrations", extra={"stage": "startup", "applied": applied})
         created = ensure_topics(worker, names=topic_names)
+        # The tables' changelogs too, before any record is read: a changelog Faust creates itself
+        # may not be in the producer's metadata yet when the first record of a fresh deployment
+        # arrives ("changelog topic ... has 0 partitions": PartitionsMismatch on every record).
+        created += ensure_topics(worker, names=changelogs, configs={"cleanup.policy": "compact"})
         if created:
             log.info("topics created", extra={"stage": "startup", "topics": created})
         if recorder is not None:

@@ -54,6 +54,7 @@ RECORDER_CONTROL = "stream-processor.recorder-control"
 TOPICS = (AUDIO_CHUNKS, CALL_LIFECYCLE, RECORDER_CONTROL, DEAD_LETTERS)  # read and written
 CALLS_TABLE = "recorder_calls"
 CHUNKS_TABLE = "recorder_chunks"
+TABLES = (CALLS_TABLE, CHUNKS_TABLE)  # changelog-backed
 
 CMD_CHECK = "check"  # re-evaluate the call (timers: due, retry, purge)
 CMD_DONE = "done"  # a finalisation succeeded: remember the outcome, drop the chunks

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 TRANSCRIBER_DEAD_LETTERS = "stream-processor.transcriber-dead-letters"
 TOPICS = (SPEECH_SEGMENTS, TRANSCRIPTS, TRANSCRIBER_DEAD_LETTERS)  # read and written
 PROGRESS_TABLE = "transcriber_progress"
+TABLES = (PROGRESS_TABLE,)  # changelog-backed
 
 @dataclass
 class _Item:

@@ -73,6 +73,7 @@ log = logging.getLogger("stream_processor.stages.understanding.agent")  # also w
 
 STAGE = "understanding"
 CALLS_TABLE = "understanding_calls"
+TABLES = (CALLS_TABLE,)  # changelog-backed
 UNDERSTANDING_DEAD_LETTERS = "stream-processor.understanding-dead-letters"
 TOPICS = (TRANSCRIPTS, CALL_LIFECYCLE, ALERTS, CALL_ANALYSIS, UNDERSTANDING_DEAD_LETTERS)
 

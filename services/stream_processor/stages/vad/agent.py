@@ -45,6 +45,7 @@ VAD_DEAD_LETTERS = "stream-processor.vad-dead-letters"
 TOPICS = (AUDIO_CHUNKS, CALL_LIFECYCLE, VAD_CONTROL, VAD_DEAD_LETTERS, SPEECH_SEGMENTS)  # read and written
 CALLS_TABLE = "vad_calls"
 AUDIO_TABLE = "vad_audio"
+TABLES = (CALLS_TABLE, AUDIO_TABLE)  # changelog-backed
 
 
 class VadAgent:
