@@ -26,6 +26,8 @@ COMMANDS = {
     "demo": ("lupita_dev.demo", "push a simulated Spanish call end to end and show every store"),
     "replay": ("stream_processor.replay", "re-run recorded calls from S3 through the understanding stages"),
     "context-api": ("context_api.cli", "serve the voice agent's VAPI webhook (context, facts, callbacks)"),
+    "gateway": ("telephony_gateway.cli", "bring VAPI, Twilio and Chime calls into the media bridge"),
+    "cluster": ("lupita_dev.cluster.cli", "build/start/stop the local Kubernetes cluster for the chart"),
 }
 
 
