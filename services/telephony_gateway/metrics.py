@@ -1,0 +1,63 @@
+"""Prometheus metrics of the telephony gateway (names ``lupita_gateway_<thing>_<unit>``).
+
+Every series a dashboard or alert may read is created at 0 at import, so it exists before its
+first event.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from .errors import BAD_INPUT_KINDS
+
+SOURCES = ("twilio", "vapi")
+LEGS = ("lupita", "person")
+# How a call ended on the gateway (the CallEnd reason sent to the bridge, or why none could be).
+OUTCOMES = (
+    "completed",  # the source said the call is over (Twilio stop, VAPI end) and the bridge closed it
+    "disconnect",  # the source's socket closed without an end message
+    "stalled",  # no message for gateway_idle_timeout_seconds
+    "media_format",  # the audio was not in the format the gateway takes
+    "oversize_message",  # a websocket message over the size limit
+    "shutdown",  # the gateway was stopping and the drain deadline passed
+    "bridge_error",  # the bridge refused the call or its stream failed
+    "rejected",  # refused before a bridge call existed (start missing/invalid, no phone, no consent fields)
+)
+
+CALLS = Counter("lupita_gateway_calls_total", "Calls finished by the gateway, by source and outcome", ["source", "outcome"])
+LIVE_CALLS = Gauge("lupita_gateway_live_calls", "Calls currently streaming through this gateway", ["source"])
+FRAMES = Counter("lupita_gateway_frames_total", "Audio frames forwarded to the bridge", ["source", "leg"])
+GAPS = Counter("lupita_gateway_gaps_total", "Holes in a leg's audio (frames lost upstream), marked for the bridge",
+               ["source", "leg"])
+GAP_SECONDS = Counter("lupita_gateway_gap_seconds_total", "Audio missing in those holes", ["source", "leg"])
+REORDERED = Counter("lupita_gateway_reordered_total", "Messages that arrived ahead of a missing one and were put back in order",
+                    ["source"])
+SKIPPED = Counter("lupita_gateway_skipped_sequence_total", "Sequence numbers never received (holes given up)", ["source"])
+FORMAT_MISMATCHES = Counter("lupita_gateway_format_mismatches_total",
+                            "Streams refused because their announced or observed format is not what the gateway takes",
+                            ["source"])
+BAD_INPUT = Counter("lupita_gateway_bad_input_total", "Input refused or dropped, by class", ["source", "kind"])
+EVENTS = Counter("lupita_gateway_events_total", "Non-audio events received (dtmf, mark, ...)", ["source", "event"])
+BRIDGE_ERRORS = Counter("lupita_gateway_bridge_errors_total", "Calls the bridge refused or dropped, by gRPC code",
+                        ["source", "code"])
+FORWARD_SECONDS = Histogram(
+    "lupita_gateway_forward_seconds",
+    "From a media message read off the source's socket until its frame is written to the bridge (credit waits included)",
+    ["source"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+for _source in SOURCES:
+    LIVE_CALLS.labels(_source)
+    REORDERED.labels(_source)
+    SKIPPED.labels(_source)
+    FORMAT_MISMATCHES.labels(_source)
+    FORWARD_SECONDS.labels(_source)
+    for _outcome in OUTCOMES:
+        CALLS.labels(_source, _outcome)
+    for _kind in BAD_INPUT_KINDS:
+        BAD_INPUT.labels(_source, _kind)
+    for _leg in LEGS:
+        FRAMES.labels(_source, _leg)
+        GAPS.labels(_source, _leg)
+        GAP_SECONDS.labels(_source, _leg)

@@ -1,0 +1,86 @@
+"""Settings of the telephony gateway (env prefix ``LUPITA_``, frozen).
+
+Gateway-specific names are ``LUPITA_GATEWAY_*``; the bridge it streams into is named by the same
+variables the call simulator uses (``LUPITA_BRIDGE_TARGET``, ``LUPITA_BRIDGE_TOKENS``), so one
+deployment's bridge settings serve both.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+
+from lupita.config import CommonSettings
+
+
+class GatewaySettings(CommonSettings):
+    """Everything the gateway reads from its environment."""
+
+    # Websocket/HTTP listen address of the gateway (Twilio connects here; /livez and /readyz
+    # answer on the same port). Port 0 = pick a free port (tests).
+    gateway_host: str = "0.0.0.0"
+    gateway_port: int = Field(default=8765, ge=0, le=65535)
+    # Prometheus /metrics port (0 = disabled) and its address.
+    gateway_metrics_port: int = Field(default=9104, ge=0, le=65535)
+    gateway_metrics_host: str = "0.0.0.0"
+
+    # The media bridge (gRPC host:port) and its bearer tokens (the first one is used).
+    bridge_target: str = "127.0.0.1:50061"
+    bridge_tokens: SecretStr = SecretStr("")
+
+    # --- Twilio Media Streams ---------------------------------------------------------------
+    # Path of the <Stream url="wss://.../twilio"> endpoint.
+    gateway_twilio_path: str = "/twilio"
+    # The account's auth token: verifies X-Twilio-Signature on the websocket upgrade.
+    gateway_twilio_auth_token: SecretStr = SecretStr("")
+    # Origin Twilio connects to, as written in the TwiML (e.g. "wss://gw.example.org"): the
+    # signature covers this URL, and behind a load balancer the Host header may differ. Empty =
+    # "wss://" + the request's Host header.
+    gateway_public_url: str = ""
+    # Accept unsigned upgrades (local experiments only; refused at start-up otherwise when no
+    # auth token is set).
+    gateway_allow_unsigned: bool = False
+    # What goes to the bridge: "pcm16" (mu-law decoded here, what the issue asks for and what every
+    # stage reads natively) or "mulaw" (Twilio's bytes unchanged: half the Kafka bytes).
+    gateway_forward_codec: Literal["pcm16", "mulaw"] = "pcm16"
+
+    # --- behaviour shared by every source ---------------------------------------------------
+    # Largest websocket message accepted (bytes); a larger one closes that call's socket (1009).
+    gateway_max_message_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    # Longest media payload forwarded (the bridge refuses frames over its max_frame_ms, 200 ms).
+    gateway_max_frame_ms: int = Field(default=200, ge=10, le=1000)
+    # Messages held to put out-of-order sequence numbers back in order; a hole older than this
+    # many messages is given up (the frames it held are a gap).
+    gateway_reorder_window: int = Field(default=32, ge=1, le=10000)
+    # A socket with no message for this long is ended (reason "stalled").
+    gateway_idle_timeout_seconds: float = Field(default=10.0, gt=0)
+    # From the websocket upgrade to the start message.
+    gateway_start_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Consecutive frames per track whose payload length is checked against their timestamps
+    # (a stream whose bytes do not match the announced rate is refused: reason "media_format").
+    gateway_format_check_frames: int = Field(default=10, ge=2, le=1000)
+    # Live calls per gateway; more are refused (HTTP 503 at the upgrade).
+    gateway_max_calls: int = Field(default=1000, ge=1)
+    # On SIGTERM: how long live calls may go on before they are ended with reason "shutdown".
+    gateway_drain_seconds: float = Field(default=20.0, ge=0)
+    # After the last frame: how long to wait for the bridge's final acks and CallClosed.
+    gateway_bridge_close_seconds: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "GatewaySettings":
+        if not self.gateway_allow_unsigned and not self.gateway_twilio_auth_token.get_secret_value():
+            raise ValueError(
+                "LUPITA_GATEWAY_TWILIO_AUTH_TOKEN is empty: set the Twilio account's auth token (it "
+                "verifies X-Twilio-Signature), or LUPITA_GATEWAY_ALLOW_UNSIGNED=true for a local experiment"
+            )
+        if not self.gateway_twilio_path.startswith("/"):
+            raise ValueError("LUPITA_GATEWAY_TWILIO_PATH must start with '/'")
+        if self.gateway_public_url and not self.gateway_public_url.startswith(("ws://", "wss://")):
+            raise ValueError("LUPITA_GATEWAY_PUBLIC_URL must start with ws:// or wss://")
+        return self
+
+    @property
+    def bridge_token(self) -> str:
+        tokens = [t.strip() for t in self.bridge_tokens.get_secret_value().split(",")]
+        return next((t for t in tokens if t), "")
