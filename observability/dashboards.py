@@ -12,7 +12,7 @@ committed files are what the code generates (tests/chart/test_observability.py r
 The dashboards use the classic (v1) dashboard model: the one the Grafana sidecar provisions in every
 Grafana from 10 on (the SDK's v2 model needs Grafana 12 with its new-dashboards feature flags).
 Queries select on ``namespace`` (a variable) and ``job`` = the workload's component (the
-ServiceMonitors set jobLabel: app.kubernetes.io/component).
+ServiceMonitors set jobLabel: app.kubernetes.io/component: media-bridge, recorder, vad, ...).
 """
 
 from __future__ import annotations
@@ -37,6 +37,10 @@ OUT_DIR = ROOT / "charts" / "lupita" / "files" / "dashboards"
 DS = cm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 NS = 'namespace="$namespace"'
 STAGES = ("recorder", "vad", "transcriber", "understanding")
+# kafka_exporter's series carry the exporter's namespace (Kafka's), not the release's: they are told
+# apart by consumer group / topic name (which carry LUPITA_TOPIC_PREFIX), not by $namespace.
+DLQ_OFFSETS = ('kafka_topic_partition_current_offset{topic=~".*stream-processor[.]'
+               '(recorder|vad|transcriber|understanding)-dead-letters"}')
 TAGS = ["lupita"]
 
 
@@ -78,7 +82,7 @@ def base(uid: str, title: str, description: str) -> db.Dashboard:
         board = db.Dashboard(title)
     datasource = db.DatasourceVariable("datasource").label("Data source").type("prometheus")
     namespace = (db.QueryVariable("namespace").label("Namespace").datasource(DS)
-                 .query('label_values(up{job=~"bridge|recorder|vad|transcriber|understanding|context-api"}, namespace)')
+                 .query('label_values(up{job=~"media-bridge|recorder|vad|transcriber|understanding|context-api"}, namespace)')
                  .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED))
     return (board.uid(uid).description(description).tags(TAGS).refresh("30s").time("now-3h", "now")
             .timezone("utc").tooltip(dm.DashboardCursorSync.CROSSHAIR).editable()
@@ -86,7 +90,7 @@ def base(uid: str, title: str, description: str) -> db.Dashboard:
 
 
 def overview() -> db.Dashboard:
-    bridge = f'{NS}, job="bridge"'
+    bridge = f'{NS}, job="media-bridge"'
     return (
         base("lupita-overview", "Lupita / Overview",
              "Calls in flight, audio throughput, consumer lag per stage, store errors, alerts raised, dead letters.")
@@ -95,8 +99,8 @@ def overview() -> db.Dashboard:
                            f"sum(lupita_bridge_active_calls{{{bridge}}})"))
         .with_panel(single("Alerts raised (24 h)", "Distress alerts published on the alerts topic in 24 h",
                            "none", f"sum(increase(lupita_understanding_alerts_total{{{NS}}}[24h]))"))
-        .with_panel(single("Dead letters (24 h)", "Records that went to a dead-letter topic in 24 h", "none",
-                           f"sum(increase(lupita_stream_dead_letters_total{{{NS}}}[24h]))"))
+        .with_panel(single("Dead letters (24 h)", "Records added to the stages' dead-letter topics in 24 h "
+                           "(kafka_exporter)", "none", f"sum(delta({DLQ_OFFSETS}[24h]))"))
         .with_panel(single("Recordings failed (24 h)", "Recorder finalisations (S3 archive) that failed in 24 h",
                            "none", f'sum(increase(lupita_recorder_calls_total{{{NS}, outcome="failed"}}[24h]))'))
         .with_panel(ts("Calls in flight per bridge pod", "lupita_bridge_active_calls: the bridge's scaling signal",
@@ -119,7 +123,7 @@ def overview() -> db.Dashboard:
         .with_panel(ts("Records waiting per stage",
                        "kafka_exporter's kafka_consumergroup_lag_sum per consumer group (recording rule "
                        "lupita:stage_lag:sum); each stage scales on it", "short",
-                       q(f"sum by (stage) (lupita:stage_lag:sum{{{NS}}})", "{{stage}}")))
+                       q("sum by (consumergroup) (lupita:stage_lag:sum)", "{{consumergroup}}")))
         .with_panel(ts("Records consumed per stage", "Kafka records each stage consumed per second", "ops",
                        q(f"sum by (topic) (rate(lupita_recorder_records_total{{{NS}}}[$__rate_interval]))",
                          "recorder {{topic}}"),
@@ -138,10 +142,9 @@ def overview() -> db.Dashboard:
         .with_panel(ts("Alerts raised", "Distress alerts published per second, by severity", "ops",
                        q(f"sum by (severity) (rate(lupita_understanding_alerts_total{{{NS}}}[$__rate_interval]))",
                          "{{severity}}")))
-        .with_panel(ts("Dead letters", "Records sent to a dead-letter topic per second, by stage and reason",
-                       "ops",
-                       q(f"sum by (stage, reason) (rate(lupita_stream_dead_letters_total{{{NS}}}[$__rate_interval]))",
-                         "{{stage}} {{reason}}")))
+        .with_panel(ts("Dead letters", "Records added to each stage's dead-letter topic per 5 minutes "
+                       "(kafka_exporter; recording rule lupita:dead_letters:delta5m)", "short",
+                       q("sum by (stage) (lupita:dead_letters:delta5m)", "{{stage}}")))
         .with_panel(ts("Bridge errors", "Streams refused or ended by an error per second, by kind", "ops",
                        q(f"sum by (kind) (rate(lupita_bridge_errors_total{{{bridge}}}[$__rate_interval])) > 0",
                          "{{kind}}")))
@@ -175,7 +178,7 @@ def latency() -> db.Dashboard:
         .with_panel(ts("Final -> alert", "From the transcriber publishing a final to its alert being published",
                        "s", *quantiles("lupita_understanding_alert_latency_seconds", NS)))
         .with_panel(ts("Bridge -> Kafka acknowledgement", "Time until Kafka acknowledged a chunk the bridge "
-                       "published", "s", *quantiles("lupita_bridge_kafka_publish_seconds", f'{NS}, job="bridge"')))
+                       "published", "s", *quantiles("lupita_bridge_kafka_publish_seconds", f'{NS}, job="media-bridge"')))
         .with_panel(ts("Store operation time", "One Postgres / Weaviate operation including its retries (p95)",
                        "s", q(f"histogram_quantile(0.95, sum by (le, store, operation) "
                               f"(rate(lupita_sink_write_seconds_bucket{{{NS}}}[$__rate_interval])))",
@@ -196,7 +199,7 @@ def reliability() -> db.Dashboard:
                        "ops", q(f"sum by (stage, what) (rate(lupita_stream_broker_retries_total{{{NS}}}"
                                 f"[$__rate_interval]))", "{{stage}} {{what}}")))
         .with_panel(ts("Consumer lag per consumer group and topic", "kafka_consumergroup_lag_sum per group/topic",
-                       "short", q(f"sum by (consumergroup, topic) (lupita:consumergroup_lag:sum{{{NS}}})",
+                       "short", q("sum by (consumergroup, topic) (lupita:consumergroup_lag:sum)",
                                   "{{consumergroup}} {{topic}}")))
         .with_row(db.Row("Stores"))
         .with_panel(ts("Store operations by outcome", "Postgres and Weaviate operations per second", "ops",
@@ -215,9 +218,8 @@ def reliability() -> db.Dashboard:
                        "ops", q(f"sum by (outcome) (rate(lupita_understanding_calls_total{{{NS}}}[$__rate_interval]))",
                                 "{{outcome}}")))
         .with_row(db.Row("Bad input"))
-        .with_panel(ts("Dead letters", "Per second, by stage and reason", "ops",
-                       q(f"sum by (stage, reason) (rate(lupita_stream_dead_letters_total{{{NS}}}[$__rate_interval]))",
-                         "{{stage}} {{reason}}")))
+        .with_panel(ts("Dead letters", "Records added to each dead-letter topic per 5 minutes (kafka_exporter)",
+                       "short", q("sum by (topic) (lupita:dead_letters:delta5m)", "{{topic}}")))
         .with_panel(ts("Bad records", "Records each stage could not use, by reason", "ops",
                        q(f"sum by (reason) (rate(lupita_recorder_bad_records_total{{{NS}}}[$__rate_interval]))",
                          "recorder {{reason}}"),
