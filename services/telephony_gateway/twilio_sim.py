@@ -108,15 +108,16 @@ class StreamResult:
     started_wall_us: int = 0
 
 
-async def stream(url: str, messages: list, *, auth_token: str = "", headers: dict[str, str] | None = None,
-                 speed: float = 0.0, media_index: list[tuple[int, str, int, int]] | None = None,
-                 close_timeout_s: float = 60.0) -> StreamResult:
+async def stream(url: str, messages: list, *, auth_token: str = "", sign_as: str | None = None,
+                 headers: dict[str, str] | None = None, speed: float = 0.0,
+                 media_index: list[tuple[int, str, int, int]] | None = None, close_timeout_s: float = 60.0) -> StreamResult:
     """Send ``messages`` (dicts, or str/bytes sent as they are) over one websocket to ``url``, paced
     by the media timestamps when ``speed`` > 0 (1.0 = real time), then wait for the gateway to
-    close the socket. Returns how it closed."""
+    close the socket. Returns how it closed. ``sign_as``: the URL Twilio dialled, when it differs
+    from ``url`` (TLS ends in front of the gateway: Twilio signs ``wss://``)."""
     hdrs = dict(headers or {})
     if auth_token:
-        hdrs.update(upgrade_headers(auth_token, url))
+        hdrs.update(upgrade_headers(auth_token, sign_as or url))
     result = StreamResult()
     offsets = {i: ts for i, _, _, ts in (media_index or [])}
     async with connect(url, additional_headers=hdrs, max_size=None, open_timeout=30) as ws:
