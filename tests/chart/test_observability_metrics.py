@@ -1,0 +1,94 @@
+"""Every metric a rule, a dashboard or a scaler names is one the code exports.
+
+The exported names come from the services' own metric modules, imported and read back from
+prometheus_client's registry (observability/metric_names.py); the named ones from a real PromQL parser
+(promql-parser) over the rule files, the generated dashboards and the KEDA prometheus triggers of the
+rendered chart. Only recording rules the rule files define and an explicit allow-list of external
+metrics (kafka_exporter's lag and offsets, Prometheus' own ``up``) are accepted besides.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from observability import chart, metric_names  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def exported() -> set[str]:
+    return metric_names.exported_names()
+
+
+@pytest.fixture(scope="module")
+def known(exported) -> set[str]:
+    return exported | metric_names.recorded_names() | set(metric_names.EXTERNAL)
+
+
+@pytest.fixture(scope="module")
+def scalers() -> dict[str, str]:
+    docs = chart.render(api_versions=chart.KEDA_APIS + chart.MONITORING_APIS)
+    return metric_names.scaler_expressions(docs)
+
+
+def test_the_exported_names_are_read_from_the_code(exported):
+    """Types give the suffixes: a counter's _total, a histogram's _bucket/_sum/_count, a gauge as is."""
+    assert {"lupita_bridge_calls_total", "lupita_bridge_active_calls", "lupita_transcriber_lag_seconds_bucket",
+            "lupita_transcriber_lag_seconds_count", "lupita_sink_writes_total", "lupita_stream_broker_retries_total",
+            "lupita_context_api_tool_calls_total", "lupita_recorder_ready"} <= exported
+    assert "lupita_bridge_calls" not in exported and "lupita_bridge_active_calls_total" not in exported
+    modules = metric_names.metric_modules()
+    for module in ("media_bridge.metrics", "stream_processor.faust_kit", "stream_processor.stores.metrics",
+                   "stream_processor.stages.transcriber.metrics", "context_api.metrics"):
+        assert module in modules
+
+
+def test_every_metric_a_rule_names_is_exported(known):
+    bad = metric_names.unknown_names(metric_names.rule_expressions(), known)
+    assert bad == {}, f"rules name metrics the code does not export: {bad}"
+
+
+def test_every_metric_a_dashboard_names_is_exported(known):
+    exprs = metric_names.dashboard_expressions()
+    assert len(exprs) > 40
+    bad = metric_names.unknown_names(exprs, known)
+    assert bad == {}, f"dashboards name metrics the code does not export: {bad}"
+
+
+def test_every_metric_a_scaler_names_is_exported(scalers, exported):
+    """The KEDA prometheus triggers (the bridge scales on live calls) read exported metrics only
+    (no recording rule, no external one: the scaler must work with the chart alone)."""
+    assert scalers, "the chart renders no KEDA prometheus trigger"
+    bad = metric_names.unknown_names(scalers, exported)
+    assert bad == {}, f"scalers name metrics the code does not export: {bad}"
+
+
+def test_the_allow_list_holds_only_what_is_used():
+    used = set()
+    exprs = {**metric_names.rule_expressions(), **metric_names.dashboard_expressions()}
+    for expr in exprs.values():
+        used |= metric_names.names_in(expr)
+    assert set(metric_names.EXTERNAL) - used == set()
+
+
+def test_the_check_finds_a_misspelt_or_unexported_name(known):
+    bad = metric_names.unknown_names({
+        "typo": "sum(rate(lupita_bridge_call_total[5m]))",
+        "suffix on a gauge": "lupita_bridge_active_calls_total",
+        "by __name__": '{__name__="lupita_nothing_total"}',
+        "grafana": 'label_values(lupita_vad_open_call{namespace="$namespace"}, pod)',
+        "fine": "histogram_quantile(0.9, sum by (le) (rate(lupita_vad_batch_seconds_bucket[$__rate_interval])))",
+    }, known)
+    assert bad == {"typo": {"lupita_bridge_call_total"}, "suffix on a gauge": {"lupita_bridge_active_calls_total"},
+                   "by __name__": {"lupita_nothing_total"}, "grafana": {"lupita_vad_open_call"}}
+
+
+def test_an_expression_that_is_not_promql_is_refused():
+    with pytest.raises(ValueError, match="not valid PromQL"):
+        metric_names.names_in("sum(rate(lupita_bridge_calls_total[5m])")
