@@ -8,7 +8,7 @@ media bridge, graceful drain on SIGTERM.
 - ``LUPITA_GATEWAY_TWILIO_PATH`` (``/twilio``): the Twilio Media Streams endpoint. The upgrade is
   refused with 403 when X-Twilio-Signature is missing or wrong, 503 while draining or at
   ``gateway_max_calls``; anything else is 404.
-- SIGTERM: stop accepting, let live calls finish for ``gateway_drain_seconds``, then end the rest
+- SIGTERM: refuse new calls (503; /readyz 503), let live calls finish for ``gateway_drain_seconds``, then end the rest
   with reason ``shutdown`` (each still gets its CallEnd, so the bridge records what arrived).
 """
 
@@ -78,8 +78,8 @@ class Gateway:
         self.draining = True
         log.info("draining", extra={"stage": "gateway", "live_calls": len(self.sessions),
                                     "drain_seconds": self.settings.gateway_drain_seconds})
-        if self.server is not None:
-            self.server.close(close_connections=False)  # stop listening; live sockets go on
+        # the listener stays open while draining: /readyz answers 503 (the load balancer takes this
+        # pod out) and new upgrades get 503, rather than connection refused
         deadline = time.monotonic() + self.settings.gateway_drain_seconds
         while self.sessions and time.monotonic() < deadline:
             self._session_closed.clear()

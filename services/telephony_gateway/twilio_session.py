@@ -73,6 +73,7 @@ class SessionReport:
     call_id: str = ""
     call_sid: str = ""
     stream_sid: str = ""
+    messages: int = 0  # websocket messages read off the socket
     frames: dict[str, int] = field(default_factory=dict)
     gaps: dict[str, int] = field(default_factory=dict)
     bad_input: dict[str, int] = field(default_factory=dict)
@@ -194,7 +195,9 @@ class TwilioSession:
 
     async def _recv(self, timeout: float) -> str | bytes:
         try:
-            return await asyncio.wait_for(self.ws.recv(), timeout)
+            raw = await asyncio.wait_for(self.ws.recv(), timeout)
+            self.report.messages += 1
+            return raw
         except asyncio.TimeoutError:
             self._bad(BadInput("stalled", f"no message for {timeout:.0f} s", fatal=True))
             raise _End("stalled", CLOSE_POLICY, "stalled: no message within the idle timeout") from None

@@ -110,11 +110,13 @@ class StreamResult:
 
 async def stream(url: str, messages: list, *, auth_token: str = "", sign_as: str | None = None,
                  headers: dict[str, str] | None = None, speed: float = 0.0,
-                 media_index: list[tuple[int, str, int, int]] | None = None, close_timeout_s: float = 60.0) -> StreamResult:
+                 media_index: list[tuple[int, str, int, int]] | None = None, close_timeout_s: float = 60.0,
+                 progress: dict | None = None) -> StreamResult:
     """Send ``messages`` (dicts, or str/bytes sent as they are) over one websocket to ``url``, paced
     by the media timestamps when ``speed`` > 0 (1.0 = real time), then wait for the gateway to
     close the socket. Returns how it closed. ``sign_as``: the URL Twilio dialled, when it differs
-    from ``url`` (TLS ends in front of the gateway: Twilio signs ``wss://``)."""
+    from ``url`` (TLS ends in front of the gateway: Twilio signs ``wss://``). ``progress["n"]`` is
+    kept at the number of messages written so far (for a watcher)."""
     hdrs = dict(headers or {})
     if auth_token:
         hdrs.update(upgrade_headers(auth_token, sign_as or url))
@@ -134,6 +136,8 @@ async def stream(url: str, messages: list, *, auth_token: str = "", sign_as: str
                 if i in offsets:
                     result.sent_at[i] = time.perf_counter()
                 result.sent += 1
+                if progress is not None:
+                    progress["n"] = result.sent
         except Exception:  # the gateway closed the socket mid-stream: report how
             pass
         try:
