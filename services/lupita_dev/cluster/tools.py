@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -133,7 +134,10 @@ def _kube_wrapper() -> Path:
     if (src / ".complete").exists():
         return src
     upstream = module_dir(f"k8s.io/kubernetes@{KUBERNETES_VERSION}")
-    staging = sorted(p.name for p in (upstream / "staging" / "src" / "k8s.io").iterdir() if p.is_dir())
+    # the module zip leaves staging/ out (each is its own module): read the names from go.mod
+    staging = sorted(set(re.findall(r"^\s*k8s\.io/(\S+) => \./staging/", (upstream / "go.mod").read_text(), re.M)))
+    if not staging:
+        raise RuntimeError(f"no ./staging replace directives found in {upstream / 'go.mod'}")
     src.mkdir(parents=True, exist_ok=True)
     replaces = "\n".join(f"\tk8s.io/{name} => k8s.io/{name} {STAGING_VERSION}" for name in staging)
     (src / "go.mod").write_text(

@@ -1,0 +1,49 @@
+"""``lupita cluster up|down|status|tools``: the local Kubernetes cluster the chart is installed into."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from . import manager, tools
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("up", "down", "status", "tools", "images", "kubeconfig"),
+                        help="up/down/status: the cluster; tools: build the cached binaries only "
+                             "(helm, kwok, etcd, Kubernetes); images: build the service images with "
+                             "podman; kubeconfig: print its path")
+    parser.add_argument("--image", action="append", dest="images", metavar="NAME",
+                        help="with `images`: build only this image (repeatable; default: all)")
+    parser.add_argument("--json", action="store_true", help="machine-readable status")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "tools":
+        for name, path in tools.ensure_all().items():
+            print(f"{name:<24} {path}")
+        return 0
+    if args.action == "images":
+        from . import images
+
+        for result in images.build(tuple(args.images or ())):
+            print(f"{result.image:<44} {result.size_bytes / 1e6:>7.0f} MB  built in {result.seconds:.0f}s")
+        return 0
+    if args.action == "kubeconfig":
+        print(manager.kubeconfig_path())
+        return 0
+    if args.action == "down":
+        stopped = manager.down()
+        print(f"[cluster] stopped: {', '.join(stopped) or 'nothing was running'}")
+        return 0
+    if args.action == "up":
+        manager.up()
+    st = manager.status()
+    if args.json:
+        print(json.dumps({"processes": st, "kubeconfig": str(manager.kubeconfig_path())}, indent=2))
+    else:
+        for name, s in st.items():
+            state = "healthy" if s["healthy"] else "DOWN"
+            print(f"{name:<24} {state:<8} 127.0.0.1:{s['port']:<6} pid {s['pid'] or '-'}")
+        print(f"kubeconfig: {manager.kubeconfig_path()}")
+    return 0 if all(s["healthy"] for s in st.values()) else 1

@@ -1,0 +1,397 @@
+"""The local Kubernetes cluster: a real control plane on 127.0.0.1 and a kwok fake node.
+
+``up()`` builds what is missing (:mod:`lupita_dev.cluster.tools`), makes the credentials
+(:mod:`lupita_dev.cluster.pki`), adds blackhole routes for the service and pod ranges (so
+that no packet for a cluster address can ever follow the default route off the machine),
+starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok as local
+processes with their state and logs under ``<stack dir>/cluster`` (git-ignored), registers
+the fake node and waits until it is Ready and the ``default`` service account exists (a pod
+cannot be created before). It writes ``<stack dir>/cluster/kubeconfig``. A second ``up()``
+finds it healthy and returns. ``down()`` stops every process it started, removes the routes
+it added and deletes the cluster's etcd data, so the next ``up()`` starts empty.
+
+Every port is on 127.0.0.1 and apart from the dev stack's (``lupita stack status``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from lupita_dev.stack.manager import ROOT, Proc
+
+from . import pki as pki_mod
+from . import tools
+from .tools import say
+
+ETCD_CLIENT_PORT = 12379
+ETCD_PEER_PORT = 12380
+APISERVER_PORT = 16443
+CONTROLLER_MANAGER_PORT = 16257
+SCHEDULER_PORT = 16259
+KWOK_PORT = 16247
+
+# cluster address ranges; both are blackholed on the host while the cluster is up
+SERVICE_CIDR = "10.96.0.0/16"
+SERVICE_IP = "10.96.0.1"  # the `kubernetes` Service's ClusterIP: the first address of the range
+POD_CIDR = "10.244.0.0/16"
+KWOK_NODE = "lupita-kwok-0"
+KWOK_NODE_IP = "127.0.0.1"  # the apiserver reaches a node's "kubelet" here: never off the machine
+
+
+def cluster_dir() -> Path:
+    base = Path(os.environ.get("LUPITA_STACK_DIR", ROOT / ".stack"))
+    path = Path(os.environ.get("LUPITA_CLUSTER_DIR", base / "cluster"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def kubeconfig_path() -> Path:
+    return cluster_dir() / "kubeconfig"
+
+
+def server_url() -> str:
+    return f"https://127.0.0.1:{APISERVER_PORT}"
+
+
+class ClusterProc(Proc):
+    """A cluster process: pid file and log under the cluster dir (the stack's Proc otherwise)."""
+
+    @property
+    def pidfile(self) -> Path:
+        return cluster_dir() / "run" / f"{self.name}.pid"
+
+    @property
+    def logfile(self) -> Path:
+        return cluster_dir() / "logs" / f"{self.name}.log"
+
+
+ETCD = ClusterProc("etcd", ETCD_CLIENT_PORT)
+APISERVER = ClusterProc("kube-apiserver", APISERVER_PORT)
+CONTROLLER_MANAGER = ClusterProc("kube-controller-manager", CONTROLLER_MANAGER_PORT)
+SCHEDULER = ClusterProc("kube-scheduler", SCHEDULER_PORT)
+KWOK = ClusterProc("kwok", KWOK_PORT)
+PROCS = (ETCD, APISERVER, CONTROLLER_MANAGER, SCHEDULER, KWOK)  # start order; stopped in reverse
+
+
+# --------------------------------------------------------------------------- health
+
+
+def _https_ok(port: int, path: str, token: str | None = None) -> bool:
+    """GET https://127.0.0.1:port/path answers 200 (self-signed serving certs: not verified,
+    the check is that the process serves, the kubeconfigs pin the CA)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    req = urllib.request.Request(f"https://127.0.0.1:{port}{path}")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=2, context=ctx) as resp:
+            return resp.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def _wait(what: str, check, proc: ClusterProc | None, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc is not None and proc.pid() is None:
+            tail = proc.logfile.read_text(errors="replace")[-3000:] if proc.logfile.exists() else ""
+            raise RuntimeError(f"{what} exited during start-up; log {proc.logfile}:\n{tail}")
+        time.sleep(0.3)
+    log = f"; see {proc.logfile}" if proc is not None else ""
+    raise RuntimeError(f"{what} not ready after {timeout:.0f}s{log}")
+
+
+def kubectl(*args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
+    """Run the cached kubectl against the local cluster."""
+    cmd = [str(tools.ensure("kubectl")), "--kubeconfig", str(kubeconfig_path()), *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=120)
+    if check and out.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)} failed (exit {out.returncode}): {out.stderr.strip()}")
+    return out
+
+
+# --------------------------------------------------------------------------- routes
+
+
+def _state_file() -> Path:
+    return cluster_dir() / "state.json"
+
+
+def _state() -> dict:
+    try:
+        return json.loads(_state_file().read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _save_state(state: dict) -> None:
+    _state_file().write_text(json.dumps(state, indent=2))
+
+
+def _routes_for(cidr: str) -> list[str]:
+    out = subprocess.run(["ip", "-4", "route", "show", "table", "all", "to", "root", cidr],
+                         capture_output=True, text=True, check=True)
+    return [line for line in out.stdout.splitlines() if line.strip()]
+
+
+def add_blackhole_routes() -> list[str]:
+    """Blackhole the service and pod ranges on the host: without kube-proxy (kwok node) a
+    packet to a ClusterIP or pod IP would otherwise follow the default route off the machine.
+    A real node's CNI bridge adds a more specific connected route for its own pod subnet,
+    which wins over the blackhole for exactly the addresses that exist on this machine."""
+    state = _state()
+    added = list(state.get("routes", []))
+    for cidr in (SERVICE_CIDR, POD_CIDR):
+        existing = _routes_for(cidr)
+        if any(line.startswith(f"blackhole {cidr}") for line in existing):
+            if cidr not in added:
+                added.append(cidr)
+            continue
+        foreign = [line for line in existing if not line.startswith("blackhole")]
+        if foreign:
+            raise RuntimeError(f"the cluster range {cidr} is already routed on this machine ({foreign}); "
+                               "refusing to start a cluster whose addresses would collide")
+        try:
+            subprocess.run(["ip", "route", "add", "blackhole", cidr], check=True, capture_output=True, text=True)
+        except subprocess.CalledProcessError as exc:
+            raise RuntimeError(f"could not add the blackhole route for {cidr} ({exc.stderr.strip()}); the "
+                               "cluster needs root (CAP_NET_ADMIN) so that its addresses cannot leave "
+                               "the machine") from exc
+        added.append(cidr)
+        state["routes"] = added
+        _save_state(state)
+    return added
+
+
+def remove_blackhole_routes() -> list[str]:
+    state = _state()
+    removed = []
+    for cidr in state.get("routes", []):
+        out = subprocess.run(["ip", "route", "del", "blackhole", cidr], capture_output=True, text=True)
+        if out.returncode == 0 or "No such process" in out.stderr:
+            removed.append(cidr)
+    state["routes"] = [c for c in state.get("routes", []) if c not in removed]
+    _save_state(state)
+    return removed
+
+
+# --------------------------------------------------------------------------- components
+
+
+def _pki() -> pki_mod.Pki:
+    return pki_mod.ensure_pki(cluster_dir() / "pki", SERVICE_IP)
+
+
+def _write_kubeconfigs(pki: pki_mod.Pki) -> dict[str, Path]:
+    paths = {}
+    for user in pki_mod.USERS:
+        path = cluster_dir() / ("kubeconfig" if user == "admin" else f"kubeconfig-{user}")
+        path.write_text(pki_mod.kubeconfig(server_url(), pki.ca_crt, user, pki.token(user)))
+        path.chmod(0o600)
+        paths[user] = path
+    return paths
+
+
+def _start_etcd() -> None:
+    data = cluster_dir() / "etcd"
+    ETCD.spawn([
+        str(tools.ensure("etcd")), "--name", "lupita", "--data-dir", str(data),
+        "--listen-client-urls", f"http://127.0.0.1:{ETCD_CLIENT_PORT}",
+        "--advertise-client-urls", f"http://127.0.0.1:{ETCD_CLIENT_PORT}",
+        "--listen-peer-urls", f"http://127.0.0.1:{ETCD_PEER_PORT}",
+        "--initial-advertise-peer-urls", f"http://127.0.0.1:{ETCD_PEER_PORT}",
+        "--initial-cluster", f"lupita=http://127.0.0.1:{ETCD_PEER_PORT}",
+        "--quota-backend-bytes", str(2 * 1024**3),
+    ])
+    _wait("etcd", lambda: _http_ok(f"http://127.0.0.1:{ETCD_CLIENT_PORT}/health"), ETCD, 60)
+
+
+def _start_apiserver(pki: pki_mod.Pki) -> None:
+    APISERVER.spawn([
+        str(tools.ensure("kube-apiserver")),
+        f"--etcd-servers=http://127.0.0.1:{ETCD_CLIENT_PORT}",
+        "--bind-address=127.0.0.1", f"--secure-port={APISERVER_PORT}",
+        # a loopback advertise address is refused unless the endpoints reconciler is off
+        "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        f"--cert-dir={cluster_dir() / 'pki'}",
+        f"--tls-cert-file={pki.apiserver_crt}", f"--tls-private-key-file={pki.apiserver_key}",
+        f"--client-ca-file={pki.ca_crt}",
+        f"--token-auth-file={pki.token_file}",
+        f"--service-account-key-file={pki.sa_pub}", f"--service-account-signing-key-file={pki.sa_key}",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--kubelet-client-certificate={pki.kubelet_client_crt}",
+        f"--kubelet-client-key={pki.kubelet_client_key}",
+        f"--kubelet-certificate-authority={pki.ca_crt}",
+        "--kubelet-preferred-address-types=InternalIP",
+        "--authorization-mode=Node,RBAC", "--allow-privileged=true",
+        "--enable-admission-plugins=NodeRestriction", "--profiling=false",
+    ])
+    _wait("kube-apiserver", lambda: _https_ok(APISERVER_PORT, "/readyz", pki.token("admin")), APISERVER, 120)
+
+
+def _start_controller_manager(pki: pki_mod.Pki, kubeconfigs: dict[str, Path]) -> None:
+    kc = kubeconfigs["kube-controller-manager"]
+    CONTROLLER_MANAGER.spawn([
+        str(tools.ensure("kube-controller-manager")),
+        f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
+        "--bind-address=127.0.0.1", f"--secure-port={CONTROLLER_MANAGER_PORT}",
+        # no node IPAM: pod addresses come from kwok (or the real node's CNI config)
+        "--controllers=*,-nodeipam", "--leader-elect=false",
+        f"--service-account-private-key-file={pki.sa_key}", f"--root-ca-file={pki.ca_crt}",
+        f"--cluster-signing-cert-file={pki.ca_crt}", f"--cluster-signing-key-file={pki.ca_key}",
+        f"--service-cluster-ip-range={SERVICE_CIDR}", "--use-service-account-credentials=false",
+        "--profiling=false",
+    ])
+    _wait("kube-controller-manager", lambda: _https_ok(CONTROLLER_MANAGER_PORT, "/healthz"),
+          CONTROLLER_MANAGER, 60)
+
+
+def _start_scheduler(kubeconfigs: dict[str, Path]) -> None:
+    kc = kubeconfigs["kube-scheduler"]
+    SCHEDULER.spawn([
+        str(tools.ensure("kube-scheduler")),
+        f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
+        "--bind-address=127.0.0.1", f"--secure-port={SCHEDULER_PORT}", "--leader-elect=false",
+        "--profiling=false",
+    ])
+    _wait("kube-scheduler", lambda: _https_ok(SCHEDULER_PORT, "/healthz"), SCHEDULER, 60)
+
+
+def kwok_stages() -> Path:
+    """kwok's behaviour (Stage objects) from its own module: nodes become Ready and keep a
+    lease, pods become Ready at once, Job pods complete."""
+    path = cluster_dir() / "kwok-stages.yaml"
+    src = tools.module_dir(f"sigs.k8s.io/kwok@{tools.KWOK_VERSION}") / "kustomize" / "stage"
+    docs = []
+    for folder in ("node/fast", "node/heartbeat-with-lease", "pod/fast"):
+        for yaml_file in sorted((src / folder).glob("*.yaml")):
+            if yaml_file.name != "kustomization.yaml":
+                docs.append(yaml_file.read_text().strip())
+    if not docs:
+        raise RuntimeError(f"no kwok stage files found under {src}")
+    path.write_text("\n---\n".join(docs) + "\n")
+    return path
+
+
+def _start_kwok(kubeconfigs: dict[str, Path]) -> None:
+    stages = kwok_stages()
+    KWOK.spawn([
+        str(tools.ensure("kwok")), f"--kubeconfig={kubeconfigs['kwok']}", f"--config={stages}",
+        "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+        f"--cidr={POD_CIDR}", f"--node-ip={KWOK_NODE_IP}", f"--node-port={KWOK_PORT}",
+        f"--server-address=127.0.0.1:{KWOK_PORT}", "--node-lease-duration-seconds=40",
+    ])
+    _wait("kwok", lambda: _http_ok(f"http://127.0.0.1:{KWOK_PORT}/healthz"), KWOK, 60)
+
+
+KWOK_NODE_MANIFEST = {
+    "apiVersion": "v1", "kind": "Node",
+    "metadata": {
+        "name": KWOK_NODE,
+        "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+        "labels": {"kubernetes.io/hostname": KWOK_NODE, "kubernetes.io/os": "linux",
+                   "kubernetes.io/arch": "amd64", "type": "kwok",
+                   "topology.kubernetes.io/zone": "local-a", "topology.kubernetes.io/region": "local"},
+    },
+    "spec": {},
+    "status": {"allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+               "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+               "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux",
+                            "kubeletVersion": "fake", "kubeProxyVersion": "fake"}},
+}
+
+
+def _node_ready(name: str) -> bool:
+    out = kubectl("get", "node", name, "-o",
+                  "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False)
+    return out.returncode == 0 and out.stdout.strip() == "True"
+
+
+def _default_service_account() -> bool:
+    return kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0
+
+
+# --------------------------------------------------------------------------- up / down / status
+
+
+def status() -> dict[str, dict]:
+    """What runs: each process' pid and health, the routes, the node."""
+    token = None
+    try:
+        token = _pki().token("admin") if (cluster_dir() / "pki" / "tokens.json").exists() else None
+    except (OSError, ValueError, KeyError):
+        token = None
+    checks = {
+        "etcd": lambda: _http_ok(f"http://127.0.0.1:{ETCD_CLIENT_PORT}/health"),
+        "kube-apiserver": lambda: _https_ok(APISERVER_PORT, "/readyz", token),
+        "kube-controller-manager": lambda: _https_ok(CONTROLLER_MANAGER_PORT, "/healthz"),
+        "kube-scheduler": lambda: _https_ok(SCHEDULER_PORT, "/healthz"),
+        "kwok": lambda: _http_ok(f"http://127.0.0.1:{KWOK_PORT}/healthz"),
+    }
+    result = {}
+    for proc in PROCS:
+        pid = proc.pid()
+        result[proc.name] = {"pid": pid, "port": proc.port, "healthy": bool(pid and checks[proc.name]())}
+    return result
+
+
+def is_up() -> bool:
+    return all(s["healthy"] for s in status().values())
+
+
+def up() -> Path:
+    """Start the cluster (idempotent); returns the admin kubeconfig's path."""
+    if is_up() and _node_ready(KWOK_NODE):
+        return kubeconfig_path()
+    for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl"):
+        tools.ensure(name)
+    started = time.monotonic()
+    add_blackhole_routes()
+    pki = _pki()
+    kubeconfigs = _write_kubeconfigs(pki)
+    steps = ((ETCD, _start_etcd), (APISERVER, lambda: _start_apiserver(pki)),
+             (CONTROLLER_MANAGER, lambda: _start_controller_manager(pki, kubeconfigs)),
+             (SCHEDULER, lambda: _start_scheduler(kubeconfigs)), (KWOK, lambda: _start_kwok(kubeconfigs)))
+    current = status()
+    for proc, start in steps:
+        if current[proc.name]["healthy"]:
+            continue
+        proc.stop()  # a pid file whose process does not answer: start it afresh
+        say(f"starting {proc.name} on 127.0.0.1:{proc.port}")
+        start()
+    kubectl("apply", "-f", "-", input=json.dumps(KWOK_NODE_MANIFEST))
+    _wait(f"node {KWOK_NODE} Ready", lambda: _node_ready(KWOK_NODE), KWOK, 60)
+    _wait("the default service account", _default_service_account, CONTROLLER_MANAGER, 60)
+    say(f"cluster up in {time.monotonic() - started:.1f}s: export KUBECONFIG={kubeconfig_path()}")
+    return kubeconfig_path()
+
+
+def down() -> list[str]:
+    """Stop every process this cluster started, remove its routes and its etcd data."""
+    stopped = [proc.name for proc in reversed(PROCS) if proc.stop()]
+    removed = remove_blackhole_routes()
+    if removed:
+        stopped.append(f"routes {', '.join(removed)}")
+    shutil.rmtree(cluster_dir() / "etcd", ignore_errors=True)
+    return stopped
