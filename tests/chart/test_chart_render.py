@@ -1,0 +1,494 @@
+"""charts/lupita renders, lints strictly, refuses invalid values with a clear message, and what it
+renders has the properties that matter: hardened containers, probes and resources on every
+workload, one consumer group per stage with its scaler capped at the partition count, a bridge
+that drains before it is killed, NetworkPolicies that open only what each workload needs, and
+local values that keep every endpoint on 127.0.0.1.
+
+helm is the real binary (helm.sh/helm/v3, built once from the Go module proxy and cached by
+lupita_dev.cluster.tools); the API server checks are the cluster tests' job.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "lupita"
+LOCAL = CHART / "values-local.yaml"
+EKS = CHART / "values-eks.yaml"
+KUBE_VERSION = "1.34.2"
+KEDA = "keda.sh/v1alpha1/ScaledObject"
+SCENARIOS = {"default": [], "local": [LOCAL], "eks": [EKS]}
+STAGES = ("recorder", "vad", "transcriber", "understanding")
+WORKLOADS = ("media-bridge", *STAGES, "context-api")
+# the topics each stage's agent consumes (services/stream_processor/stages/*/agent.py: self.source),
+# besides its own control topic
+STAGE_SOURCES = {
+    "recorder": {"audio.chunks", "call.lifecycle"},
+    "vad": {"audio.chunks", "call.lifecycle"},
+    "transcriber": {"speech.segments"},
+    "understanding": {"transcripts", "call.lifecycle"},
+}
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    from lupita_dev.cluster.tools import ensure
+
+    return ensure("helm")
+
+
+def helm_run(helm: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(helm), *map(str, args)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def template_args(values: list[Path], sets: list[str], keda: bool) -> list[str]:
+    args = ["template", "lupita", str(CHART), "--namespace", "lupita", "--kube-version", KUBE_VERSION]
+    for path in values:
+        args += ["--values", str(path)]
+    for item in sets:
+        args += ["--set", item]
+    if keda:
+        args += ["--api-versions", KEDA]
+    return args
+
+
+def render(helm: Path, values: list[Path] = (), sets: list[str] = (), keda: bool = True) -> list[dict[str, Any]]:
+    out = helm_run(helm, *template_args(list(values), list(sets), keda))
+    assert out.returncode == 0, out.stderr
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+def refused(helm: Path, sets: list[str]) -> str:
+    out = helm_run(helm, *template_args([], sets, True))
+    assert out.returncode != 0, f"helm accepted {sets}"
+    return out.stderr
+
+
+@pytest.fixture(scope="session", params=list(SCENARIOS))
+def scenario(request, helm) -> tuple[str, list[dict[str, Any]]]:
+    return request.param, render(helm, SCENARIOS[request.param])
+
+
+def of_kind(docs: list[dict], kind: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def component(doc: dict) -> str:
+    return doc["metadata"]["labels"]["app.kubernetes.io/component"]
+
+
+def by_component(docs: list[dict], kind: str) -> dict[str, dict]:
+    return {component(d): d for d in docs if d["kind"] == kind}
+
+
+def pod_specs(docs: list[dict]) -> list[tuple[str, dict]]:
+    out = []
+    for d in docs:
+        if d["kind"] in ("Deployment", "StatefulSet", "Job", "DaemonSet"):
+            out.append((f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]["spec"]))
+    return out
+
+
+def env_of(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def literal_env(container: dict) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+# --- lint, render, schema ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_helm_lint_strict_passes(helm, name):
+    args = ["lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION]
+    for path in SCENARIOS[name]:
+        args += ["--values", str(path)]
+    out = helm_run(helm, *args)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 chart(s) failed" in out.stdout
+
+
+def test_each_scenario_renders_every_workload_and_its_objects(scenario):
+    name, docs = scenario
+    for kind in ("Deployment", "Service", "ServiceAccount", "PodDisruptionBudget"):
+        assert set(by_component(docs, kind)) == set(WORKLOADS), (name, kind)
+    if name != "local":  # local: KEDA cannot run on the local cluster, policies do not bind host-network pods
+        assert set(by_component(docs, "ScaledObject")) == {"media-bridge", *STAGES}
+        assert set(by_component(docs, "NetworkPolicy")) == set(WORKLOADS)
+        assert set(by_component(docs, "HorizontalPodAutoscaler")) == {"context-api"}
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["kafka.partitions=zero"], "at '/kafka/partitions': got string, want integer"),
+        (["securityContext.runAsUser=0"], "at '/securityContext/runAsUser': minimum: got 0, want 1"),
+        (["mediaBridge.settings.LUPITA_BRIDGE_TOKENS=abc"],
+         "at '/mediaBridge/settings/LUPITA_BRIDGE_TOKENS': value must be 'secrets are never values"),
+        (["streamProcessor.stages.recorder.settings.LUPITA_POSTGRES_DSN=postgresql://u:p@h/db"],
+         "at '/streamProcessor/stages/recorder/settings/LUPITA_POSTGRES_DSN'"),
+        (["mediaBridge.settings.CHUNK_MS=200"], "additional properties 'CHUNK_MS' not allowed"),
+        (["streamProcessor.stages.vad.tableStore=redis://"],
+         "at '/streamProcessor/stages/vad/tableStore': value must be one of 'memory://', 'rocksdb://'"),
+        (["mediaBridge.prots.grpc=1"], "at '/mediaBridge': additional properties 'prots' not allowed"),
+        (["kafka.bootstrap="], "at '/kafka/bootstrap'"),
+        (["streamProcessor.stages.transcriber.autoscaling.topics[0].name=speech"],
+         "at '/streamProcessor/stages/transcriber/autoscaling/topics/0/name'"),
+        (["streamProcessor.kafkaHeartbeatSeconds=11"],
+         "streamProcessor.kafkaHeartbeatSeconds (11) must be at most a third of streamProcessor.kafkaSessionTimeoutSeconds"),
+        (["streamProcessor.stages.vad.autoscaling.minReplicas=13"],
+         "streamProcessor.stages.vad.autoscaling.minReplicas (13) is above its maxReplicas (12)"),
+        (["hostNetwork=true"], "hostNetwork is true and streamProcessor.stages.recorder.ports.metrics and "
+                               "streamProcessor.stages.vad.ports.metrics both use port 9102"),
+    ],
+)
+def test_invalid_values_are_refused_with_a_message_naming_the_key(helm, sets, message):
+    err = refused(helm, sets)
+    assert message in err, err
+
+
+def test_the_values_given_do_not_leak_into_a_refusal(helm):
+    """A refused secret-like setting is named, its value is not echoed."""
+    err = refused(helm, ["contextApi.settings.LUPITA_CONTEXT_API_HMAC_SECRET=s3cr3t-value-xyz"])
+    assert "LUPITA_CONTEXT_API_HMAC_SECRET" in err and "s3cr3t-value-xyz" not in err
+
+
+# --- hardening, probes, resources ----------------------------------------------------------------
+
+
+def all_pod_specs(helm) -> list[tuple[str, str, dict]]:
+    """Pod specs of every scenario, with the load generator's Job turned on."""
+    out = []
+    for name, values in SCENARIOS.items():
+        for where, spec in pod_specs(render(helm, values, ["loadgen.enabled=true"])):
+            out.append((name, where, spec))
+    return out
+
+
+def test_every_container_runs_non_root_read_only_without_capabilities(helm):
+    specs = all_pod_specs(helm)
+    assert len(specs) == 3 * (len(WORKLOADS) + 1)
+    for name, where, spec in specs:
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True and pod["runAsUser"] == 10001, (name, where)
+        assert pod["seccompProfile"]["type"] == "RuntimeDefault", (name, where)
+        assert spec["automountServiceAccountToken"] is False, (name, where)
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["runAsNonRoot"] is True and sc["runAsUser"] != 0, (name, where, c["name"])
+            assert sc["readOnlyRootFilesystem"] is True, (name, where, c["name"])
+            assert sc["allowPrivilegeEscalation"] is False and sc["privileged"] is False, (name, where)
+            assert sc["capabilities"] == {"drop": ["ALL"]}, (name, where)
+            assert sc["seccompProfile"]["type"] == "RuntimeDefault", (name, where)
+            # the writable paths are emptyDirs: /tmp everywhere, Faust's data dir in the stages
+            volumes = {v["name"]: v for v in spec["volumes"]}
+            mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+            assert "/tmp" in mounts, (name, where)
+            for path, vol in mounts.items():
+                assert "emptyDir" in volumes[vol], (name, where, path)
+
+
+def test_every_deployment_has_probes_resources_and_spreads_its_pods(scenario):
+    name, docs = scenario
+    for dep_name, dep in of_kind(docs, "Deployment").items():
+        spec = dep["spec"]["template"]["spec"]
+        assert spec["topologySpreadConstraints"], dep_name
+        for tsc in spec["topologySpreadConstraints"]:
+            assert tsc["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == component(dep)
+        for c in spec["containers"]:
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                assert probe in c, (name, dep_name, probe)
+            res = c["resources"]
+            assert {"cpu", "memory"} <= set(res["requests"]), (name, dep_name)
+            assert "memory" in res["limits"], (name, dep_name)
+            # every probe and Service targets a port the container declares
+            ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                p = c[probe]
+                target = (p.get("httpGet") or p.get("grpc") or p.get("tcpSocket"))["port"]
+                assert target in ports or target in ports.values(), (name, dep_name, probe, target)
+
+
+def test_http_probes_use_the_services_real_paths(scenario):
+    """/livez and /readyz: stream_processor/metrics.py serves them on the metrics port,
+    context_api/app.py on the HTTP port."""
+    _, docs = scenario
+    deps = by_component(docs, "Deployment")
+    for comp in (*STAGES, "context-api"):
+        c = deps[comp]["spec"]["template"]["spec"]["containers"][0]
+        port = "metrics" if comp in STAGES else "http"
+        assert c["livenessProbe"]["httpGet"] == {"path": "/livez", "port": port}
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
+
+
+def test_each_workload_listens_where_its_ports_say(scenario):
+    """The LUPITA_* port each service reads equals the containerPort its probes and Service use."""
+    _, docs = scenario
+    deps = by_component(docs, "Deployment")
+    port_env = {"media-bridge": {"grpc": "LUPITA_GRPC_PORT", "metrics": "LUPITA_METRICS_PORT"},
+                "context-api": {"http": "LUPITA_CONTEXT_API_PORT", "metrics": "LUPITA_CONTEXT_API_METRICS_PORT"},
+                **{s: {"metrics": "LUPITA_METRICS_PORT"} for s in STAGES}}
+    services = by_component(docs, "Service")
+    for comp, ports in port_env.items():
+        c = deps[comp]["spec"]["template"]["spec"]["containers"][0]
+        env = literal_env(c)
+        declared = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert set(declared) == set(ports), comp
+        for port_name, var in ports.items():
+            assert int(env[var]) == declared[port_name], (comp, var)
+        svc_ports = {p["name"]: p["targetPort"] for p in services[comp]["spec"]["ports"]}
+        assert set(svc_ports) == set(ports) and all(v in ports for v in svc_ports.values()), comp
+        # the ServiceMonitors select the Service by component and scrape its port "metrics"
+        assert services[comp]["spec"]["selector"]["app.kubernetes.io/component"] == comp
+        assert "metrics" in svc_ports
+
+
+# --- the stages: one consumer group each, scaled on its own lag ----------------------------------
+
+
+def test_each_stage_runs_only_its_agent_in_its_own_consumer_group(scenario):
+    name, docs = scenario
+    deps = by_component(docs, "Deployment")
+    groups = {}
+    for stage in STAGES:
+        env = literal_env(deps[stage]["spec"]["template"]["spec"]["containers"][0])
+        assert env["LUPITA_STAGES"] == stage
+        groups[stage] = env["LUPITA_TOPIC_PREFIX"] + env["LUPITA_APP_ID"]
+    assert len(set(groups.values())) == len(STAGES), groups  # recorder and vad both read audio.chunks
+
+
+def test_each_stage_scales_on_its_own_groups_lag_of_the_topics_its_agent_reads(helm):
+    import importlib
+
+    docs = render(helm, [EKS])
+    deps = by_component(docs, "Deployment")
+    scalers = by_component(docs, "ScaledObject")
+    for stage in STAGES:
+        env = literal_env(deps[stage]["spec"]["template"]["spec"]["containers"][0])
+        so = scalers[stage]
+        assert so["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                                "name": deps[stage]["metadata"]["name"]}
+        triggers = so["spec"]["triggers"]
+        assert {t["type"] for t in triggers} == {"kafka"}
+        group = env["LUPITA_TOPIC_PREFIX"] + env["LUPITA_APP_ID"]
+        assert {t["metadata"]["consumerGroup"] for t in triggers} == {group}
+        assert {t["metadata"]["bootstrapServers"] for t in triggers} == {env["LUPITA_KAFKA_BOOTSTRAP"]}
+        topics = {t["metadata"]["topic"] for t in triggers}
+        assert topics == {env["LUPITA_TOPIC_PREFIX"] + t for t in STAGE_SOURCES[stage]}, stage
+        agent = importlib.import_module(f"stream_processor.stages.{stage}.agent")
+        assert STAGE_SOURCES[stage] <= set(agent.TOPICS), stage
+        for t in triggers:
+            assert int(t["metadata"]["lagThreshold"]) > 0
+
+
+@pytest.mark.parametrize("asked", [12, 24, 500])
+def test_no_stage_scales_beyond_the_partition_count(helm, asked):
+    sets = [f"streamProcessor.stages.{s}.autoscaling.maxReplicas={asked}" for s in STAGES]
+    docs = render(helm, [EKS], sets)
+    partitions = yaml.safe_load(EKS.read_text())["kafka"]["partitions"]
+    scalers = by_component(docs, "ScaledObject")
+    for stage in STAGES:
+        spec = scalers[stage]["spec"]
+        assert spec["maxReplicaCount"] == min(asked, partitions), stage
+        assert spec["minReplicaCount"] <= spec["maxReplicaCount"]
+        assert all(t["metadata"]["allowIdleConsumers"] == "false" for t in spec["triggers"])
+
+
+def test_a_scaled_deployment_leaves_its_replicas_to_the_scaler(helm):
+    with_keda = by_component(render(helm, keda=True), "Deployment")
+    without = by_component(render(helm, keda=False), "Deployment")
+    for comp in ("media-bridge", *STAGES):
+        assert "replicas" not in with_keda[comp]["spec"], comp  # an upgrade must not reset the HPA's count
+        assert without[comp]["spec"]["replicas"] >= 1, comp  # no KEDA CRDs: fixed replicas, no ScaledObject
+    assert not by_component(render(helm, keda=False), "ScaledObject")
+    assert "replicas" not in with_keda["context-api"]["spec"]  # its HPA scales it
+
+
+def test_the_transcriber_can_be_placed_on_gpu_nodes(helm):
+    docs = render(helm, [EKS], ["streamProcessor.stages.transcriber.gpu.enabled=true"])
+    deps = by_component(docs, "Deployment")
+    spec = deps["transcriber"]["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert spec["nodeSelector"] == {"eks.amazonaws.com/nodegroup": "lupita-gpu"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    env = literal_env(c)
+    assert env["LUPITA_ASR_DEVICE"] == "cuda" and env["LUPITA_ASR_COMPUTE_TYPE"] == "float16"
+    for other in ("recorder", "vad", "understanding"):  # only the transcriber
+        o = deps[other]["spec"]["template"]["spec"]
+        assert "nvidia.com/gpu" not in o["containers"][0]["resources"].get("limits", {})
+        assert "nodeSelector" not in o
+
+
+# --- the bridge: drain before the kill, scale on live calls --------------------------------------
+
+
+def test_the_bridge_stops_new_calls_then_drains_within_its_grace_period(scenario):
+    _, docs = scenario
+    dep = by_component(docs, "Deployment")["media-bridge"]
+    spec = dep["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    env = literal_env(c)
+    drain = float(env["LUPITA_DRAIN_SECONDS"])
+    # Bridge.shutdown: the drain, then up to request timeout + 5 s for the last records
+    needed = drain + int(env["LUPITA_KAFKA_REQUEST_TIMEOUT_MS"]) / 1000 + 5
+    assert spec["terminationGracePeriodSeconds"] > needed
+    assert c["lifecycle"]["preStop"]["exec"]["command"][-1] == "import os, signal; os.kill(1, signal.SIGTERM)"
+    assert c["readinessProbe"]["grpc"]["port"] == int(env["LUPITA_GRPC_PORT"])
+    assert "grpc" not in c["livenessProbe"]  # a draining bridge is NOT_SERVING and must not be restarted
+    assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_the_bridge_scales_on_its_active_calls_metric_and_scales_down_slowly(helm):
+    from media_bridge.metrics import ACTIVE_CALLS
+
+    docs = render(helm)
+    so = by_component(docs, "ScaledObject")["media-bridge"]["spec"]
+    (trigger,) = so["triggers"]
+    assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
+    assert trigger["metadata"]["query"] == (
+        f'sum({ACTIVE_CALLS._name}{{namespace="lupita", service="lupita-media-bridge"}})')
+    assert by_component(docs, "Service")["media-bridge"]["metadata"]["name"] == "lupita-media-bridge"
+    down = so["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+    assert down["stabilizationWindowSeconds"] >= 300
+    assert down["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 300}]
+
+
+# --- network policies ----------------------------------------------------------------------------
+
+
+def rule_ports(rules: list[dict]) -> set:
+    return {p["port"] for r in rules for p in r.get("ports", [])}
+
+
+def test_only_the_bridge_and_the_context_api_accept_traffic_besides_metrics_scrapes(helm):
+    docs = render(helm, [EKS], ["loadgen.enabled=true"])
+    policies = by_component(docs, "NetworkPolicy")
+    assert set(policies) == {*WORKLOADS, "loadgen"}
+    for comp, pol in policies.items():
+        spec = pol["spec"]
+        assert spec["policyTypes"] == ["Ingress", "Egress"]
+        assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == comp
+        served = rule_ports(spec["ingress"]) - {"metrics"}
+        assert served == {"media-bridge": {"grpc"}, "context-api": {"http"}}.get(comp, set()), comp
+        for rule in spec["ingress"]:
+            if rule["ports"][0]["port"] == "metrics":
+                assert rule["from"] == [{"namespaceSelector": {"matchLabels": {
+                    "kubernetes.io/metadata.name": "monitoring"}}}]
+
+
+def test_only_the_workloads_that_use_a_store_may_reach_it(helm):
+    docs = render(helm, [EKS], ["loadgen.enabled=true"])
+    values = yaml.safe_load(EKS.read_text())["networkPolicy"]["egress"]
+    peers = {name: values[name]["to"] for name in ("kafka", "postgres", "weaviate", "s3")}
+    reach: dict[str, set[str]] = {name: set() for name in peers}
+    for comp, pol in by_component(docs, "NetworkPolicy").items():
+        for rule in pol["spec"]["egress"]:
+            for name, to in peers.items():
+                if rule.get("to") == to and rule["ports"] == values[name]["ports"]:
+                    reach[name].add(comp)
+    assert reach == {
+        "kafka": {"media-bridge", *STAGES},
+        "postgres": {"recorder", "understanding", "context-api"},
+        "weaviate": {"understanding"},
+        "s3": {"recorder"},
+    }
+    loadgen = by_component(docs, "NetworkPolicy")["loadgen"]["spec"]["egress"]
+    assert loadgen[-1]["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "media-bridge"
+
+
+# --- secrets, service accounts, labels -----------------------------------------------------------
+
+
+SECRET_SUFFIXES = ("_KEY", "_SECRET", "_TOKENS", "_TOKEN", "_DSN", "_PASSWORD")
+
+
+def test_secrets_come_only_from_existing_secrets(helm):
+    for name, values in SCENARIOS.items():
+        docs = render(helm, values, ["loadgen.enabled=true", "secrets.cloudApis.name=lupita-cloud",
+                                     "secrets.s3.name=lupita-s3"])
+        assert not of_kind(docs, "Secret"), name  # the chart never carries secret content
+        for where, spec in pod_specs(docs):
+            for c in spec["containers"]:
+                for var, e in env_of(c).items():
+                    if var.endswith(SECRET_SUFFIXES):
+                        assert "value" not in e and e["valueFrom"]["secretKeyRef"]["name"], (name, where, var)
+
+
+def test_only_the_recorder_gets_s3_and_only_the_users_of_postgres_its_dsn(scenario):
+    _, docs = scenario
+    for comp, dep in by_component(docs, "Deployment").items():
+        env = env_of(dep["spec"]["template"]["spec"]["containers"][0])
+        assert ("LUPITA_S3_LEGAL_BUCKET" in env) == (comp == "recorder"), comp
+        assert ("LUPITA_POSTGRES_DSN" in env) == (comp in {"recorder", "understanding", "context-api"}), comp
+        assert ("LUPITA_WEAVIATE_HOST" in env) == (comp == "understanding"), comp
+        assert ("LUPITA_PHONE_ENCRYPTION_KEY" in env) == (comp == "media-bridge"), comp
+
+
+def test_each_workload_has_its_own_service_account_with_its_irsa_role(helm):
+    docs = render(helm, [EKS])
+    accounts = by_component(docs, "ServiceAccount")
+    for comp, dep in by_component(docs, "Deployment").items():
+        assert dep["spec"]["template"]["spec"]["serviceAccountName"] == accounts[comp]["metadata"]["name"]
+    assert accounts["recorder"]["metadata"]["annotations"] == {
+        "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/lupita-recorder"}
+    assert all("annotations" not in a["metadata"] for c, a in accounts.items() if c != "recorder")
+
+
+def test_every_object_carries_the_release_and_component_labels(scenario):
+    _, docs = scenario
+    for d in docs:
+        labels = d["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == "lupita" and labels["app.kubernetes.io/name"] == "lupita"
+        if d["kind"] in ("Deployment", "Service", "ScaledObject", "ServiceAccount", "PodDisruptionBudget",
+                         "NetworkPolicy", "HorizontalPodAutoscaler"):
+            assert labels["app.kubernetes.io/component"] in WORKLOADS, d["metadata"]["name"]
+        if d["kind"] == "Deployment":
+            pod_labels = d["spec"]["template"]["metadata"]["labels"]
+            assert d["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+# --- local values: images built here, every endpoint on 127.0.0.1 --------------------------------
+
+
+def test_local_values_use_the_images_built_here_and_the_host_network(helm):
+    docs = render(helm, [LOCAL], ["loadgen.enabled=true"])
+    for where, spec in pod_specs(docs):
+        assert spec["hostNetwork"] is True, where
+        for c in spec["containers"]:
+            assert c["image"].startswith("localhost/lupita-") and c["image"].endswith(":dev"), c["image"]
+            assert c["imagePullPolicy"] == "Never"
+
+
+def test_local_values_keep_every_endpoint_and_listener_on_loopback(helm):
+    """Network safety: with host networking, what the pods connect to and listen on is the host's."""
+    docs = render(helm, [LOCAL], ["loadgen.enabled=true"])
+    endpoint_vars = ("LUPITA_KAFKA_BOOTSTRAP", "LUPITA_S3_ENDPOINT", "LUPITA_WEAVIATE_HOST", "LUPITA_BRIDGE_TARGET",
+                     "LUPITA_GRPC_HOST", "LUPITA_METRICS_HOST", "LUPITA_CONTEXT_API_HOST")
+    seen = set()
+    for where, spec in pod_specs(docs):
+        for c in spec["containers"]:
+            for var, value in literal_env(c).items():
+                if var in endpoint_vars:
+                    seen.add(var)
+                    hosts = [h.split("://")[-1].rsplit(":", 1)[0] if ":" in h.split("://")[-1] else h.split("://")[-1]
+                             for h in value.split(",")]
+                    assert hosts and all(h == "127.0.0.1" for h in hosts), (where, var, value)
+    assert seen == set(endpoint_vars)
+
+
+def test_the_monitoring_block_keeps_the_keys_the_monitoring_templates_read():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["monitoring"] == {
+        "serviceMonitors": {"enabled": True, "interval": "30s", "labels": {}},
+        "prometheusRules": {"enabled": True, "labels": {}},
+        "dashboards": {"enabled": True, "labels": {"grafana_dashboard": "1"}},
+    }
