@@ -2,7 +2,12 @@
 
 - :func:`build_app`: the one Faust app of a worker (consumer group = ``<topic prefix><app id>``,
   at-least-once, acks from every replica, table store and standby replicas from the settings);
-- :class:`RawValueTable`: a changelog-backed table whose values are bytes kept as they are;
+- :class:`TrackedTable` (every ``app.Table``) and :class:`RawValueTable` (values are bytes kept as
+  they are): changelog-backed tables whose every change is tracked until the broker has it;
+- :func:`acknowledge` / :func:`changes_delivered`: a source record is acknowledged (its offset may
+  be committed) only once every table change made so far is on the broker, and a changelog write
+  the broker refused is sent again (Faust itself only logs it, and its pre-commit flush gives up
+  after 0.1 s without progress: a worker killed then lost table changes of committed records);
 - :func:`in_partition_of`: make a record Faust's current event while writing tables, so the
   change goes to the changelog partition of the call's own partition;
 - :func:`dead_letter`: a record that cannot be used goes to the stage's dead-letter topic, as it
@@ -13,7 +18,10 @@
 - :func:`backlog_partitions`: the partitions whose source records are not all processed yet
   (a call must not be declared idle or orphaned while its records still wait in Kafka);
 - :func:`timer`: a stage's periodic check (due calls, purges), run only while the worker is
-  ready and never allowed to die on an error (it is what ends stuck calls);
+  ready and the broker answers, and never allowed to die on an error (it is what ends stuck calls);
+- :class:`BrokerWatch` (:func:`broker_watch`): whether the broker answers, and since when: a
+  call's idle clock starts no earlier than that, so a broker outage (the bridge holds its calls
+  meanwhile) never makes calls look idle;
 - :func:`track_readiness`: the worker's ``/readyz`` follows its partitions (ready once they are
   assigned and the tables recovered, not ready while they are being revoked);
 - :func:`deliver`: run a delivery to Kafka (a publish, a flush) until the broker has it: a
@@ -30,13 +38,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import faust
 from aiokafka.errors import KafkaError
-from faust.exceptions import ProducerSendError
+from faust.exceptions import PartitionsMismatch, ProducerSendError
 from prometheus_client import Counter
 
 from stream_processor import records
@@ -47,8 +56,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RAW = {"key_serializer": "raw", "value_serializer": "raw"}
-# A broker that is down, unreachable or electing a leader: tried again, never a bad record.
-BROKER_ERRORS: tuple[type[BaseException], ...] = (KafkaError, ProducerSendError, asyncio.TimeoutError, OSError)
+# A broker that is down, unreachable or electing a leader, or whose metadata the worker does not
+# have right yet (a table's changelog whose partitions it has not seen: PartitionsMismatch): tried
+# again, never a bad record. A mismatch that lasts (a misconfigured topic) keeps the records
+# waiting, logged and counted, rather than dead-lettering every one.
+BROKER_ERRORS: tuple[type[BaseException], ...] = (KafkaError, ProducerSendError, PartitionsMismatch,
+                                                  asyncio.TimeoutError, OSError)
+
+
+def is_broker_error(exc: BaseException) -> bool:
+    return isinstance(exc, BROKER_ERRORS)
 # Waits between delivery attempts: 0.2 s doubling to 10 s, for as long as it takes.
 BROKER_RETRY = RetryPolicy(max_attempts=None, max_elapsed_s=None, initial_delay_s=0.2, max_delay_s=10.0)
 
@@ -72,6 +89,7 @@ def build_app(settings: Any) -> faust.App:
     """The worker's Faust app from its :class:`~stream_processor.settings.WorkerSettings`."""
     return faust.App(
         settings.faust_app_id,
+        Table=TrackedTable,
         broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(",") if h.strip()],
         store=settings.table_store,
         datadir=str(settings.data_dir),
@@ -93,7 +111,117 @@ def build_app(settings: Any) -> faust.App:
     )
 
 
-class RawValueTable(faust.Table):
+class ChangeTracker:
+    """The table changes of one app that the broker has not confirmed yet.
+
+    Each changelog write is a future; a failed one stays here until it is sent again. Sending
+    again sends the key's value as the table holds it *now* (never the failed old value, which
+    could land after a newer one and leave the compacted changelog stale)."""
+
+    def __init__(self) -> None:
+        self.pending: dict[Any, tuple[Any, Any, int | None]] = {}  # future -> (table, key, partition)
+        self.resent: dict[Any, Any] = {}  # failed future -> the future of its new send
+        self.acks: set[asyncio.Task] = set()
+
+    def track(self, fut: Any, table: Any, key: Any, partition: int | None) -> None:
+        self.pending[fut] = (table, key, partition)
+        fut.add_done_callback(self._done)
+
+    def _done(self, fut: Any) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            self.pending.pop(fut, None)
+
+    def _resend(self, fut: Any) -> Any:
+        """The future of ``fut``'s change sent again (None: another waiter's new send of it
+        already reached the broker)."""
+        if fut in self.resent:  # another waiter sent it again already
+            return self.resent[fut]
+        if fut not in self.pending:
+            return None
+        table, key, partition = self.pending.pop(fut)
+        try:
+            value = table.data[key]
+        except KeyError:  # deleted since (or the failed write was the deletion)
+            new = table.send_changelog(partition, key, None, value_serializer="raw")
+        else:
+            new = table.send_changelog(partition, key, value)
+        self.resent[fut] = new
+        new.add_done_callback(lambda f, old=fut: self.resent.pop(old, None) if not f.cancelled()
+                              and f.exception() is None else None)
+        return new
+
+    async def delivered(self, futures: list[Any], *, stage: str, stopped: Callable[[], bool] = lambda: False,
+                        policy: RetryPolicy | None = None) -> None:
+        """Return once the broker has every change in ``futures`` (failed ones are sent again with
+        backoff, counted as broker retries); :class:`Abandoned` once ``stopped()``."""
+        policy = policy or BROKER_RETRY
+        todo, n = list(futures), 0
+        while todo:
+            if stopped():
+                raise Abandoned(f"{stage}: table changes abandoned")
+            await asyncio.wait(todo)
+            failed = [f for f in todo if f.cancelled() or f.exception() is not None]
+            if not failed:
+                return
+            n += 1
+            BROKER_RETRIES.labels(stage, "changelog").inc(len(failed))
+            if n == 1 or n % 10 == 0:
+                f = failed[0]
+                log.warning("table changes not accepted by the broker; sent again (their records stay "
+                            "unacknowledged)", extra={
+                                "stage": stage, "what": "changelog", "attempt": n, "changes": len(failed),
+                                "error": "cancelled" if f.cancelled() else
+                                f"{type(f.exception()).__name__}: {f.exception()}"[:300]})
+            await asyncio.sleep(policy.delay(n))
+            todo = [new for new in map(self._resend, failed) if new is not None]
+
+
+def changes(app: faust.App) -> ChangeTracker:
+    """The app's :class:`ChangeTracker` (one per app, made on first use)."""
+    tracker = getattr(app, "_lupita_changes", None)
+    if tracker is None:
+        tracker = ChangeTracker()
+        app._lupita_changes = tracker  # type: ignore[attr-defined]
+    return tracker
+
+
+class TrackedTable(faust.Table):
+    """A Faust table whose changelog writes are tracked by the app's :class:`ChangeTracker`
+    (:func:`build_app` makes it the class of every ``app.Table``)."""
+
+    def send_changelog(self, partition: int | None, key: Any, value: Any, key_serializer: Any = None,
+                       value_serializer: Any = None) -> Any:
+        fut = super().send_changelog(partition, key, value, key_serializer, value_serializer)
+        changes(self.app).track(fut, self, key, fut.message.partition)
+        return fut
+
+
+async def changes_delivered(app: faust.App, *, stage: str, stopped: Callable[[], bool] = lambda: False) -> None:
+    """Return once every table change made so far by this app is on the broker."""
+    tracker = changes(app)
+    await tracker.delivered(list(tracker.pending), stage=stage, stopped=stopped)
+
+
+def acknowledge(event: Any, *, stage: str) -> None:
+    """Acknowledge ``event`` once every table change made so far is on the broker: at once when
+    none is pending, else from a task (the agent goes on; offsets are committed only up to the
+    first record not acknowledged yet, so a worker killed meanwhile redoes the record)."""
+    tracker = changes(event.app)
+    pending = list(tracker.pending)
+    if not pending:
+        event.ack()
+        return
+
+    async def ack_after() -> None:
+        await tracker.delivered(pending, stage=stage)
+        event.ack()
+
+    task = asyncio.ensure_future(ack_after())
+    tracker.acks.add(task)
+    task.add_done_callback(tracker.acks.discard)
+
+
+class RawValueTable(TrackedTable):
     """A table whose values are bytes stored as they are (Faust derives "json" from any type).
 
     The serializer must be set before the table is added to the app: that is when its
@@ -143,7 +271,7 @@ async def deliver(attempt: Callable[[], Awaitable[T]], *, stage: str, what: str,
     :class:`Abandoned` once ``stopped()`` is true; any other error is raised as it is."""
     n = 0
     while True:
-        if stopped():
+        if n and stopped():  # asked before each new try (the first always runs)
             raise Abandoned(f"{stage}: delivery of {what} abandoned")
         try:
             return await attempt()
@@ -220,14 +348,59 @@ async def backlog_partitions(app: faust.App, processed: dict[Any, int], assigned
     return backlog
 
 
+class BrokerWatch:
+    """Whether the broker answers a metadata request, and since when (``since``: the worker's
+    start, or the end of the last outage it saw). Probed by the timers, at most once a second."""
+
+    PROBE_TIMEOUT_S = 5.0
+
+    def __init__(self) -> None:
+        self.since = time.time()
+        self.up = True
+        self._probed_at = -1e9
+        self._lock = asyncio.Lock()
+
+    async def probe(self, app: faust.App) -> bool:
+        async with self._lock:
+            if time.monotonic() - self._probed_at < 1.0:
+                return self.up
+            try:
+                client = app.producer._producer.client  # aiokafka's client of the app's producer
+                await asyncio.wait_for(client.fetch_all_metadata(), self.PROBE_TIMEOUT_S)
+            except Exception as exc:
+                if self.up:
+                    log.warning("broker unreachable: idle clocks paused until it answers again", extra={
+                        "stage": "broker", "error": f"{type(exc).__name__}: {exc}"[:300]})
+                self.up = False
+            else:
+                if not self.up:
+                    self.since = time.time()
+                    log.info("broker answers again: idle clocks restart now", extra={"stage": "broker"})
+                self.up = True
+            self._probed_at = time.monotonic()
+            return self.up
+
+
+def broker_watch(app: faust.App) -> BrokerWatch:
+    """The app's :class:`BrokerWatch` (one per app, made on first use)."""
+    watch = getattr(app, "_lupita_broker_watch", None)
+    if watch is None:
+        watch = BrokerWatch()
+        app._lupita_broker_watch = watch  # type: ignore[attr-defined]
+    return watch
+
+
 def timer(app: faust.App, seconds: float, *, name: str, stage: str, probes: Any,
           check: Callable[[], Awaitable[None]]) -> None:
-    """Run ``check()`` every ``seconds`` while the worker is ready; an error is logged, counted
-    and the next tick tries again."""
+    """Run ``check()`` every ``seconds`` while the worker is ready and the broker answers
+    (:class:`BrokerWatch`); an error is logged, counted and the next tick tries again."""
+    watch = broker_watch(app)
 
     async def tick() -> None:
         if probes is not None and not probes.ready.is_set():
             return
+        if not await watch.probe(app):
+            return  # nothing is due while the broker is away (and no command could be sent)
         try:
             await check()
         except Exception as exc:  # the timer is what ends stuck calls: never let it die

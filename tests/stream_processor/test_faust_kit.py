@@ -88,3 +88,107 @@ def test_a_control_command_round_trips():
     cmd = faust_kit.parse_command(b"c-1", json.dumps({"cmd": "done", "call_id": "c-1", "outcome": {"a": 1}}).encode(),
                                   allowed=("check", "done"), stage="recorder")
     assert cmd == {"cmd": "done", "call_id": "c-1", "outcome": {"a": 1}}
+
+
+# -- table changes: a record is acknowledged only once its table changes are on the broker -------------
+
+
+class _Table:
+    """The two things the tracker uses of a Faust table: its store and its changelog send (each
+    send is a future the test resolves as the broker would)."""
+
+    def __init__(self, tracker: faust_kit.ChangeTracker) -> None:
+        self.tracker = tracker
+        self.data: dict[str, object] = {}
+        self.sent: list[tuple[str, object, asyncio.Future]] = []
+
+    def send_changelog(self, partition, key, value, key_serializer=None, value_serializer=None):
+        fut = asyncio.get_running_loop().create_future()
+        self.sent.append((key, value, fut))
+        self.tracker.track(fut, self, key, partition)
+        return fut
+
+    def write(self, key, value):
+        if value is None:
+            self.data.pop(key, None)
+        else:
+            self.data[key] = value
+        return self.send_changelog(0, key, value)
+
+
+class _Event:
+    def __init__(self, app):
+        self.app = app
+        self.acked = asyncio.Event()
+
+    def ack(self):
+        self.acked.set()
+
+
+class _App:
+    pass
+
+
+def test_a_record_is_acknowledged_only_after_the_broker_has_its_table_changes():
+    async def main():
+        app = _App()
+        tracker = faust_kit.changes(app)
+        table = _Table(tracker)
+        table.write("call-1", {"v": 1})
+        event = _Event(app)
+        faust_kit.acknowledge(event, stage="test")
+        await asyncio.sleep(0)
+        assert not event.acked.is_set()  # the change is still in flight
+        table.sent[0][2].set_result("offset-1")
+        await asyncio.wait_for(event.acked.wait(), 5)
+        # nothing pending: acknowledged at once
+        later = _Event(app)
+        faust_kit.acknowledge(later, stage="test")
+        assert later.acked.is_set() and not tracker.pending
+
+    asyncio.run(main())
+
+
+def test_a_change_the_broker_refused_is_sent_again_with_the_current_value_and_counted():
+    async def main():
+        app = _App()
+        tracker = faust_kit.changes(app)
+        table = _Table(tracker)
+        old = table.write("call-1", {"v": 1})
+        newer = table.write("call-1", {"v": 2})
+        gone = table.write("call-2", "x")
+        table.write("call-2", None)  # deleted since
+        before = retries("test", "changelog")
+        waiter = asyncio.ensure_future(tracker.delivered(list(tracker.pending), stage="test", policy=FAST))
+        second = asyncio.ensure_future(tracker.delivered(list(tracker.pending), stage="test", policy=FAST))
+        old.set_exception(KafkaTimeoutError())
+        gone.set_exception(KafkaConnectionError("down"))
+        newer.set_result("ok")
+        table.sent[3][2].set_result("ok")
+        for _ in range(50):  # until both failed changes were sent again
+            await asyncio.sleep(0)
+            if len(table.sent) == 6:
+                break
+        assert [(k, v) for k, v, _ in table.sent[4:]] == [("call-1", {"v": 2}), ("call-2", None)]
+        assert not waiter.done()  # the new sends are not confirmed yet
+        for _, _, fut in table.sent[4:]:
+            fut.set_result("ok")
+        await asyncio.wait_for(asyncio.gather(waiter, second), 5)
+        assert len(table.sent) == 6  # both waiters saw the failures: each change was sent again once
+        assert retries("test", "changelog") - before == 4  # 2 failed changes, counted by each waiter
+        assert not tracker.pending
+
+    asyncio.run(main())
+
+
+def test_waiting_for_table_changes_is_abandoned_when_stopped():
+    async def main():
+        app = _App()
+        tracker = faust_kit.changes(app)
+        table = _Table(tracker)
+        fut = table.write("call-1", 1)
+        fut.set_exception(KafkaTimeoutError())
+        with pytest.raises(faust_kit.Abandoned, match="table changes abandoned"):
+            await tracker.delivered([fut], stage="test", stopped=lambda: True, policy=FAST)
+
+    asyncio.run(main())

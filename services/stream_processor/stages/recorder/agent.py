@@ -119,11 +119,20 @@ class Recorder:
     # -- the agent ---------------------------------------------------------------------------------
 
     async def _agent(self, stream: Any) -> Any:
-        async for event in stream.events():
+        async for event in stream.noack().events():
             msg = event.message
             self._processed[msg.tp] = msg.offset
+
+            async def apply() -> str | None:
+                return self.handle(msg.topic, msg.partition, event.key, event.value, time.time())
+
             try:
-                dead = self.handle(msg.topic, msg.partition, event.key, event.value, time.time())
+                # a broker error (a table write before the changelog's metadata is known) is
+                # retried, the record applied again; never dead-lettered
+                dead = await faust_kit.deliver(apply, stage="recorder", what="record",
+                                               stopped=lambda: msg.tp not in self.app.assignor.assigned_actives())
+            except faust_kit.Abandoned:
+                continue  # revoked: not acknowledged, the new owner redoes it
             except Exception as exc:  # a bug must not stop the recordings of every other call
                 m.BAD_RECORDS.labels("error").inc()
                 log.exception(
@@ -134,6 +143,8 @@ class Recorder:
                 dead = "error"
             if dead is not None:
                 await faust_kit.dead_letter(self.dead_letters, msg, event.key, event.value, dead, stage="recorder")
+            # acknowledged once its table changes are on the broker (the agent does not wait)
+            faust_kit.acknowledge(event, stage="recorder")
 
     def handle(self, topic: str, partition: int, key: bytes | None, value: bytes | None, now: float) -> str | None:
         """Apply one record; returns a reason if the record goes to the dead-letter topic."""
@@ -257,7 +268,9 @@ class Recorder:
         s = self.settings
         return cs.due_reason(
             state, now, grace_seconds=s.recorder_grace_seconds, idle_seconds=s.recorder_idle_seconds,
-            orphan_seconds=s.recorder_orphan_seconds, alive_since=self.alive_since,
+            orphan_seconds=s.recorder_orphan_seconds,
+            # a call waits its full time again after a restart or a broker outage
+            alive_since=max(self.alive_since, faust_kit.broker_watch(self.app).since),
             backlog=state.partition in self._backlog,
         )
 

@@ -109,7 +109,7 @@ class TranscriberAgent:
                     "stage": "transcriber", "topic": msg.topic, "partition": msg.partition,
                     "offset": msg.offset, "reason": exc.reason, "error": str(exc)})
                 await faust_kit.dead_letter(self.dead_letters, msg, event.key, event.value, exc.reason, stage="transcriber")
-                event.ack()
+                faust_kit.acknowledge(event, stage="transcriber")
                 continue
             await self._slots.acquire()
             IN_FLIGHT.inc()
@@ -126,7 +126,13 @@ class TranscriberAgent:
                 item = queue.popleft()
                 detached = False
                 try:
-                    detached = await self._handle(sid, item, list(s.seg for s in queue))
+                    # a broker error the publishing did not retry itself (a table write before the
+                    # changelog's metadata is known) is retried, never dead-lettered
+                    detached = await faust_kit.deliver(
+                        lambda: self._handle(sid, item, list(s.seg for s in queue)), stage="transcriber",
+                        what="record", stopped=lambda: item.generation != self._generation)
+                except faust_kit.Abandoned:
+                    pass  # revoked: the new owner redoes it (acknowledging a revoked record is a no-op)
                 except Exception as exc:  # a bug: never leave a leg stuck, never lose the record
                     SEGMENTS.labels(KIND_NAMES[item.seg.kind], "error").inc()
                     log.exception("segment failed; dead-lettered", extra={
@@ -147,7 +153,7 @@ class TranscriberAgent:
                 self._queues.pop(sid, None)
 
     def _done(self, item: _Item) -> None:
-        item.event.ack()
+        faust_kit.acknowledge(item.event, stage="transcriber")  # once its progress is on the broker
         IN_FLIGHT.dec()
         assert self._slots is not None
         self._slots.release()

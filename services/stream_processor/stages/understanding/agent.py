@@ -200,7 +200,10 @@ class UnderstandingStage:
             msg = event.message
             generation = self._generation
             try:
-                held = await self._handle(event, generation)
+                # a broker error (e.g. a table write before the changelog's metadata is known) is
+                # retried, the record applied again; never dead-lettered
+                held = await faust_kit.deliver(lambda: self._handle(event, generation), stage=STAGE,
+                                               what="record", stopped=self._stopped(generation))
             except faust_kit.Abandoned:
                 continue  # revoked or stopping while the broker was down: redelivered, not acknowledged
             except records.BadRecord as exc:
@@ -217,7 +220,7 @@ class UnderstandingStage:
                     **_call_of(event.key), "error": type(exc).__name__})
                 held = not await self._dead_letter(event, "error", generation)
             if not held:
-                event.ack()
+                faust_kit.acknowledge(event, stage=STAGE)  # once its table change is on the broker
 
     async def _dead_letter(self, event: Any, reason: str, generation: int) -> bool:
         """True once the record is on the dead-letter topic (False: abandoned, not acknowledged)."""
@@ -331,7 +334,7 @@ class UnderstandingStage:
                     "stage": STAGE, **_call_of(event.key), "partition": event.message.partition,
                     "offset": event.message.offset, "error": type(r).__name__})
         if all(r is True for r in results):
-            event.ack()
+            faust_kit.acknowledge(event, stage=STAGE)
 
     # -- alerts ----------------------------------------------------------------------------------------
 

@@ -88,15 +88,32 @@ class VadAgent:
     async def _agent(self, stream: Any) -> Any:
         s = self.settings
         async for events in stream.take_events(s.vad_batch_max_records, s.vad_batch_within_ms / 1000.0):
+            # take_events acknowledges the batch once this body returns: a broker error is
+            # therefore retried here (the calls reloaded from their last state and the batch
+            # applied again: what it already published comes out the same), never acknowledged
+            generation = self._generation
             try:
-                await self._batch(events)
+                await faust_kit.deliver(lambda: self._batch_or_forget(events), stage="vad", what="batch",
+                                        stopped=lambda: generation != self._generation)
+            except faust_kit.Abandoned:
+                continue  # revoked: the new owner redoes the batch
             except Exception as exc:  # a bug must not stop every other call's segmentation
                 BAD_RECORDS.labels("error").inc(len(events))
-                log.exception("vad batch failed; its calls are reloaded from their last state",
-                              extra={"stage": "vad", "records": len(events), "error": type(exc).__name__})
+                log.exception("vad batch failed; its records are dead-lettered and its calls reloaded "
+                              "from their last state", extra={"stage": "vad", "records": len(events),
+                                                              "error": type(exc).__name__})
                 for ev in events:
-                    with contextlib.suppress(Exception):
-                        self.core.forget(ev.key.decode())
+                    await faust_kit.dead_letter(self.dead_letters, ev.message, ev.key, ev.value, "error",
+                                                stage="vad")
+
+    async def _batch_or_forget(self, events: list[Any]) -> None:
+        try:
+            await self._batch(events)
+        except Exception:
+            for ev in events:  # what is in memory may be half-applied: the tables are the truth
+                with contextlib.suppress(Exception):
+                    self.core.forget(ev.key.decode())
+            raise
 
     async def _batch(self, events: list[Any]) -> None:
         t0 = time.perf_counter()
@@ -143,8 +160,10 @@ class VadAgent:
             with in_partition_of(touched[cid]):
                 for key, pcm in new.items():
                     self.audio[key] = pcm
-        await self.app.producer.flush()
-        if generation != self._generation:
+        stopped = lambda: generation != self._generation  # noqa: E731
+        try:
+            await faust_kit.changes_delivered(self.app, stage="vad", stopped=stopped)
+        except faust_kit.Abandoned:
             return
         for cid, (value, _, gone) in exported.items():
             with in_partition_of(touched[cid]):
@@ -156,6 +175,9 @@ class VadAgent:
                     self.audio.pop(key, None)
             if value is not None and value["call"]["status"] != cs.OPEN:
                 self._drop_finished(cid)
+        # take_events acknowledges the batch when this returns: its state must be on the broker
+        with contextlib.suppress(faust_kit.Abandoned):
+            await faust_kit.changes_delivered(self.app, stage="vad", stopped=stopped)
         OPEN_CALLS.set(sum(1 for c in self.core.calls.values() if c.state.status == cs.OPEN))
 
     def _apply(self, ev: Any, now: float) -> tuple[str | None, str | None]:
@@ -232,7 +254,8 @@ class VadAgent:
             call = self.core.calls.get(cid)
             if call is None:
                 continue
-            done = self.core.check(cid, now, alive_since=self.alive_since, backlog=call.state.partition in backlog)
+            done = self.core.check(cid, now, alive_since=self._waiting_since(),
+                                   backlog=call.state.partition in backlog)
             if done is not None:
                 log.info("vad call state", extra={"stage": "vad", "call_id": cid, "action": done,
                                                   "segments": call.state.outcome and call.state.outcome.get("segments")})
@@ -259,6 +282,11 @@ class VadAgent:
                 log.info("speech segment", extra={
                     "stage": "vad", "call_id": out.call_id, "leg": LEG_NAMES[out.leg], "seq": out.seq,
                     "start_s": round(out.start / out.sample_rate, 3), "end_s": round(out.end / out.sample_rate, 3)})
+
+    def _waiting_since(self) -> float:
+        """A call's idle clock starts no earlier than this worker's start or the end of the last
+        broker outage it saw."""
+        return max(self.alive_since, faust_kit.broker_watch(self.app).since)
 
     def _drop_finished(self, call_id: str) -> None:
         """A finished call keeps only its tombstone (in the table); memory is freed."""
@@ -290,7 +318,7 @@ class VadAgent:
             if state.partition not in actives:
                 continue
             due = (cs.purge_due(state, now, self.settings.vad_state_retention_seconds)
-                   or due_reason(state, now, self.settings, alive_since=self.alive_since,
+                   or due_reason(state, now, self.settings, alive_since=self._waiting_since(),
                                  backlog=state.partition in self._backlog) is not None)
             if due and now - self._commanded.get(call_id, 0.0) >= 2 * tick:
                 self._commanded[call_id] = now
