@@ -156,6 +156,42 @@ class RedactPhones(logging.Filter):
         return True
 
 
+class RepeatLimiter(logging.Filter):
+    """Holds back repeats of the same warning from the libraries (the Kafka clients, Faust, mode):
+    while a broker is away they say the same thing many times a second (tens of thousands of lines
+    in a 30 s outage). The first of each kind goes through at once, then at most one every
+    ``every_s`` seconds, carrying ``repeats_held_back``: how many were held back since the last.
+    A kind is the logger, the level and the start of the message template. The platform's own
+    logs are never held back (they rate-limit themselves where they repeat)."""
+
+    LIBRARIES = ("kafka", "aiokafka", "faust", "mode")
+    KEY_CHARS = 80
+    MAX_KINDS = 1000
+
+    def __init__(self, every_s: float = 30.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._kinds: dict[tuple[str, int, str], list[float]] = {}  # kind -> [last emitted, held back]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or not record.name.startswith(self.LIBRARIES):
+            return True
+        key = (record.name, record.levelno, str(record.msg)[: self.KEY_CHARS])
+        seen = self._kinds.get(key)
+        if seen is None:
+            if len(self._kinds) >= self.MAX_KINDS:
+                self._kinds.clear()
+            self._kinds[key] = [record.created, 0]
+            return True
+        if record.created - seen[0] < self.every_s:
+            seen[1] += 1
+            return False
+        if seen[1]:
+            record.repeats_held_back = int(seen[1])
+        seen[0], seen[1] = record.created, 0
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     def __init__(self, service: str) -> None:
         super().__init__()
@@ -186,6 +222,7 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter(service))
+    handler.addFilter(RepeatLimiter())
     handler.addFilter(RedactPhones())
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

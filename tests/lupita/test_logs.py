@@ -164,3 +164,28 @@ def test_every_service_sets_up_its_logs_through_setup_logging_only():
         for call in ("logging.basicConfig(", "dictConfig(", "fileConfig(", "logging.StreamHandler(",
                      "logging.FileHandler(", ".addHandler("):
             assert call not in text, f"{path.relative_to(SERVICES)} configures logging itself ({call})"
+
+
+def test_a_librarys_repeated_warning_is_held_back_and_counted_the_platforms_own_never():
+    from lupita.logs import RepeatLimiter
+
+    limiter = RepeatLimiter(every_s=30.0)
+
+    def rec(name, msg, t, level=logging.WARNING):
+        r = logging.LogRecord(name, level, __file__, 1, msg, ("node-1",), None)
+        r.created = t
+        return r
+
+    lib = "aiokafka.conn"
+    template = "Unable to connect to %s"
+    assert limiter.filter(rec(lib, template, 0.0))  # the first of its kind goes through
+    assert not any(limiter.filter(rec(lib, template, t / 10)) for t in range(1, 100))  # 99 repeats
+    assert limiter.filter(rec(lib, "another warning %s", 1.0))  # another kind is not held back
+    assert limiter.filter(rec(lib, template, 5.0, logging.ERROR))  # nor another level
+    later = rec(lib, template, 31.0)
+    assert limiter.filter(later) and later.repeats_held_back == 99
+    again = rec(lib, template, 62.0)
+    assert limiter.filter(again) and not hasattr(again, "repeats_held_back")
+    # the platform's own warnings and every info line always go through
+    assert all(limiter.filter(rec("stream_processor.faust_kit", template, 31.0 + t / 100)) for t in range(50))
+    assert all(limiter.filter(rec(lib, template, 31.0 + t / 100, logging.INFO)) for t in range(50))
