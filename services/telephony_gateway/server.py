@@ -30,7 +30,8 @@ from . import signature
 from .bridge_client import make_channel
 from .errors import BadInput
 from .settings import GatewaySettings
-from .twilio_session import TwilioSession
+from .twilio_session import SessionReport, TwilioSession
+from .vapi_listen import VapiCall, VapiSession
 
 log = logging.getLogger("telephony_gateway")
 
@@ -42,7 +43,7 @@ class Gateway:
         self.settings = settings
         self.channel: grpc.aio.Channel | None = None
         self.server: Server | None = None
-        self.sessions: set[TwilioSession] = set()
+        self.sessions: set[TwilioSession | VapiSession] = set()
         self.draining = False
         self.bridge_serving = False
         self.port: int | None = None
@@ -159,12 +160,22 @@ class Gateway:
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
-        session = TwilioSession(ws, self.settings, self.channel)
+        await self._run_session(TwilioSession(ws, self.settings, self.channel))
+
+    async def listen_vapi(self, call: VapiCall) -> SessionReport:
+        """Listen to one VAPI call (its ``call.monitor.listenUrl``) until it ends: what the
+        context-api's webhook (call ``in-progress``) or an explicit request starts."""
+        if self.draining:
+            raise RuntimeError("the gateway is draining: no new calls")
+        return await self._run_session(VapiSession(call, self.settings, self.channel))
+
+    async def _run_session(self, session: TwilioSession | VapiSession) -> SessionReport:
         self.sessions.add(session)
         try:
-            await session.run()
+            return await session.run()
         except Exception:  # a bug in one call must not touch the others
-            log.exception("session failed", extra={"stage": "twilio", "call_id": session.report.call_id or None})
+            log.exception("session failed", extra={"stage": "gateway", "call_id": session.report.call_id or None})
+            return session.report
         finally:
             self.sessions.discard(session)
             self._session_closed.set()

@@ -45,6 +45,11 @@ class GatewaySettings(CommonSettings):
     # stage reads natively) or "mulaw" (Twilio's bytes unchanged: half the Kafka bytes).
     gateway_forward_codec: Literal["pcm16", "mulaw"] = "pcm16"
 
+    # --- VAPI live audio (call.monitor.listenUrl) --------------------------------------------
+    # After this many seconds of a listen socket, audio arriving faster than 1.5x real time means
+    # the rate is higher than announced: the call is refused (reason "media_format"). 0 = off.
+    gateway_vapi_rate_check_seconds: float = Field(default=3.0, ge=0)
+
     # --- behaviour shared by every source ---------------------------------------------------
     # Largest websocket message accepted (bytes); a larger one closes that call's socket (1009).
     gateway_max_message_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
