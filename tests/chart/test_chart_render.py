@@ -146,6 +146,11 @@ def test_each_scenario_renders_every_workload_and_its_objects(scenario):
          "streamProcessor.kafkaHeartbeatSeconds (11) must be at most a third of streamProcessor.kafkaSessionTimeoutSeconds"),
         (["streamProcessor.stages.vad.autoscaling.minReplicas=13"],
          "streamProcessor.stages.vad.autoscaling.minReplicas (13) is above its maxReplicas (12)"),
+        (["mediaBridge.settings.LUPITA_GRPC_PORT=50062"],
+         "mediaBridge.settings.LUPITA_GRPC_PORT: the chart sets LUPITA_GRPC_PORT from mediaBridge.ports.grpc"),
+        (["streamProcessor.stages.transcriber.gpu.enabled=true",
+          "streamProcessor.stages.transcriber.settings.LUPITA_ASR_DEVICE=cpu"],
+         "streamProcessor.stages.transcriber.settings.LUPITA_ASR_DEVICE: streamProcessor.stages.transcriber.gpu.enabled sets it"),
         (["hostNetwork=true"], "hostNetwork is true and streamProcessor.stages.recorder.ports.metrics and "
                                "streamProcessor.stages.vad.ports.metrics both use port 9102"),
     ],
