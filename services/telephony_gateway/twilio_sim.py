@@ -106,6 +106,11 @@ class StreamResult:
     # message index -> perf_counter() when it was written (media only)
     sent_at: dict[int, float] = field(default_factory=dict)
     started_wall_us: int = 0
+    started_perf: float = 0.0  # perf_counter() at started_wall_us (sent_at -> wall clock)
+
+    def sent_wall_ms(self, index: int) -> float:
+        """Wall-clock time (unix ms) when message ``index`` was written."""
+        return self.started_wall_us / 1000 + (self.sent_at[index] - self.started_perf) * 1000
 
 
 async def stream(url: str, messages: list, *, auth_token: str = "", sign_as: str | None = None,
@@ -125,6 +130,7 @@ async def stream(url: str, messages: list, *, auth_token: str = "", sign_as: str
     async with connect(url, additional_headers=hdrs, max_size=None, open_timeout=30) as ws:
         t0 = time.perf_counter()
         result.started_wall_us = time.time_ns() // 1000
+        result.started_perf = time.perf_counter()
         try:
             for i, msg in enumerate(messages):
                 if speed > 0 and i in offsets:
