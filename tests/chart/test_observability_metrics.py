@@ -92,3 +92,35 @@ def test_the_check_finds_a_misspelt_or_unexported_name(known):
 def test_an_expression_that_is_not_promql_is_refused():
     with pytest.raises(ValueError, match="not valid PromQL"):
         metric_names.names_in("sum(rate(lupita_bridge_calls_total[5m])")
+
+
+def test_the_derived_names_cover_every_series_the_exposition_writes(exported):
+    """The type -> suffix derivation agrees with prometheus_client's own text exposition: every
+    sample name it writes for the services' metrics (and the default collectors') is derived."""
+    from prometheus_client import REGISTRY, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    written = {sample.name for family in text_string_to_metric_families(generate_latest(REGISTRY).decode())
+               for sample in family.samples}
+    assert any(name.startswith("lupita_") for name in written)
+    assert written - exported == set()
+
+
+def test_the_slo_threshold_is_a_bucket_boundary_of_the_transcript_lag_histogram():
+    """The SLO counts finals under le="8": 8 must be a bucket of lupita_transcriber_lag_seconds, and the
+    rule's le matcher must match the label the Python client writes for it (Prometheus 3 writes "8")."""
+    import re
+
+    import yaml
+    from prometheus_client.utils import floatToGoString
+    from stream_processor.stages.transcriber.metrics import LAG_SECONDS
+
+    assert 8.0 in LAG_SECONDS._upper_bounds  # the buckets as constructed (no public accessor without a child)
+    slo = yaml.safe_load((metric_names.RULES_DIR / "slo.yaml").read_text())
+    matchers = set()
+    for rule in slo["groups"][0]["rules"]:
+        matchers |= set(re.findall(r'le=~"([^"]+)"', rule["expr"]))
+    assert len(matchers) == 1
+    pattern = matchers.pop().replace("\\\\", "\\")  # PromQL string escape -> the regex Prometheus compiles
+    assert re.fullmatch(pattern, floatToGoString(8.0)) and re.fullmatch(pattern, "8")
+    assert not re.fullmatch(pattern, "0.8") and not re.fullmatch(pattern, "16.0")
