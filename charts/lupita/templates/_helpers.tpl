@@ -232,10 +232,11 @@ Postgres and Weaviate are given only to the workloads that use them (see each te
 
 {{/* lupita.settingsEnv: a workload's `settings` map (LUPITA_* name -> value), sorted. */}}
 {{- define "lupita.settingsEnv" -}}
+{{- $out := list }}
 {{- range $name, $value := . }}
-- name: {{ $name }}
-  value: {{ $value | toString | quote }}
+{{- $out = append $out (printf "- name: %s\n  value: %s" $name ($value | toString | quote)) }}
 {{- end }}
+{{- join "\n" $out }}
 {{- end }}
 
 {{/*
@@ -265,12 +266,4 @@ nodes (whenUnsatisfiable from values; ScheduleAnyway never blocks a single-node 
 - name: tmp
   emptyDir:
     sizeLimit: {{ .Values.tmpVolume.sizeLimit }}
-{{- end }}
-
-{{/* lupita.hostNetwork: the pod-level network settings (host networking in the local values). */}}
-{{- define "lupita.hostNetwork" -}}
-{{- if .Values.hostNetwork }}
-hostNetwork: true
-dnsPolicy: ClusterFirstWithHostNet
-{{- end }}
 {{- end }}
