@@ -497,3 +497,69 @@ def test_the_monitoring_block_keeps_the_keys_the_monitoring_templates_read():
         "prometheusRules": {"enabled": True, "labels": {}},
         "dashboards": {"enabled": True, "labels": {"grafana_dashboard": "1"}},
     }
+
+
+# --- values.yaml is fully commented and mirrored by the schema -----------------------------------
+
+# keys whose children are data, not settings of the chart (documented by the key above them)
+DATA_KEYS = {"resources", "labels", "nodeSelector", "settings", "annotations", "podAnnotations", "commonLabels",
+             "metadata", "affinity", "requests", "limits", "matchLabels"}
+
+
+def uncommented_keys(text: str) -> list[str]:
+    """Keys of values.yaml (outside list items and data maps) without a comment line above them."""
+    import re
+
+    lines = text.splitlines()
+    stack: list[tuple[int, str]] = []
+    missing = []
+    for n, line in enumerate(lines):
+        m = re.match(r"^(\s*)(- )?([A-Za-z_][A-Za-z0-9_.-]*):", line)
+        if not m:
+            continue
+        indent, key = len(m.group(1)), m.group(3)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        parents = [k for _, k in stack]
+        in_list = m.group(2) is not None or "-" in parents
+        if m.group(2):
+            stack.append((indent, "-"))
+            indent += 2
+        stack.append((indent, key))
+        if in_list or any(p in DATA_KEYS for p in parents):
+            continue
+        j = n - 1
+        while j >= 0 and not lines[j].strip():
+            j -= 1
+        if not lines[j].lstrip().startswith("#"):
+            missing.append(".".join([*parents, key]))
+    return missing
+
+
+def test_every_key_of_values_yaml_has_a_comment():
+    assert uncommented_keys((CHART / "values.yaml").read_text()) == []
+    assert uncommented_keys("a:\n  # -- b\n  b: 1\n  c: 2\n") == ["a", "a.c"]  # the check itself can fail
+
+
+def test_the_schema_types_every_key_of_values_yaml():
+    """values.schema.json mirrors values.yaml: every key is declared (objects are closed)."""
+    import json
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def resolve(node):
+        while "$ref" in node:
+            node = schema["definitions"][node["$ref"].split("/")[-1]]
+        return node
+
+    def walk(value, node, path):
+        node = resolve(node)
+        if isinstance(value, dict) and "properties" in node:
+            assert node.get("additionalProperties") is False or path.startswith("monitoring"), path
+            for key, child in value.items():
+                assert key in node["properties"], f"{path}.{key} is not in the schema"
+                walk(child, node["properties"][key], f"{path}.{key}")
+            assert set(node.get("required", [])) <= set(value), path
+
+    walk(values, schema, "values")
