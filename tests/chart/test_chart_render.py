@@ -556,7 +556,7 @@ def test_the_schema_types_every_key_of_values_yaml():
     def walk(value, node, path):
         node = resolve(node)
         if isinstance(value, dict) and "properties" in node:
-            assert node.get("additionalProperties") is False or path.startswith("monitoring"), path
+            assert node.get("additionalProperties") is False or path.startswith("values.monitoring"), path
             for key, child in value.items():
                 assert key in node["properties"], f"{path}.{key} is not in the schema"
                 walk(child, node["properties"][key], f"{path}.{key}")
