@@ -34,7 +34,7 @@ DEBIAN_MIRROR = "http://deb.debian.org/debian"
 # what the official python:3.11-slim image offers the Dockerfiles: python (3.11), venv + pip,
 # useradd/groupadd, CA certificates
 BASE_PACKAGES = ("python3", "python3-venv", "python-is-python3", "passwd", "ca-certificates")
-TAG = "local"
+TAG = "dev"  # the tag charts/lupita/values-local.yaml runs
 
 
 @dataclass(frozen=True)
