@@ -563,3 +563,28 @@ def test_the_schema_types_every_key_of_values_yaml():
             assert set(node.get("required", [])) <= set(value), path
 
     walk(values, schema, "values")
+
+
+def test_every_reference_between_rendered_objects_resolves(scenario):
+    """What an empty namespace needs besides the named Secrets is all rendered: each selector picks
+    exactly one workload's pods, each scale target and ServiceAccount exists."""
+    name, docs = scenario
+    deployments = of_kind(docs, "Deployment")
+    pod_labels = {n: d["spec"]["template"]["metadata"]["labels"] for n, d in deployments.items()}
+    accounts = set(of_kind(docs, "ServiceAccount"))
+
+    def selected(match: dict) -> list[str]:
+        return [n for n, labels in pod_labels.items() if match.items() <= labels.items()]
+
+    for svc in of_kind(docs, "Service").values():
+        assert len(selected(svc["spec"]["selector"])) == 1, (name, svc["metadata"]["name"])
+    for kind in ("PodDisruptionBudget", "NetworkPolicy"):
+        for obj in of_kind(docs, kind).values():
+            sel = obj["spec"].get("selector") or obj["spec"]["podSelector"]
+            assert len(selected(sel["matchLabels"])) == 1, (name, kind, obj["metadata"]["name"])
+    for kind in ("ScaledObject", "HorizontalPodAutoscaler"):
+        for obj in of_kind(docs, kind).values():
+            ref = obj["spec"]["scaleTargetRef"]
+            assert ref["kind"] == "Deployment" and ref["name"] in deployments, (name, kind, ref)
+    for dep in deployments.values():
+        assert dep["spec"]["template"]["spec"]["serviceAccountName"] in accounts
