@@ -73,7 +73,7 @@ lupita.io/service: {{ include "lupita.serviceOf" .component }}
 
 {{/* lupita.componentName (dict "root" $ "component" "vad"): "<fullname>-<component>", <= 63 chars. */}}
 {{- define "lupita.componentName" -}}
-{{- printf "%s-%s" (include "lupita.fullname" .root | trunc (int (sub 62 (len .component)))) .component | trimSuffix "-" }}
+{{- printf "%s-%s" (include "lupita.fullname" .root | trunc (int (sub 62 (len .component))) | trimSuffix "-") .component }}
 {{- end }}
 
 {{/*
