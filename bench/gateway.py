@@ -63,8 +63,8 @@ class Phase:
     wall_s: float = 0.0
     bridge_cpu_s: float = 0.0
     gateway_cpu_s: float | None = None
-    frames_sent: int = 0
-    frames_in_kafka: int = 0
+    frames_sent: int = 0  # 20 ms source frames, both legs
+    frames_in_kafka: int = 0  # the same unit: samples in Kafka / 160
     lost_frames: int = 0
     kafka_records: int = 0
     nominal_ms: dict = field(default_factory=dict)  # p50/p99/max source -> Kafka (capture time)
@@ -266,9 +266,17 @@ def main(argv=None) -> int:
                 gw.wait(60)
             bridge.stop()
         records = asyncio.run(read_chunks(settings.kafka_bootstrap, settings.topic(AUDIO_CHUNKS)))
+        lifecycle = asyncio.run(read_chunks(settings.kafka_bootstrap, settings.topic(CALL_LIFECYCLE)))
 
-    # per-record latencies
-    sent_index = {}  # (call id, leg, frame seq) -> wall ms of the client's write (gateway phase)
+    # per-record latencies. A record's newest audio is its last 20 ms source frame: it starts
+    # `dur - 20 ms` after the record's capture time (records may hold frames of 20 ms or, from the
+    # gateway, joined frames of up to 100 ms).
+    started_at = {}  # call id -> CallStarted.started_at_us (the gateway's clock origin of the call)
+    for _, value in lifecycle:
+        ev = events_pb2.CallLifecycle.FromString(value)
+        if ev.WhichOneof("event") == "started":
+            started_at[ev.call_id] = ev.started.started_at_us
+    sent_index = {}  # (call id, leg, Twilio chunk) -> wall ms of the client's write (gateway phase)
     for call, res in zip(calls, results):
         call_id = f"twilio-{call.call_sid}"
         for idx, track, chunk, _ in call.media:
@@ -276,12 +284,14 @@ def main(argv=None) -> int:
                 leg = audio_pb2.LEG_PERSON if track == "inbound" else audio_pb2.LEG_LUPITA
                 sent_index[(call_id, leg, chunk)] = res.sent_wall_ms(idx)
     direct_set = set(direct_ids)
-    frames = defaultdict(int)
+    samples = defaultdict(int)
     lat = {"direct": [], "via": [], "direct_measured": [], "via_measured": []}
     for ts_ms, value in records:
         chunk = events_pb2.AudioChunk.FromString(value)
-        frames[chunk.call_id] += chunk.frame_count
-        nominal = ts_ms - (chunk.start_ts_us / 1000 + (chunk.frame_count - 1) * FRAME_MS)
+        n = len(chunk.payload) // 2
+        samples[chunk.call_id] += n
+        last_us = chunk.start_ts_us + n * 125 - FRAME_MS * 1000  # capture time of the newest 20 ms
+        nominal = ts_ms - last_us / 1000
         if chunk.call_id in direct_set:
             direct.kafka_records += 1
             lat["direct"].append(nominal)
@@ -291,11 +301,15 @@ def main(argv=None) -> int:
         elif chunk.call_id.startswith("twilio-"):
             via.kafka_records += 1
             lat["via"].append(nominal)
-            sent = sent_index.get((chunk.call_id, chunk.leg, chunk.last_frame_seq))
-            if sent is not None:
-                lat["via_measured"].append(ts_ms - sent)
-    direct.frames_in_kafka = sum(frames[c] for c in direct_set)
-    via.frames_in_kafka = sum(frames[f"twilio-{c.call_sid}"] for c in calls)
+            origin = started_at.get(chunk.call_id)
+            if origin is not None:
+                twilio_chunk = round((last_us - origin) / 20_000) + 1
+                sent = sent_index.get((chunk.call_id, chunk.leg, twilio_chunk))
+                if sent is not None:
+                    lat["via_measured"].append(ts_ms - sent)
+    per_frame = 8000 * FRAME_MS // 1000
+    direct.frames_in_kafka = sum(samples[c] for c in direct_set) // per_frame
+    via.frames_in_kafka = sum(samples[f"twilio-{c.call_sid}"] for c in calls) // per_frame
     direct.lost_frames = direct.frames_sent - direct.frames_in_kafka
     via.lost_frames = via.frames_sent - via.frames_in_kafka
     direct.nominal_ms, via.nominal_ms = quantiles(lat["direct"]), quantiles(lat["via"])
@@ -333,7 +347,8 @@ def main(argv=None) -> int:
     added99 = via.measured_ms["p99"] - direct.measured_ms["p99"] if both else None
     width = max(len(r[0]) for r in rows)
     print(f"telephony-gateway benchmark: {args.calls} concurrent calls x {args.seconds:g} s per phase, real time, "
-          f"8 kHz, 20 ms frames (Twilio: mu-law in, PCM16 to the bridge)")
+          f"8 kHz, 20 ms source frames (Twilio: mu-law in, PCM16 to the bridge in frames of "
+          f"LUPITA_GATEWAY_BRIDGE_FRAME_MS, default 100; direct: 20 ms frames)")
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"load average {load_before[0]:.2f} before / {load_after[0]:.2f} after")
     print(f"{'':{width}}  {'direct':>18}  {'via gateway':>18}")

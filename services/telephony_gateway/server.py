@@ -65,6 +65,9 @@ class Gateway:
             max_queue=16,
             open_timeout=s.gateway_start_timeout_seconds,
             ping_interval=20, ping_timeout=20,
+            # no permessage-deflate: Twilio's JSON frames are small, and a zlib window per socket
+            # costs CPU per message and ~hundreds of KiB per call
+            compression=None,
             server_header=None,
         )
         self.port = next(iter(self.server.sockets)).getsockname()[1]

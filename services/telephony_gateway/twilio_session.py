@@ -40,6 +40,7 @@ from . import metrics as m
 from . import twilio_messages as tw
 from .bridge_client import BridgeCall
 from .errors import BadInput, BridgeFailed
+from .joiner import FrameJoiner
 from .reorder import Reorderer
 from .settings import GatewaySettings
 from .timeline import TrackTimeline
@@ -132,6 +133,7 @@ class TwilioSession:
         self._started_at_us = 0
         self._reorder: Reorderer | None = None
         self._tracks: dict[str, TrackTimeline] = {}
+        self._joiners: dict[str, FrameJoiner] = {}
         self._stream_sid = ""
         self._warned: set[str] = set()
         self._shutdown = False
@@ -195,7 +197,8 @@ class TwilioSession:
 
     async def _recv(self, timeout: float) -> str | bytes:
         try:
-            raw = await asyncio.wait_for(self.ws.recv(), timeout)
+            async with asyncio.timeout(timeout):  # no extra task per message, unlike wait_for
+                raw = await self.ws.recv()
             self.report.messages += 1
             return raw
         except asyncio.TimeoutError:
@@ -255,6 +258,7 @@ class TwilioSession:
             raise _End("rejected", CLOSE_POLICY, exc.kind) from None
         self.report.call_id = call_start.call_id
         for track in start.tracks:
+            self._joiners[track] = FrameJoiner(self.settings.gateway_bridge_frame_ms)
             self._tracks[track] = TrackTimeline(
                 started_at_us=self._started_at_us, sample_rate=tw.SAMPLE_RATE, bytes_per_sample=1,
                 max_frame_ms=self.settings.gateway_max_frame_ms, check_frames=self.settings.gateway_format_check_frames,
@@ -342,18 +346,30 @@ class TwilioSession:
             return
         leg = TRACK_LEGS[media.track]
         leg_name = LEG_NAMES[leg]
-        if timeline.stats.gaps > gaps_before:
+        after_gap = timeline.stats.gaps > gaps_before
+        if after_gap:
             m.GAPS.labels(SOURCE, leg_name).inc()
             m.GAP_SECONDS.labels(SOURCE, leg_name).inc(placed.gap_ms / 1000.0)
             self.report.gaps[leg_name] = self.report.gaps.get(leg_name, 0) + 1
         payload = media.payload
         if self.bridge.start.codec == audio_pb2.CODEC_PCM16:
             payload = mulaw_decode(payload).astype("<i2", copy=False).tobytes()
-        await self.bridge.send(pb.AudioFrame(leg=leg, seq=placed.seq, capture_ts_us=placed.capture_ts_us, payload=payload))
+        dur_ms = timeline.duration_ms(len(media.payload))
+        for joined in self._joiners[media.track].add(placed.capture_ts_us, payload, dur_ms, after_gap=after_gap):
+            await self._send(leg, joined.seq, joined.capture_ts_us, joined.payload)
         m.FRAMES.labels(SOURCE, leg_name).inc()
         m.FORWARD_SECONDS.labels(SOURCE).observe(time.perf_counter() - received)
         self.report.frames[leg_name] = self.report.frames.get(leg_name, 0) + 1
-        self._end_ms = max(self._end_ms, media.timestamp_ms + timeline.duration_ms(len(media.payload)))
+        self._end_ms = max(self._end_ms, media.timestamp_ms + dur_ms)
+
+    async def _send(self, leg: int, seq: int, capture_ts_us: int, payload: bytes) -> None:
+        await self.bridge.send(pb.AudioFrame(leg=leg, seq=seq, capture_ts_us=capture_ts_us, payload=payload))
+
+    async def _flush_joiners(self) -> None:
+        """What the joiners still hold goes to the bridge before CallEnd (the end of the stream)."""
+        for track, joiner in self._joiners.items():
+            for joined in joiner.flush():
+                await self._send(TRACK_LEGS[track], joined.seq, joined.capture_ts_us, joined.payload)
 
     def _bridge_failed(self, exc: BridgeFailed) -> None:
         m.BRIDGE_ERRORS.labels(SOURCE, exc.code).inc()
@@ -367,6 +383,7 @@ class TwilioSession:
         try:
             if self._bridge_lost:
                 raise self.bridge.failure()
+            await self._flush_joiners()
             await self.bridge.end(outcome, ended_at_us)
         except BridgeFailed as exc:
             self._bridge_failed(exc)

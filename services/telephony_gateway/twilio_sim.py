@@ -127,7 +127,7 @@ async def stream(url: str, messages: list, *, auth_token: str = "", sign_as: str
         hdrs.update(upgrade_headers(auth_token, sign_as or url))
     result = StreamResult()
     offsets = {i: ts for i, _, _, ts in (media_index or [])}
-    async with connect(url, additional_headers=hdrs, max_size=None, open_timeout=30) as ws:
+    async with connect(url, additional_headers=hdrs, max_size=None, open_timeout=30, compression=None) as ws:
         t0 = time.perf_counter()
         result.started_wall_us = time.time_ns() // 1000
         result.started_perf = time.perf_counter()

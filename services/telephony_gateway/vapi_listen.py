@@ -122,7 +122,7 @@ class VapiSession:
             headers = {"Authorization": f"Bearer {self.call.listen_token}"} if self.call.listen_token else {}
             async with connect(self.call.listen_url, additional_headers=headers,
                                max_size=self.settings.gateway_max_message_bytes, max_queue=16,
-                               open_timeout=self.settings.gateway_start_timeout_seconds) as ws:
+                               open_timeout=self.settings.gateway_start_timeout_seconds, compression=None) as ws:
                 self.ws = ws
                 first = await self._first_message()
                 await self._open_bridge()
@@ -150,7 +150,7 @@ class VapiSession:
                 await self.bridge.abort()
             else:
                 try:
-                    self._flush_tail_ignored()
+                    await self._flush_tail()
                     await self.bridge.end(outcome, self._started_at_us + self._samples * 1_000_000 // self.rate)
                 except BridgeFailed as exc:
                     self._bridge_failed(exc)
@@ -168,15 +168,21 @@ class VapiSession:
         self.report.bridge_error = f"{exc.code}: {exc.detail}"
         log.error("bridge failed", extra=self._extra(code=exc.code, error=exc.detail[:300]))
 
-    def _flush_tail_ignored(self) -> None:
-        if self._buf:  # less than one stereo sample frame at the very end: nothing to place
-            self._buf.clear()
+    async def _flush_tail(self) -> None:
+        """The audio short of a whole bridge frame at the end is sent as a shorter frame (a
+        fraction of a stereo sample, if any, cannot be placed and is dropped)."""
+        width = 2 * self.channels
+        whole = len(self._buf) // width * width
+        if whole:
+            await self._send_block(bytes(self._buf[:whole]))
+        self._buf.clear()
 
     # -- reading ----------------------------------------------------------------------------------
 
     async def _recv(self, timeout: float):
         try:
-            raw = await asyncio.wait_for(self.ws.recv(), timeout)
+            async with asyncio.timeout(timeout):  # no extra task per message, unlike wait_for
+                raw = await self.ws.recv()
             self.report.messages += 1
             return raw
         except asyncio.TimeoutError:
@@ -253,25 +259,30 @@ class VapiSession:
                 raise self.bridge.failure()
             raw = await self._recv(self.settings.gateway_idle_timeout_seconds)
 
+    async def _send_block(self, block_bytes: bytes) -> None:
+        """One bridge frame per leg from interleaved stereo (or mono) samples."""
+        block = np.frombuffer(block_bytes, dtype="<i2").reshape(-1, self.channels)
+        self._seq += 1
+        ts = self._started_at_us + self._samples * 1_000_000 // self.rate
+        for ch in range(self.channels):
+            leg = CHANNEL_LEGS[ch]
+            await self.bridge.send(pb.AudioFrame(leg=leg, seq=self._seq, capture_ts_us=ts,
+                                                 payload=np.ascontiguousarray(block[:, ch]).astype("<i2").tobytes()))
+            m.FRAMES.labels(SOURCE, LEG_NAMES[leg]).inc()
+            self.report.frames[LEG_NAMES[leg]] = self.report.frames.get(LEG_NAMES[leg], 0) + 1
+        self._samples += block.shape[0]
+
     async def _audio(self, data: bytes, received: float) -> None:
         width = 2 * self.channels
         if self._first_audio is None:
             self._first_audio = time.monotonic()
         self._buf += data
-        frame_bytes = self.rate * FRAME_MS // 1000 * width
+        frame_bytes = self.rate * self.settings.gateway_bridge_frame_ms // 1000 * width
         check_s = self.settings.gateway_vapi_rate_check_seconds
         while len(self._buf) >= frame_bytes:
-            block = np.frombuffer(bytes(self._buf[:frame_bytes]), dtype="<i2").reshape(-1, self.channels)
+            block = bytes(self._buf[:frame_bytes])
             del self._buf[:frame_bytes]
-            self._seq += 1
-            ts = self._started_at_us + self._samples * 1_000_000 // self.rate
-            for ch in range(self.channels):
-                leg = CHANNEL_LEGS[ch]
-                await self.bridge.send(pb.AudioFrame(leg=leg, seq=self._seq, capture_ts_us=ts,
-                                                     payload=np.ascontiguousarray(block[:, ch]).astype("<i2").tobytes()))
-                m.FRAMES.labels(SOURCE, LEG_NAMES[leg]).inc()
-                self.report.frames[LEG_NAMES[leg]] = self.report.frames.get(LEG_NAMES[leg], 0) + 1
-            self._samples += block.shape[0]
+            await self._send_block(block)
             m.FORWARD_SECONDS.labels(SOURCE).observe(time.perf_counter() - received)
         if check_s and self._first_audio is not None:
             wall = time.monotonic() - self._first_audio

@@ -102,3 +102,17 @@ async def play(gw: Gateway, call: twilio_sim.TwilioCall | list, *, speed: float 
     kw.setdefault("auth_token", AUTH_TOKEN)
     kw.setdefault("sign_as", signed_as(gw))
     return await twilio_sim.stream(url_of(gw), messages, speed=speed, media_index=index, **kw)
+
+
+def spans(recs, leg: int, rate: int = 8000) -> list[tuple[int, int]]:
+    """(start, end) capture time in µs of each of the leg's Kafka records, in chunk order."""
+    return [(c.start_ts_us, c.start_ts_us + len(c.payload) // 2 * 1_000_000 // rate) for c in recs.leg_chunks(leg)]
+
+
+def assert_on_one_clock(recs, leg: int, rate: int = 8000) -> None:
+    """The leg starts at the call start and every record begins where the previous one ended."""
+    started = recs.started().started_at_us
+    expected = started
+    for start, end in spans(recs, leg, rate):
+        assert start == expected, f"record at {start - started} µs, expected {expected - started} µs"
+        expected = end

@@ -116,8 +116,10 @@ async def test_a_paused_bridge_stops_the_gateway_reading_and_the_call_resumes_wh
             # backlog builds up in the socket buffers, not in the gateway
             await await_for("a backlog outside the gateway", lambda: sent["n"] > session.report.messages + 1000, timeout=30)
             forwarded = sum(session.report.frames.values())
-            assert session.report.messages <= forwarded + window + 3  # start/connected + one being forwarded
-            assert session.bridge.result.credit_waits > 0
+            # read = forwarded + what the reorder window may hold + connected/start + the one in hand;
+            # the sender is stuck on the paused bridge (out of credits, or gRPC's own flow-control
+            # window full), so nothing more is read
+            assert session.report.messages <= forwarded + window + 3
         finally:
             os.kill(bridge_child.pid, signal.SIGCONT)
         result = await asyncio.wait_for(task, 120)

@@ -17,8 +17,8 @@ from websockets.exceptions import InvalidStatus
 
 from bridgekit import LUPITA, PERSON, read_call
 from gwkit import (
-    AUTH_TOKEN, PARAMS, Deltas, bad, mulaw_round_trip, outcome, pcm_bytes, play, random_stereo, running_gateway,
-    sample, signed_as, url_of,
+    PARAMS, Deltas, assert_on_one_clock, bad, mulaw_round_trip, outcome, pcm_bytes, play, random_stereo,
+    running_gateway, sample, signed_as, spans,
 )
 from lupita.config import CommonSettings
 from telephony_gateway import twilio_messages as tw
@@ -62,15 +62,14 @@ async def test_a_twilio_stream_reaches_kafka_with_both_legs_exact_after_mulaw_on
     assert started.phone_hash and started.phone_encrypted and started.recording_consent
     assert started.sample_rate_hz == 8000 and started.codec == 1  # CODEC_PCM16: decoded at the gateway
     assert recs.ended().reason == "completed"
-    assert recs.ended().frames_person == recs.ended().frames_lupita == 50
+    # 50 Twilio frames of 20 ms per leg, joined into bridge frames of 100 ms (the default)
+    assert recs.ended().frames_person == recs.ended().frames_lupita == 10
     assert_leg(recs, LUPITA, mulaw_round_trip(stereo[:, 0]))  # outbound track = Lupita
     assert_leg(recs, PERSON, mulaw_round_trip(stereo[:, 1]))  # inbound track = the person
     # one clock: both legs start at the call start, and every chunk sits where its audio belongs
     for leg in (LUPITA, PERSON):
-        first = recs.leg_chunks(leg)[0]
-        assert first.start_ts_us == started.started_at_us and first.first_frame_seq == 1
-        for c in recs.leg_chunks(leg):
-            assert c.start_ts_us == started.started_at_us + (c.first_frame_seq - 1) * 20_000
+        assert recs.leg_chunks(leg)[0].first_frame_seq == 1
+        assert_on_one_clock(recs, leg)
     assert d(*outcome("completed")) == 1
     assert d("lupita_gateway_events_total", source="twilio", event="dtmf") == 1
     assert d("lupita_gateway_frames_total", source="twilio", leg="person") == 50
@@ -129,11 +128,16 @@ async def test_duplicate_and_late_sequence_numbers_are_dropped_and_counted(bridg
     lost = slice((chunk - 1) * 160, chunk * 160)
     kept = np.delete(expected, np.arange(lost.start, lost.stop))
     assert recs.leg_payload(leg) == pcm_bytes(kept)  # everything but the given-up frame, in order
-    # the hole is marked for the recorder: a chunk ends before it and the next starts after it
+    # the hole is marked for the recorder: the leg's audio stops where the frame began and resumes
+    # where it ended, and the frame seq skips a number there
     started = recs.started().started_at_us
-    after = [c for c in recs.leg_chunks(leg) if c.first_frame_seq == chunk + 1]
-    assert after and after[0].start_ts_us == started + chunk * 20_000
-    assert all(not (c.first_frame_seq <= chunk <= c.last_frame_seq) for c in recs.leg_chunks(leg))
+    lost_from, lost_to = started + (chunk - 1) * 20_000, started + chunk * 20_000
+    leg_spans = spans(recs, leg)
+    assert any(end == lost_from for _, end in leg_spans) and any(start == lost_to for start, _ in leg_spans)
+    assert all(end <= lost_from or start >= lost_to for start, end in leg_spans)
+    after = next(c for c in recs.leg_chunks(leg) if c.start_ts_us == lost_to)
+    before = next(c for c in recs.leg_chunks(leg) if c.start_ts_us + len(c.payload) // 2 * 125 == lost_from)
+    assert after.first_frame_seq == before.last_frame_seq + 2
 
 
 async def test_lost_frames_become_a_marked_and_counted_gap_on_their_leg_only(bridge):
@@ -151,8 +155,11 @@ async def test_lost_frames_become_a_marked_and_counted_gap_on_their_leg_only(bri
     person = mulaw_round_trip(stereo[:, 1])
     assert recs.leg_payload(PERSON) == pcm_bytes(np.concatenate([person[:1600], person[2400:]]))
     started = recs.started().started_at_us
-    resumed = [c for c in recs.leg_chunks(PERSON) if c.first_frame_seq == 16]
-    assert resumed and resumed[0].start_ts_us == started + 300_000  # chunk 16 starts at 300 ms
+    person_spans = spans(recs, PERSON)
+    assert any(end == started + 200_000 for _, end in person_spans)  # audio up to 200 ms,
+    assert any(start == started + 300_000 for start, _ in person_spans)  # then from 300 ms
+    assert all(end <= started + 200_000 or start >= started + 300_000 for start, end in person_spans)
+    assert_on_one_clock(recs, LUPITA)
     assert d("lupita_gateway_gaps_total", source="twilio", leg="person") == 1
     assert d("lupita_gateway_gap_seconds_total", source="twilio", leg="person") == pytest.approx(0.1)
     assert d("lupita_gateway_gaps_total", source="twilio", leg="lupita") == 0

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from bridgekit import LUPITA, PERSON, read_call
-from gwkit import PHONE, Deltas, pcm_bytes, running_gateway
+from gwkit import PHONE, Deltas, assert_on_one_clock, pcm_bytes, running_gateway
 from lupita.config import CommonSettings
 from telephony_gateway.vapi_listen import VapiCall
 from telephony_gateway.vapi_sim import ListenScript, ListenServer
@@ -66,10 +66,7 @@ async def test_a_vapi_listen_stream_reaches_kafka_with_both_legs_exact_on_one_cl
     assert recs.leg_payload(PERSON) == pcm_bytes(audio[:, 0])  # channel 0 = the customer
     assert recs.leg_payload(LUPITA) == pcm_bytes(audio[:, 1])  # channel 1 = the assistant
     for leg in (LUPITA, PERSON):
-        chunks = recs.leg_chunks(leg)
-        assert chunks[0].start_ts_us == started.started_at_us
-        for c in chunks:
-            assert c.start_ts_us == started.started_at_us + (c.first_frame_seq - 1) * 20_000
+        assert_on_one_clock(recs, leg, rate=16000)
     assert d(*vapi_outcome("completed")) == 1
     assert d("lupita_gateway_events_total", source="vapi", event="transcript") == 1
 
