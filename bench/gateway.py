@@ -94,6 +94,8 @@ def parse_args(argv):
     p.add_argument("--calls", type=int, default=20, help="concurrent calls per phase (1..500, default 20)")
     p.add_argument("--seconds", type=float, default=20.0, help="audio per call (default 20)")
     p.add_argument("--ramp", type=float, default=20.0, metavar="CALLS_PER_S", help="call starts per second (default 20)")
+    p.add_argument("--bridge-frame-ms", type=int, default=100, choices=[20, 40, 60, 80, 100, 200],
+                   help="the gateway's LUPITA_GATEWAY_BRIDGE_FRAME_MS (default 100; 20 = no joining)")
     p.add_argument("--json", action="store_true", help=f"also write the results to {RESULTS_DIR}/")
     p.add_argument("--keep-topics", action="store_true", help="do not delete the run's Kafka topics")
     args = p.parse_args(argv)
@@ -183,12 +185,13 @@ async def twilio_phase(args, stereo, gateway_url: str, signed_url: str) -> tuple
     return calls, results
 
 
-def start_gateway(bridge_target: str, env: dict, log_path: Path) -> tuple[subprocess.Popen, int, int]:
+def start_gateway(bridge_target: str, env: dict, log_path: Path, frame_ms: int) -> tuple[subprocess.Popen, int, int]:
     from loadgen.bridgeproc import lupita_command
 
     port, metrics = free_port(), free_port()
     genv = {**env, "LUPITA_GATEWAY_TWILIO_AUTH_TOKEN": AUTH_TOKEN, "LUPITA_BRIDGE_TARGET": bridge_target,
-            "LUPITA_GATEWAY_METRICS_HOST": "127.0.0.1", "LUPITA_GATEWAY_MAX_CALLS": "1000"}
+            "LUPITA_GATEWAY_METRICS_HOST": "127.0.0.1", "LUPITA_GATEWAY_MAX_CALLS": "1000",
+            "LUPITA_GATEWAY_BRIDGE_FRAME_MS": str(frame_ms)}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([*lupita_command(), "gateway", "--host", "127.0.0.1", "--port", str(port),
                                  "--metrics-port", str(metrics)], stdout=log, stderr=subprocess.STDOUT, env=genv)
@@ -242,7 +245,7 @@ def main(argv=None) -> int:
         bridge = BridgeProcess(Path(logs) / "bridge.log", env=env).start()
         gw = None
         try:
-            gw, port, _ = start_gateway(bridge.target, env, Path(logs) / "gateway.log")
+            gw, port, _ = start_gateway(bridge.target, env, Path(logs) / "gateway.log", args.bridge_frame_ms)
             # phase 1: the bridge's own figures
             print(f"[direct] {args.calls} calls x {args.seconds:g} s, real time ...", file=sys.stderr, flush=True)
             cpu0, t0 = bridge.cpu_seconds(), time.monotonic()
@@ -347,8 +350,8 @@ def main(argv=None) -> int:
     added99 = via.measured_ms["p99"] - direct.measured_ms["p99"] if both else None
     width = max(len(r[0]) for r in rows)
     print(f"telephony-gateway benchmark: {args.calls} concurrent calls x {args.seconds:g} s per phase, real time, "
-          f"8 kHz, 20 ms source frames (Twilio: mu-law in, PCM16 to the bridge in frames of "
-          f"LUPITA_GATEWAY_BRIDGE_FRAME_MS, default 100; direct: 20 ms frames)")
+          f"8 kHz, 20 ms source frames (Twilio: mu-law in, PCM16 to the bridge in {args.bridge_frame_ms} ms frames; "
+          f"direct: 20 ms frames)")
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"load average {load_before[0]:.2f} before / {load_after[0]:.2f} after")
     print(f"{'':{width}}  {'direct':>18}  {'via gateway':>18}")
