@@ -109,3 +109,43 @@ async def test_a_twilio_call_is_recorded_in_s3_equal_to_the_source_after_mulaw_w
         np.testing.assert_array_equal(wav[:n, column], want, err_msg=f"{name} leg differs from the source after mu-law")
     assert meta["recording"]["legs"]["person"]["gaps_filled"] == 0
     assert meta["recording"]["legs"]["lupita"]["gaps_filled"] == 0
+
+
+async def test_a_vapi_call_is_recorded_in_s3_equal_to_the_source_with_legs_aligned(own_bridge, recorder):
+    """The same for VAPI's listen socket: 16 kHz PCM, no codec loss, so the WAV equals the source."""
+    import numpy as np
+
+    from lupita.config import CommonSettings
+    from stream_processor.stores.archive import call_keys, s3_client
+    from telephony_gateway.vapi_listen import VapiCall
+    from telephony_gateway.vapi_sim import ListenScript, ListenServer
+
+    from gwkit import PHONE
+
+    stereo, _ = dialogue(rate=16000)  # columns: Lupita, person
+    customer_first = np.ascontiguousarray(stereo[:, ::-1])  # VAPI: channel 0 customer, channel 1 assistant
+    vapi_id = str(uuid.uuid4())
+    server = await ListenServer().start()
+    server.scripts[vapi_id] = ListenScript(customer_first, chunk_bytes=4096, speed=0)
+    try:
+        async with running_gateway(own_bridge, own_bridge.token, gateway_vapi_rate_check_seconds=0) as gw:
+            report = await gw.listen_vapi(VapiCall(vapi_call_id=vapi_id, listen_url=server.url(vapi_id), phone=PHONE,
+                                                   consent=True, consent_source="ivr_prompt_v2"))
+    finally:
+        await server.close()
+    assert report.outcome == "completed", report
+
+    settings = CommonSettings()
+    call_id = f"vapi-{vapi_id}"
+    started_at_us = (await read_call(settings, call_id)).started().started_at_us
+    keys = call_keys(call_id, datetime.fromtimestamp(started_at_us / 1e6, tz=timezone.utc))
+    s3 = s3_client(settings)
+    meta = await await_for(f"metadata.json of {call_id}",
+                           lambda: recorder.alive() and get_json(s3, settings.s3_legal_bucket, keys.metadata), timeout=90)
+    assert meta["recording"]["status"] == "recorded", meta
+    params, wav, _ = read_wav(s3, settings.s3_legal_bucket, keys.audio)
+    assert (params.nchannels, params.framerate) == (2, 16000)
+    assert wav.shape == stereo.shape
+    for column, name in ((0, "lupita"), (1, "person")):
+        assert best_lag(wav[:, column], stereo[:, column]) == 0, f"{name} leg misaligned"
+        np.testing.assert_array_equal(wav[:, column], stereo[:, column], err_msg=f"{name} leg differs from the source")
