@@ -11,6 +11,7 @@ error, every dashboard query runs, and a simulated call through the bridge shows
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
 import uuid
@@ -37,15 +38,24 @@ GRAFANA_VARS = {"$namespace": NAMESPACE, "$__rate_interval": "1m", "$__interval"
 
 @pytest.fixture(scope="module")
 def platform(stack_env, tmp_path_factory):
+    """Bridge, recorder and call on topics of their own (a prefix of this module's), so the recorder
+    archives only this module's call and no other test's."""
+    from lupita.config import CommonSettings
+    from lupita.topics import ensure_topics
+
     workdir = tmp_path_factory.mktemp("observability")
+    prefix = f"{os.environ['LUPITA_TOPIC_PREFIX']}obs{uuid.uuid4().hex[:6]}."
+    env = dict(os.environ, LUPITA_TOPIC_PREFIX=prefix)
+    ensure_topics(CommonSettings(topic_prefix=prefix))
     bridge_metrics = free_port()
-    bridge = bridge_process("observability-bridge", workdir, extra_args=["--metrics-port", str(bridge_metrics)])
+    bridge = bridge_process("observability-bridge", workdir, env=env,
+                            extra_args=["--metrics-port", str(bridge_metrics)])
     bridge.start()
     worker = None
     prom = None
     try:
-        worker = start_worker(workdir / "recorder", f"obs{uuid.uuid4().hex[:6]}-stream-processor-recorder",
-                              stages="recorder")
+        worker = start_worker(workdir / "recorder", "stream-processor-recorder", stages="recorder",
+                              env_extra={"LUPITA_TOPIC_PREFIX": prefix})
         targets = [
             Target("media-bridge", f"127.0.0.1:{bridge_metrics}", NAMESPACE, "lupita-media-bridge-0",
                    "lupita-media-bridge"),
@@ -53,7 +63,7 @@ def platform(stack_env, tmp_path_factory):
         ]
         prom = Prometheus(workdir / "prometheus", free_port(), config(targets, metric_names.rule_files())).start()
         wait_for("Prometheus to be ready", prom.ready, timeout=60, alive=prom.alive)
-        yield {"prometheus": prom, "bridge": bridge, "worker": worker, "workdir": workdir}
+        yield {"prometheus": prom, "bridge": bridge, "worker": worker, "workdir": workdir, "env": env}
     finally:
         if prom is not None:
             prom.stop()
@@ -139,7 +149,7 @@ def test_a_call_through_the_bridge_shows_on_the_dashboards(platform):
     prom, bridge = platform["prometheus"], platform["bridge"]
     wav = write_call_wav(platform["workdir"] / "call.wav")
     done = run_lupita("observability-call", ["call", "--target", bridge.target, "--wav", str(wav), "--speed", "0",
-                                             "--json"])
+                                             "--json"], env=platform["env"])
     assert done.returncode == 0, done.stderr[-2000:]
 
     completed = 'sum by (outcome) (increase(lupita_bridge_calls_total{namespace="$namespace", job="media-bridge"}[5m]))'
