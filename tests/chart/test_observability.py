@@ -23,6 +23,9 @@ if str(ROOT) not in sys.path:
 from observability import chart, dashboards, metric_names  # noqa: E402
 from observability.promtool import ensure_promtool  # noqa: E402
 
+# The first run builds promtool (and helm) from their Go modules: ~5-15 minutes cold on 2 shared cores.
+pytestmark = pytest.mark.timeout(1800)
+
 RULES = sorted((ROOT / "charts/lupita/files/rules").glob("*.yaml"))
 RULE_TESTS = sorted((ROOT / "observability/rules-tests").glob("*.yaml"))
 COMPONENTS = {"media-bridge", "recorder", "vad", "transcriber", "understanding", "context-api"}

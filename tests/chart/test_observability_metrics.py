@@ -21,6 +21,10 @@ if str(ROOT) not in sys.path:
 from observability import chart, metric_names  # noqa: E402
 
 
+# Rendering the chart builds helm on its first use (cluster tools): minutes cold.
+pytestmark = pytest.mark.timeout(1800)
+
+
 @pytest.fixture(scope="module")
 def exported() -> set[str]:
     return metric_names.exported_names()

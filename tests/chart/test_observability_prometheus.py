@@ -30,7 +30,8 @@ if str(ROOT) not in sys.path:
 from observability import metric_names  # noqa: E402
 from observability.prometheus import Prometheus, Target, config  # noqa: E402
 
-pytestmark = pytest.mark.stack
+# The first run builds Prometheus from its Go module: ~5-15 minutes cold on 2 shared cores.
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(1800)]
 
 NAMESPACE = "lupita"
 GRAFANA_VARS = {"$namespace": NAMESPACE, "$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
