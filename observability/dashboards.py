@@ -39,6 +39,8 @@ OUT_DIR = ROOT / "charts" / "lupita" / "files" / "dashboards"
 DS = cm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 NS = 'namespace="$namespace"'
 STAGES = ("recorder", "vad", "transcriber", "understanding")
+# the job label values (the ServiceMonitors' jobLabel: app.kubernetes.io/component)
+COMPONENTS = ("media-bridge", *STAGES, "context-api")
 # kafka_exporter's series carry the exporter's namespace (Kafka's), not the release's: they are told
 # apart by consumer group / topic name (which carry LUPITA_TOPIC_PREFIX), not by $namespace.
 DLQ_OFFSETS = ('kafka_topic_partition_current_offset{topic=~".*stream-processor[.]'
@@ -84,7 +86,7 @@ def base(uid: str, title: str, description: str) -> db.Dashboard:
         board = db.Dashboard(title)
     datasource = db.DatasourceVariable("datasource").label("Data source").type("prometheus")
     namespace = (db.QueryVariable("namespace").label("Namespace").datasource(DS)
-                 .query('label_values(up{job=~"media-bridge|recorder|vad|transcriber|understanding|context-api"}, namespace)')
+                 .query(f'label_values(up{{job=~"{"|".join(COMPONENTS)}"}}, namespace)')
                  .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED))
     return (board.uid(uid).description(description).tags(TAGS).refresh("30s").time("now-3h", "now")
             .timezone("utc").tooltip(dm.DashboardCursorSync.CROSSHAIR).editable()
@@ -180,7 +182,8 @@ def latency() -> db.Dashboard:
         .with_panel(ts("Final -> alert", "From the transcriber publishing a final to its alert being published",
                        "s", *quantiles("lupita_understanding_alert_latency_seconds", NS)))
         .with_panel(ts("Bridge -> Kafka acknowledgement", "Time until Kafka acknowledged a chunk the bridge "
-                       "published", "s", *quantiles("lupita_bridge_kafka_publish_seconds", f'{NS}, job="media-bridge"')))
+                       "published", "s",
+                       *quantiles("lupita_bridge_kafka_publish_seconds", f'{NS}, job="media-bridge"')))
         .with_panel(ts("Store operation time", "One Postgres / Weaviate operation including its retries (p95)",
                        "s", q(f"histogram_quantile(0.95, sum by (le, store, operation) "
                               f"(rate(lupita_sink_write_seconds_bucket{{{NS}}}[$__rate_interval])))",

@@ -93,7 +93,8 @@ def test_promtool_fails_a_unit_test_whose_expectation_is_wrong(promtool, tmp_pat
 def test_promtool_check_refuses_a_broken_rule(promtool, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"groups": [{"name": "x", "rules": [
-        {"alert": "Broken", "expr": "sum(rate(lupita_bridge_calls_total[5m]) > ", "labels": {"severity": "warning"}}]}]}))
+        {"alert": "Broken", "expr": "sum(rate(lupita_bridge_calls_total[5m]) > ",
+         "labels": {"severity": "warning"}}]}]}))
     out = run([promtool, "check", "rules", bad])
     assert out.returncode != 0
 

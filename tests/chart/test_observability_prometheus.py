@@ -157,7 +157,8 @@ def test_a_call_through_the_bridge_shows_on_the_dashboards(platform):
     got = wait_for("the completed call on the call-outcomes panel", lambda: value_of(
         prom.query(grafana_to_promql(completed)), outcome="completed"), timeout=60, alive=prom.alive)
     assert got >= 0.99  # increase() extrapolates: about 1
-    audio = 'sum by (leg) (rate(lupita_bridge_bytes_total{namespace="$namespace", job="media-bridge"}[$__rate_interval]))'
+    audio = ('sum by (leg) (rate(lupita_bridge_bytes_total{namespace="$namespace", job="media-bridge"}'
+             '[$__rate_interval]))')
     legs = prom.query(grafana_to_promql(audio))
     assert value_of(legs, leg="lupita") > 0 and value_of(legs, leg="person") > 0
     # the recorder archives it (S3 legal archive + calls row): its outcome series appears
