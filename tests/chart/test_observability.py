@@ -243,3 +243,47 @@ def test_rules_and_dashboards_select_only_jobs_the_service_monitors_create():
         promql_parser.walk(tree, visit)
         for value in jobs:
             assert set(value.split("|")) <= COMPONENTS, f"{where}: job matcher {value!r}"
+
+
+def strict(schema):
+    """A CRD's openAPIV3Schema made strict like ``kubeconform -strict``: objects with declared
+    properties refuse unknown ones (the API server would silently prune them)."""
+    if isinstance(schema, list):
+        return [strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict(v) for k, v in schema.items()}
+    if "properties" in out and "additionalProperties" not in out \
+            and not out.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out
+
+
+def test_the_monitoring_resources_validate_strictly_against_the_operators_crds(rendered):
+    """ServiceMonitor and PrometheusRule against prometheus-operator's own CRD schemas (the files the
+    cluster tools install, from the operator's Go module)."""
+    import jsonschema
+    from lupita_dev.cluster import crds
+
+    schemas = {}
+    for path in crds.crd_files():
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == "CustomResourceDefinition" \
+                    and doc["spec"]["group"] == "monitoring.coreos.com":
+                for version in doc["spec"]["versions"]:
+                    schemas[(f"monitoring.coreos.com/{version['name']}", doc["spec"]["names"]["kind"])] = \
+                        strict(version["schema"]["openAPIV3Schema"])
+    checked = 0
+    for doc in rendered:
+        key = (doc.get("apiVersion"), doc.get("kind"))
+        if key[0] and key[0].startswith("monitoring.coreos.com/"):
+            body = {k: v for k, v in doc.items() if k != "metadata"}  # metadata: the API server's schema
+            # no metaschema check: the CRDs' patterns are Go RE2 (e.g. "^(?i)...") that Python's re refuses
+            jsonschema.Draft7Validator(schemas[key]).validate(body)
+            checked += 1
+    assert checked == 6 + len(RULES)
+    bad = [d for d in rendered if d.get("kind") == "ServiceMonitor"][0]
+    bad = {k: v for k, v in bad.items() if k != "metadata"}
+    bad["spec"] = {**bad["spec"], "jobLable": "typo"}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft7Validator(schemas[("monitoring.coreos.com/v1", "ServiceMonitor")]).validate(bad)
