@@ -166,3 +166,17 @@ def test_a_call_through_the_bridge_shows_on_the_dashboards(platform):
         f'sum by (outcome) (lupita_recorder_calls_total{{namespace="{NAMESPACE}"}})'), outcome="recorded"),
         timeout=120, alive=prom.alive)
     assert recorded >= 1
+
+
+def test_the_bridge_scaler_query_of_the_rendered_chart_finds_the_bridge(platform):
+    """KEDA's prometheus trigger, as the chart renders it for release "lupita" in namespace "lupita",
+    selects the bridge's series by the labels a ServiceMonitor gives them (namespace, service)."""
+    from observability import chart
+
+    prom = platform["prometheus"]
+    queries = metric_names.scaler_expressions(chart.render(api_versions=chart.KEDA_APIS + chart.MONITORING_APIS,
+                                                           namespace=NAMESPACE, release="lupita"))
+    assert queries
+    wait_for("a bridge sample", lambda: prom.query("lupita_bridge_active_calls"), timeout=60, alive=prom.alive)
+    for where, query in queries.items():
+        assert value_of(prom.query(query)) == 0.0, f"{where}: {query}"
