@@ -21,17 +21,28 @@ from context_api.settings import ContextApiSettings
 from context_api.store import Pool, read_person, schedule_callback
 from context_api.when import MAX_WHEN_CHARS, check_horizon, parse_when, say_datetime
 
-# the analyzer's own vocabulary (stream_processor.models.analyzer.schema): one set of fact types
-# and one key shape for the facts the analyzer and the agent write
-from stream_processor.models.analyzer.schema import FACT_TYPES, KEY_PATTERN
-from stream_processor.contracts import UserFact
-from stream_processor.stores.postgres import CALL_ID_RE, upsert_fact
+# the one fact store (shared with the stream processor's analyzer), and its vocabulary: one set of
+# fact types and one key shape for the facts the analyzer and the agent write
+from lupita import facts
+from lupita.facts import FACT_TYPES, KEY_PATTERN
+
+# our call ids (companion_calls' CHECK)
+CALL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
 TOOL_NAMES = ("getUserContext", "saveUserFact", "scheduleCallback")
 MAX_ARGUMENTS_CHARS = 4096
 MAX_FACT_VALUE_CHARS = 200
 MAX_REASON_CHARS = 300
 _KEY_RE = re.compile(KEY_PATTERN)
+
+
+SAVE_RESULTS = {
+    facts.INSERTED: "Dato guardado.", facts.CONFIRMED: "Dato confirmado.",
+    facts.UNCHANGED: "Ese dato ya estaba guardado.",
+    facts.SUPERSEDED: "Dato actualizado; el valor anterior queda en el historial.",
+    facts.STALE: "Ya hay un dato más reciente; no se cambió.",
+    facts.TO_CONFIRM: "Anotado como pendiente de confirmar con la persona.",
+}
 
 
 class ToolError(Exception):
@@ -220,15 +231,12 @@ class Tools:
                 or not 0 <= confidence <= 1:
             raise ToolError("La confianza debe ser un número entre 0 y 1.")
         person = self._person(caller)
-        fact = UserFact(fact_type=fact_type, key=key, value=value, confidence=float(confidence))
+        obs = facts.Observation(fact_type=fact_type, key=key, value=value, confidence=float(confidence),
+                                observed_at=datetime.now(timezone.utc), source="agent",
+                                call_id=caller.call_id or caller.vapi_call_id)
         with self.pool.connection(self.wait_s) as conn:
-            with conn.transaction():
-                outcome = upsert_fact(conn, phone_number_hash=person, fact=fact,
-                                      source_call_id=caller.call_id or caller.vapi_call_id,
-                                      observed_at=datetime.now(timezone.utc), source="agent")
-        return {"inserted": "Dato guardado.", "confirmed": "Dato confirmado.", "unchanged": "Ese dato ya estaba guardado.",
-                "superseded": "Dato actualizado; el valor anterior queda en el historial.",
-                "stale": "Ya hay un dato más reciente; no se cambió."}.get(outcome, "Dato guardado.")
+            outcome = facts.record(conn, person, obs).outcome
+        return SAVE_RESULTS.get(outcome, "Dato guardado.")
 
     def schedule_callback(self, call: ToolCall, caller: Caller) -> str:
         args = arguments(call, ("when", "reason"))

@@ -144,10 +144,18 @@ def test_calls_not_analysed_yet_only_say_when():
     assert text == "Últimas llamadas: la más reciente ayer, aún sin resumen."
 
 
-def test_facts_go_through_the_stream_processors_own_upsert_and_vocabulary():
+def test_facts_go_through_the_one_fact_store_without_the_stream_processors_stores():
+    import subprocess
+    import sys
+
     import context_api.tools as tools
-    from stream_processor.models.analyzer import schema
+    from lupita import facts
     from stream_processor.stores import postgres
 
-    assert tools.upsert_fact is postgres.upsert_fact
-    assert tools.FACT_TYPES is schema.FACT_TYPES and tools.KEY_PATTERN is schema.KEY_PATTERN
+    assert tools.facts is facts and postgres.facts is facts  # one implementation for both services
+    assert tools.FACT_TYPES is facts.FACT_TYPES and tools.KEY_PATTERN is facts.KEY_PATTERN
+    # the context API's import no longer drags in the stream processor's stores (Weaviate client)
+    out = subprocess.run([sys.executable, "-c", "import sys, context_api.app; print(sorted({m.split('.')[0] for m in "
+                          "sys.modules if m.startswith(('weaviate', 'stream_processor', 'faust', 'boto3'))}))"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"

@@ -8,7 +8,7 @@ nothing new changes nothing at all (no row, no value, no ``updated_at``).
   ``recording_status='pending'`` with only those columns if the recorder has not written the call
   yet; the recorder's upsert later fills its own columns and never touches these),
   ``call_utterances`` replaced for the call (same (leg, seq) updated, missing ones deleted), and
-  ``user_facts`` upserted per :func:`upsert_fact`.
+  ``user_facts`` upserted per :func:`upsert_fact` (the rule of :mod:`lupita.facts`).
 - :meth:`PostgresSink.write_alert` — ``call_alerts`` once per (call, cue); the first evidence wins.
 
 The connection is the recorder's :class:`~stream_processor.stores.calls_db.CallStore` (one lazily opened
@@ -34,6 +34,8 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 import psycopg
 from psycopg.types.json import Jsonb
 
+from lupita import facts
+
 from stream_processor.stores.calls_db import CallStore
 from stream_processor.contracts import AlertHit, CallAnalysis, EvidenceSpan, Utterance, UserFact
 from stream_processor.stores import metrics
@@ -48,17 +50,11 @@ ANALYSIS_SCHEMA = "lupita.call-analysis/v1"
 LEGS = ("lupita", "person")
 CALL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")  # the CHECK of companion_calls
 SEVERITIES = ("critical", "high", "medium", "low")
-FACT_SOURCES = ("analysis", "agent", "manual")
-# pg_advisory_xact_lock(class, hashtext(phone_number_hash)): serialises fact writers per person
-# (the analysis sink and the context API's saveUserFact), "lupf" in ASCII.
-FACT_LOCK_CLASS = 0x6C757066
-
-# Fact upsert outcomes
-INSERTED = "inserted"  # no active value for the key: a new active row
-CONFIRMED = "confirmed"  # same value seen again: confidence / source / evidence updated in place
-SUPERSEDED = "superseded"  # a new value: the old row expired, a new active row
-UNCHANGED = "unchanged"  # nothing new (a replay)
-STALE = "stale"  # older than the active value's latest confirmation by another call: ignored
+# the fact store is lupita.facts (shared with the context API); its names, kept here for callers
+FACT_SOURCES = facts.SOURCES
+FACT_LOCK_CLASS = facts.FACT_LOCK_CLASS
+INSERTED, CONFIRMED, SUPERSEDED = facts.INSERTED, facts.CONFIRMED, facts.SUPERSEDED
+UNCHANGED, STALE, TO_CONFIRM = facts.UNCHANGED, facts.STALE, facts.TO_CONFIRM
 
 # SQLSTATE classes of OperationalErrors a retry cannot fix: 28 invalid authorization
 # (bad password), 3D invalid catalog name (no such database).
@@ -261,34 +257,6 @@ WHERE (u.start_s, u.end_s, u.text, u.confidence)
       IS DISTINCT FROM (EXCLUDED.start_s, EXCLUDED.end_s, EXCLUDED.text, EXCLUDED.confidence)
 """
 
-_LOCK_PERSON = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
-
-_ACTIVE_FACT = """
-SELECT id, fact_value, confidence, source_call_id, evidence, observed_at
-FROM user_facts
-WHERE phone_number_hash = %s AND fact_type = %s AND fact_key = %s AND is_active
-FOR UPDATE
-"""
-
-_INSERT_FACT = """
-INSERT INTO user_facts (
-    phone_number_hash, fact_type, fact_key, fact_value, confidence, source_call_id, source,
-    evidence, valid_from, observed_at
-) VALUES (%(hash)s, %(type)s, %(key)s, %(value)s, %(confidence)s, %(call_id)s, %(source)s,
-          %(evidence)s, %(at)s, %(at)s)
-"""
-
-_EXPIRE_FACT = """
-UPDATE user_facts SET is_active = false, expired_at = %(at)s, updated_at = now() WHERE id = %(id)s
-"""
-
-_CONFIRM_FACT = """
-UPDATE user_facts
-SET confidence = %(confidence)s, source_call_id = %(call_id)s, evidence = %(evidence)s,
-    observed_at = %(observed_at)s, updated_at = now()
-WHERE id = %(id)s
-"""
-
 _INSERT_ALERT = """
 INSERT INTO call_alerts (call_id, cue_id, severity, evidence, raised_at, to_verify, verification)
 VALUES (%(call_id)s, %(cue_id)s, %(severity)s, %(evidence)s, COALESCE(%(raised_at)s::timestamptz, now()),
@@ -307,57 +275,24 @@ def upsert_fact(
     observed_at: datetime,
     source: str = "analysis",
 ) -> str:
-    """Upsert one fact inside the caller's transaction; returns the outcome.
+    """Store one observation of ``fact`` inside the caller's transaction; returns the outcome
+    (``inserted``, ``confirmed``, ``unchanged``, ``superseded``, ``stale``, ``to_confirm``).
 
-    The rule, for the active row of (phone_number_hash, fact_type, key):
-
-    - none: insert it (``valid_from = observed_at = observed_at``) → ``inserted``;
-    - the active row was last confirmed by this same call (a replay of it), or this observation
-      is at least as recent as that confirmation: the same value updates confidence, source call,
-      evidence and ``observed_at`` if any differs (``confirmed``, else ``unchanged``); another
-      value expires the active row and inserts the new one (``superseded``);
-    - otherwise the observation is older than the value's latest confirmation by another call
-      (a replayed old call): nothing changes → ``stale``.
-
-    Writers of one person are serialised by a transaction-level advisory lock, so two workers
-    cannot both insert an active row for the same key. The context API's saveUserFact uses this
-    same function (``source="agent"``).
+    The rule is :func:`lupita.facts.record`, the one fact store the context API's saveUserFact
+    uses too: bi-temporal history, multi-valued keys, protected facts the analyzer alone never
+    closes, observations instead of duplicates, and the evidence's transcription confidence read
+    from the call's utterances (written earlier in the same transaction).
     """
     if source not in FACT_SOURCES:
         raise ValueError(f"source must be one of {FACT_SOURCES}")
-    conn.execute(_LOCK_PERSON, (FACT_LOCK_CLASS, phone_number_hash))
-    row = conn.execute(_ACTIVE_FACT, (phone_number_hash, fact.fact_type, fact.key)).fetchone()
-    evidence = evidence_json(fact.evidence)
-    params = {
-        "hash": phone_number_hash,
-        "type": fact.fact_type,
-        "key": fact.key,
-        "value": fact.value,
-        "confidence": float(fact.confidence),
-        "call_id": source_call_id,
-        "source": source,
-        "evidence": Jsonb(evidence) if evidence is not None else None,
-    }
-    if row is None:
-        conn.execute(_INSERT_FACT, {**params, "at": observed_at})
-        return INSERTED
-    row_id, value, confidence, row_call, row_evidence, row_observed = row
-    same_call = source_call_id is not None and row_call == source_call_id
-    if not same_call and observed_at < row_observed:
-        return STALE
-    if value == fact.value:
-        # a replay of the confirming call keeps its observation time (stable across replays)
-        new_observed = row_observed if same_call else observed_at
-        if (confidence, row_call, row_evidence, row_observed) == (
-            float(fact.confidence), source_call_id, evidence, new_observed
-        ):
-            return UNCHANGED
-        conn.execute(_CONFIRM_FACT, {**params, "id": row_id, "observed_at": new_observed})
-        return CONFIRMED
-    at = max(observed_at, row_observed)
-    conn.execute(_EXPIRE_FACT, {"id": row_id, "at": at})
-    conn.execute(_INSERT_FACT, {**params, "at": at})
-    return SUPERSEDED
+    obs = facts.Observation(
+        fact_type=fact.fact_type, key=fact.key, value=fact.value, confidence=float(fact.confidence),
+        observed_at=observed_at, source=source, call_id=source_call_id, evidence=evidence_json(fact.evidence),
+    )
+    try:
+        return facts.record(conn, phone_number_hash, obs).outcome
+    except facts.FactInputError as exc:
+        raise _bad("upsert_fact", str(exc)) from None
 
 
 # --------------------------------------------------------------------------- the sink

@@ -143,7 +143,8 @@ def test_write_call_analysis_stores_row_utterances_and_facts(sink, db, made):
     utts = utterances(call_id)
     wid = conversation_uuid(call_id)
     result = sink.write_call_analysis(
-        call_id, analysis(call_id, fact("medication", "metformina"), fact("daughter_name", "Rosa", 0.7, "family")),
+        call_id, analysis(call_id, fact("medication.metformina", "metformina"),
+                          fact("daughter_name.rosa", "Rosa", 0.7, "family")),
         "transcript text", utts, wid, person, observed_at=T0,
     )
     assert result.call_row == "inserted" and result.utterances_written == 3
@@ -169,11 +170,12 @@ def test_write_call_analysis_stores_row_utterances_and_facts(sink, db, made):
 
     facts = facts_of(db, person)
     assert [(f[0], f[1], f[3], f[4], f[5], f[6], f[7]) for f in facts] == [
-        ("medication", "metformina", call_id, True, T0, T0, None),
-        ("daughter_name", "Rosa", call_id, True, T0, T0, None),
+        ("medication.metformina", "metformina", call_id, True, T0, T0, None),
+        ("daughter_name.rosa", "Rosa", call_id, True, T0, T0, None),
     ]
     evidence = db.execute(
-        "SELECT evidence FROM user_facts WHERE phone_number_hash = %s AND fact_key = 'medication'", (person,)
+        "SELECT evidence FROM user_facts WHERE phone_number_hash = %s AND fact_key = 'medication.metformina'",
+        (person,)
     ).fetchone()[0]
     assert evidence == {"leg": "person", "seq": 0, "start_s": 2.5, "end_s": 6.0, "text": "metformina",
                         "char_start": 0, "char_end": 10}
@@ -215,30 +217,31 @@ def test_a_new_value_expires_the_old_fact_and_old_calls_cannot_bring_it_back(sin
     person = made.person()
     first, second, third = made.call(), made.call(), made.call()
     t1, t2, t3 = T0, T0 + timedelta(days=7), T0 + timedelta(days=14)
-    sink.write_call_analysis(first, analysis(first, fact("medication", "metformina", 0.7)), "t", [], None, person,
+    sink.write_call_analysis(first, analysis(first, fact("wake_up_time", "6 am", 0.7, "routine")), "t", [], None, person,
                              observed_at=t1)
-    r2 = sink.write_call_analysis(second, analysis(second, fact("medication", "insulina", 0.9)), "t", [], None,
+    r2 = sink.write_call_analysis(second, analysis(second, fact("wake_up_time", "7 am", 0.9, "routine")), "t", [], None,
                                   person, observed_at=t2)
     assert r2.facts == {"superseded": 1}
     rows = facts_of(db, person)
     assert [(r[1], r[3], r[4], r[5], r[6], r[7]) for r in rows] == [
-        ("metformina", first, False, t1, t1, t2),  # expired when the new value was observed
-        ("insulina", second, True, t2, t2, None),
+        ("6 am", first, False, t1, t1, t2),  # expired when the new value was observed
+        ("7 am", second, True, t2, t2, None),
     ]
     # replaying the first (older) call changes nothing: its value is outdated
-    replay = sink.write_call_analysis(first, analysis(first, fact("medication", "metformina", 0.7)), "t", [], None,
+    replay = sink.write_call_analysis(first, analysis(first, fact("wake_up_time", "6 am", 0.7, "routine")), "t", [], None,
                                       person, observed_at=t1)
     assert replay.facts == {"stale": 1}
     assert facts_of(db, person) == rows
-    # a later call seeing the same value confirms it in place: no new row
-    r3 = sink.write_call_analysis(third, analysis(third, fact("medication", "insulina", 0.95)), "t", [], None,
+    # a later call seeing the same value confirms it in place: no new row; two independent
+    # observations (0.9, 0.95) combine to 1 - 0.1 * 0.05 (lupita.facts)
+    r3 = sink.write_call_analysis(third, analysis(third, fact("wake_up_time", "7 am", 0.95, "routine")), "t", [], None,
                                   person, observed_at=t3)
     assert r3.facts == {"confirmed": 1}
     rows = facts_of(db, person)
     assert len(rows) == 2
-    assert [(r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows if r[4]] == [("insulina", 0.95, third, True, t2, t3)]
+    assert [(r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows if r[4]] == [("7 am", 0.995, third, True, t2, t3)]
     one_active = db.execute(
-        "SELECT count(*) FROM user_facts WHERE phone_number_hash = %s AND fact_key = 'medication' AND is_active",
+        "SELECT count(*) FROM user_facts WHERE phone_number_hash = %s AND fact_key = 'wake_up_time' AND is_active",
         (person,),
     ).fetchone()[0]
     assert one_active == 1
@@ -246,13 +249,13 @@ def test_a_new_value_expires_the_old_fact_and_old_calls_cannot_bring_it_back(sin
 
 def test_a_replay_of_the_confirming_call_may_revise_its_own_fact(sink, db, made):
     person, call_id = made.person(), made.call()
-    sink.write_call_analysis(call_id, analysis(call_id, fact("daughter_name", "Rosa", 0.6, "family")), "t", [],
+    sink.write_call_analysis(call_id, analysis(call_id, fact("wake_up_time", "6 am", 0.6, "routine")), "t", [],
                              None, person, observed_at=T0)
-    # an improved model replays the call and hears another name
-    r = sink.write_call_analysis(call_id, analysis(call_id, fact("daughter_name", "Rosalba", 0.8, "family")), "t",
+    # an improved model replays the call and hears another time
+    r = sink.write_call_analysis(call_id, analysis(call_id, fact("wake_up_time", "6:30 am", 0.8, "routine")), "t",
                                  [], None, person, observed_at=T0)
     assert r.facts == {"superseded": 1}
-    assert [(x[1], x[4]) for x in facts_of(db, person)] == [("Rosa", False), ("Rosalba", True)]
+    assert [(x[1], x[4]) for x in facts_of(db, person)] == [("6 am", False), ("6:30 am", True)]
 
 
 def test_concurrent_writers_of_one_person_keep_one_active_fact(dsn, db, made):
