@@ -27,6 +27,7 @@ from websockets.http11 import Request, Response
 
 from . import metrics as m
 from . import signature
+from .control import ControlApi
 from .bridge_client import make_channel
 from .errors import BadInput
 from .settings import GatewaySettings
@@ -49,6 +50,7 @@ class Gateway:
         self.port: int | None = None
         self._probe: asyncio.Task | None = None
         self._session_closed = asyncio.Event()
+        self.control: ControlApi | None = None
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -71,7 +73,14 @@ class Gateway:
             server_header=None,
         )
         self.port = next(iter(self.server.sockets)).getsockname()[1]
+        if s.gateway_control_port or s.control_tokens():
+            if not s.control_tokens():
+                log.warning("control API off: LUPITA_GATEWAY_CONTROL_TOKENS is empty", extra={"stage": "gateway"})
+            else:
+                self.control = ControlApi(self)
+                await self.control.start(s.gateway_host, s.gateway_control_port)
         log.info("gateway listening", extra={"stage": "gateway", "port": self.port, "twilio_path": s.gateway_twilio_path,
+                                             "control_port": self.control.port if self.control else None,
                                              "bridge": s.bridge_target, "forward_codec": s.gateway_forward_codec})
         return self.port
 
@@ -103,6 +112,8 @@ class Gateway:
 
     async def close(self) -> None:
         """Immediate stop (tests, failed start-up)."""
+        if self.control is not None:
+            await self.control.close()
         if self._probe is not None:
             self._probe.cancel()
             await asyncio.gather(self._probe, return_exceptions=True)

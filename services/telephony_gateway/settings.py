@@ -46,6 +46,13 @@ class GatewaySettings(CommonSettings):
     gateway_forward_codec: Literal["pcm16", "mulaw"] = "pcm16"
 
     # --- VAPI live audio (call.monitor.listenUrl) --------------------------------------------
+    # The control API (POST /vapi/calls starts listening to a call): its port (0 = off) and the
+    # bearer tokens it accepts (comma separated; the context-api's webhook holds one).
+    gateway_control_port: int = Field(default=8766, ge=0, le=65535)
+    gateway_control_tokens: SecretStr = SecretStr("")
+    # VAPI's public API key, sent as "Authorization: Bearer" to listen URLs
+    # (monitorPlan.listenAuthenticationEnabled); empty = listen URLs without authentication.
+    gateway_vapi_listen_token: SecretStr = SecretStr("")
     # After this many seconds of a listen socket, audio arriving faster than 1.5x real time means
     # the rate is higher than announced: the call is refused (reason "media_format"). 0 = off.
     gateway_vapi_rate_check_seconds: float = Field(default=3.0, ge=0)
@@ -88,6 +95,9 @@ class GatewaySettings(CommonSettings):
         if self.gateway_public_url and not self.gateway_public_url.startswith(("ws://", "wss://")):
             raise ValueError("LUPITA_GATEWAY_PUBLIC_URL must start with ws:// or wss://")
         return self
+
+    def control_tokens(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.gateway_control_tokens.get_secret_value().split(",") if t.strip())
 
     @property
     def bridge_token(self) -> str:

@@ -1,0 +1,144 @@
+"""The gateway's control API (aiohttp, its own port): what starts listening to a VAPI call.
+
+``POST /vapi/calls`` with ``Authorization: Bearer <one of LUPITA_GATEWAY_CONTROL_TOKENS>`` and a
+JSON body: the VAPI call object as VAPI's server messages carry it (``id``,
+``monitor.listenUrl``, ``customer.number``) plus what only we know::
+
+    {"call": {"id": "…", "monitor": {"listenUrl": "wss://…/listen"}, "customer": {"number": "+52…"}},
+     "consent": true, "consentSource": "ivr_prompt_v2", "region": "oaxaca", "language": "es-MX",
+     "familyPlanId": "…", "direction": "outbound"}
+
+It answers 202 ``{"callId": "vapi-<id>"}`` and listens in the background until the call ends; 401
+without the token, 400 for a body that is not that (counted as bad input of source ``vapi``, the
+message never quotes the body), 409 when that call is already being listened to, 503 while
+draining. The caller is the context-api's VAPI webhook on ``status-update`` ``in-progress`` (or an
+operator). The number travels in the body, never in the URL.
+
+aiohttp because the websocket library the gateway serves Twilio with answers GET upgrades only;
+aiohttp's ``AppRunner``/``TCPSite`` run inside the gateway's own event loop and leave its signal
+handling alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from lupita.v1 import audio_pb2
+
+from . import metrics as m
+from .vapi_listen import VapiCall
+
+if TYPE_CHECKING:
+    from .server import Gateway
+
+log = logging.getLogger("telephony_gateway.control")
+
+MAX_BODY_BYTES = 256 * 1024
+DIRECTIONS = {"outbound": audio_pb2.DIRECTION_OUTBOUND, "inbound": audio_pb2.DIRECTION_INBOUND}
+
+
+class BadRequest(ValueError):
+    pass
+
+
+def vapi_call_from(body: object, listen_token: str) -> VapiCall:
+    """The :class:`VapiCall` of a request body (BadRequest names the field, never its value)."""
+    if not isinstance(body, dict) or not isinstance(body.get("call"), dict):
+        raise BadRequest("body must be a JSON object with a 'call' object")
+    call = body["call"]
+    call_id = call.get("id")
+    if not isinstance(call_id, str) or not call_id or len(call_id) > 100 or not all(c.isalnum() or c == "-" for c in call_id):
+        raise BadRequest("call.id must be VAPI's call id (letters, digits, '-')")
+    monitor = call.get("monitor") if isinstance(call.get("monitor"), dict) else {}
+    listen_url = monitor.get("listenUrl")
+    if not isinstance(listen_url, str) or not listen_url.startswith(("wss://", "ws://")):
+        raise BadRequest("call.monitor.listenUrl must be a ws(s):// URL")
+    customer = call.get("customer") if isinstance(call.get("customer"), dict) else {}
+    phone = customer.get("number")
+    if not isinstance(phone, str) or not phone:
+        raise BadRequest("call.customer.number is required")
+    direction = DIRECTIONS.get(str(body.get("direction", "outbound")))
+    if direction is None:
+        raise BadRequest("direction must be 'outbound' or 'inbound'")
+
+    def text(name: str, default: str = "") -> str:
+        value = body.get(name, default)
+        if not isinstance(value, str):
+            raise BadRequest(f"{name} must be a string")
+        return value
+
+    consent = body.get("consent", False)
+    if not isinstance(consent, bool):
+        raise BadRequest("consent must be true or false")
+    return VapiCall(vapi_call_id=call_id, listen_url=listen_url, phone=phone, consent=consent,
+                    consent_source=text("consentSource"), region=text("region"), language=text("language", "es-MX"),
+                    family_plan_id=text("familyPlanId"), direction=direction, listen_token=listen_token)
+
+
+class ControlApi:
+    def __init__(self, gateway: "Gateway") -> None:
+        self.gateway = gateway
+        self.runner: web.AppRunner | None = None
+        self.port: int | None = None
+        self.tasks: set[asyncio.Task] = set()
+        self.listening: set[str] = set()
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.router.add_post("/vapi/calls", self._vapi_call)
+        self.app = app
+
+    async def start(self, host: str, port: int) -> int:
+        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port)
+        await site.start()
+        self.port = self.runner.addresses[0][1]
+        return self.port
+
+    async def close(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    def _authorized(self, request: web.Request) -> bool:
+        tokens = self.gateway.settings.control_tokens()
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        ok = False
+        for token in tokens:  # compare with every token: no early exit
+            ok |= hmac.compare_digest(presented.strip().encode(), token.encode())
+        return scheme.lower() == "bearer" and ok
+
+    async def _vapi_call(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return web.json_response({"error": "missing or invalid bearer token"}, status=401)
+        if self.gateway.draining:
+            return web.json_response({"error": "draining"}, status=503)
+        try:
+            body = await request.json()
+        except ValueError:
+            m.BAD_INPUT.labels("vapi", "malformed_json").inc()
+            return web.json_response({"error": "body is not JSON"}, status=400)
+        try:
+            call = vapi_call_from(body, self.gateway.settings.gateway_vapi_listen_token.get_secret_value())
+        except BadRequest as exc:
+            m.BAD_INPUT.labels("vapi", "invalid_field").inc()
+            log.warning("bad input", extra={"stage": "vapi", "kind": "invalid_field", "error": str(exc)})
+            return web.json_response({"error": str(exc)}, status=400)
+        if call.vapi_call_id in self.listening:
+            return web.json_response({"error": "already listening to this call"}, status=409)
+        self.listening.add(call.vapi_call_id)
+        task = asyncio.create_task(self._listen(call))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return web.json_response({"callId": f"vapi-{call.vapi_call_id}"}, status=202)
+
+    async def _listen(self, call: VapiCall) -> None:
+        try:
+            await self.gateway.listen_vapi(call)
+        except RuntimeError:  # draining meanwhile
+            pass
+        finally:
+            self.listening.discard(call.vapi_call_id)
