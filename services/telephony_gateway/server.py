@@ -189,6 +189,8 @@ class Gateway:
             return await session.run()
         except Exception:  # a bug in one call must not touch the others
             log.exception("session failed", extra={"stage": "gateway", "call_id": session.report.call_id or None})
+            if session.bridge is not None:
+                await session.bridge.abort()  # the bridge ends the call with reason "disconnect"
             return session.report
         finally:
             self.sessions.discard(session)
