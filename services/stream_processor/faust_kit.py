@@ -71,6 +71,11 @@ BROKER_RETRY = RetryPolicy(max_attempts=None, max_elapsed_s=None, initial_delay_
 
 TIMER_ERRORS = Counter("lupita_stream_timer_errors_total", "Timer passes that failed (and were retried at the next tick)",
                        ["stage"])
+DEAD_LETTERS = Counter(
+    "lupita_stream_dead_letters_total",
+    "Records put on a stage's dead-letter topic, by stage and reason",
+    ["stage", "reason"],
+)
 BROKER_RETRIES = Counter(
     "lupita_stream_broker_retries_total",
     "Deliveries to Kafka tried again after a broker error, by stage and what was delivered",
@@ -118,6 +123,8 @@ class ChangeTracker:
     again sends the key's value as the table holds it *now* (never the failed old value, which
     could land after a newer one and leave the compacted changelog stale)."""
 
+    SLOW_S = 30.0
+
     def __init__(self) -> None:
         self.pending: dict[Any, tuple[Any, Any, int | None]] = {}  # future -> (table, key, partition)
         self.resent: dict[Any, Any] = {}  # failed future -> the future of its new send
@@ -159,7 +166,12 @@ class ChangeTracker:
         while todo:
             if stopped():
                 raise Abandoned(f"{stage}: table changes abandoned")
-            await asyncio.wait(todo)
+            _, waiting = await asyncio.wait(todo, timeout=self.SLOW_S)
+            if waiting:  # a producer that stopped sending would hold every record: say so
+                log.warning("table changes not yet confirmed by the broker; their records stay "
+                            "unacknowledged", extra={"stage": stage, "changes": len(waiting),
+                                                     "waited_s": self.SLOW_S})
+                await asyncio.wait(todo)
             failed = [f for f in todo if f.cancelled() or f.exception() is not None]
             if not failed:
                 return
@@ -297,6 +309,7 @@ async def dead_letter(topic: Any, msg: Any, key: bytes | None, value: bytes | No
     ]
     await deliver(lambda: publish(topic, key, value, headers=headers), stage=stage, what="dead_letter",
                   stopped=stopped)
+    DEAD_LETTERS.labels(stage, reason).inc()
 
 
 async def send_command(topic: Any, call_id: str, partition: int | None, cmd: str, **extra: Any) -> None:

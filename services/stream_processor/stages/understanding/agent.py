@@ -298,6 +298,12 @@ class UnderstandingStage:
             self.calls[call_id] = entry
             self._purge(msg.partition)
         jobs = self._alert_jobs(event, call_id, entry, generation)
+        if life is not None or tr.leg_complete:  # a few per call: what the call still waits for
+            log.info("call progress", extra={
+                "stage": STAGE, "call_id": call_id, "record": life.WhichOneof("event") if life else "leg_complete",
+                "partition": msg.partition, "offset": msg.offset, "ended": entry["ended"],
+                "legs_complete": entry["legs_complete"], "consent": entry["cu"].get("consent"),
+                "finishing": call_id in self._finishing, "alert_writes": len(jobs)})
         if ready_to_finish(entry) and call_id not in self._finishing:
             self._finishing[call_id] = generation
             jobs.append(self._finish(event, call_id, cu, generation))

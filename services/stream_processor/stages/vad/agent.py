@@ -244,7 +244,10 @@ class VadAgent:
         legs = value["legs"]
         log.info("vad call state loaded from the table", extra={
             "stage": "vad", "call_id": call_id, "status": value["call"]["status"],
-            "last_chunk_seq": {name: leg["last_seq"] for name, leg in legs.items()}})
+            "last_chunk_seq": {name: leg["last_seq"] for name, leg in legs.items()},
+            "cursor_s": {name: round(leg["cursor"] / (self.core.calls[call_id].rate or 8000), 3)
+                         for name, leg in legs.items()},
+            "at": f"{ev.message.topic}/{ev.message.partition}/{ev.message.offset}"})
 
     def _step_and_check(self, call_ids: list[str], now: float) -> list[SegmentOut]:
         """In the vad thread: the batched drain, then the calls that are due."""

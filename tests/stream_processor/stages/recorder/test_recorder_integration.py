@@ -250,6 +250,8 @@ def test_bad_records_are_counted_dead_lettered_and_do_not_stop_the_worker(
     ]
     reasons = ("undecodable", "invalid_call_id", "key_mismatch")
     before = {r: recorder_worker.metric("lupita_recorder_bad_records_total", reason=r) for r in reasons}
+    dead_before = {r: recorder_worker.metric("lupita_stream_dead_letters_total", stage="recorder", reason=r)
+                   for r in reasons}
     produce(recorder_settings.kafka_bootstrap, bad)
     record(good, topics, recorder_worker, s3, recorder_settings)  # the worker goes on
     expected = {"undecodable": before["undecodable"] + 2, "invalid_call_id": before["invalid_call_id"] + 1,
@@ -269,6 +271,10 @@ def test_bad_records_are_counted_dead_lettered_and_do_not_stop_the_worker(
         (unsafe.SerializeToString(), b"invalid_call_id"), (mismatch.SerializeToString(), b"key_mismatch"),
     }
     assert all(dict(h)["lupita-source"].startswith(b"test-") for _, h in dead)
+    # and counted by stage and reason (what the dead-letter alerts name)
+    wait_for("the dead letters to be counted by reason", lambda: {
+        r: recorder_worker.metric("lupita_stream_dead_letters_total", stage="recorder", reason=r) - dead_before[r]
+        for r in reasons} == {"undecodable": 2, "invalid_call_id": 1, "key_mismatch": 1}, timeout=10)
 
 
 def test_worker_logs_and_metrics_never_contain_a_phone_number(recorder_worker, recorded_call):
