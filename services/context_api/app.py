@@ -1,4 +1,5 @@
-"""The context API's HTTP application (FastAPI): ``POST /vapi/webhook``, ``/livez``, ``/readyz``.
+"""The context API's HTTP application (FastAPI): ``POST /vapi/webhook``, ``/livez``, ``/readyz``, and
+the JSON API under ``/v1`` (:mod:`context_api.api`) with its OpenAPI document ``/openapi.json``.
 
 The webhook reads the raw body (at most ``context_api_max_body_bytes``: more is 413), checks
 authentication over those exact bytes (401, nothing done), parses the JSON (400 when it is not
@@ -25,7 +26,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from context_api import auth, metrics
+from context_api import api, auth, metrics
 from context_api.context import one_line
 from context_api.settings import ContextApiSettings
 from context_api.store import Pool, StoreUnavailable, record_report, record_status
@@ -78,6 +79,7 @@ def create_app(settings: ContextApiSettings, pool: Pool | None = None) -> FastAP
     app = FastAPI(title="Lupita context API", version="0.1.0", docs_url=None, redoc_url=None)
     app.state.pool = pool
     app.state.tools = tools
+    api.install(app, settings, pool, tools)  # the JSON API, /v1
 
     @app.get("/livez")
     async def livez() -> dict[str, str]:

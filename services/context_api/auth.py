@@ -37,7 +37,13 @@ def check(settings: ContextApiSettings, headers: Mapping[str, str], body: bytes,
 
 
 def _bearer(settings: ContextApiSettings, headers: Mapping[str, str]) -> None:
-    value = headers.get(settings.context_api_bearer_header.lower())
+    check_token(headers, settings.context_api_bearer_header, settings.bearer_tokens())
+
+
+def check_token(headers: Mapping[str, str], header: str, tokens: tuple[str, ...]) -> None:
+    """``header`` holds one of ``tokens`` (with or without ``Bearer ``), compared in constant time;
+    no tokens configured: everything is refused. Also the JSON API's check."""
+    value = headers.get(header.lower())
     if not value:
         raise AuthError("auth_missing", "missing credential")
     value = value.strip()
@@ -45,7 +51,7 @@ def _bearer(settings: ContextApiSettings, headers: Mapping[str, str]) -> None:
         value = value[7:].strip()
     given = value.encode()
     ok = False
-    for token in settings.bearer_tokens():  # every token compared: no early exit
+    for token in tokens:  # every token compared: no early exit
         ok |= hmac.compare_digest(given, token.encode())
     if not ok:
         raise AuthError("auth_bad", "invalid credential")

@@ -1,10 +1,11 @@
 """A person's context for the voice agent: structured (JSON) and a compact Spanish brief.
 
-:func:`build` turns a :class:`~context_api.store.Snapshot` into ``{"known", "facts", "last_calls",
-"alerts", "pending_callbacks"}`` and the brief, a single line that never exceeds the character
-budget: sections go in order of use to the agent (alerts to follow up, facts, pending callbacks,
-last calls) and whatever does not fit is cut at an item boundary. An unknown person gets a
-well-formed empty context and a brief that says so.
+:func:`build` turns a :class:`~context_api.store.Snapshot` into ``{"known", "facts", "to_confirm",
+"last_calls", "alerts", "pending_callbacks"}`` and the brief, a single line that never exceeds the
+character budget: sections go in order of use to the agent (alerts to follow up, facts to confirm
+— "¿Sigue tomando la metformina?" —, facts with the protected ones first, pending callbacks, last
+calls) and whatever does not fit is cut at an item boundary. An unknown person gets a well-formed
+empty context and a brief that says so.
 """
 
 from __future__ import annotations
@@ -35,17 +36,52 @@ def one_line(text: Any, limit: int | None = None) -> str:
 
 
 def empty() -> dict[str, Any]:
-    return {"known": False, "facts": [], "last_calls": [], "alerts": [], "pending_callbacks": []}
+    return {"known": False, "facts": [], "to_confirm": [], "last_calls": [], "alerts": [], "pending_callbacks": []}
+
+
+def _item(key: str) -> str:
+    return key.partition(".")[0].replace("_", " ")
+
+
+def question(f: dict[str, Any]) -> str:
+    """What the agent should ask about an open question of the fact store (a protected fact the
+    analyzer heard contradicted): "¿Sigue tomando la metformina?"."""
+    base = f["fact_key"].partition(".")[0]
+    current = one_line(f.get("current_value") or f["fact_value"], 80)
+    proposed = one_line(f["fact_value"], 80)
+    if f.get("proposal") == "retraction":
+        if base == "medication":
+            return f"¿Sigue tomando {current}?"
+        if base == "allergy":
+            return f"¿Sigue teniendo alergia a {current}?"
+        if base in ("condition", "diagnosis"):
+            return f"¿Sigue con {current}?"
+        if base.startswith("emergency_contact"):
+            return f"¿{current[:1].upper() + current[1:]} sigue siendo su contacto de emergencia?"
+        return f"¿Sigue siendo así: {_item(f['fact_key'])} {current}?"
+    if base == "medication":
+        return f"¿Sigue tomando {current} o ahora {proposed}?"
+    if base.startswith("emergency_contact"):
+        return f"¿Su contacto de emergencia sigue siendo {current} o ahora es {proposed}?"
+    return f"¿{_item(f['fact_key']).capitalize()}: sigue siendo {current} o ahora es {proposed}?"
 
 
 def build(snap: Snapshot, now: datetime, tz: ZoneInfo, max_chars: int) -> tuple[dict[str, Any], str]:
     ctx = {
         "known": bool(snap.facts or snap.calls or snap.callbacks or snap.alerts),
+        # current facts, protected (medications, allergies, diagnoses, emergency contacts) first
         "facts": [
-            {"type": f["fact_type"], "key": f["fact_key"], "value": f["fact_value"],
+            {"id": f.get("id"), "type": f["fact_type"], "key": f["fact_key"], "value": f["fact_value"],
              "confidence": round(float(f["confidence"]), 3), "source": f["source"],
-             "observed_at": f["observed_at"].isoformat()}
-            for f in snap.facts
+             "observed_at": f["observed_at"].isoformat(), "protected": bool(f.get("protected")),
+             "observations": int(f.get("observation_count") or 1)}
+            for f in snap.facts if f.get("status", "current") == "current"
+        ],
+        # protected facts the analyzer heard contradicted: the agent asks
+        "to_confirm": [
+            {"id": f.get("id"), "type": f["fact_type"], "key": f["fact_key"], "current_value": f.get("current_value"),
+             "proposed": f.get("proposal"), "value": f["fact_value"], "question": question(f)}
+            for f in snap.facts if f.get("status") == "to_confirm"
         ],
         "last_calls": [
             {"call_id": c["call_id"], "started_at": c["started_at"].isoformat(),
@@ -76,6 +112,8 @@ def brief(ctx: dict[str, Any], max_chars: int) -> str:
             f"{a['when']}: {a['cue'].replace('_', ' ')} (gravedad {_SEVERITY_ES.get(a['severity'], a['severity'])})"
             + (f", dijo «{one_line(a['said'], 120)}»" if a["said"] else "") + "; pregunta cómo sigue"
             for a in ctx["alerts"]]))
+    if ctx["to_confirm"]:
+        sections.append(("Por confirmar con tacto", [q["question"] for q in ctx["to_confirm"]]))
     if ctx["facts"]:
         sections.append(("Lo que sabemos", [
             f"{_FACT_TYPE_ES.get(f['type'], f['type'])}, {f['key'].replace('_', ' ')}: {one_line(f['value'], 120)}"

@@ -32,6 +32,23 @@ TOOL_SECONDS = Histogram("lupita_context_api_tool_call_seconds", "Time to answer
 REPORTS = Counter("lupita_context_api_end_of_call_reports_total",
                   "end-of-call-report messages, stored or a duplicate of one stored", ["outcome"])
 
+API_ENDPOINTS = ("context", "facts_list", "facts_add", "facts_retract", "callbacks_list", "callbacks_create",
+                 "callbacks_cancel")
+API_STATUSES = ("ok", "error", "invalid", "unavailable")
+API_REJECTIONS = ("auth_missing", "auth_bad", "too_large", "invalid")
+API_REQUESTS = Counter("lupita_context_api_api_requests_total", "JSON API (/v1) requests handled, by endpoint and status",
+                       ["endpoint", "status"])
+API_SECONDS = Histogram("lupita_context_api_api_request_seconds", "Time of a JSON API (/v1) request's store work",
+                        ["endpoint"], buckets=_LATENCY)
+API_REJECTED = Counter("lupita_context_api_api_rejected_total",
+                       "JSON API (/v1) requests refused before any handling (401, 413, 422), by reason", ["reason"])
+
+for _e in API_ENDPOINTS:
+    API_SECONDS.labels(_e)
+    for _s in API_STATUSES:
+        API_REQUESTS.labels(_e, _s)
+for _r in API_REJECTIONS:
+    API_REJECTED.labels(_r)
 for _t in MESSAGE_TYPES:
     MESSAGES.labels(_t)
 for _r in REJECTIONS:

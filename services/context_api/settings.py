@@ -42,6 +42,10 @@ class ContextApiSettings(CommonSettings):
     # a signature whose timestamp is further than this from now (either way) is refused
     context_api_hmac_max_age_seconds: float = Field(default=300.0, gt=0, le=86400)
 
+    # The JSON API (/v1): accepted bearer credentials (comma-separated, header Authorization).
+    # Empty: the webhook's bearer tokens (auth mode bearer); in hmac mode with none set, /v1 refuses all.
+    context_api_api_tokens: SecretStr = SecretStr("")
+
     # Largest request body (bytes); more = 413.
     context_api_max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
     # assistant-request: answer within this, with a minimal context if the store is slower.
@@ -95,6 +99,13 @@ class ContextApiSettings(CommonSettings):
     def bearer_tokens(self) -> tuple[str, ...]:
         raw = self.context_api_bearer_tokens.get_secret_value()
         return tuple(t.strip() for t in raw.split(",") if t.strip())
+
+    def api_tokens(self) -> tuple[str, ...]:
+        raw = self.context_api_api_tokens.get_secret_value()
+        own = tuple(t.strip() for t in raw.split(",") if t.strip())
+        if own:
+            return own
+        return self.bearer_tokens() if self.context_api_auth_mode == "bearer" else ()
 
     @property
     def tz(self) -> ZoneInfo:

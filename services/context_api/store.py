@@ -1,9 +1,8 @@
 """Postgres access of the context API: a small pool of synchronous psycopg connections used from
 worker threads (never on the event loop), and every read and write the webhook needs.
 
-Reads are by ``phone_number_hash`` on indexed columns. Facts are written through the stream
-processor's own :func:`stream_processor.stores.postgres.upsert_fact` (one fact rule for the
-analyzer and the agent). Each connection carries a statement timeout, so a slow store costs a
+Reads are by ``phone_number_hash`` on indexed columns. Facts are read and written through
+:mod:`lupita.facts`, the one fact store the stream processor's analyzer writes through too. Each connection carries a statement timeout, so a slow store costs a
 bounded time; a connection that saw an error is closed instead of returned.
 """
 
@@ -18,6 +17,8 @@ from typing import Any, Iterator
 
 import psycopg
 from psycopg.rows import dict_row
+
+from lupita.facts import live as live_facts
 
 
 class StoreUnavailable(RuntimeError):
@@ -107,11 +108,6 @@ class Snapshot:
     callbacks: list[dict[str, Any]]
 
 
-_FACTS = """
-SELECT fact_type, fact_key, fact_value, confidence, source, observed_at
-FROM user_facts WHERE phone_number_hash = %s AND is_active
-ORDER BY confidence DESC, observed_at DESC, id DESC LIMIT %s
-"""
 _CALLS = """
 SELECT call_id, started_at, ended_at, summary, emotion_primary, topics
 FROM companion_calls
@@ -133,8 +129,8 @@ ORDER BY scheduled_for LIMIT 5
 
 def read_person(conn: psycopg.Connection, person: str, *, max_facts: int, recent_calls: int,
                 alert_days: int) -> Snapshot:
-    cur = conn.cursor(row_factory=dict_row)  # the connection keeps tuple rows (upsert_fact reads them so)
-    facts = cur.execute(_FACTS, (person, max_facts)).fetchall()
+    cur = conn.cursor(row_factory=dict_row)  # the connection keeps tuple rows (lupita.facts reads them so)
+    facts = live_facts(conn, person, max_facts)  # current facts and open questions, protected first
     calls = cur.execute(_CALLS, (person, recent_calls)).fetchall() if recent_calls else []
     alerts = cur.execute(_ALERTS, (person, alert_days)).fetchall() if alert_days else []
     callbacks = cur.execute(_CALLBACKS, (person,)).fetchall()
@@ -209,3 +205,35 @@ def record_status(conn: psycopg.Connection, **row: Any) -> None:
 def record_report(conn: psycopg.Connection, **row: Any) -> bool:
     """True when stored, False when this call's report was already stored (a redelivery)."""
     return conn.execute(_REPORT, row).fetchone() is not None
+
+
+# --------------------------------------------------------------------------- callbacks (JSON API)
+
+CALLBACK_COLUMNS = "id, scheduled_for, reason, status, call_id, created_at, updated_at"
+
+
+def list_callbacks(conn: psycopg.Connection, person: str, *, include_closed: bool) -> list[dict[str, Any]]:
+    """The person's callbacks, soonest first: pending ones only, or all (dispatched, cancelled…)."""
+    where = "" if include_closed else " AND status = 'pending'"
+    return conn.cursor(row_factory=dict_row).execute(
+        f"SELECT {CALLBACK_COLUMNS} FROM scheduled_callbacks WHERE phone_number_hash = %s{where} "
+        "ORDER BY scheduled_for, id LIMIT 200", (person,)).fetchall()
+
+
+def get_callback(conn: psycopg.Connection, person: str, *, when: datetime) -> dict[str, Any] | None:
+    return conn.cursor(row_factory=dict_row).execute(
+        f"SELECT {CALLBACK_COLUMNS} FROM scheduled_callbacks WHERE phone_number_hash = %s AND status = 'pending' "
+        "AND scheduled_for = %s", (person, when)).fetchone()
+
+
+def cancel_callback(conn: psycopg.Connection, person: str, callback_id: int) -> tuple[str, dict[str, Any] | None]:
+    """("cancelled", row) | ("not_pending", row) | ("not_found", None): only the person's own."""
+    cur = conn.cursor(row_factory=dict_row)
+    row = cur.execute(
+        f"UPDATE scheduled_callbacks SET status = 'cancelled', updated_at = now() WHERE id = %s AND "
+        f"phone_number_hash = %s AND status = 'pending' RETURNING {CALLBACK_COLUMNS}", (callback_id, person)).fetchone()
+    if row is not None:
+        return "cancelled", row
+    row = cur.execute(f"SELECT {CALLBACK_COLUMNS} FROM scheduled_callbacks WHERE id = %s AND phone_number_hash = %s",
+                      (callback_id, person)).fetchone()
+    return ("not_pending", row) if row is not None else ("not_found", None)

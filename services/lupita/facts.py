@@ -507,3 +507,10 @@ def history(conn: psycopg.Connection, person: str, *, fact_type: str | None = No
         for r in rows:
             r["observations"] = by_fact.get(r["id"], [])
     return rows
+
+
+def get(conn: psycopg.Connection, person: str, fact_id: int) -> dict[str, Any] | None:
+    """One row of ``person`` by id (another person's id: None)."""
+    return conn.cursor(row_factory=dict_row).execute(
+        f"SELECT {FACT_COLUMNS} FROM user_facts WHERE id = %s AND phone_number_hash = %s",
+        (fact_id, person)).fetchone()
