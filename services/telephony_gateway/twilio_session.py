@@ -44,6 +44,7 @@ from .joiner import FrameJoiner
 from .reorder import Reorderer
 from .settings import GatewaySettings
 from .timeline import TrackTimeline
+from .wsutil import close_draining
 
 log = logging.getLogger("telephony_gateway.twilio")
 
@@ -187,13 +188,13 @@ class TwilioSession:
             m.LIVE_CALLS.labels(SOURCE).dec()
         self.report.outcome = outcome
         m.CALLS.labels(SOURCE, outcome).inc()
-        try:
-            await self.ws.close(code, reason)
-        except Exception:  # the socket may be gone already
-            pass
+        await self._close_socket(code, reason)
         log.info("call ended", extra=self._extra(outcome=outcome, frames=self.report.frames, gaps=self.report.gaps,
                                                  bad_input=self.report.bad_input or None))
         return self.report
+
+    async def _close_socket(self, code: int, reason: str) -> None:
+        await close_draining(self.ws, code, reason)
 
     async def _recv(self, timeout: float) -> str | bytes:
         try:

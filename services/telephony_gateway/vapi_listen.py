@@ -41,6 +41,7 @@ from .bridge_client import BridgeCall
 from .errors import BadInput, BridgeFailed
 from .settings import GatewaySettings
 from .twilio_session import SessionReport
+from .wsutil import close_draining
 
 log = logging.getLogger("telephony_gateway.vapi")
 
@@ -124,11 +125,14 @@ class VapiSession:
                                max_size=self.settings.gateway_max_message_bytes, max_queue=16,
                                open_timeout=self.settings.gateway_start_timeout_seconds, compression=None) as ws:
                 self.ws = ws
-                first = await self._first_message()
-                await self._open_bridge()
-                live = True
-                m.LIVE_CALLS.labels(SOURCE).inc()
-                outcome = await self._stream(first)
+                try:
+                    first = await self._first_message()
+                    await self._open_bridge()
+                    live = True
+                    m.LIVE_CALLS.labels(SOURCE).inc()
+                    outcome = await self._stream(first)
+                finally:
+                    await close_draining(ws)
         except _End as end:
             outcome = end.outcome
         except BadInput as exc:

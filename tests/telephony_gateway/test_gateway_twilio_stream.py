@@ -347,3 +347,26 @@ async def test_a_bridge_lost_mid_call_ends_the_call_with_reason_bridge_error(sta
         result = await asyncio.wait_for(task, 30)
     assert result.close_code == 1011 and "bridge" in result.close_reason
     assert d(*outcome("bridge_error")) == 1
+
+
+async def test_without_a_serving_bridge_the_gateway_is_not_ready_and_a_call_is_closed_with_unavailable(stack_env):
+    import urllib.error
+    import urllib.request
+
+    from procs import free_port
+
+    class NoBridge:  # a port nothing listens on
+        target = f"127.0.0.1:{free_port()}"
+
+    _, call = twilio_call(0.2, seed=17)
+    d = Deltas(outcome("bridge_error"), ("lupita_gateway_bridge_errors_total", {"source": "twilio", "code": "UNAVAILABLE"}))
+    async with running_gateway(NoBridge, "any-token") as gw:
+        with pytest.raises(urllib.error.HTTPError) as not_ready:
+            await asyncio.to_thread(urllib.request.urlopen, f"http://127.0.0.1:{gw.port}/readyz", timeout=5)
+        live = await asyncio.to_thread(urllib.request.urlopen, f"http://127.0.0.1:{gw.port}/livez", timeout=5)
+        assert live.status == 200
+        result = await play(gw, call)
+    assert not_ready.value.code == 503
+    assert result.close_code == 1011 and "UNAVAILABLE" in result.close_reason
+    assert d(*outcome("bridge_error")) == 1
+    assert d("lupita_gateway_bridge_errors_total", source="twilio", code="UNAVAILABLE") == 1
