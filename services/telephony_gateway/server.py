@@ -31,7 +31,8 @@ from .control import ControlApi
 from .bridge_client import make_channel
 from .errors import BadInput
 from .settings import GatewaySettings
-from .twilio_session import SessionReport, TwilioSession
+from .session import SessionReport
+from .twilio_session import TwilioSession
 from .vapi_listen import VapiCall, VapiSession
 
 log = logging.getLogger("telephony_gateway")

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
 
 import grpc
 from websockets.exceptions import ConnectionClosed
@@ -42,6 +41,7 @@ from .bridge_client import BridgeCall
 from .errors import BadInput, BridgeFailed
 from .joiner import FrameJoiner
 from .reorder import Reorderer
+from .session import SessionBase, SessionReport
 from .settings import GatewaySettings
 from .timeline import TrackTimeline
 from .wsutil import close_draining
@@ -65,21 +65,6 @@ class _End(Exception):
         self.outcome = outcome
         self.close_code = close_code
         self.reason = reason
-
-
-@dataclass
-class SessionReport:
-    """What happened to one stream (never holds the phone number)."""
-
-    outcome: str = "rejected"
-    call_id: str = ""
-    call_sid: str = ""
-    stream_sid: str = ""
-    messages: int = 0  # websocket messages read off the socket
-    frames: dict[str, int] = field(default_factory=dict)
-    gaps: dict[str, int] = field(default_factory=dict)
-    bad_input: dict[str, int] = field(default_factory=dict)
-    bridge_error: str = ""
 
 
 def call_start_from(start: tw.Start, settings: GatewaySettings, started_at_us: int) -> pb.CallStart:
@@ -121,38 +106,28 @@ def call_start_from(start: tw.Start, settings: GatewaySettings, started_at_us: i
     )
 
 
-class TwilioSession:
+class TwilioSession(SessionBase):
     """Runs one websocket connection to its end; :meth:`run` never raises for the peer's or the
     bridge's faults (they become the outcome)."""
 
+    source = SOURCE
+
     def __init__(self, ws, settings: GatewaySettings, channel: grpc.aio.Channel) -> None:
+        super().__init__(log)
         self.ws = ws
         self.settings = settings
         self.channel = channel
-        self.report = SessionReport()
-        self.bridge: BridgeCall | None = None
         self._started_at_us = 0
         self._reorder: Reorderer | None = None
         self._tracks: dict[str, TrackTimeline] = {}
         self._joiners: dict[str, FrameJoiner] = {}
         self._stream_sid = ""
-        self._warned: set[str] = set()
         self._shutdown = False
         self._bridge_lost = False
         self._end_ms = 0.0
 
-    # -- logging and counting -------------------------------------------------------------------
-
-    def _extra(self, **kw) -> dict:
-        return {"call_id": self.report.call_id or None, "stage": SOURCE, "call_sid": self.report.call_sid or None,
-                "stream_sid": self._stream_sid or None, **kw}
-
-    def _bad(self, exc: BadInput) -> None:
-        m.BAD_INPUT.labels(SOURCE, exc.kind).inc()
-        self.report.bad_input[exc.kind] = self.report.bad_input.get(exc.kind, 0) + 1
-        if exc.kind not in self._warned or exc.fatal:  # one line per kind and call: a flood stays one line
-            self._warned.add(exc.kind)
-            log.warning("bad input", extra=self._extra(kind=exc.kind, error=exc.message, fatal=exc.fatal))
+    def extra(self, **kw) -> dict:
+        return super().extra(stream_sid=self._stream_sid or None, **kw)
 
     # -- the connection -------------------------------------------------------------------------
 
@@ -163,34 +138,28 @@ class TwilioSession:
 
     async def run(self) -> SessionReport:
         outcome, code, reason = "rejected", CLOSE_NORMAL, ""
-        live = False
         try:
             start = await self._await_start()
             await self._open_bridge(start)
-            live = True
-            m.LIVE_CALLS.labels(SOURCE).inc()
+            self.went_live()
             outcome = await self._stream()
         except _End as end:
             outcome, code, reason = end.outcome, end.close_code, end.reason
         except BridgeFailed as exc:
             outcome, code, reason = "bridge_error", CLOSE_ERROR, f"bridge {exc.code}"[:120]
-            self._bridge_failed(exc)
-        if self.bridge is not None:
-            if outcome == "bridge_error":
-                if not self.report.bridge_error:
-                    self._bridge_failed(self.bridge.failure())
+            self.bridge_failed(exc)
+        if self._bridge_lost and outcome != "bridge_error":
+            outcome, code, reason = "bridge_error", CLOSE_ERROR, "bridge error"
+        try:
+            ended = await self.end_bridge(outcome, self._started_at_us + int(self._end_ms * 1000))
+        except asyncio.CancelledError:
+            if self.bridge is not None:
                 await self.bridge.abort()
-            else:
-                outcome = await self._end_bridge(outcome)
-                if outcome == "bridge_error":
-                    code, reason = CLOSE_ERROR, "bridge error"
-        if live:
-            m.LIVE_CALLS.labels(SOURCE).dec()
-        self.report.outcome = outcome
-        m.CALLS.labels(SOURCE, outcome).inc()
+            raise
+        if ended != outcome:  # the bridge did not close the call cleanly
+            outcome, code, reason = ended, CLOSE_ERROR, "bridge error"
+        self.finish(outcome)
         await self._close_socket(code, reason)
-        log.info("call ended", extra=self._extra(outcome=outcome, frames=self.report.frames, gaps=self.report.gaps,
-                                                 bad_input=self.report.bad_input or None))
         return self.report
 
     async def _close_socket(self, code: int, reason: str) -> None:
@@ -203,11 +172,11 @@ class TwilioSession:
             self.report.messages += 1
             return raw
         except asyncio.TimeoutError:
-            self._bad(BadInput("stalled", f"no message for {timeout:.0f} s", fatal=True))
+            self.bad(BadInput("stalled", f"no message for {timeout:.0f} s", fatal=True))
             raise _End("stalled", CLOSE_POLICY, "stalled: no message within the idle timeout") from None
         except ConnectionClosed as exc:
             if exc.sent is not None and exc.sent.code == CLOSE_TOO_BIG:
-                self._bad(BadInput("oversize_message",
+                self.bad(BadInput("oversize_message",
                                    f"a message over {self.settings.gateway_max_message_bytes} bytes", fatal=True))
                 raise _End("oversize_message", CLOSE_TOO_BIG, "message too big") from None
             if self._shutdown:
@@ -218,12 +187,12 @@ class TwilioSession:
 
     def _parse(self, raw: str | bytes) -> tw.Event | None:
         if isinstance(raw, bytes):
-            self._bad(BadInput("binary_frame", f"binary frame of {len(raw)} bytes (Twilio sends JSON text)"))
+            self.bad(BadInput("binary_frame", f"binary frame of {len(raw)} bytes (Twilio sends JSON text)"))
             return None
         try:
             return tw.parse(raw)
         except BadInput as exc:
-            self._bad(exc)
+            self.bad(exc)
             return None
 
     async def _await_start(self) -> tw.Start:
@@ -231,18 +200,17 @@ class TwilioSession:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                self._bad(BadInput("stalled", "no start message within the start timeout", fatal=True))
+                self.bad(BadInput("stalled", "no start message within the start timeout", fatal=True))
                 raise _End("rejected", CLOSE_POLICY, "no start message")
             event = self._parse(await self._recv(left))
             if isinstance(event, tw.Start):
                 return event
             if isinstance(event, tw.Connected):
                 if event.protocol != "Call":
-                    self._bad(BadInput("media_format", "connected.protocol is not 'Call'", fatal=True))
-                    m.FORMAT_MISMATCHES.labels(SOURCE).inc()
+                    self.bad(BadInput("media_format", "connected.protocol is not 'Call'", fatal=True))
                     raise _End("media_format", CLOSE_UNSUPPORTED, "unsupported protocol")
             elif event is not None:
-                self._bad(BadInput("before_start", f"{type(event).__name__.lower()} before the start message"))
+                self.bad(BadInput("before_start", f"{type(event).__name__.lower()} before the start message"))
 
     async def _open_bridge(self, start: tw.Start) -> None:
         self._stream_sid = start.stream_sid
@@ -252,9 +220,8 @@ class TwilioSession:
         try:
             call_start = call_start_from(start, self.settings, self._started_at_us)
         except BadInput as exc:
-            self._bad(exc)
+            self.bad(exc)
             if exc.kind == "media_format":
-                m.FORMAT_MISMATCHES.labels(SOURCE).inc()
                 raise _End("media_format", CLOSE_UNSUPPORTED, "unsupported media format") from None
             raise _End("rejected", CLOSE_POLICY, exc.kind) from None
         self.report.call_id = call_start.call_id
@@ -270,7 +237,7 @@ class TwilioSession:
         self.bridge = BridgeCall(self.channel, self.settings.bridge_token, call_start,
                                  close_timeout_s=self.settings.gateway_bridge_close_seconds)
         await self.bridge.open()  # BridgeFailed: refused
-        log.info("call started", extra=self._extra(tracks=list(start.tracks), consent=call_start.recording_consent,
+        log.info("call started", extra=self.extra(tracks=list(start.tracks), consent=call_start.recording_consent,
                                                    codec=self.settings.gateway_forward_codec))
 
     async def _stream(self) -> str:
@@ -283,17 +250,17 @@ class TwilioSession:
                 if event is None:
                     continue
                 if isinstance(event, (tw.Start, tw.Connected)):
-                    self._bad(BadInput("second_start", f"{type(event).__name__.lower()} after the start message"))
+                    self.bad(BadInput("second_start", f"{type(event).__name__.lower()} after the start message"))
                     continue
                 if event.stream_sid != self._stream_sid:
-                    self._bad(BadInput("stream_sid", "a message of another streamSid on this socket"))
+                    self.bad(BadInput("stream_sid", "a message of another streamSid on this socket"))
                     continue
                 if event.sequence_number is None:
                     ready, dropped = [event], None
                 else:
                     ready, dropped = self._reorder.push(event.sequence_number, event)
                 if dropped is not None:
-                    self._bad(BadInput(dropped, f"sequenceNumber {event.sequence_number} {dropped}"))
+                    self.bad(BadInput(dropped, f"sequenceNumber {event.sequence_number} {dropped}"))
                 for item in ready:
                     if await self._handle(item, received):
                         return "completed"
@@ -334,15 +301,14 @@ class TwilioSession:
     async def _media(self, media: tw.Media, received: float) -> None:
         timeline = self._tracks.get(media.track)
         if timeline is None:
-            self._bad(BadInput("invalid_field", f"media of track {media.track!r}, not announced in start.tracks"))
+            self.bad(BadInput("invalid_field", f"media of track {media.track!r}, not announced in start.tracks"))
             return
         gaps_before = timeline.stats.gaps
         try:
             placed = timeline.place(media.chunk, media.timestamp_ms, len(media.payload))
         except BadInput as exc:
-            self._bad(exc)
+            self.bad(exc)
             if exc.fatal:
-                m.FORMAT_MISMATCHES.labels(SOURCE).inc()
                 raise _End("media_format", CLOSE_UNSUPPORTED, "audio does not match the announced format") from None
             return
         leg = TRACK_LEGS[media.track]
@@ -366,30 +332,8 @@ class TwilioSession:
     async def _send(self, leg: int, seq: int, capture_ts_us: int, payload: bytes) -> None:
         await self.bridge.send(pb.AudioFrame(leg=leg, seq=seq, capture_ts_us=capture_ts_us, payload=payload))
 
-    async def _flush_joiners(self) -> None:
+    async def before_end(self) -> None:
         """What the joiners still hold goes to the bridge before CallEnd (the end of the stream)."""
         for track, joiner in self._joiners.items():
             for joined in joiner.flush():
                 await self._send(TRACK_LEGS[track], joined.seq, joined.capture_ts_us, joined.payload)
-
-    def _bridge_failed(self, exc: BridgeFailed) -> None:
-        m.BRIDGE_ERRORS.labels(SOURCE, exc.code).inc()
-        self.report.bridge_error = f"{exc.code}: {exc.detail}"
-        log.error("bridge failed", extra=self._extra(code=exc.code, error=exc.detail[:300]))
-
-    async def _end_bridge(self, outcome: str) -> str:
-        """CallEnd with the outcome as reason (``completed`` for a stop); the bridge's failure to
-        close cleanly turns the outcome into ``bridge_error``."""
-        ended_at_us = self._started_at_us + int(self._end_ms * 1000)
-        try:
-            if self._bridge_lost:
-                raise self.bridge.failure()
-            await self._flush_joiners()
-            await self.bridge.end(outcome, ended_at_us)
-        except BridgeFailed as exc:
-            self._bridge_failed(exc)
-            return "bridge_error"
-        except asyncio.CancelledError:
-            await self.bridge.abort()
-            raise
-        return outcome

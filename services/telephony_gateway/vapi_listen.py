@@ -40,7 +40,7 @@ from . import metrics as m
 from .bridge_client import BridgeCall
 from .errors import BadInput, BridgeFailed
 from .settings import GatewaySettings
-from .twilio_session import SessionReport
+from .session import SessionBase, SessionReport
 from .wsutil import close_draining
 
 log = logging.getLogger("telephony_gateway.vapi")
@@ -77,15 +77,17 @@ class _End(Exception):
         self.outcome = outcome
 
 
-class VapiSession:
+class VapiSession(SessionBase):
     """Listens to one call until it ends; :meth:`run` never raises for VAPI's or the bridge's faults."""
 
+    source = SOURCE
+
     def __init__(self, call: VapiCall, settings: GatewaySettings, channel: grpc.aio.Channel) -> None:
+        super().__init__(log)
         self.call = call
         self.settings = settings
         self.channel = channel
-        self.report = SessionReport(call_id=f"vapi-{call.vapi_call_id}", call_sid=call.vapi_call_id)
-        self.bridge: BridgeCall | None = None
+        self.report.call_id, self.report.call_sid = f"vapi-{call.vapi_call_id}", call.vapi_call_id
         self.ws = None
         self.rate = call.sample_rate
         self.channels = call.channels
@@ -94,18 +96,7 @@ class VapiSession:
         self._seq = 0
         self._started_at_us = 0
         self._first_audio: float | None = None
-        self._warned: set[str] = set()
         self._shutdown = False
-
-    def _extra(self, **kw) -> dict:
-        return {"call_id": self.report.call_id, "stage": SOURCE, "vapi_call_id": self.call.vapi_call_id, **kw}
-
-    def _bad(self, exc: BadInput) -> None:
-        m.BAD_INPUT.labels(SOURCE, exc.kind).inc()
-        self.report.bad_input[exc.kind] = self.report.bad_input.get(exc.kind, 0) + 1
-        if exc.kind not in self._warned or exc.fatal:
-            self._warned.add(exc.kind)
-            log.warning("bad input", extra=self._extra(kind=exc.kind, error=exc.message, fatal=exc.fatal))
 
     def shutdown(self) -> None:
         self._shutdown = True
@@ -114,7 +105,6 @@ class VapiSession:
 
     async def run(self) -> SessionReport:
         outcome = "rejected"
-        live = False
         try:
             try:
                 normalize_phone(self.call.phone)
@@ -128,49 +118,28 @@ class VapiSession:
                 try:
                     first = await self._first_message()
                     await self._open_bridge()
-                    live = True
-                    m.LIVE_CALLS.labels(SOURCE).inc()
+                    self.went_live()
                     outcome = await self._stream(first)
                 finally:
                     await close_draining(ws)
         except _End as end:
             outcome = end.outcome
         except BadInput as exc:
-            self._bad(exc)
+            self.bad(exc)
             outcome = "media_format" if exc.kind == "media_format" else "rejected"
-            if exc.kind == "media_format":
-                m.FORMAT_MISMATCHES.labels(SOURCE).inc()
         except InvalidStatus as exc:
-            log.error("listen socket refused", extra=self._extra(status=exc.response.status_code))
-            outcome = "rejected"
+            self.log.error("listen socket refused", extra=self.extra(status=exc.response.status_code))
         except (OSError, asyncio.TimeoutError) as exc:
-            log.error("listen socket unreachable", extra=self._extra(error=type(exc).__name__))
-            outcome = "rejected"
+            self.log.error("listen socket unreachable", extra=self.extra(error=type(exc).__name__))
         except BridgeFailed as exc:
             outcome = "bridge_error"
-            self._bridge_failed(exc)
-        if self.bridge is not None:
-            if outcome == "bridge_error":
-                await self.bridge.abort()
-            else:
-                try:
-                    await self._flush_tail()
-                    await self.bridge.end(outcome, self._started_at_us + self._samples * 1_000_000 // self.rate)
-                except BridgeFailed as exc:
-                    self._bridge_failed(exc)
-                    outcome = "bridge_error"
-        if live:
-            m.LIVE_CALLS.labels(SOURCE).dec()
-        self.report.outcome = outcome
-        m.CALLS.labels(SOURCE, outcome).inc()
-        log.info("call ended", extra=self._extra(outcome=outcome, frames=self.report.frames,
-                                                 bad_input=self.report.bad_input or None))
+            self.bridge_failed(exc)
+        outcome = await self.end_bridge(outcome, self._started_at_us + self._samples * 1_000_000 // self.rate)
+        self.finish(outcome)
         return self.report
 
-    def _bridge_failed(self, exc: BridgeFailed) -> None:
-        m.BRIDGE_ERRORS.labels(SOURCE, exc.code).inc()
-        self.report.bridge_error = f"{exc.code}: {exc.detail}"
-        log.error("bridge failed", extra=self._extra(code=exc.code, error=exc.detail[:300]))
+    async def before_end(self) -> None:
+        await self._flush_tail()
 
     async def _flush_tail(self) -> None:
         """The audio short of a whole bridge frame at the end is sent as a shorter frame (a
@@ -190,13 +159,13 @@ class VapiSession:
             self.report.messages += 1
             return raw
         except asyncio.TimeoutError:
-            self._bad(BadInput("stalled", f"no message for {timeout:.0f} s", fatal=True))
+            self.bad(BadInput("stalled", f"no message for {timeout:.0f} s", fatal=True))
             raise _End("stalled") from None
         except ConnectionClosedOK:
             raise _End("shutdown" if self._shutdown else "completed") from None
         except ConnectionClosed as exc:
             if exc.sent is not None and exc.sent.code == 1009:
-                self._bad(BadInput("oversize_message", f"a message over {self.settings.gateway_max_message_bytes} bytes",
+                self.bad(BadInput("oversize_message", f"a message over {self.settings.gateway_max_message_bytes} bytes",
                                    fatal=True))
                 raise _End("oversize_message") from None
             raise _End("shutdown" if self._shutdown else "disconnect") from None
@@ -223,7 +192,7 @@ class VapiSession:
         try:
             return json.loads(raw)
         except ValueError:
-            self._bad(BadInput("malformed_json", f"text frame of {len(raw)} characters is not JSON"))
+            self.bad(BadInput("malformed_json", f"text frame of {len(raw)} characters is not JSON"))
             return None
 
     async def _open_bridge(self) -> None:
@@ -238,7 +207,7 @@ class VapiSession:
         self.bridge = BridgeCall(self.channel, self.settings.bridge_token, start,
                                  close_timeout_s=self.settings.gateway_bridge_close_seconds)
         await self.bridge.open()
-        log.info("call started", extra=self._extra(sample_rate=self.rate, channels=self.channels, consent=c.consent))
+        log.info("call started", extra=self.extra(sample_rate=self.rate, channels=self.channels, consent=c.consent))
 
     async def _stream(self, first) -> str:
         raw = first
@@ -252,13 +221,13 @@ class VapiSession:
                     if isinstance(msg, dict):
                         kind = str(msg.get("type", ""))[:40] or "untyped"
                         if kind == "start":
-                            self._bad(BadInput("second_start", "a start text frame after the audio began"))
+                            self.bad(BadInput("second_start", "a start text frame after the audio began"))
                         else:
                             m.EVENTS.labels(SOURCE, kind).inc()
                         if kind in END_TYPES:
                             return "completed"
                     elif msg is not None:
-                        self._bad(BadInput("malformed_json", f"text frame is a JSON {type(msg).__name__}, not an object"))
+                        self.bad(BadInput("malformed_json", f"text frame is a JSON {type(msg).__name__}, not an object"))
             if self.bridge.finished and not self.bridge.ending:
                 raise self.bridge.failure()
             raw = await self._recv(self.settings.gateway_idle_timeout_seconds)
