@@ -26,7 +26,9 @@ OUTCOMES = (
 
 CALLS = Counter("lupita_gateway_calls_total", "Calls finished by the gateway, by source and outcome", ["source", "outcome"])
 LIVE_CALLS = Gauge("lupita_gateway_live_calls", "Calls currently streaming through this gateway", ["source"])
-FRAMES = Counter("lupita_gateway_frames_total", "Audio frames forwarded to the bridge", ["source", "leg"])
+FRAMES = Counter("lupita_gateway_frames_total",
+                 "Audio frames forwarded toward the bridge (Twilio: its 20 ms frames, before joining; VAPI: the "
+                 "bridge frames cut from the byte stream)", ["source", "leg"])
 GAPS = Counter("lupita_gateway_gaps_total", "Holes in a leg's audio (frames lost upstream), marked for the bridge",
                ["source", "leg"])
 GAP_SECONDS = Counter("lupita_gateway_gap_seconds_total", "Audio missing in those holes", ["source", "leg"])
@@ -42,7 +44,8 @@ BRIDGE_ERRORS = Counter("lupita_gateway_bridge_errors_total", "Calls the bridge 
                         ["source", "code"])
 FORWARD_SECONDS = Histogram(
     "lupita_gateway_forward_seconds",
-    "From a media message read off the source's socket until its frame is written to the bridge (credit waits included)",
+    "From a media message read off the source's socket until its audio is handed on (written to the bridge, or "
+    "held to be joined; credit waits included)",
     ["source"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
