@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.datastructures import Headers
 
 from context_api import auth, metrics
+from context_api.erasure import Eraser, ErasureFailed
 from context_api.phones import InvalidPhone, person_hash
 from context_api.settings import ContextApiSettings
 from context_api.store import Pool, StoreUnavailable, cancel_callback, get_callback, list_callbacks, schedule_callback
@@ -184,6 +185,30 @@ class Context(BaseModel):
     person_id: str
     context: dict[str, Any] = Field(description="known, facts, to_confirm, last_calls, alerts, pending_callbacks")
     brief: str = Field(description="the compact Spanish brief the voice agent gets")
+
+
+class ErasureRequest(PersonRef):
+    confirm: Literal[True] = Field(description="must be true: erasure cannot be undone")
+
+
+class RetainedObject(BaseModel):
+    call_id: str
+    bucket: str
+    key: str
+    version_id: str
+    lock_mode: str | None
+    until: datetime = Field(description="the end of its legal retention")
+    why: str
+    then: str
+
+
+class ErasureReport(BaseModel):
+    person_id: str
+    erasure_id: int
+    erased_at: datetime
+    removed: dict[str, Any] = Field(description="rows / objects removed per table, S3 and Weaviate collection")
+    retained: list[RetainedObject] = Field(description="kept by law, queued for deletion when the retention ends")
+    not_linked: str
 
 
 class ErrorBody(BaseModel):
@@ -420,6 +445,30 @@ def install(app: FastAPI, settings: ContextApiSettings, pool: Pool, tools: Tools
         if outcome == "not_pending":
             raise ApiError(409, f"the callback is {row['status']}, not pending")
         return CallbackWritten(person_id=person, outcome="cancelled", callback=_callback(row))
+
+    eraser = Eraser(settings)
+
+    @router.post("/erasure", response_model=ErasureReport,
+                 responses={503: {"model": ErrorBody, "description": "a store failed: nothing in Postgres removed yet; ask again"}},
+                 summary="Erase a person (ARCO): what was removed, what is retained, why and until when")
+    async def erasure(body: ErasureRequest) -> ErasureReport:
+        person = person_of(body)
+        started = time.perf_counter()
+        status = "ok"
+        try:
+            out = await asyncio.wait_for(
+                asyncio.to_thread(eraser.erase, pool, person, settings.context_api_erasure_timeout_seconds),
+                settings.context_api_erasure_timeout_seconds)
+        except ErasureFailed as exc:
+            status = "unavailable"
+            raise ApiError(503, f"erasure not done: {exc}") from None
+        except (asyncio.TimeoutError, StoreUnavailable):
+            status = "unavailable"
+            raise ApiError(503, "erasure not finished in time; ask again (it is idempotent)") from None
+        finally:
+            metrics.API_REQUESTS.labels("erasure", status).inc()
+            metrics.API_SECONDS.labels("erasure").observe(time.perf_counter() - started)
+        return ErasureReport(person_id=person, **out)
 
     app.include_router(router)
 

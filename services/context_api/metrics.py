@@ -33,7 +33,7 @@ REPORTS = Counter("lupita_context_api_end_of_call_reports_total",
                   "end-of-call-report messages, stored or a duplicate of one stored", ["outcome"])
 
 API_ENDPOINTS = ("context", "facts_list", "facts_add", "facts_retract", "callbacks_list", "callbacks_create",
-                 "callbacks_cancel")
+                 "callbacks_cancel", "erasure")
 API_STATUSES = ("ok", "error", "invalid", "unavailable")
 API_REJECTIONS = ("auth_missing", "auth_bad", "too_large", "invalid")
 API_REQUESTS = Counter("lupita_context_api_api_requests_total", "JSON API (/v1) requests handled, by endpoint and status",

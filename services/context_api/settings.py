@@ -46,6 +46,12 @@ class ContextApiSettings(CommonSettings):
     # Empty: the webhook's bearer tokens (auth mode bearer); in hmac mode with none set, /v1 refuses all.
     context_api_api_tokens: SecretStr = SecretStr("")
 
+    # Erasure (POST /v1/erasure): the Weaviate collections the stream processor writes (the same
+    # names as its LUPITA_WEAVIATE_*_COLLECTION), and how long an erasure may take.
+    weaviate_conversation_collection: str = Field(default="LupitaConversation", pattern=r"^[A-Z][A-Za-z0-9_]{0,99}$")
+    weaviate_utterance_collection: str = Field(default="LupitaUtterance", pattern=r"^[A-Z][A-Za-z0-9_]{0,99}$")
+    context_api_erasure_timeout_seconds: float = Field(default=60.0, gt=0, le=600)
+
     # Largest request body (bytes); more = 413.
     context_api_max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
     # assistant-request: answer within this, with a minimal context if the store is slower.

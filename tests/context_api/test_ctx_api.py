@@ -17,7 +17,7 @@ from jsonschema import Draft202012Validator
 pytestmark = pytest.mark.stack
 
 V1_PATHS = {"/v1/context", "/v1/facts", "/v1/facts/list", "/v1/facts/retract", "/v1/callbacks",
-            "/v1/callbacks/list", "/v1/callbacks/cancel"}
+            "/v1/callbacks/list", "/v1/callbacks/cancel", "/v1/erasure"}
 
 
 def v1(api, path: str, body, *, token: str | None = "default", raw: bytes | None = None, headers=None):

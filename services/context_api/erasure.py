@@ -1,0 +1,237 @@
+"""Erasure of a person (ARCO cancellation, LFPDPPP): remove everything we hold about them except
+what the law makes us keep, and say exactly which is which, why, and until when.
+
+Order, each step idempotent (a failed erasure is simply asked again):
+
+1. **Weaviate**: every object of both collections (conversations, utterances) with the person's
+   hash or one of their calls' ids.
+2. **S3**: the active (processing) copies of their calls are deleted. In the legal archive every
+   version under an Object Lock retention that has not ended is RETAINED (COMPLIANCE mode: nobody,
+   not even us, can delete it earlier) and queued (``erasure_retained_objects``) for the sweeper;
+   versions whose retention has ended are deleted now.
+3. **Postgres**, one transaction: facts and their observations, callbacks, utterances, alerts,
+   VAPI call rows, consent records, and the calls — deleted; a call whose recording is retained
+   keeps only a stub (ids, times, S3 keys, consent flag) with no phone number (encrypted or hashed),
+   no summary, analysis or transcript. An ``erasures`` row records the counts (not who).
+
+Weaviate and S3 go first: if either is unreachable nothing in Postgres is touched yet, and the
+person can still be found to try again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from context_api.settings import ContextApiSettings
+from lupita.facts import FACT_LOCK_CLASS
+
+log = logging.getLogger("context_api")
+
+LEGAL_REASON = ("Grabación de la llamada en el archivo legal, bajo retención S3 Object Lock en modo "
+                "COMPLIANCE (obligación de conservación): no puede borrarse antes de la fecha; se borra "
+                "automáticamente al terminar la retención.")
+CALL_FILES = ("audio-full.wav", "consent.json", "metadata.json")
+
+
+class ErasureFailed(RuntimeError):
+    """A store could not do its part (nothing in Postgres was removed yet if Weaviate/S3 failed)."""
+
+
+@dataclass
+class Report:
+    removed: dict[str, Any] = field(default_factory=dict)
+    retained: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _calls(conn: psycopg.Connection, person: str) -> list[dict[str, Any]]:
+    return conn.cursor(row_factory=dict_row).execute(
+        "SELECT call_id, s3_legal_key, s3_active_key, s3_metadata_key FROM companion_calls "
+        "WHERE phone_number_hash = %s ORDER BY call_id", (person,)).fetchall()
+
+
+def _folder(call: dict[str, Any]) -> str | None:
+    for k in ("s3_legal_key", "s3_metadata_key", "s3_active_key"):
+        if call.get(k) and "/" in call[k]:
+            return call[k].rsplit("/", 1)[0] + "/"
+    return None
+
+
+class Eraser:
+    """Erases people; the S3 and Weaviate clients are made on first use (most requests never need them)."""
+
+    def __init__(self, settings: ContextApiSettings) -> None:
+        self.settings = settings
+
+    # -- Weaviate
+
+    def _weaviate(self, person: str, call_ids: list[str]) -> dict[str, int]:
+        import weaviate
+        from weaviate.classes.init import AdditionalConfig, Timeout
+        from weaviate.classes.query import Filter
+
+        s = self.settings
+        out: dict[str, int] = {}
+        try:
+            client = weaviate.connect_to_custom(
+                http_host=s.weaviate_host, http_port=s.weaviate_http_port, http_secure=False,
+                grpc_host=s.weaviate_host, grpc_port=s.weaviate_grpc_port, grpc_secure=False,
+                additional_config=AdditionalConfig(timeout=Timeout(init=5, query=30, insert=30)))
+        except Exception as exc:  # noqa: BLE001
+            raise ErasureFailed(f"weaviate unreachable ({type(exc).__name__})") from None
+        try:
+            for name in (s.weaviate_conversation_collection, s.weaviate_utterance_collection):
+                if not client.collections.exists(name):
+                    out[name] = 0
+                    continue
+                where = Filter.by_property("phone_number_hash").equal(person)
+                if call_ids:
+                    where = where | Filter.by_property("call_id").contains_any(call_ids)
+                removed = 0
+                for _ in range(1000):  # delete_many removes at most the server's query limit per call
+                    res = client.collections.use(name).data.delete_many(where=where)
+                    if res.failed:
+                        raise ErasureFailed(f"weaviate refused to delete {res.failed} object(s) of {name}")
+                    removed += res.successful
+                    if res.matches == 0 or res.successful == 0:
+                        break
+                out[name] = removed
+        except ErasureFailed:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise ErasureFailed(f"weaviate failed ({type(exc).__name__})") from None
+        finally:
+            client.close()
+        return out
+
+    # -- S3
+
+    def _s3_client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        s = self.settings
+        return boto3.client(
+            "s3", endpoint_url=s.s3_endpoint or None, region_name=s.s3_region,
+            aws_access_key_id=s.s3_access_key.get_secret_value() or None,
+            aws_secret_access_key=s.s3_secret_key.get_secret_value() or None,
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3},
+                          connect_timeout=5, read_timeout=30))
+
+    def _s3(self, calls: list[dict[str, Any]], now: datetime) -> tuple[int, list[dict[str, Any]]]:
+        """Delete what may be deleted; returns (objects deleted, objects retained)."""
+        s = self.settings
+        deleted, retained = 0, []
+        folders = [(c["call_id"], _folder(c)) for c in calls]
+        folders = [(cid, f) for cid, f in folders if f]
+        if not folders:
+            return 0, []
+        try:
+            s3 = self._s3_client()
+            for call_id, folder in folders:
+                # the active copy: never locked
+                for obj in s3.list_objects_v2(Bucket=s.s3_active_bucket, Prefix=folder).get("Contents", []):
+                    if obj["Key"].rsplit("/", 1)[-1] in CALL_FILES:
+                        s3.delete_object(Bucket=s.s3_active_bucket, Key=obj["Key"])
+                        deleted += 1
+                # the legal archive: every version, kept while its retention lasts
+                versions = s3.list_object_versions(Bucket=s.s3_legal_bucket, Prefix=folder)
+                for v in versions.get("Versions", []) + versions.get("DeleteMarkers", []):
+                    if v["Key"].rsplit("/", 1)[-1] not in CALL_FILES:
+                        continue
+                    vid = v.get("VersionId") or ""
+                    kw = {"VersionId": vid} if vid and vid != "null" else {}
+                    mode, until = None, None
+                    if "Size" in v:  # a real version (not a delete marker): its lock
+                        head = s3.head_object(Bucket=s.s3_legal_bucket, Key=v["Key"], **kw)
+                        mode, until = head.get("ObjectLockMode"), head.get("ObjectLockRetainUntilDate")
+                    if until is not None and until > now:
+                        retained.append({"call_id": call_id, "bucket": s.s3_legal_bucket, "key": v["Key"],
+                                         "version_id": vid, "lock_mode": mode, "until": until,
+                                         "why": LEGAL_REASON})
+                        continue
+                    s3.delete_object(Bucket=s.s3_legal_bucket, Key=v["Key"], **kw)
+                    deleted += 1
+        except Exception as exc:  # noqa: BLE001
+            raise ErasureFailed(f"s3 failed ({type(exc).__name__})") from None
+        return deleted, retained
+
+    # -- Postgres
+
+    @staticmethod
+    def _postgres(conn: psycopg.Connection, person: str, calls: list[str], kept: list[str],
+                  report: Report) -> int:
+        r = report.removed
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (FACT_LOCK_CLASS, person))
+            now_calls = {row[0] for row in conn.execute(
+                "SELECT call_id FROM companion_calls WHERE phone_number_hash = %s", (person,)).fetchall()}
+            if not now_calls <= set(calls):
+                # a call of the person was stored meanwhile (its recording and vectors were not handled)
+                raise ErasureFailed("a new call of this person arrived during the erasure; ask again")
+            gone = [c for c in calls if c not in kept]
+            r["user_fact_observations"] = conn.execute(
+                "DELETE FROM user_fact_observations WHERE fact_id IN "
+                "(SELECT id FROM user_facts WHERE phone_number_hash = %s)", (person,)).rowcount
+            r["user_facts"] = conn.execute("DELETE FROM user_facts WHERE phone_number_hash = %s", (person,)).rowcount
+            r["scheduled_callbacks"] = conn.execute(
+                "DELETE FROM scheduled_callbacks WHERE phone_number_hash = %s", (person,)).rowcount
+            r["call_utterances"] = conn.execute(
+                "DELETE FROM call_utterances WHERE call_id = ANY(%s)", (calls,)).rowcount
+            r["call_alerts"] = conn.execute("DELETE FROM call_alerts WHERE call_id = ANY(%s)", (calls,)).rowcount
+            r["vapi_calls"] = conn.execute(
+                "DELETE FROM vapi_calls WHERE phone_number_hash = %s OR call_id = ANY(%s)", (person, calls)).rowcount
+            r["consent_records"] = conn.execute(
+                "DELETE FROM consent_records WHERE (phone_number_hash = %s OR call_id = ANY(%s)) "
+                "AND NOT (call_id = ANY(%s))", (person, calls, kept)).rowcount
+            conn.execute("UPDATE consent_records SET phone_number_hash = NULL WHERE call_id = ANY(%s)", (kept,))
+            r["phone_encrypted"] = conn.execute(
+                "SELECT count(*) FROM companion_calls WHERE call_id = ANY(%s) AND phone_encrypted IS NOT NULL",
+                (calls,)).fetchone()[0]
+            r["companion_calls"] = conn.execute(
+                "DELETE FROM companion_calls WHERE call_id = ANY(%s)", (gone,)).rowcount
+            r["companion_calls_reduced_to_stub"] = conn.execute(
+                "UPDATE companion_calls SET phone_encrypted = NULL, phone_number_hash = NULL, summary = NULL, "
+                "topics = NULL, emotion_primary = NULL, behavioral_codes_triggered = NULL, transcript = NULL, "
+                "analysis = NULL, weaviate_id = NULL, s3_active_key = NULL, updated_at = now() "
+                "WHERE call_id = ANY(%s)", (kept,)).rowcount
+            erasure_id = conn.execute(
+                "INSERT INTO erasures (removed, retained_count) VALUES (%s, %s) RETURNING id",
+                (Jsonb(r), len(report.retained))).fetchone()[0]
+            for o in report.retained:
+                conn.execute(
+                    "INSERT INTO erasure_retained_objects (erasure_id, call_id, bucket, key, version_id, lock_mode, "
+                    "retain_until, reason) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+                    "ON CONFLICT (bucket, key, version_id) DO NOTHING",
+                    (erasure_id, o["call_id"], o["bucket"], o["key"], o["version_id"], o["lock_mode"], o["until"],
+                     o["why"]))
+        return erasure_id
+
+    def erase(self, pool: Any, person: str, wait_s: float) -> dict[str, Any]:
+        now = datetime.now(timezone.utc)
+        with pool.connection(wait_s) as conn:
+            calls = _calls(conn, person)
+        call_ids = [c["call_id"] for c in calls]
+        report = Report()
+        report.removed["weaviate"] = self._weaviate(person, call_ids)
+        report.removed["s3_objects"], report.retained = self._s3(calls, now)
+        kept = sorted({o["call_id"] for o in report.retained})
+        with pool.connection(wait_s) as conn:
+            erasure_id = self._postgres(conn, person, call_ids, kept, report)
+        log.info("person erased", extra={"stage": "erasure", "erasure_id": erasure_id,
+                                         "retained": len(report.retained)})
+        return {
+            "erasure_id": erasure_id,
+            "erased_at": now.isoformat(),
+            "removed": report.removed,
+            "retained": [{**o, "until": o["until"].isoformat(),
+                          "then": "borrado por el barrido de retención al terminar"} for o in report.retained],
+            "not_linked": ("Lo conservado ya no está ligado a la persona: sin teléfono (cifrado ni hash), sin "
+                           "resumen, análisis ni transcripción."),
+        }
