@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 
 import pytest
 import yaml
@@ -42,8 +43,10 @@ def _render(helm, scenario: str, release: str, namespace: str) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
-def _namespace(kubectl, name: str) -> str:
-    kubectl("create", "namespace", name, check=False)
+def _namespace(kubectl, prefix: str) -> str:
+    """A fresh namespace (a deleted one may still be terminating from an earlier session)."""
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    kubectl("create", "namespace", name)
     kubectl("wait", "--for=jsonpath={.status.phase}=Active", f"namespace/{name}", "--timeout=30s")
     return name
 

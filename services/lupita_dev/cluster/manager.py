@@ -72,6 +72,24 @@ class ClusterProc(Proc):
     def logfile(self) -> Path:
         return cluster_dir() / "logs" / f"{self.name}.log"
 
+    def pid(self) -> int | None:
+        """The running pid; an exited child of this very process (a zombie: the test session
+        that started the cluster) is reaped and counts as gone, or ``stop`` would wait it out."""
+        pid = super().pid()
+        if pid is None:
+            return None
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return None
+        except ChildProcessError:  # not our child: its parent (or init) reaps it
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                return None
+            if state == "Z":
+                return None
+        return pid
+
 
 ETCD = ClusterProc("etcd", ETCD_CLIENT_PORT)
 APISERVER = ClusterProc("kube-apiserver", APISERVER_PORT)
@@ -278,9 +296,39 @@ def _start_scheduler(kubeconfigs: dict[str, Path]) -> None:
     _wait("kube-scheduler", lambda: _https_ok(SCHEDULER_PORT, "/healthz"), SCHEDULER, 60)
 
 
+# kwok also plays the cloud's load-balancer controller (the AWS Load Balancer Controller on
+# EKS): a LoadBalancer Service gets an ingress address, its ClusterIP, which is blackholed on
+# this machine like the whole service range; without it `helm install --wait` never ends.
+SERVICE_LOAD_BALANCER_STAGE = """\
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: lupita-service-load-balancer
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Service
+  selector:
+    matchExpressions:
+    - key: '.spec.type'
+      operator: 'In'
+      values:
+      - 'LoadBalancer'
+    - key: '.status.loadBalancer.ingress'
+      operator: 'DoesNotExist'
+  next:
+    statusTemplate: |
+      loadBalancer:
+        ingress:
+        - ip: {{ .spec.clusterIP | Quote }}
+          ipMode: VIP
+"""
+
+
 def kwok_stages() -> Path:
     """kwok's behaviour (Stage objects) from its own module: nodes become Ready and keep a
-    lease, pods become Ready at once, Job pods complete."""
+    lease, pods become Ready at once, Job pods complete; and LoadBalancer Services get an
+    address (ours)."""
     path = cluster_dir() / "kwok-stages.yaml"
     src = tools.module_dir(f"sigs.k8s.io/kwok@{tools.KWOK_VERSION}") / "kustomize" / "stage"
     docs = []
@@ -290,6 +338,7 @@ def kwok_stages() -> Path:
                 docs.append(yaml_file.read_text().strip())
     if not docs:
         raise RuntimeError(f"no kwok stage files found under {src}")
+    docs.append(SERVICE_LOAD_BALANCER_STAGE.strip())
     path.write_text("\n---\n".join(docs) + "\n")
     return path
 
