@@ -38,10 +38,12 @@ class Pool:
         self._closed = False
 
     def _open(self) -> psycopg.Connection:
+        # the DSN's own options (e.g. a search_path) are kept: the keyword would replace them
+        given = psycopg.conninfo.conninfo_to_dict(self._dsn).get("options") or ""
         return psycopg.connect(
             self._dsn, autocommit=True,
             connect_timeout=max(1, round(self._timeout_ms / 1000)),
-            options=f"-c statement_timeout={self._timeout_ms} -c lock_timeout={self._timeout_ms}",
+            options=f"{given} -c statement_timeout={self._timeout_ms} -c lock_timeout={self._timeout_ms}".strip(),
             application_name="lupita-context-api",
         )
 

@@ -1,0 +1,398 @@
+"""Context API benchmark: getUserContext over HTTP at fixed request rates, against a fan-out baseline.
+
+Seeds a Postgres schema of its own (migrated from 0001, dropped at the end) with ``--people``
+people × ``--facts`` facts (current, protected medications among them, one observation each; every
+10th person with an open question) × ``--calls`` analysed calls, an alert for every 5th person and a
+pending callback each; and a Weaviate collection of its own with a vector per call for the first
+``--weaviate-people`` people. Then, for each rate in ``--rates``, it drives ``getUserContext`` tool
+calls (VAPI's ``tool-calls`` message, a random seeded caller each) from this process, open loop:
+request *i* is due at ``t0 + i / rate`` and its latency runs from that due time to the answer, so a
+server that falls behind pays for the queue (no coordinated omission). Two servers, same requests,
+same run:
+
+- ``context-api``: a real ``lupita context-api`` child (its indexed reads with limits);
+- ``fan-out``: the baseline, a child of this script answering the same message by reading the base
+  tables whole (every fact row and its observations, every call, every alert, every callback of the
+  person) and a Weaviate near-vector query filtered to the person, then building the same context.
+
+Requests are drawn from the people that have Weaviate objects, so the baseline does its full work.
+Goal (issue #8): p99 ≤ 25 ms at 300 rps on the 2-core machine; the table shows the highest rate
+tested with p99 ≤ 50 ms. The machine's cores are shared by both servers, Postgres and this driver.
+
+    .venv/bin/python bench/context.py                               # 10,000 people; 100/300/1000 rps x 10 s
+    .venv/bin/python bench/context.py --people 2000 --seconds 5     # quicker
+    .venv/bin/python bench/context.py --json                        # also bench/results/context-*.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import secrets
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+sys.path[:0] = [str(ROOT / "services"), str(ROOT / "tests" / "kit")]
+
+DIM = 64
+TOKEN = "bench-" + secrets.token_urlsafe(16)
+
+
+# --------------------------------------------------------------------------- seed
+
+
+def phones(n: int) -> list[str]:
+    """n distinct valid Mexico City mobile numbers (made up, deterministic)."""
+    import phonenumbers
+
+    out, i = [], 0
+    while len(out) < n:
+        number = f"+5255{20000000 + i * 7:08d}"
+        i += 1
+        if phonenumbers.is_valid_number(phonenumbers.parse(number)):
+            out.append(number)
+    return out
+
+
+SEED_SQL = """
+INSERT INTO companion_calls (call_id, phone_number_hash, recording_status, started_at, ended_at, summary,
+                             emotion_primary, topics, behavioral_codes_triggered, processed_at)
+SELECT 'bench-' || p.i || '-' || c, p.h, 'recorded',
+       now() - make_interval(days => c, hours => p.i % 24), now() - make_interval(days => c, hours => p.i % 24) + interval '6 minutes',
+       'Llamada ' || c || ': habló de su familia, de cómo durmió y de su medicina; se le oyó tranquila.',
+       (ARRAY['positive', 'neutral', 'negative'])[1 + (p.i + c) % 3], '["familia", "salud"]', '["echo_open_question"]', now()
+FROM bench_people p, generate_series(1, :CALLS:) c;
+
+INSERT INTO user_facts (phone_number_hash, fact_type, fact_key, fact_value, confidence, source, source_call_id,
+                        first_call_id, valid_from, observed_at, status, is_active, multi_valued, protected)
+SELECT p.h, CASE WHEN f <= 4 THEN 'health' ELSE 'family' END,
+       CASE WHEN f <= 4 THEN 'medication.med_' || f ELSE 'child_name.hijo_' || f END,
+       CASE WHEN f <= 4 THEN 'medicina ' || f || ' de 850 mg' ELSE 'Hijo número ' || f END,
+       0.5 + (f % 5) / 10.0, 'analysis', 'bench-' || p.i || '-1', 'bench-' || p.i || '-1',
+       now() - interval '60 days', now() - make_interval(days => f), 'current', true, true, f <= 4
+FROM bench_people p, generate_series(1, :FACTS:) f;
+
+INSERT INTO user_facts (phone_number_hash, fact_type, fact_key, fact_value, confidence, source, source_call_id,
+                        first_call_id, valid_from, observed_at, status, is_active, multi_valued, protected, proposal,
+                        conflicts_with)
+SELECT f.phone_number_hash, f.fact_type, f.fact_key, f.fact_value, 0.6, 'analysis', f.source_call_id, f.source_call_id,
+       now() - interval '1 day', now() - interval '1 day', 'to_confirm', false, true, true, 'retraction', f.id
+FROM user_facts f JOIN bench_people p ON p.h = f.phone_number_hash
+WHERE p.i % 10 = 0 AND f.fact_key = 'medication.med_1';
+
+INSERT INTO user_fact_observations (fact_id, observation, source, call_id, observed_at, confidence)
+SELECT id, 'analysis:' || source_call_id, 'analysis', source_call_id, observed_at, confidence FROM user_facts;
+
+INSERT INTO call_alerts (call_id, cue_id, severity, evidence, raised_at)
+SELECT 'bench-' || p.i || '-1', 'fall', 'high', '{"text": "me caí en el baño"}', now() - interval '2 days'
+FROM bench_people p WHERE p.i % 5 = 0;
+
+INSERT INTO scheduled_callbacks (phone_number_hash, scheduled_for, reason)
+SELECT h, date_trunc('minute', now()) + interval '1 day' + make_interval(mins => i % 600), 'seguimiento'
+FROM bench_people;
+"""
+
+
+def seed_postgres(dsn: str, hashes: list[str], args: argparse.Namespace) -> float:
+    import psycopg
+
+    started = time.perf_counter()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE bench_people (i int PRIMARY KEY, h text NOT NULL)")
+        with conn.cursor().copy("COPY bench_people (i, h) FROM STDIN") as copy:
+            for i, h in enumerate(hashes):
+                copy.write_row((i, h))
+        with conn.transaction():
+            conn.execute(SEED_SQL.replace(":CALLS:", str(int(args.calls))).replace(":FACTS:", str(int(args.facts))))
+        conn.execute("ANALYZE")
+    return time.perf_counter() - started
+
+
+def weaviate_client():
+    import weaviate
+    from lupita.config import CommonSettings
+
+    s = CommonSettings()
+    return weaviate.connect_to_custom(http_host=s.weaviate_host, http_port=s.weaviate_http_port, http_secure=False,
+                                      grpc_host=s.weaviate_host, grpc_port=s.weaviate_grpc_port, grpc_secure=False)
+
+
+def seed_weaviate(collection: str, hashes: list[str], calls: int) -> float:
+    from weaviate.classes.config import Configure, DataType, Property, Tokenization
+    from weaviate.classes.data import DataObject
+
+    started = time.perf_counter()
+    rnd = random.Random(7)
+    with weaviate_client() as client:
+        coll = client.collections.create(
+            collection, vector_config=Configure.Vectors.self_provided(),
+            properties=[Property(name="call_id", data_type=DataType.TEXT, tokenization=Tokenization.FIELD),
+                        Property(name="phone_number_hash", data_type=DataType.TEXT, tokenization=Tokenization.FIELD),
+                        Property(name="summary", data_type=DataType.TEXT)])
+        batch: list = []
+        for i, h in enumerate(hashes):
+            for c in range(1, calls + 1):
+                batch.append(DataObject(properties={"call_id": f"bench-{i}-{c}", "phone_number_hash": h,
+                                                    "summary": f"Llamada {c}: familia y salud."},
+                                        vector=[rnd.uniform(-1, 1) for _ in range(DIM)]))
+                if len(batch) == 1000:
+                    res = coll.data.insert_many(batch)
+                    if res.has_errors:
+                        raise RuntimeError(f"weaviate insert failed: {list(res.errors.values())[:1]}")
+                    batch = []
+        if batch:
+            coll.data.insert_many(batch)
+    return time.perf_counter() - started
+
+
+# --------------------------------------------------------------------------- the fan-out baseline server
+
+
+def serve_fanout(port: int, dsn: str, collection: str) -> None:
+    """The baseline: every request reads the person's base tables whole and asks Weaviate."""
+    from datetime import datetime, timezone
+
+    import uvicorn
+    from psycopg.rows import dict_row
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from weaviate.classes.query import Filter
+
+    from context_api.context import build
+    from context_api.phones import person_hash
+    from context_api.store import Pool, Snapshot
+    from context_api.settings import ContextApiSettings
+
+    settings = ContextApiSettings()
+    pool = Pool(dsn, settings.context_api_db_pool_size, settings.context_api_db_timeout_ms)
+    client = weaviate_client()
+    coll = client.collections.use(collection)
+    query_vector = [0.1] * DIM
+
+    def work(person: str) -> str:
+        with pool.connection(2.0) as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            facts = cur.execute("SELECT * FROM user_facts WHERE phone_number_hash = %s", (person,)).fetchall()
+            cur.execute("SELECT o.* FROM user_fact_observations o JOIN user_facts f ON f.id = o.fact_id "
+                        "WHERE f.phone_number_hash = %s", (person,)).fetchall()
+            calls = cur.execute("SELECT * FROM companion_calls WHERE phone_number_hash = %s", (person,)).fetchall()
+            alerts = cur.execute(
+                "SELECT a.call_id, a.cue_id, a.severity, a.evidence ->> 'text' AS text, a.raised_at FROM call_alerts a "
+                "JOIN companion_calls c ON c.call_id = a.call_id WHERE c.phone_number_hash = %s", (person,)).fetchall()
+            callbacks = cur.execute("SELECT * FROM scheduled_callbacks WHERE phone_number_hash = %s",
+                                    (person,)).fetchall()
+        similar = coll.query.near_vector(query_vector, limit=5,
+                                         filters=Filter.by_property("phone_number_hash").equal(person)).objects
+        now = datetime.now(timezone.utc)
+        by_id = {f["id"]: f for f in facts}
+        live = [dict(f, current_value=by_id.get(f["conflicts_with"], {}).get("fact_value"))
+                for f in facts if f["status"] in ("current", "to_confirm")]
+        live.sort(key=lambda f: (not f["protected"], -f["confidence"], -f["observed_at"].timestamp()))
+        calls.sort(key=lambda c: c["started_at"], reverse=True)
+        pending = sorted((c for c in callbacks if c["status"] == "pending" and c["scheduled_for"] >= now),
+                         key=lambda c: c["scheduled_for"])
+        snap = Snapshot(live[: settings.context_api_max_facts], calls[: settings.context_api_recent_calls],
+                        sorted(alerts, key=lambda a: a["raised_at"], reverse=True)[:10], pending[:5])
+        ctx, brief = build(snap, now, settings.tz, settings.context_api_brief_max_chars)
+        ctx["similar_calls"] = [o.properties["call_id"] for o in similar]
+        return json.dumps({"brief": brief, "context": ctx}, ensure_ascii=False, separators=(",", ":"), default=str)
+
+    async def webhook(request):  # a Starlette request
+        message = (await request.json())["message"]
+        person = person_hash(message["call"]["customer"]["number"], settings.hmac_key_bytes)
+        result = await asyncio.to_thread(work, person)
+        call = message["toolCallList"][0]
+        return JSONResponse({"results": [{"toolCallId": call["id"], "name": "getUserContext", "result": result}]})
+
+    app = Starlette(routes=[Route("/vapi/webhook", webhook, methods=["POST"])])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def message(phone: str) -> bytes:
+    return json.dumps({"message": {
+        "type": "tool-calls", "call": {"id": f"vapi-{secrets.token_hex(6)}", "customer": {"number": phone}},
+        "toolCallList": [{"id": f"call_{secrets.token_hex(4)}", "type": "function",
+                          "function": {"name": "getUserContext", "arguments": "{}"}}]}}).encode()
+
+
+async def drive(url: str, callers: list[str], rate: float, seconds: float, warmup: float) -> dict:
+    import aiohttp
+
+    headers = {"authorization": f"Bearer {TOKEN}", "content-type": "application/json"}
+    lat: list[float] = []
+    errors = {"http": 0, "tool_error": 0, "exception": 0}
+    rnd = random.Random(11)
+
+    async def one(session, due: float, measured: bool) -> None:
+        try:
+            async with session.post(url, data=message(rnd.choice(callers)), headers=headers) as r:
+                body = await r.read()
+                # an answer for a KNOWN person (the result is JSON inside the JSON: its quotes escaped)
+                ok = r.status == 200 and b'\\"known\\":true' in body
+                if not ok and os.environ.get("BENCH_DEBUG"):
+                    print(body[:400], flush=True)
+                if measured:
+                    if r.status != 200:
+                        errors["http"] += 1
+                    elif not ok:
+                        errors["tool_error"] += 1
+                    else:
+                        lat.append(time.perf_counter() - due)
+        except Exception:  # noqa: BLE001
+            if measured:
+                errors["exception"] += 1
+
+    connector = aiohttp.TCPConnector(limit=256)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
+        tasks = []
+        total = int((warmup + seconds) * rate)
+        t0 = time.perf_counter() + 0.05
+        for i in range(total):
+            due = t0 + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(session, due, i >= warmup * rate)))
+        sent_window = time.perf_counter() - (t0 + warmup)
+        await asyncio.gather(*tasks)
+    lat.sort()
+    n = len(lat)
+
+    def pct(p: float) -> float | None:
+        return round(lat[min(n - 1, int(p * n))] * 1000, 2) if n else None
+
+    return {"rate": rate, "sent": int(seconds * rate), "ok": n, "errors": errors,
+            "achieved_rps": round(int(seconds * rate) / max(sent_window, 1e-9), 1),
+            "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99), "max_ms": pct(1.0)}
+
+
+def wait_http(url: str, timeout: float = 90) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return  # it answers
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--people", type=int, default=10_000)
+    ap.add_argument("--facts", type=int, default=20)
+    ap.add_argument("--calls", type=int, default=30)
+    ap.add_argument("--weaviate-people", type=int, default=1_000)
+    ap.add_argument("--rates", default="100,300,1000")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the schema and the Weaviate collection")
+    ap.add_argument("--serve-fanout", nargs=3, metavar=("PORT", "DSN_ENV", "COLLECTION"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve_fanout:
+        port, dsn_env, collection = args.serve_fanout
+        serve_fanout(int(port), os.environ[dsn_env], collection)
+        return 0
+
+    import psycopg
+    from lupita_dev.stack import manager
+
+    os.environ.update(manager.up())  # idempotent: the running stack's settings
+    from context_api.phones import person_hash
+    from lupita.config import CommonSettings
+    from lupita.db import migrate
+    from procs import free_port
+
+    settings = CommonSettings()
+    base = settings.postgres_dsn.get_secret_value()
+    tag = uuid.uuid4().hex[:8]
+    schema, collection = f"bench_ctx_{tag}", f"BenchCtx{tag}"
+    dsn = psycopg.conninfo.make_conninfo(base, options=f"-c search_path={schema}")
+    numbers = phones(args.people)
+    hashes = [person_hash(p, settings.hmac_key_bytes) for p in numbers]
+    callers = numbers[: args.weaviate_people]
+    procs: list[subprocess.Popen] = []
+    results: dict = {"people": args.people, "facts": args.facts, "calls": args.calls,
+                     "weaviate_people": args.weaviate_people, "levels": []}
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        migrate(dsn)
+        results["seed_postgres_s"] = round(seed_postgres(dsn, hashes, args), 1)
+        results["seed_weaviate_s"] = round(seed_weaviate(collection, hashes[: args.weaviate_people], args.calls), 1)
+        print(f"seeded {args.people} people x {args.facts} facts x {args.calls} calls in "
+              f"{results['seed_postgres_s']} s; Weaviate {args.weaviate_people} x {args.calls} in "
+              f"{results['seed_weaviate_s']} s", flush=True)
+        env = dict(os.environ, LUPITA_POSTGRES_DSN=dsn, LUPITA_CONTEXT_API_ASSISTANT_ID="bench",
+                   LUPITA_CONTEXT_API_BEARER_TOKENS=TOKEN, LUPITA_LOG_LEVEL="WARNING", BENCH_DSN=dsn,
+                   PYTHONPATH=str(ROOT / "services"))
+        api_port, fan_port = free_port(), free_port()
+        devnull = subprocess.DEVNULL
+        procs.append(subprocess.Popen([sys.executable, "-m", "context_api", "--host", "127.0.0.1", "--port",
+                                       str(api_port), "--metrics-port", "0"], env=env, cwd=ROOT, stdout=devnull,
+                                      stderr=devnull))
+        fan_log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-context-fanout-{tag}.log", "wb")
+        procs.append(subprocess.Popen([sys.executable, __file__, "--serve-fanout", str(fan_port), "BENCH_DSN",
+                                       collection], env=env, cwd=ROOT, stdout=fan_log, stderr=subprocess.STDOUT))
+        wait_http(f"http://127.0.0.1:{api_port}/livez")
+        wait_http(f"http://127.0.0.1:{fan_port}/vapi/webhook")
+        servers = [("context-api", f"http://127.0.0.1:{api_port}/vapi/webhook"),
+                   ("fan-out", f"http://127.0.0.1:{fan_port}/vapi/webhook")]
+        for rate in [float(r) for r in args.rates.split(",")]:
+            for name, url in servers:
+                level = asyncio.run(drive(url, callers, rate, args.seconds, args.warmup))
+                level["server"] = name
+                results["levels"].append(level)
+                e = level["errors"]
+                print(f"{name:12s} {rate:7.0f} rps  achieved {level['achieved_rps']:7.1f}  ok {level['ok']:6d}  "
+                      f"errors {sum(e.values()):5d}  p50 {level['p50_ms']} ms  p95 {level['p95_ms']} ms  "
+                      f"p99 {level['p99_ms']} ms  max {level['max_ms']} ms  {e if sum(e.values()) else ''}", flush=True)
+        for name, _ in servers:
+            good = [lv["rate"] for lv in results["levels"] if lv["server"] == name and lv["p99_ms"] is not None
+                    and lv["p99_ms"] <= 50 and sum(lv["errors"].values()) == 0]
+            results[f"{name}_highest_rate_p99_le_50ms"] = max(good) if good else None
+            print(f"{name}: highest rate tested with p99 <= 50 ms and no errors: {max(good) if good else 'none'}")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if not args.keep:
+            with psycopg.connect(base, autocommit=True) as conn:
+                conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            try:
+                with weaviate_client() as client:
+                    client.collections.delete(collection)
+            except Exception as exc:  # noqa: BLE001
+                print(f"could not delete the Weaviate collection {collection}: {type(exc).__name__}")
+    if args.json:
+        RESULTS_DIR.mkdir(exist_ok=True)
+        out = RESULTS_DIR / f"context-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        out.write_text(json.dumps(results, indent=2))
+        print(f"written {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
