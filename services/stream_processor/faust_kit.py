@@ -29,7 +29,12 @@
   a dead letter or an acknowledgement; only ``stopped()`` (the partition was revoked, the worker
   is stopping) ends the loop, with :class:`Abandoned`, and the record it was for then stays
   unacknowledged (it is redelivered);
-- :func:`publish`: one record to a topic, waiting for the broker's acknowledgement.
+- :func:`publish`: one record to a topic, waiting for the broker's acknowledgement;
+- :func:`admit`: a record Faust hands over while a (re)started worker is still seeking its
+  partitions back to their committed offsets is not processed (the same record comes again, in
+  order, from the committed offset): processing it first had a later record overtake earlier ones
+  (a restarted vad skipped the earlier chunks as duplicates; a restarted understanding stage
+  finished a call before its last finals).
 """
 
 from __future__ import annotations
@@ -75,6 +80,11 @@ DEAD_LETTERS = Counter(
     "lupita_stream_dead_letters_total",
     "Records put on a stage's dead-letter topic, by stage and reason",
     ["stage", "reason"],
+)
+EARLY_RECORDS = Counter(
+    "lupita_stream_early_records_total",
+    "Records handed over before the worker's start-up seek to the committed offsets, left for their "
+    "redelivered copy", ["stage"],
 )
 BROKER_RETRIES = Counter(
     "lupita_stream_broker_retries_total",
@@ -264,6 +274,28 @@ def in_partition_of(event: Any) -> Iterator[None]:
         yield
     finally:
         streams._current_event.reset(token)
+
+
+async def admit(event: Any, *, stage: str) -> bool:
+    """False for a record handed over before the worker's first recovery completed (Faust seeks the
+    source partitions to their committed offsets at the end of it, and delivers them again from
+    there): the caller skips it, and this copy is never acknowledged (its redelivered copy is).
+    Waits for the recovery to complete first. A partition without a committed offset is not sought
+    again, so its records are the only copies: admitted."""
+    app = event.app
+    completed = app.tables.recovery.completed
+    if completed.is_set():
+        return True
+    await completed.wait()
+    message = event.message
+    if app.consumer._committed_offset.get(message.tp) is None:  # never committed: nothing comes again
+        return True
+    message.incref()  # an ack of this copy (take_events acks every event) no longer reaches the consumer
+    EARLY_RECORDS.labels(stage).inc()
+    log.info("record handed over before the start-up seek; its redelivered copy is processed instead",
+             extra={"stage": stage, "topic": message.topic, "partition": message.partition,
+                    "offset": message.offset})
+    return False
 
 
 async def publish(topic: Any, key: bytes, value: bytes, **kwargs: Any) -> Any:

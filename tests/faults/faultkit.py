@@ -93,10 +93,12 @@ SCRIPT = (
 )
 
 # Worker settings on top of procs.WORKER_ENV (short group timeouts, recorder grace 2 s). The idle
-# limit (a call without an ended event) is the production one: its clock runs during a broker outage,
-# so the kit's 30 s would end every call that a longer Kafka outage interrupts.
+# limits (a call without records and without an ended event) are SHORTER than the shortest Kafka
+# outage (8 s): the idle clock must stop while the broker is away (faust_kit.BrokerWatch), or the
+# kafka-outage scenario ends its calls as timed out and loses their rest.
 WORKER_EXTRA = {
-    "LUPITA_RECORDER_IDLE_SECONDS": "600",
+    "LUPITA_RECORDER_IDLE_SECONDS": "6",
+    "LUPITA_VAD_IDLE_SECONDS": "6",
     "LUPITA_RECORDER_STATE_RETENTION_SECONDS": "3600",
     "LUPITA_VAD_GRACE_SECONDS": "3",
     "LUPITA_VAD_TICK_SECONDS": "0.25",
