@@ -360,11 +360,13 @@ def main() -> int:
             for name, url in servers:
                 level = asyncio.run(drive(url, callers, rate, args.seconds, args.warmup))
                 level["server"] = name
+                level["load_average_1m"] = float(Path("/proc/loadavg").read_text().split()[0])
                 results["levels"].append(level)
                 e = level["errors"]
                 print(f"{name:12s} {rate:7.0f} rps  achieved {level['achieved_rps']:7.1f}  ok {level['ok']:6d}  "
                       f"errors {sum(e.values()):5d}  p50 {level['p50_ms']} ms  p95 {level['p95_ms']} ms  "
-                      f"p99 {level['p99_ms']} ms  max {level['max_ms']} ms  {e if sum(e.values()) else ''}", flush=True)
+                      f"p99 {level['p99_ms']} ms  max {level['max_ms']} ms  load {level['load_average_1m']}  "
+                      f"{e if sum(e.values()) else ''}", flush=True)
         for name, _ in servers:
             good = [lv["rate"] for lv in results["levels"] if lv["server"] == name and lv["p99_ms"] is not None
                     and lv["p99_ms"] <= 50 and sum(lv["errors"].values()) == 0]

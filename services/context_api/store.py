@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import psycopg
 from psycopg.rows import dict_row
 
-from lupita.facts import live as live_facts
+from lupita.facts import LIVE_SQL
 
 
 class StoreUnavailable(RuntimeError):
@@ -131,11 +131,15 @@ ORDER BY scheduled_for LIMIT 5
 
 def read_person(conn: psycopg.Connection, person: str, *, max_facts: int, recent_calls: int,
                 alert_days: int) -> Snapshot:
-    cur = conn.cursor(row_factory=dict_row)  # the connection keeps tuple rows (lupita.facts reads them so)
-    facts = live_facts(conn, person, max_facts)  # current facts and open questions, protected first
-    calls = cur.execute(_CALLS, (person, recent_calls)).fetchall() if recent_calls else []
-    alerts = cur.execute(_ALERTS, (person, alert_days)).fetchall() if alert_days else []
-    callbacks = cur.execute(_CALLBACKS, (person,)).fetchall()
+    """The person's snapshot: four indexed reads sent in ONE round trip (libpq pipeline mode)."""
+    queries = [(LIVE_SQL, (person, max_facts))]
+    queries.append((_CALLS, (person, recent_calls)) if recent_calls else None)
+    queries.append((_ALERTS, (person, alert_days)) if alert_days else None)
+    queries.append((_CALLBACKS, (person,)))
+    # the connection keeps tuple rows (lupita.facts reads them so): dict rows per cursor
+    with conn.pipeline():
+        cursors = [conn.cursor(row_factory=dict_row).execute(*q) if q else None for q in queries]
+    facts, calls, alerts, callbacks = (c.fetchall() if c is not None else [] for c in cursors)
     return Snapshot(facts, calls, alerts, callbacks)
 
 

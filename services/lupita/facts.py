@@ -464,7 +464,7 @@ FACT_COLUMNS = """id, fact_type, fact_key, fact_value, status, confidence, obser
 multi_valued, source, source_call_id, first_call_id, evidence, asr_confidence, valid_from, valid_to,
 observed_at, recorded_at, superseded_at, superseded_by, closed_by_source, proposal, conflicts_with"""
 
-_LIVE = f"""
+LIVE_SQL = f"""
 SELECT {FACT_COLUMNS},
        (SELECT c.fact_value FROM user_facts c WHERE c.id = f.conflicts_with) AS current_value
 FROM user_facts f
@@ -478,7 +478,7 @@ def live(conn: psycopg.Connection, person: str, limit: int = 50) -> list[dict[st
     """The person's current facts and open questions (``status`` ``to_confirm``, with the value
     they question in ``current_value``): protected first, then by confidence and recency. One
     indexed read (``user_facts_live_idx``)."""
-    return conn.cursor(row_factory=dict_row).execute(_LIVE, (person, limit)).fetchall()
+    return conn.cursor(row_factory=dict_row).execute(LIVE_SQL, (person, limit)).fetchall()
 
 
 def history(conn: psycopg.Connection, person: str, *, fact_type: str | None = None, key: str | None = None,
