@@ -10,7 +10,7 @@ from prometheus_client import Counter, Histogram
 
 MESSAGE_TYPES = ("assistant-request", "tool-calls", "end-of-call-report", "status-update", "transcript",
                  "conversation-update", "speech-update", "unknown")
-TOOLS = ("getUserContext", "saveUserFact", "scheduleCallback", "unknown")
+TOOLS = ("getUserContext", "saveUserFact", "forgetUserFact", "scheduleCallback", "unknown")
 TOOL_OUTCOMES = ("ok", "error", "timeout")
 REJECTIONS = ("auth_missing", "auth_bad", "auth_stale", "too_large", "malformed_json", "bad_shape")
 DEGRADE_REASONS = ("timeout", "error", "no_phone")

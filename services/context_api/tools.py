@@ -29,7 +29,7 @@ from lupita.facts import FACT_TYPES, KEY_PATTERN
 # our call ids (companion_calls' CHECK)
 CALL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
-TOOL_NAMES = ("getUserContext", "saveUserFact", "scheduleCallback")
+TOOL_NAMES = ("getUserContext", "saveUserFact", "forgetUserFact", "scheduleCallback")
 MAX_ARGUMENTS_CHARS = 4096
 MAX_FACT_VALUE_CHARS = 200
 MAX_REASON_CHARS = 300
@@ -193,6 +193,8 @@ class Tools:
             return self.get_user_context(call, caller)
         if call.name == "saveUserFact":
             return self.save_user_fact(call, caller)
+        if call.name == "forgetUserFact":
+            return self.forget_user_fact(call, caller)
         if call.name == "scheduleCallback":
             return self.schedule_callback(call, caller)
         raise ToolError("Herramienta desconocida.")
@@ -237,6 +239,29 @@ class Tools:
         with self.pool.connection(self.wait_s) as conn:
             outcome = facts.record(conn, person, obs).outcome
         return SAVE_RESULTS.get(outcome, "Dato guardado.")
+
+    def forget_user_fact(self, call: ToolCall, caller: Caller) -> str:
+        """The person says a fact no longer holds ("ya no tomo la metformina"): ``type``, ``key`` and,
+        for a multi-valued key (medications, children…), ``value``. The value is closed, kept in the
+        history (``retracted``); the agent asked the person, so a protected fact is closed too."""
+        args = arguments(call, ("type", "key"), ("value",))
+        fact_type = _text(args, "type", 40)
+        if fact_type not in FACT_TYPES:
+            raise ToolError(f"Tipo de dato desconocido; usa uno de: {', '.join(FACT_TYPES)}.")
+        key = _text(args, "key", 81)
+        if not _KEY_RE.match(key):
+            raise ToolError("La clave debe ser snake_case en minúsculas, por ejemplo medication.metformina.")
+        value = _text(args, "value", MAX_FACT_VALUE_CHARS) if args.get("value") is not None else None
+        if value is None and facts.is_multi_valued(key) and "." not in key:
+            raise ToolError("Para esa clave indica también el valor que ya no aplica (value).")
+        person = self._person(caller)
+        with self.pool.connection(self.wait_s) as conn:
+            outcome = facts.retract(conn, person, fact_type=fact_type, key=key, value=value,
+                                    observed_at=datetime.now(timezone.utc), source="agent",
+                                    call_id=caller.call_id or caller.vapi_call_id).outcome
+        return {facts.RETRACTED: "Dato retirado; queda en el historial.",
+                facts.NOT_FOUND: "No había ese dato guardado como vigente.",
+                facts.STALE: "Ya hay un dato más reciente; no se cambió."}.get(outcome, "Dato retirado.")
 
     def schedule_callback(self, call: ToolCall, caller: Caller) -> str:
         args = arguments(call, ("when", "reason"))

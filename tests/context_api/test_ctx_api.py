@@ -255,3 +255,23 @@ def test_callbacks_create_list_cancel(api, openapi):
     for when_text in ((datetime.now(timezone.utc) - timedelta(hours=1)).isoformat(), "en 90 días", "cuando sea"):
         bad = v1(api, "/v1/callbacks", {"phone": phone, "when": when_text, "reason": "x"})
         assert bad.status_code == 422 and bad.json()["error"].startswith("when:")
+
+
+def test_forget_user_fact_closes_just_that_value_and_keeps_it_in_the_history(api):
+    phone = random_phone()
+    for med in ("metformina", "losartán"):
+        results(api.post(tool_calls(phone, tool_call("saveUserFact", {"type": "health", "key": "medication",
+                                                                     "value": med}))))
+    out = results(api.post(tool_calls(
+        phone,
+        tool_call("forgetUserFact", {"type": "health", "key": "medication", "value": "Metformina"}),
+        tool_call("forgetUserFact", {"type": "health", "key": "medication", "value": "metformina"}),
+        tool_call("forgetUserFact", {"type": "health", "key": "medication"}),
+        tool_call("forgetUserFact", {"type": "health", "key": "medication", "value": "x", "when": "ayer"}),
+    )))
+    assert out[0]["result"] == "Dato retirado; queda en el historial."
+    assert out[1]["result"] == "No había ese dato guardado como vigente."
+    assert "indica también el valor" in out[2]["error"] and "no admitidos" in out[3]["error"]
+    history = v1(api, "/v1/facts/list", {"phone": phone, "history": True}).json()["facts"]
+    assert sorted((f["value"], f["status"], f["closed_by_source"]) for f in history) == [
+        ("losartán", "current", None), ("metformina", "retracted", "agent")]
