@@ -1,5 +1,5 @@
 """The voice agent's tools: argument parsing (VAPI's three tool-call shapes) and validation, and
-the three tools getUserContext, saveUserFact and scheduleCallback.
+the tools getUserContext, saveUserFact, forgetUserFact and scheduleCallback.
 
 Every tool works for the CALLER of the live call (the phone VAPI puts in the message), never for a
 number the model passes. A bad call gives an :class:`ToolError` whose message is one Spanish
@@ -145,7 +145,7 @@ def _text(args: dict[str, Any], name: str, max_chars: int, *, min_chars: int = 1
 
 
 class Tools:
-    """The three tools over the pool (synchronous: run them in a worker thread)."""
+    """The tools over the pool (synchronous: run them in a worker thread)."""
 
     def __init__(self, settings: ContextApiSettings, pool: Pool) -> None:
         self.settings = settings
