@@ -9,18 +9,31 @@ from . import manager, tools
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("up", "down", "status", "tools", "images", "kubeconfig"),
+    parser.add_argument("action", choices=("up", "down", "status", "tools", "images", "kubeconfig", "kubectl", "helm"),
                         help="up/down/status: the cluster; tools: build the cached binaries only "
                              "(helm, kwok, etcd, Kubernetes); images: build the service images with "
-                             "podman; kubeconfig: print its path")
+                             "podman; kubeconfig: print its path; kubectl/helm ARGS: run the cached "
+                             "kubectl or helm against the cluster")
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help="with kubectl/helm: their arguments")
     parser.add_argument("--image", action="append", dest="images", metavar="NAME",
                         help="with `images`: build only this image (repeatable; default: all)")
     parser.add_argument("--json", action="store_true", help="machine-readable status")
+    parser.add_argument("--all", action="store_true",
+                        help="with `tools`: also the real node's kubelet and kube-proxy")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action in ("kubectl", "helm"):
+        import os
+
+        binary = str(tools.ensure(args.action))
+        os.environ["KUBECONFIG"] = str(manager.kubeconfig_path())
+        os.execv(binary, [binary, *args.rest])
+    if args.rest:
+        raise SystemExit(f"lupita cluster {args.action}: unexpected arguments {args.rest}")
     if args.action == "tools":
-        for name, path in tools.ensure_all().items():
+        names = tools.TOOLS if args.all else manager.KWOK_CLUSTER_TOOLS
+        for name, path in tools.ensure_all(names).items():
             print(f"{name:<24} {path}")
         return 0
     if args.action == "images":

@@ -46,6 +46,10 @@ KWOK_NODE = "lupita-kwok-0"
 KWOK_NODE_IP = "127.0.0.1"  # the apiserver reaches a node's "kubelet" here: never off the machine
 
 
+# what `up` runs (the kwok cluster) and the tests drive it with
+KWOK_CLUSTER_TOOLS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl", "helm")
+
+
 def cluster_dir() -> Path:
     base = Path(os.environ.get("LUPITA_STACK_DIR", ROOT / ".stack"))
     path = Path(os.environ.get("LUPITA_CLUSTER_DIR", base / "cluster"))
@@ -413,7 +417,7 @@ def up() -> Path:
     """Start the cluster (idempotent); returns the admin kubeconfig's path."""
     if is_up() and _node_ready(KWOK_NODE):
         return kubeconfig_path()
-    for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl"):
+    for name in KWOK_CLUSTER_TOOLS:
         tools.ensure(name)
     started = time.monotonic()
     add_blackhole_routes()
