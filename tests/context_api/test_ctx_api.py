@@ -275,3 +275,16 @@ def test_forget_user_fact_closes_just_that_value_and_keeps_it_in_the_history(api
     history = v1(api, "/v1/facts/list", {"phone": phone, "history": True}).json()["facts"]
     assert sorted((f["value"], f["status"], f["closed_by_source"]) for f in history) == [
         ("losartán", "current", None), ("metformina", "retracted", "agent")]
+
+
+def test_the_pool_keeps_the_dsns_own_options_and_adds_its_timeouts(migrated):
+    import psycopg
+    from context_api.store import Pool
+
+    pool = Pool(psycopg.conninfo.make_conninfo(dsn(), options="-c search_path=pg_catalog,public"), 1, 1500)
+    try:
+        with pool.connection(2) as conn:
+            assert conn.execute("SHOW search_path").fetchone()[0] == "pg_catalog,public"
+            assert conn.execute("SHOW statement_timeout").fetchone()[0] == "1500ms"
+    finally:
+        pool.close()
