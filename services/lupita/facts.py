@@ -369,13 +369,16 @@ def record(conn: psycopg.Connection, person: str, obs: Observation) -> Written:
         conn.execute(_LOCK_PERSON, (FACT_LOCK_CLASS, person))
         params = _params(person, obs, key)
         current = conn.execute(_CURRENT, params).fetchone()
-        pending = conn.execute(_PENDING, params).fetchall() if authoritative else []
+        pending = conn.execute(_PENDING, params).fetchall()
         if current is None:
             same_value = [r[0] for r in pending if r[1] == "value" and r[2]]
-            if same_value:  # a proposed value, now said by the agent / a person: it holds
+            if same_value:
+                # a proposed value said again while nothing holds (the value it questioned was
+                # closed since): no conflict left, it holds
                 fact_id = same_value[0]
                 conn.execute(_ACCEPT_VALUE, {"id": fact_id, "at": obs.valid_from or obs.observed_at})
-                _resolve(conn, [r[0] for r in pending if r[0] != fact_id], "rejected", obs)
+                if authoritative:
+                    _resolve(conn, [r[0] for r in pending if r[0] != fact_id], "rejected", obs)
                 _observe(conn, fact_id, obs)
                 return Written(INSERTED, fact_id)
             fact_id = conn.execute(_INSERT, params).fetchone()[0]
@@ -385,7 +388,7 @@ def record(conn: psycopg.Connection, person: str, obs: Observation) -> Written:
         if same:
             changed = _observe(conn, cur_id, obs)
             # the agent / a person said the current value again: the open questions about it are answered
-            rejected = _resolve(conn, [r[0] for r in pending], "rejected", obs)
+            rejected = _resolve(conn, [r[0] for r in pending], "rejected", obs) if authoritative else 0
             return Written(CONFIRMED if changed or rejected else UNCHANGED, cur_id)
         same_call = obs.call_id is not None and cur_call == obs.call_id
         if not same_call and obs.observed_at < cur_observed:

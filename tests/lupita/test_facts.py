@@ -350,3 +350,19 @@ def test_the_lock_is_not_the_only_guard(dsn, db):
         c1.close()
         c2.close()
     assert len(rows(db, who)) == 1
+
+
+def test_a_questioned_value_said_again_after_the_old_one_was_closed_holds(db):
+    who = person()
+    facts.record(db, who, obs("emergency_contact_phone", "hija Rosa", call="c1", fact_type="family"))
+    t = T0 + timedelta(days=1)
+    assert facts.record(db, who, obs("emergency_contact_phone", "vecina Lola", t=t, call="c2",
+                                     fact_type="family")).outcome == facts.TO_CONFIRM
+    assert facts.retract(db, who, fact_type="family", key="emergency_contact_phone", observed_at=t,
+                         source="agent", call_id="v1").outcome == facts.RETRACTED
+    r = facts.record(db, who, obs("emergency_contact_phone", "vecina Lola", t=t + timedelta(days=1), call="c3",
+                                  fact_type="family"))
+    assert r.outcome == facts.INSERTED
+    assert current(db, who) == [("emergency_contact_phone", "vecina Lola")]
+    assert [x for x in rows(db, who) if x["status"] == "to_confirm"] == []
+    assert next(x for x in rows(db, who) if x["id"] == r.fact_id)["observation_count"] == 2
