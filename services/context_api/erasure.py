@@ -16,6 +16,9 @@ Order, each step idempotent (a failed erasure is simply asked again):
 
 Weaviate and S3 go first: if either is unreachable nothing in Postgres is touched yet, and the
 person can still be found to try again.
+
+:meth:`Eraser.sweep` (run by the server every ``context_api_erasure_sweep_interval_seconds``)
+deletes the retained objects whose retention has ended, then the call stubs left with nothing.
 """
 
 from __future__ import annotations
@@ -212,6 +215,44 @@ class Eraser:
                     (erasure_id, o["call_id"], o["bucket"], o["key"], o["version_id"], o["lock_mode"], o["until"],
                      o["why"]))
         return erasure_id
+
+    def sweep(self, pool: Any, wait_s: float, *, now: datetime | None = None, limit: int = 500) -> dict[str, int]:
+        """Delete the retained objects whose retention has ended (``erasure_retained_objects``), then
+        the call stubs left with nothing retained. Safe with several replicas sweeping at once (rows
+        are claimed with SKIP LOCKED; deleting an S3 version twice is harmless)."""
+        now = now or datetime.now(timezone.utc)
+        out = {"deleted": 0, "failed": 0, "calls_closed": 0}
+        with pool.connection(wait_s) as conn, conn.transaction():
+            due = conn.execute(
+                "SELECT id, call_id, bucket, key, version_id FROM erasure_retained_objects "
+                "WHERE deleted_at IS NULL AND (retain_until IS NULL OR retain_until <= %s) "
+                "ORDER BY retain_until NULLS FIRST, id LIMIT %s FOR UPDATE SKIP LOCKED", (now, limit)).fetchall()
+            if not due:
+                return out
+            s3 = self._s3_client()
+            done, calls = [], set()
+            for oid, call_id, bucket, key, version_id in due:
+                kw = {"VersionId": version_id} if version_id and version_id != "null" else {}
+                try:
+                    s3.delete_object(Bucket=bucket, Key=key, **kw)
+                except Exception as exc:  # noqa: BLE001 - still locked, store down: next sweep
+                    out["failed"] += 1
+                    log.warning("retained object not deleted", extra={"stage": "erasure-sweep", "call_id": call_id,
+                                                                      "error": type(exc).__name__})
+                    continue
+                done.append(oid)
+                calls.add(call_id)
+            conn.execute("UPDATE erasure_retained_objects SET deleted_at = now() WHERE id = ANY(%s)", (done,))
+            out["deleted"] = len(done)
+            # a stub whose every retained object is gone: the call row and its consent record go too
+            closed = [c for c in calls if conn.execute(
+                "SELECT NOT EXISTS (SELECT 1 FROM erasure_retained_objects WHERE call_id = %s AND deleted_at IS NULL)",
+                (c,)).fetchone()[0]]
+            conn.execute("DELETE FROM consent_records WHERE call_id = ANY(%s) AND phone_number_hash IS NULL", (closed,))
+            out["calls_closed"] = conn.execute(
+                "DELETE FROM companion_calls WHERE call_id = ANY(%s) AND phone_number_hash IS NULL", (closed,)).rowcount
+        log.info("erasure sweep", extra={"stage": "erasure-sweep", **out})
+        return out
 
     def erase(self, pool: Any, person: str, wait_s: float) -> dict[str, Any]:
         now = datetime.now(timezone.utc)

@@ -1,5 +1,6 @@
 """Run the context API under uvicorn until SIGTERM / SIGINT: stop accepting, let in-flight
-requests finish (up to ``context_api_drain_seconds``), close the Postgres pool, exit 0."""
+requests finish (up to ``context_api_drain_seconds``), close the Postgres pool, exit 0. Meanwhile
+the erasure sweeper runs every ``context_api_erasure_sweep_interval_seconds``."""
 
 from __future__ import annotations
 
@@ -10,10 +11,26 @@ import signal
 import uvicorn
 
 from context_api.app import create_app
+from context_api.erasure import Eraser
 from context_api.settings import ContextApiSettings
 from lupita.metrics import serve_metrics
 
 log = logging.getLogger("context_api")
+
+
+async def sweep_erasures(app, settings: ContextApiSettings) -> None:
+    """Every ``context_api_erasure_sweep_interval_seconds`` (0 = off), from start: delete the retained
+    objects of erased people whose legal retention has ended (:meth:`Eraser.sweep`)."""
+    interval = settings.context_api_erasure_sweep_interval_seconds
+    if not interval:
+        return
+    eraser = Eraser(settings)
+    while True:
+        try:
+            await asyncio.to_thread(eraser.sweep, app.state.pool, settings.context_api_erasure_timeout_seconds)
+        except Exception as exc:  # noqa: BLE001 - a store down: the next round tries again
+            log.warning("erasure sweep failed", extra={"stage": "erasure-sweep", "error": type(exc).__name__})
+        await asyncio.sleep(interval)  # the schedule itself, not a wait for some other event
 
 
 async def serve(settings: ContextApiSettings) -> int:
@@ -37,9 +54,12 @@ async def serve(settings: ContextApiSettings) -> int:
         port = server.servers[0].sockets[0].getsockname()[1]
         log.info("context api listening", extra={"stage": "startup", "host": settings.context_api_host,
                                                   "port": port, "auth_mode": settings.context_api_auth_mode})
+    sweeping = asyncio.create_task(sweep_erasures(app, settings)) if server.started else None
     try:
         await task
     finally:
+        if sweeping is not None:
+            sweeping.cancel()
         app.state.pool.close()
     if not server.started:
         log.error("context api did not start", extra={"stage": "startup"})

@@ -51,6 +51,8 @@ class ContextApiSettings(CommonSettings):
     weaviate_conversation_collection: str = Field(default="LupitaConversation", pattern=r"^[A-Z][A-Za-z0-9_]{0,99}$")
     weaviate_utterance_collection: str = Field(default="LupitaUtterance", pattern=r"^[A-Z][A-Za-z0-9_]{0,99}$")
     context_api_erasure_timeout_seconds: float = Field(default=60.0, gt=0, le=600)
+    # How often the retained objects whose legal retention has ended are deleted (0 = never here).
+    context_api_erasure_sweep_interval_seconds: float = Field(default=3600.0, ge=0, le=86400)
 
     # Largest request body (bytes); more = 413.
     context_api_max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)

@@ -197,3 +197,50 @@ def test_erasure_removes_everything_but_the_locked_recording_and_says_so(api, si
                             timeout=120).json()
     assert again["retained"] == [] and again["removed"]["user_facts"] == 0 and again["removed"]["s3_objects"] == 0
     assert api.client.post("/v1/facts/list", json={"phone": a}, headers=headers).json()["facts"] == []
+
+
+def test_the_sweeper_deletes_a_retained_recording_once_its_retention_ends(api, sink):
+    """A recording whose COMPLIANCE retention ends in seconds: retained by the erasure, refused by
+    S3 while still locked (the sweep leaves it for later), deleted by the sweep once due, and then
+    the call stub goes too."""
+    import time
+
+    from context_api.erasure import Eraser
+    from context_api.settings import ContextApiSettings
+    from context_api.store import Pool
+
+    phone = random_phone()
+    person = person_of(phone)
+    call_id = seed_call(sink, person, recorded=False)
+    settings, client = s3()
+    folder = f"calls/{datetime.now(timezone.utc):%Y/%m/%d}/{call_id}"
+    until = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=4)
+    for name in ("audio-full.wav", "metadata.json"):
+        client.put_object(Bucket=settings.s3_legal_bucket, Key=f"{folder}/{name}", Body=b"short-lived",
+                          ObjectLockMode="COMPLIANCE", ObjectLockRetainUntilDate=until)
+    query_key = f"{folder}/audio-full.wav"
+    with psycopg.connect(dsn(), autocommit=True) as conn:
+        conn.execute("UPDATE companion_calls SET s3_legal_key = %s, recording_status = 'recorded' WHERE call_id = %s",
+                     (query_key, call_id))
+    headers = {"authorization": f"Bearer {api.token}"}
+    out = api.client.post("/v1/erasure", json={"phone": phone, "confirm": True}, headers=headers, timeout=120).json()
+    assert sorted(o["key"] for o in out["retained"]) == [f"{folder}/audio-full.wav", f"{folder}/metadata.json"]
+    assert {datetime.fromisoformat(o["until"]) for o in out["retained"]} == {until}
+
+    eraser = Eraser(ContextApiSettings(context_api_assistant_id="t", context_api_bearer_tokens="t"))
+    pool = Pool(dsn(), 1, 5000)
+    try:
+        early = eraser.sweep(pool, 10, now=until + timedelta(seconds=1))  # our clock says due; S3's lock says no
+        assert early["deleted"] == 0 and early["failed"] >= 2
+        deadline = time.monotonic() + 30
+        while datetime.now(timezone.utc) <= until + timedelta(seconds=1) and time.monotonic() < deadline:
+            time.sleep(0.2)  # polling the clock until the retention has really ended
+        swept = eraser.sweep(pool, 10)
+    finally:
+        pool.close()
+    assert swept["deleted"] >= 2 and swept["calls_closed"] >= 1
+    versions = client.list_object_versions(Bucket=settings.s3_legal_bucket, Prefix=folder + "/")
+    assert versions.get("Versions", []) == []
+    assert query("SELECT count(*) FROM companion_calls WHERE call_id = %s", (call_id,)) == [(0,)]
+    assert query("SELECT count(*) FROM erasure_retained_objects WHERE call_id = %s AND deleted_at IS NULL",
+                 (call_id,)) == [(0,)]
