@@ -330,6 +330,7 @@ def main() -> int:
     hashes = [person_hash(p, settings.hmac_key_bytes) for p in numbers]
     callers = numbers[: args.weaviate_people]
     procs: list[subprocess.Popen] = []
+    fan_log = None
     results: dict = {"people": args.people, "facts": args.facts, "calls": args.calls,
                      "weaviate_people": args.weaviate_people, "levels": []}
     with psycopg.connect(base, autocommit=True) as conn:
@@ -380,6 +381,8 @@ def main() -> int:
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
+        if fan_log is not None:
+            fan_log.close()
         if not args.keep:
             with psycopg.connect(base, autocommit=True) as conn:
                 conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
