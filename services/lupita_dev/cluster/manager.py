@@ -427,6 +427,8 @@ def up() -> Path:
              (CONTROLLER_MANAGER, lambda: _start_controller_manager(pki, kubeconfigs)),
              (SCHEDULER, lambda: _start_scheduler(kubeconfigs)), (KWOK, lambda: _start_kwok(kubeconfigs)))
     current = status()
+    if not any(s["pid"] for s in current.values()):
+        shutil.rmtree(cluster_dir() / "logs", ignore_errors=True)  # a fresh cluster: fresh logs
     for proc, start in steps:
         if current[proc.name]["healthy"]:
             continue
