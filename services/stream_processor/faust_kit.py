@@ -19,9 +19,9 @@
   (a call must not be declared idle or orphaned while its records still wait in Kafka);
 - :func:`timer`: a stage's periodic check (due calls, purges), run only while the worker is
   ready and the broker answers, and never allowed to die on an error (it is what ends stuck calls);
-- :class:`BrokerWatch` (:func:`broker_watch`): whether the broker answers, and since when: a
-  call's idle clock starts no earlier than that, so a broker outage (the bridge holds its calls
-  meanwhile) never makes calls look idle;
+- :class:`BrokerWatch` (:func:`broker_watch`): whether the broker answers, and since when the
+  worker has its partitions and the broker: a call's idle clock starts no earlier than that, so
+  a broker outage (the bridge holds its calls meanwhile) or a slow start never makes calls look idle;
 - :func:`track_readiness`: the worker's ``/readyz`` follows its partitions (ready once they are
   assigned and the tables recovered, not ready while they are being revoked);
 - :func:`deliver`: run a delivery to Kafka (a publish, a flush) until the broker has it: a
@@ -29,12 +29,7 @@
   a dead letter or an acknowledgement; only ``stopped()`` (the partition was revoked, the worker
   is stopping) ends the loop, with :class:`Abandoned`, and the record it was for then stays
   unacknowledged (it is redelivered);
-- :func:`publish`: one record to a topic, waiting for the broker's acknowledgement;
-- :func:`admit`: a record Faust hands over while a (re)started worker is still seeking its
-  partitions back to their committed offsets is not processed (the same record comes again, in
-  order, from the committed offset): processing it first had a later record overtake earlier ones
-  (a restarted vad skipped the earlier chunks as duplicates; a restarted understanding stage
-  finished a call before its last finals).
+- :func:`publish`: one record to a topic, waiting for the broker's acknowledgement.
 """
 
 from __future__ import annotations
@@ -80,11 +75,6 @@ DEAD_LETTERS = Counter(
     "lupita_stream_dead_letters_total",
     "Records put on a stage's dead-letter topic, by stage and reason",
     ["stage", "reason"],
-)
-EARLY_RECORDS = Counter(
-    "lupita_stream_early_records_total",
-    "Records handed over before the worker's start-up seek to the committed offsets, left for their "
-    "redelivered copy", ["stage"],
 )
 BROKER_RETRIES = Counter(
     "lupita_stream_broker_retries_total",
@@ -276,28 +266,6 @@ def in_partition_of(event: Any) -> Iterator[None]:
         streams._current_event.reset(token)
 
 
-async def admit(event: Any, *, stage: str) -> bool:
-    """False for a record handed over before the worker's first recovery completed (Faust seeks the
-    source partitions to their committed offsets at the end of it, and delivers them again from
-    there): the caller skips it, and this copy is never acknowledged (its redelivered copy is).
-    Waits for the recovery to complete first. A partition without a committed offset is not sought
-    again, so its records are the only copies: admitted."""
-    app = event.app
-    completed = app.tables.recovery.completed
-    if completed.is_set():
-        return True
-    await completed.wait()
-    message = event.message
-    if app.consumer._committed_offset.get(message.tp) is None:  # never committed: nothing comes again
-        return True
-    message.incref()  # an ack of this copy (take_events acks every event) no longer reaches the consumer
-    EARLY_RECORDS.labels(stage).inc()
-    log.info("record handed over before the start-up seek; its redelivered copy is processed instead",
-             extra={"stage": stage, "topic": message.topic, "partition": message.partition,
-                    "offset": message.offset})
-    return False
-
-
 async def publish(topic: Any, key: bytes, value: bytes, **kwargs: Any) -> Any:
     """Send one record and wait until the broker has it (raises what the producer raises)."""
     fut = await topic.send(key=key, value=value, **kwargs)
@@ -394,8 +362,9 @@ async def backlog_partitions(app: faust.App, processed: dict[Any, int], assigned
 
 
 class BrokerWatch:
-    """Whether the broker answers a metadata request, and since when (``since``: the worker's
-    start, or the end of the last outage it saw). Probed by the timers, at most once a second."""
+    """Whether the broker answers a metadata request, and since when the worker has its
+    partitions and the broker (``since``: the last assignment with its tables recovered, or the end
+    of the last outage it saw). Probed by the timers, at most once a second."""
 
     PROBE_TIMEOUT_S = 5.0
 
@@ -461,6 +430,17 @@ def track_readiness(app: faust.App, probes: Any) -> None:
     worker is shutting down."""
 
     async def assigned(sender: Any, **kwargs: Any) -> None:
+        # Faust sends this right before it resumes the source partitions and seeks them to their
+        # committed offsets, with the flow already running (it ran for the table recovery): records
+        # fetched from where the fetcher stood were handed over while the seek happened, and the
+        # fetcher's read offsets then skipped the redelivered ones (a restarted vad lost chunks,
+        # a restarted understanding stage saw a leg's end before its last finals, commits jumped
+        # over unprocessed records). Stopped here, the flow resumes once the seek is done (Faust
+        # resumes it right after), so the first record handed over is the committed one.
+        app.consumer.stop_flow()
+        # a call's idle clock starts again now: the time it took to start (or to take the
+        # partitions over) and to recover the tables is not silence of the call
+        broker_watch(app).since = time.time()
         probes.set_ready(True)
         log.info("partitions assigned and tables recovered", extra={"stage": "rebalance"})
 

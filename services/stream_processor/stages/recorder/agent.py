@@ -120,8 +120,6 @@ class Recorder:
 
     async def _agent(self, stream: Any) -> Any:
         async for event in stream.noack().events():
-            if not await faust_kit.admit(event, stage="recorder"):
-                continue
             msg = event.message
             self._processed[msg.tp] = msg.offset
 

@@ -100,8 +100,6 @@ class TranscriberAgent:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.settings.transcriber_max_in_flight)
         async for event in stream.noack().events():
-            if not await faust_kit.admit(event, stage="transcriber"):
-                continue
             msg = event.message
             try:
                 seg = parse_segment(event.key, event.value)

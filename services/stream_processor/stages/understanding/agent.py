@@ -197,8 +197,6 @@ class UnderstandingStage:
 
     async def _agent(self, stream: Any) -> Any:
         async for event in stream.noack().events():
-            if not await faust_kit.admit(event, stage=STAGE):
-                continue
             msg = event.message
             generation = self._generation
             try:

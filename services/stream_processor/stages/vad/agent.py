@@ -88,9 +88,6 @@ class VadAgent:
     async def _agent(self, stream: Any) -> Any:
         s = self.settings
         async for events in stream.take_events(s.vad_batch_max_records, s.vad_batch_within_ms / 1000.0):
-            events = [ev for ev in events if await faust_kit.admit(ev, stage="vad")]
-            if not events:
-                continue
             # take_events acknowledges the batch once this body returns: a broker error is
             # therefore retried here (the calls reloaded from their last state and the batch
             # applied again: what it already published comes out the same), never acknowledged
