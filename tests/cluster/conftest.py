@@ -84,3 +84,12 @@ def crds(kubectl) -> list[str]:
     from lupita_dev.cluster import crds as crds_mod
 
     return crds_mod.install(kubectl)
+
+
+@pytest.fixture(scope="session")
+def built_images() -> dict[str, str]:
+    """The service images, built (or found in podman's layer cache) once per session."""
+    from lupita_dev.cluster import images
+
+    images.build()
+    return {img.name: img.ref for img in images.SERVICES}

@@ -27,14 +27,6 @@ LOCKED_DOWN = ["--read-only", "--tmpfs", "/tmp:rw,size=256m,mode=1777", "--cap-d
                "--security-opt", "no-new-privileges", "--network", "host"]
 
 
-@pytest.fixture(scope="session")
-def built_images() -> dict[str, str]:
-    from lupita_dev.cluster import images
-
-    images.build()
-    return {img.name: img.ref for img in images.SERVICES}
-
-
 @pytest.fixture
 def container(built_images, stack_env):
     """Start containers of the built images; every one is removed at the end of the test."""

@@ -8,18 +8,27 @@ import json
 from . import manager, tools
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("up", "down", "status", "tools", "images", "kubeconfig", "kubectl", "helm"),
-                        help="up/down/status: the cluster; tools: build the cached binaries only "
-                             "(helm, kwok, etcd, Kubernetes); images: build the service images with "
-                             "podman; kubeconfig: print its path; kubectl/helm ARGS: run the cached "
-                             "kubectl or helm against the cluster")
-    parser.add_argument("rest", nargs=argparse.REMAINDER, help="with kubectl/helm: their arguments")
+def _add_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--real-node", action="store_true",
+                        help="with `up`: also start the real node (containerd + kubelet) that runs the images")
     parser.add_argument("--image", action="append", dest="images", metavar="NAME",
-                        help="with `images`: build only this image (repeatable; default: all)")
+                        help="with `images`/`load`: only this image (repeatable; default: all)")
     parser.add_argument("--json", action="store_true", help="machine-readable status")
     parser.add_argument("--all", action="store_true",
                         help="with `tools`: also the real node's kubelet and kube-proxy")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("up", "down", "status", "tools", "images", "load", "kubeconfig",
+                                           "kubectl", "helm"),
+                        help="up/down/status: the cluster; tools: build the cached binaries only "
+                             "(helm, kwok, etcd, Kubernetes); images: build the service images with "
+                             "podman; load: copy the built images into the real node; kubeconfig: "
+                             "print its path; kubectl/helm ARGS: run the cached kubectl or helm "
+                             "against the cluster")
+    _add_options(parser)
+    # everything after the action: kubectl's/helm's own arguments, or this command's options
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
         os.environ["KUBECONFIG"] = str(manager.kubeconfig_path())
         os.execv(binary, [binary, *args.rest])
     if args.rest:
-        raise SystemExit(f"lupita cluster {args.action}: unexpected arguments {args.rest}")
+        options = argparse.ArgumentParser(prog=f"lupita cluster {args.action}")
+        _add_options(options)
+        options.parse_args(args.rest, namespace=args)
     if args.action == "tools":
         names = tools.TOOLS if args.all else manager.KWOK_CLUSTER_TOOLS
         for name, path in tools.ensure_all(names).items():
@@ -49,14 +60,29 @@ def run(args: argparse.Namespace) -> int:
         stopped = manager.down()
         print(f"[cluster] stopped: {', '.join(stopped) or 'nothing was running'}")
         return 0
+    if args.action == "load":
+        from . import images, node
+
+        node.load_images([images.IMAGES[n].ref for n in (args.images or [i.name for i in images.SERVICES])])
+        return 0
     if args.action == "up":
         manager.up()
+        if args.real_node:
+            from . import node
+
+            node.up()
+    from . import node
+
     st = manager.status()
+    node_st = node.status()
+    if any(s["pid"] for s in node_st.values()):
+        st.update(node_st)
     if args.json:
         print(json.dumps({"processes": st, "kubeconfig": str(manager.kubeconfig_path())}, indent=2))
     else:
         for name, s in st.items():
             state = "healthy" if s["healthy"] else "DOWN"
-            print(f"{name:<24} {state:<8} 127.0.0.1:{s['port']:<6} pid {s['pid'] or '-'}")
+            where = f"127.0.0.1:{s['port']}" if s["port"] else "-"
+            print(f"{name:<24} {state:<8} {where:<16} pid {s['pid'] or '-'}")
         print(f"kubeconfig: {manager.kubeconfig_path()}")
     return 0 if all(s["healthy"] for s in st.values()) else 1

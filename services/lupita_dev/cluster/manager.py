@@ -443,8 +443,12 @@ def up() -> Path:
 
 
 def down() -> list[str]:
-    """Stop every process this cluster started, remove its routes and its etcd data."""
-    stopped = [proc.name for proc in reversed(PROCS) if proc.stop()]
+    """Stop every process this cluster started (the real node first, if it ran), remove its
+    routes and its etcd data."""
+    from . import node
+
+    stopped = node.down()
+    stopped += [proc.name for proc in reversed(PROCS) if proc.stop()]
     removed = remove_blackhole_routes()
     if removed:
         stopped.append(f"routes {', '.join(removed)}")

@@ -178,3 +178,20 @@ def kubeconfig(server: str, ca_crt: Path, user: str, token: str) -> str:
         "contexts": [{"name": "lupita-local", "context": {"cluster": "lupita-local", "user": user}}],
         "current-context": "lupita-local",
     }, indent=2) + "\n"
+
+
+def issue(pki: Pki, base: Path, cn: str, org: str | None = None, *, ips: list[str] = (), dns: list[str] = (),
+          server: bool = False, client: bool = False) -> tuple[Path, Path]:
+    """A certificate signed by the cluster CA (e.g. a kubelet's, for its serving port and as
+    its identity ``system:node:<name>``); written as ``base``.crt/.key, returned as (crt, key)."""
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), None)
+    ca = x509.load_pem_x509_certificate(pki.ca_crt.read_bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    sans += [x509.DNSName(name) for name in dns]
+    usage = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
+    cert = _cert(_name(cn, org), ca.subject, key.public_key(), ca_key, ca=False, sans=sans or None, usage=usage)
+    crt_path, key_path = base.with_suffix(".crt"), base.with_suffix(".key")
+    _write(key_path, _key_pem(key))
+    _write(crt_path, cert.public_bytes(serialization.Encoding.PEM))
+    return crt_path, key_path

@@ -1,0 +1,344 @@
+"""The real node: containerd (Debian) + runc + the self-built kubelet + a CNI bridge.
+
+It runs real pods from the images ``lupita cluster images`` builds (loaded with
+``podman save | ctr import``, ``imagePullPolicy: Never``). The node's address, 10.245.0.1, is
+a /32 on ``lo`` (the kubelet refuses a loopback node IP, and this machine has no dummy link
+type): probes and the apiserver reach it without a packet leaving the machine, and the rest of
+10.245.0.0/16 is blackholed. Pods on the pod network get 10.244.1.0/24 on bridge
+``lupita-br0`` with no masquerading, and the host does not forward (ip_forward stays 0), so a
+pod cannot reach anything beyond this machine; host-network pods reach the dev stack on
+127.0.0.1. There is no kube-proxy yet (ClusterIPs do not answer on this node) and no cluster DNS.
+
+containerd's CRI plugin needs ``restrict_oom_score_adj`` here (no CAP_SYS_RESOURCE), the kubelet
+``failCgroupV1: false`` and the cgroupfs driver; the pod sandbox ("pause") image is a
+ten-line static Go program in a ``FROM scratch`` image (no registry to pull one from).
+
+``down()`` removes everything the node made: pods' containers (via the kubelet, then any
+shim left), containerd and the kubelet, their mounts, the network namespaces and the bridge,
+the CNI address store, the iptables chains the kubelet adds (KUBE-FIREWALL and the canaries),
+the node address and its route, and the Node object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+from . import manager, tools
+from . import pki as pki_mod
+from .tools import say
+
+NODE = "lupita-node"
+NODE_IP = "10.245.0.1"
+NODE_RANGE = "10.245.0.0/16"
+BRIDGE = "lupita-br0"
+POD_SUBNET = "10.244.1.0/24"  # inside the cluster's (blackholed) pod range; the bridge's route wins
+POD_GATEWAY = "10.244.1.1"
+KUBELET_PORT = 16250
+KUBELET_HEALTHZ_PORT = 16248
+PAUSE_IMAGE = "localhost/lupita-pause:1"
+RUN_DIR = Path("/run/lupita-containerd")  # short: unix socket paths are limited to 108 bytes
+KUBELET_ROOT = Path("/var/lib/lupita-kubelet")
+CONTAINERD_SOCK = RUN_DIR / "containerd.sock"
+NETNS_DIR = Path("/run/netns")
+
+CONTAINERD = manager.ClusterProc("containerd", 0)
+KUBELET = manager.ClusterProc("kubelet", KUBELET_HEALTHZ_PORT)  # status shows its 127.0.0.1 healthz
+
+
+def node_dir() -> Path:
+    path = manager.cluster_dir() / "node"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _sh(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    out = subprocess.run(args, capture_output=True, text=True, **kw)
+    if check and out.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed (exit {out.returncode}): {out.stderr.strip()}")
+    return out
+
+
+def _ctr(*args: str, **kw) -> subprocess.CompletedProcess:
+    return _sh("ctr", "-a", str(CONTAINERD_SOCK), "-n", "k8s.io", *args, **kw)
+
+
+def _state() -> dict:
+    path = node_dir() / "state.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _save_state(state: dict) -> None:
+    (node_dir() / "state.json").write_text(json.dumps(state, indent=2))
+
+
+# --------------------------------------------------------------------------- images
+
+
+def pause_image() -> str:
+    """The pod sandbox image: a static binary that waits for SIGTERM, in a FROM scratch image."""
+    from .images import image_exists, podman
+
+    if image_exists(PAUSE_IMAGE):
+        return PAUSE_IMAGE
+    src = tools.cache_dir() / "src" / "pause"
+    src.mkdir(parents=True, exist_ok=True)
+    (src / "go.mod").write_text("module lupita.local/pause\n\ngo 1.24.0\n")
+    (src / "main.go").write_text(textwrap.dedent("""\
+        // The pod sandbox of the local node: holds the pod's namespaces until SIGTERM.
+        package main
+
+        import (
+        \t"os"
+        \t"os/signal"
+        \t"syscall"
+        )
+
+        func main() {
+        \tc := make(chan os.Signal, 1)
+        \tsignal.Notify(c, syscall.SIGTERM, syscall.SIGINT)
+        \t<-c
+        }
+        """))
+    (src / "Containerfile").write_text('FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRYPOINT ["/pause"]\n')
+    _sh(tools._go(), "build", "-ldflags=-s -w", "-o", str(src / "pause"), ".", cwd=src, env=tools._go_env())
+    podman("build", "-t", PAUSE_IMAGE, "-f", str(src / "Containerfile"), str(src))
+    return PAUSE_IMAGE
+
+
+def load_images(refs: list[str]) -> dict[str, float]:
+    """Copy images from podman's store into the node's containerd (seconds per image)."""
+    from .images import podman_env
+
+    took = {}
+    for ref in refs:
+        started = time.monotonic()
+        save = subprocess.Popen(["podman", "save", ref], stdout=subprocess.PIPE, env=podman_env())
+        try:
+            _ctr("images", "import", "-", stdin=save.stdout)
+        finally:
+            save.stdout.close()
+            if save.wait() != 0:
+                raise RuntimeError(f"podman save {ref} failed (exit {save.returncode})")
+        took[ref] = time.monotonic() - started
+        say(f"loaded {ref} into the node in {took[ref]:.0f}s")
+    return took
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def _containerd_config() -> Path:
+    nd = node_dir()
+    (nd / "cni").mkdir(exist_ok=True)
+    (nd / "cni" / "10-lupita.conflist").write_text(json.dumps({
+        "cniVersion": "0.4.0", "name": "lupita",
+        "plugins": [
+            {"type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": False, "hairpinMode": True,
+             "ipam": {"type": "host-local", "dataDir": str(nd / "cni-ipam"),
+                      "ranges": [[{"subnet": POD_SUBNET, "gateway": POD_GATEWAY}]]}},
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+        ]}, indent=2))
+    conf = nd / "containerd.toml"
+    conf.write_text(textwrap.dedent(f"""\
+        # written by lupita_dev.cluster.node
+        version = 2
+        root = "{nd / 'containerd'}"
+        state = "{RUN_DIR / 'state'}"
+        [grpc]
+          address = "{CONTAINERD_SOCK}"
+        [plugins."io.containerd.grpc.v1.cri"]
+          sandbox_image = "{PAUSE_IMAGE}"
+          # no CAP_SYS_RESOURCE here: without this every sandbox fails ("can't get final child's PID")
+          restrict_oom_score_adj = true
+          disable_apparmor = true
+          [plugins."io.containerd.grpc.v1.cri".cni]
+            bin_dir = "/usr/lib/cni"
+            conf_dir = "{nd / 'cni'}"
+          [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+            runtime_type = "io.containerd.runc.v2"
+            [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+              SystemdCgroup = false
+        """))
+    return conf
+
+
+def _kubelet_config(pki: pki_mod.Pki) -> tuple[Path, Path]:
+    nd = node_dir()
+    crt, key = pki_mod.issue(pki, nd / "kubelet", f"system:node:{NODE}", "system:nodes",
+                             ips=[NODE_IP], dns=[NODE], server=True, client=True)
+    kubeconfig = nd / "kubelet.kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "lupita-local", "cluster": {"server": manager.server_url(),
+                                                          "certificate-authority": str(pki.ca_crt)}}],
+        # the Node authorizer knows a kubelet by its client certificate: CN system:node:<name>
+        "users": [{"name": NODE, "user": {"client-certificate": str(crt), "client-key": str(key)}}],
+        "contexts": [{"name": "lupita-local", "context": {"cluster": "lupita-local", "user": NODE}}],
+        "current-context": "lupita-local"}))
+    kubeconfig.chmod(0o600)
+    config = nd / "kubelet.yaml"
+    config.write_text(json.dumps({
+        "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+        "address": NODE_IP, "port": KUBELET_PORT, "readOnlyPort": 0,
+        "healthzBindAddress": "127.0.0.1", "healthzPort": KUBELET_HEALTHZ_PORT,
+        "tlsCertFile": str(crt), "tlsPrivateKeyFile": str(key),
+        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
+                           "x509": {"clientCAFile": str(pki.ca_crt)}},
+        "authorization": {"mode": "Webhook"},
+        # this machine: cgroup v1 (hybrid), no systemd
+        "cgroupDriver": "cgroupfs", "failCgroupV1": False, "failSwapOn": False,
+        "containerRuntimeEndpoint": f"unix://{CONTAINERD_SOCK}",
+        "resolvConf": "/etc/resolv.conf", "clusterDomain": "cluster.local", "staticPodPath": "",
+        "serializeImagePulls": False, "protectKernelDefaults": False,
+        # a shared development disk: never evict or garbage-collect the loaded images
+        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
+        "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
+    }))
+    return config, kubeconfig
+
+
+# --------------------------------------------------------------------------- up / down
+
+
+def status() -> dict[str, dict]:
+    return {
+        "containerd": {"pid": CONTAINERD.pid(), "port": 0,
+                       "healthy": bool(CONTAINERD.pid() and CONTAINERD_SOCK.exists())},
+        "kubelet": {"pid": KUBELET.pid(), "port": KUBELET_HEALTHZ_PORT,
+                    "healthy": bool(KUBELET.pid()) and manager._http_ok(
+                        f"http://127.0.0.1:{KUBELET_HEALTHZ_PORT}/healthz")},
+    }
+
+
+def _node_address() -> None:
+    if NODE_IP not in _sh("ip", "-4", "addr", "show", "dev", "lo").stdout:
+        _sh("ip", "addr", "add", f"{NODE_IP}/32", "dev", "lo")
+    if not manager._routes_for(NODE_RANGE):
+        _sh("ip", "route", "add", "blackhole", NODE_RANGE)
+
+
+def up() -> None:
+    """Start the real node next to the control plane (which must be up)."""
+    if all(s["healthy"] for s in status().values()) and manager._node_ready(NODE):
+        return
+    for name in ("kubelet", "kubectl"):
+        tools.ensure(name)
+    pause_image()
+    state = _state()
+    state.setdefault("netns_before", sorted(p.name for p in NETNS_DIR.glob("*")) if NETNS_DIR.exists() else [])
+    state["address"] = True
+    _save_state(state)
+    _node_address()
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    KUBELET_ROOT.mkdir(parents=True, exist_ok=True)
+    if not status()["containerd"]["healthy"]:
+        CONTAINERD.stop()
+        say("starting containerd (the real node's runtime)")
+        CONTAINERD.spawn(["containerd", "--config", str(_containerd_config())])
+        manager._wait("containerd", lambda: CONTAINERD_SOCK.exists() and _ctr("version", check=False).returncode == 0,
+                      CONTAINERD, 60)
+    load_images([PAUSE_IMAGE])
+    config, kubeconfig = _kubelet_config(manager._pki())
+    if not status()["kubelet"]["healthy"]:
+        KUBELET.stop()
+        say(f"starting the kubelet of node {NODE} ({NODE_IP})")
+        KUBELET.spawn([str(tools.ensure("kubelet")), f"--config={config}", f"--kubeconfig={kubeconfig}",
+                       f"--root-dir={KUBELET_ROOT}", f"--hostname-override={NODE}", f"--node-ip={NODE_IP}"])
+        manager._wait("the kubelet", lambda: status()["kubelet"]["healthy"], KUBELET, 120)
+    manager._wait(f"node {NODE} Ready", lambda: manager._node_ready(NODE), KUBELET, 120)
+
+
+def _our_shims() -> list[int]:
+    """containerd shims started for this node's containerd (they outlive it, re-parented)."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmd and cmd[0].endswith(b"containerd-shim-runc-v2") and str(CONTAINERD_SOCK).encode() in cmd:
+            pids.append(int(proc.name))
+    return pids
+
+
+def _unmount_under(*roots: Path) -> int:
+    mounts = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        target = line.split()[4].replace("\\040", " ")
+        if any(target == str(r) or target.startswith(f"{r}/") for r in roots):
+            mounts.append(target)
+    for target in sorted(set(mounts), key=lambda t: t.count("/"), reverse=True):
+        _sh("umount", "-l", target, check=False)
+    return len(set(mounts))
+
+
+def _remove_kube_chains() -> list[str]:
+    """The iptables chains the kubelet (KUBE-*) and CNI portmap (CNI-*) added, with their jumps."""
+    removed = []
+    for table in ("filter", "nat", "mangle"):
+        rules = _sh("iptables", "-t", table, "-S", check=False).stdout.splitlines()
+        chains = [r.split()[1] for r in rules if r.startswith("-N ") and r.split()[1].startswith(("KUBE-", "CNI-"))]
+        for rule in rules:  # jumps into them from the built-in chains, first
+            parts = rule.split()
+            if parts[:1] == ["-A"] and "-j" in parts and parts[parts.index("-j") + 1] in chains \
+                    and parts[1] not in chains:
+                _sh("iptables", "-t", table, "-D", *parts[1:], check=False)
+        for chain in chains:
+            _sh("iptables", "-t", table, "-F", chain, check=False)
+        for chain in chains:
+            if _sh("iptables", "-t", table, "-X", chain, check=False).returncode == 0:
+                removed.append(f"{table}/{chain}")
+    return removed
+
+
+def down() -> list[str]:
+    """Take down everything the real node made (safe to call when it never ran)."""
+    state = _state()
+    if not state and not (CONTAINERD.pid() or KUBELET.pid() or RUN_DIR.exists() or KUBELET_ROOT.exists()):
+        return []
+    done = []
+    if KUBELET.pid() and manager.status()["kube-apiserver"]["healthy"]:
+        # let the kubelet stop the pods itself (CNI DEL, volume unmounts), then the Node
+        manager.kubectl("delete", "pods", "--all-namespaces", "--field-selector", f"spec.nodeName={NODE}",
+                        "--grace-period=5", "--wait=true", "--timeout=60s", check=False)
+    if KUBELET.stop():
+        done.append("kubelet")
+    if CONTAINERD.pid() and CONTAINERD_SOCK.exists():
+        for task in _ctr("tasks", "ls", "-q", check=False).stdout.split():
+            _ctr("tasks", "kill", "-s", "SIGKILL", task, check=False)
+    if CONTAINERD.stop():
+        done.append("containerd")
+    for pid in _our_shims():
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    before = set(state.get("netns_before", []))
+    netns = [p.name for p in NETNS_DIR.glob("cni-*")] if NETNS_DIR.exists() else []
+    for name in netns:
+        if name not in before:
+            _sh("ip", "netns", "delete", name, check=False)
+    unmounted = _unmount_under(KUBELET_ROOT, RUN_DIR, node_dir())
+    if unmounted:
+        done.append(f"{unmounted} mounts")
+    if _sh("ip", "link", "show", BRIDGE, check=False).returncode == 0:
+        _sh("ip", "link", "delete", BRIDGE, check=False)
+        done.append(f"bridge {BRIDGE}")
+    chains = _remove_kube_chains()
+    if chains:
+        done.append(f"iptables chains {', '.join(chains)}")
+    if NODE_IP in _sh("ip", "-4", "addr", "show", "dev", "lo").stdout:
+        _sh("ip", "addr", "del", f"{NODE_IP}/32", "dev", "lo", check=False)
+        done.append(f"address {NODE_IP}")
+    _sh("ip", "route", "del", "blackhole", NODE_RANGE, check=False)
+    if manager.status()["kube-apiserver"]["healthy"]:
+        manager.kubectl("delete", "node", NODE, "--ignore-not-found", check=False)
+    for path in (KUBELET_ROOT, RUN_DIR, node_dir()):
+        shutil.rmtree(path, ignore_errors=True)
+    return done
