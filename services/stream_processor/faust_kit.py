@@ -188,13 +188,18 @@ class ChangeTracker:
             todo = [new for new in map(self._resend, failed) if new is not None]
 
 
+def _per_app(app: Any, attr: str, make: Callable[[], T]) -> T:
+    """One ``make()`` per app, kept on the app under ``attr`` (made on first use)."""
+    value = getattr(app, attr, None)
+    if value is None:
+        value = make()
+        setattr(app, attr, value)
+    return value
+
+
 def changes(app: faust.App) -> ChangeTracker:
-    """The app's :class:`ChangeTracker` (one per app, made on first use)."""
-    tracker = getattr(app, "_lupita_changes", None)
-    if tracker is None:
-        tracker = ChangeTracker()
-        app._lupita_changes = tracker  # type: ignore[attr-defined]
-    return tracker
+    """The app's :class:`ChangeTracker`."""
+    return _per_app(app, "_lupita_changes", ChangeTracker)
 
 
 class TrackedTable(faust.Table):
@@ -396,12 +401,8 @@ class BrokerWatch:
 
 
 def broker_watch(app: faust.App) -> BrokerWatch:
-    """The app's :class:`BrokerWatch` (one per app, made on first use)."""
-    watch = getattr(app, "_lupita_broker_watch", None)
-    if watch is None:
-        watch = BrokerWatch()
-        app._lupita_broker_watch = watch  # type: ignore[attr-defined]
-    return watch
+    """The app's :class:`BrokerWatch`."""
+    return _per_app(app, "_lupita_broker_watch", BrokerWatch)
 
 
 def timer(app: faust.App, seconds: float, *, name: str, stage: str, probes: Any,
