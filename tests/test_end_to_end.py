@@ -26,12 +26,11 @@ Takes about 1-3 minutes on the 2 shared cores (Whisper base on CPU and three mod
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 
 import psycopg
 import pytest
-from kafka_io import produce, records_of_call, wait_drained
+from kafka_io import own_topic_prefix, produce, records_of_call, wait_drained
 from procs import bridge_process, start_worker, stop_worker  # short group timeouts: procs.WORKER_ENV
 from sp_stores import weaviate_client
 from waits import wait_for
@@ -111,17 +110,8 @@ def names() -> tuple[str, str]:
 def own_topics(stack_env):
     """Topics of this module only: the worker below reads its topics from the beginning, and must
     not record every call the other test modules of the session produced."""
-    from lupita.config import CommonSettings
-    from lupita.topics import ensure_topics
-
-    saved = os.environ.get("LUPITA_TOPIC_PREFIX")
-    os.environ["LUPITA_TOPIC_PREFIX"] = f"e2e-{uuid.uuid4().hex[:8]}."
-    ensure_topics(CommonSettings())
-    yield
-    if saved is None:
-        os.environ.pop("LUPITA_TOPIC_PREFIX", None)
-    else:
-        os.environ["LUPITA_TOPIC_PREFIX"] = saved
+    with own_topic_prefix("e2e"):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,10 @@ producing uses aiokafka (idempotent, acks=all, the default partitioner, as the b
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -193,7 +195,28 @@ def own_topics(session_prefix: str, tag: str):
     return settings, topics
 
 
+@contextlib.contextmanager
+def own_topic_prefix(tag: str) -> Iterator[str]:
+    """``LUPITA_TOPIC_PREFIX`` set to a prefix of the caller's own (topics created) while the
+    context lasts, for the child processes it starts: a worker reading its topics from the
+    beginning then never sees the calls the other test modules of the session produced."""
+    from lupita.config import CommonSettings
+    from lupita.topics import ensure_topics
+
+    saved = os.environ.get("LUPITA_TOPIC_PREFIX")
+    prefix = os.environ["LUPITA_TOPIC_PREFIX"] = f"{tag}-{uuid.uuid4().hex[:8]}."
+    try:
+        ensure_topics(CommonSettings())
+        yield prefix
+    finally:
+        if saved is None:
+            os.environ.pop("LUPITA_TOPIC_PREFIX", None)
+        else:
+            os.environ["LUPITA_TOPIC_PREFIX"] = saved
+
+
 __all__ = [
-    "Produced", "TopicReader", "committed_offsets", "end_offsets", "events_of", "own_topics", "produce",
+    "Produced", "TopicReader", "committed_offsets", "end_offsets", "events_of", "own_topic_prefix", "own_topics",
+    "produce",
     "records_of_call", "segment_of", "segments_of", "transcripts_of", "wait_drained", "wait_handled",
 ]

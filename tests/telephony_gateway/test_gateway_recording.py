@@ -8,7 +8,6 @@ against that bound too, so a failure says by how much).
 
 from __future__ import annotations
 
-import os
 import uuid
 from datetime import datetime, timezone
 
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 from calls import dialogue
+from kafka_io import own_topic_prefix
 from procs import start_worker, stop_worker
 from sp_stores import get_json, read_wav
 from waits import await_for
@@ -33,17 +33,8 @@ ALIGN_LIMIT_SAMPLES = 160  # 20 ms at 8 kHz
 def own_topics(stack_env):
     """Topics of this module only: the worker reads from the beginning and must not record every
     call the other modules of the session made."""
-    from lupita.config import CommonSettings
-    from lupita.topics import ensure_topics
-
-    saved = os.environ.get("LUPITA_TOPIC_PREFIX")
-    os.environ["LUPITA_TOPIC_PREFIX"] = f"gw-rec-{uuid.uuid4().hex[:8]}."
-    ensure_topics(CommonSettings())
-    yield
-    if saved is None:
-        os.environ.pop("LUPITA_TOPIC_PREFIX", None)
-    else:
-        os.environ["LUPITA_TOPIC_PREFIX"] = saved
+    with own_topic_prefix("gw-rec"):
+        yield
 
 
 @pytest.fixture(scope="module")
