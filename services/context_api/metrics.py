@@ -6,7 +6,7 @@ names outside the known ones are counted as ``unknown``.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 MESSAGE_TYPES = ("assistant-request", "tool-calls", "end-of-call-report", "status-update", "transcript",
                  "conversation-update", "speech-update", "unknown")
@@ -43,6 +43,20 @@ API_SECONDS = Histogram("lupita_context_api_api_request_seconds", "Time of a JSO
 API_REJECTED = Counter("lupita_context_api_api_rejected_total",
                        "JSON API (/v1) requests refused before any handling (401, 413, 422), by reason", ["reason"])
 
+CALLBACK_RETRY_REASONS = ("kafka", "store")
+CALLBACKS_PUBLISHED = Counter("lupita_context_api_callbacks_published_total",
+                              "Due callbacks published to callbacks.due and marked dispatched")
+CALLBACKS_RETRIES = Counter("lupita_context_api_callbacks_publish_retries_total",
+                            "Dispatcher rounds that failed and will be retried after a back-off, by cause",
+                            ["reason"])
+CALLBACKS_BACKLOG = Gauge("lupita_context_api_callbacks_due_backlog",
+                          "Pending callbacks whose time has come, not yet published (as of the last round)")
+CALLBACKS_LAG = Histogram("lupita_context_api_callbacks_publish_lag_seconds",
+                          "From a callback's due time to its record's ack by the broker",
+                          buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600))
+
+for _r in CALLBACK_RETRY_REASONS:
+    CALLBACKS_RETRIES.labels(_r)
 for _e in API_ENDPOINTS:
     API_SECONDS.labels(_e)
     for _s in API_STATUSES:

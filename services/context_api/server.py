@@ -1,6 +1,9 @@
 """Run the context API under uvicorn until SIGTERM / SIGINT: stop accepting, let in-flight
 requests finish (up to ``context_api_drain_seconds``), close the Postgres pool, exit 0. Meanwhile
-the erasure sweeper runs every ``context_api_erasure_sweep_interval_seconds``."""
+the erasure sweeper runs every ``context_api_erasure_sweep_interval_seconds``, and (unless
+``context_api_callbacks_enabled`` is off) the callbacks dispatcher publishes due callbacks to
+``callbacks.due`` (:mod:`context_api.callbacks_due`); both stop with the server, the dispatcher
+after finishing the round it is in (its transaction commits or rolls back, nothing half-done)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import signal
 import uvicorn
 
 from context_api.app import create_app
+from context_api.callbacks_due import Dispatcher, dispatch_callbacks
 from context_api.erasure import Eraser
 from context_api.settings import ContextApiSettings
 from lupita.metrics import serve_metrics
@@ -55,11 +59,17 @@ async def serve(settings: ContextApiSettings) -> int:
         log.info("context api listening", extra={"stage": "startup", "host": settings.context_api_host,
                                                   "port": port, "auth_mode": settings.context_api_auth_mode})
     sweeping = asyncio.create_task(sweep_erasures(app, settings)) if server.started else None
+    dispatcher = Dispatcher(settings, app.state.pool) if server.started and settings.context_api_callbacks_enabled else None
+    dispatching = asyncio.create_task(dispatch_callbacks(dispatcher)) if dispatcher is not None else None
     try:
         await task
     finally:
         if sweeping is not None:
             sweeping.cancel()
+        if dispatching is not None:
+            dispatching.cancel()
+            await asyncio.gather(dispatching, return_exceptions=True)
+            await asyncio.to_thread(dispatcher.close)  # waits for a round in flight
         app.state.pool.close()
     if not server.started:
         log.error("context api did not start", extra={"stage": "startup"})

@@ -77,6 +77,16 @@ class ContextApiSettings(CommonSettings):
     context_api_callback_max_days: int = Field(default=60, ge=1, le=366)
     context_api_callback_window_minutes: int = Field(default=30, ge=1, le=1440)
 
+    # The callbacks dispatcher (callbacks_due.py): publishes each due pending callback to the
+    # `callbacks.due` topic once. Off in a replica that should not dispatch (any number may: rows
+    # are claimed with SKIP LOCKED). Poll period when idle, rows per transaction, how long one
+    # batch may wait for the broker's acks, and the longest back-off after a Kafka/Postgres failure.
+    context_api_callbacks_enabled: bool = True
+    context_api_callbacks_poll_interval_seconds: float = Field(default=1.0, gt=0, le=3600)
+    context_api_callbacks_batch_size: int = Field(default=50, ge=1, le=1000)
+    context_api_callbacks_publish_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    context_api_callbacks_backoff_max_seconds: float = Field(default=30.0, gt=0, le=3600)
+
     # Postgres: connections kept, connect and statement timeout.
     context_api_db_pool_size: int = Field(default=8, ge=1, le=200)
     context_api_db_timeout_ms: int = Field(default=2000, ge=50, le=60000)
