@@ -45,6 +45,7 @@ from typing import Any, TypeVar
 
 import faust
 from aiokafka.errors import KafkaError
+from faust import streams
 from faust.exceptions import PartitionsMismatch, ProducerSendError
 from prometheus_client import Counter
 
@@ -128,11 +129,15 @@ class ChangeTracker:
     def __init__(self) -> None:
         self.pending: dict[Any, tuple[Any, Any, int | None]] = {}  # future -> (table, key, partition)
         self.resent: dict[Any, Any] = {}  # failed future -> the future of its new send
+        # the record each change was made for (Faust's current event): what its acknowledgement waits for
+        self.by_event: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
         self.acks: set[asyncio.Task] = set()
 
-    def track(self, fut: Any, table: Any, key: Any, partition: int | None) -> None:
+    def track(self, fut: Any, table: Any, key: Any, partition: int | None, event: Any = None) -> None:
         self.pending[fut] = (table, key, partition)
         fut.add_done_callback(self._done)
+        if event is not None:
+            self.by_event.setdefault(event, []).append(fut)
 
     def _done(self, fut: Any) -> None:
         if not fut.cancelled() and fut.exception() is None:
@@ -209,7 +214,7 @@ class TrackedTable(faust.Table):
     def send_changelog(self, partition: int | None, key: Any, value: Any, key_serializer: Any = None,
                        value_serializer: Any = None) -> Any:
         fut = super().send_changelog(partition, key, value, key_serializer, value_serializer)
-        changes(self.app).track(fut, self, key, fut.message.partition)
+        changes(self.app).track(fut, self, key, fut.message.partition, streams.current_event())
         return fut
 
 
@@ -220,11 +225,12 @@ async def changes_delivered(app: faust.App, *, stage: str, stopped: Callable[[],
 
 
 def acknowledge(event: Any, *, stage: str) -> None:
-    """Acknowledge ``event`` once every table change made so far is on the broker: at once when
-    none is pending, else from a task (the agent goes on; offsets are committed only up to the
-    first record not acknowledged yet, so a worker killed meanwhile redoes the record)."""
+    """Acknowledge ``event`` once the table changes made for it (while it was Faust's current
+    event) are on the broker: at once when none is pending, else from a task (the agent goes on).
+    The changes of the records before it need not be waited for: offsets are committed only up to
+    the first record not acknowledged yet, so a worker killed meanwhile redoes from there."""
     tracker = changes(event.app)
-    pending = list(tracker.pending)
+    pending = [f for f in tracker.by_event.pop(event, ()) if f in tracker.pending or f in tracker.resent]
     if not pending:
         event.ack()
         return
@@ -262,8 +268,6 @@ def in_partition_of(event: Any) -> Iterator[None]:
     agents write after awaiting the producer or from background work, so they name the record
     of the call's partition themselves. This sets the context variable Faust's own stream
     iteration sets."""
-    from faust import streams
-
     token = streams._current_event.set(weakref.ref(event))
     try:
         yield

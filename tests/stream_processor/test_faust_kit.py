@@ -105,15 +105,21 @@ class _Table:
     def send_changelog(self, partition, key, value, key_serializer=None, value_serializer=None):
         fut = asyncio.get_running_loop().create_future()
         self.sent.append((key, value, fut))
-        self.tracker.track(fut, self, key, partition)
+        self.tracker.track(fut, self, key, partition, self.event)
         return fut
 
-    def write(self, key, value):
+    event = None  # the record being processed (Faust's current event)
+
+    def write(self, key, value, event=None):
         if value is None:
             self.data.pop(key, None)
         else:
             self.data[key] = value
-        return self.send_changelog(0, key, value)
+        self.event = event
+        try:
+            return self.send_changelog(0, key, value)
+        finally:
+            self.event = None
 
 
 class _Event:
@@ -134,17 +140,22 @@ def test_a_record_is_acknowledged_only_after_the_broker_has_its_table_changes():
         app = _App()
         tracker = faust_kit.changes(app)
         table = _Table(tracker)
-        table.write("call-1", {"v": 1})
-        event = _Event(app)
+        event, other = _Event(app), _Event(app)
+        table.write("call-2", {"v": 0}, other)  # another record's change, still in flight
+        table.write("call-1", {"v": 1}, event)
         faust_kit.acknowledge(event, stage="test")
         await asyncio.sleep(0)
-        assert not event.acked.is_set()  # the change is still in flight
-        table.sent[0][2].set_result("offset-1")
-        await asyncio.wait_for(event.acked.wait(), 5)
-        # nothing pending: acknowledged at once
+        assert not event.acked.is_set()  # its change is still in flight
+        table.sent[1][2].set_result("offset-1")
+        await asyncio.wait_for(event.acked.wait(), 5)  # the other record's change is not waited for
+        assert not other.acked.is_set()
+        # a record whose changes are all on the broker is acknowledged at once
+        table.sent[0][2].set_result("offset-0")
+        await asyncio.sleep(0)
+        faust_kit.acknowledge(other, stage="test")
         later = _Event(app)
         faust_kit.acknowledge(later, stage="test")
-        assert later.acked.is_set() and not tracker.pending
+        assert other.acked.is_set() and later.acked.is_set() and not tracker.pending
 
     asyncio.run(main())
 
