@@ -16,8 +16,9 @@ two dispatchers never publish the same row from two rounds that overlap (the row
 row is marked only after its record is acked. The one window is a crash (or lost Postgres
 connection) after the ack and before the commit: the lock goes with the connection, the row is
 pending again, and the next round publishes it again — the same ``callback_id`` and fields, with a
-later ``published_at``. The dialer must therefore treat ``callback_id`` (also the record key) as
-its idempotency key. Kafka transactions would not close this window: the Postgres commit and the
+later ``published_at``. The same happens when an ack is not seen in time (publish timeout) though
+the broker did write the record. The dialer must therefore treat ``callback_id`` (also the record
+key) as its idempotency key; the row's ``kafka_partition``/``kafka_offset`` name the copy kept. Kafka transactions would not close this window: the Postgres commit and the
 Kafka commit are still two commits, one of which can be lost between them.
 
 The record (JSON, key = the callback id as text; no phone number, no person data besides the
@@ -113,6 +114,7 @@ class Dispatcher:
                 self._producer = KafkaProducer(
                     bootstrap_servers=self.settings.kafka_bootstrap, client_id="lupita-context-api-callbacks",
                     acks="all", enable_idempotence=True, linger_ms=0, max_block_ms=timeout_ms,
+                    bootstrap_timeout_ms=timeout_ms,
                     request_timeout_ms=min(timeout_ms, 30000), retry_backoff_ms=200)
             except KafkaError as exc:
                 raise KafkaUnavailable(f"kafka unreachable ({type(exc).__name__})") from None
@@ -129,6 +131,10 @@ class Dispatcher:
     def ensure_topic(self) -> None:
         from lupita.topics import ensure_topics
 
+        with self._lock:
+            # the producer first: it gives up after the publish timeout when the broker is down,
+            # where the admin client would wait its fixed 30 s
+            self._kafka()
         try:
             ensure_topics(self.settings, (CALLBACKS_DUE,))
         except Exception as exc:  # noqa: BLE001 - kafka-python raises several kinds; retried next round

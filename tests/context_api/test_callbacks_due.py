@@ -65,8 +65,9 @@ def dispatcher(env, **kw):
     from context_api.callbacks_due import Dispatcher
     from context_api.store import Pool
 
-    s = settings(env, **{k: v for k, v in kw.items() if k.startswith("context_api_")})
-    return Dispatcher(s, Pool(s.postgres_dsn.get_secret_value(), 2, 5000), after_ack=kw.get("after_ack"))
+    after_ack = kw.pop("after_ack", None)
+    s = settings(env, **kw)
+    return Dispatcher(s, Pool(s.postgres_dsn.get_secret_value(), 2, 5000), after_ack=after_ack)
 
 
 @pytest.fixture
@@ -286,3 +287,45 @@ def test_the_service_dispatches_while_it_serves(env, db):
     assert server.proc.returncode == 0
     recs = published(env)
     assert len(recs[cb]) == 1 and len(recs[later]) == 1
+
+
+def test_an_unreachable_broker_marks_nothing_and_the_next_round_publishes(env, db):
+    from context_api.callbacks_due import KafkaUnavailable
+    from procs import free_port
+
+    cb = add(db)
+    dead = dispatcher(env, kafka_bootstrap=f"127.0.0.1:{free_port()}",
+                      context_api_callbacks_publish_timeout_seconds=1.0)
+    try:
+        with pytest.raises(KafkaUnavailable):
+            dead.run_once()
+    finally:
+        dead.close()
+    r = row(db, cb)
+    assert (r["status"], r["published_at"], r["kafka_offset"]) == ("pending", None, None)
+    assert cb not in published(env)
+    d = dispatcher(env)
+    try:
+        assert d.run_once() == 1
+    finally:
+        d.close()
+    assert len(published(env)[cb]) == 1 and row(db, cb)["status"] == "dispatched"
+
+
+def test_the_service_backs_off_while_the_broker_is_unreachable(env, db):
+    from ctxkit import ContextApi
+    from procs import free_port
+
+    cb = add(db)
+    with ContextApi("context-api-callbacks-down", env={
+            "LUPITA_POSTGRES_DSN": env[0], "LUPITA_TOPIC_PREFIX": env[1],
+            "LUPITA_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+            "LUPITA_CONTEXT_API_CALLBACKS_POLL_INTERVAL_SECONDS": "0.1",
+            "LUPITA_CONTEXT_API_CALLBACKS_PUBLISH_TIMEOUT_SECONDS": "1"}) as server:
+        wait_for("two failed rounds", lambda: server.metric(
+            "lupita_context_api_callbacks_publish_retries_total", reason="kafka") >= 2, timeout=60)
+        assert server.client.get("/readyz").status_code == 200  # the API keeps serving
+        assert server.metric("lupita_context_api_callbacks_published_total") == 0
+        warned = [r for r in server.logs() if r.get("msg") == "callbacks round failed"]
+        assert warned and all(r["reason"] == "kafka" and r["retry_in_s"] > 0 for r in warned)
+    assert row(db, cb)["status"] == "pending" and cb not in published(env)
