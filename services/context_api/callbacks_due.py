@@ -161,8 +161,8 @@ class Dispatcher:
         with self.pool.connection(self.settings.context_api_db_timeout_ms / 1000) as conn:
             with conn.transaction():
                 rows = conn.execute(_CLAIM, (self.settings.context_api_callbacks_batch_size,)).fetchall()
-                if not rows:
-                    metrics.CALLBACKS_BACKLOG.set(0)
+                if not rows:  # due rows may still exist, held by another replica's round
+                    metrics.CALLBACKS_BACKLOG.set(conn.execute(_BACKLOG).fetchone()[0])
                     return 0
                 published_at = datetime.now(timezone.utc)
                 sent: list[tuple[tuple, Any]] = []
