@@ -1,0 +1,124 @@
+"""End to end on the real node: the built images, loaded into the node, installed by the chart
+with the local values against the local stack; every pod passes its probes; one simulated call
+through the bridge pod ends as a WAV locked in COMPLIANCE mode in the legal bucket and an
+analysed ``companion_calls`` row; ``helm uninstall`` leaves nothing of the release behind, in
+the API or in the node's runtime.
+
+The pods use the host network (they reach the stack on 127.0.0.1) and bind the node's address,
+10.245.0.1, where the kubelet probes them (it refuses a loopback node address); the kwok node
+is cordoned meanwhile so every pod lands on the real node. Own topic prefix, own release.
+Takes 2-4 minutes on the 2 shared cores when the images are warm (three model loads, Whisper
+on CPU); loading the three images into containerd is ~90 s of it.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import psycopg
+import pytest
+import yaml
+from conftest import CHART
+from procs import run_lupita
+from test_chart_in_cluster import _release_leftovers
+from waits import wait_for
+
+pytestmark = pytest.mark.stack
+
+IMAGES = ("lupita-media-bridge", "lupita-stream-processor", "lupita-context-api")
+PROCESS_TIMEOUT_S = 300  # Whisper on two shared cores: a bound, not a speed assertion
+
+
+@pytest.fixture(scope="module")
+def release(cluster, built_images, kubectl, helm, stack_env, tmp_path_factory):
+    from lupita_dev.cluster import manager, node
+
+    node.up()
+    node.load_images([built_images[name] for name in IMAGES])
+    suffix = uuid.uuid4().hex[:6]
+    name, namespace = f"e2e-{suffix}", f"e2e-{suffix}"
+    kubectl("create", "namespace", namespace)
+    secret = {**stack_env, "LUPITA_CONTEXT_API_BEARER_TOKENS": uuid.uuid4().hex,
+              "LUPITA_CONTEXT_API_HMAC_SECRET": uuid.uuid4().hex}
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "lupita-local-stack"}, "stringData": secret}))
+    overrides = tmp_path_factory.mktemp("e2e") / "real-node-values.yaml"
+    overrides.write_text(yaml.safe_dump({
+        "kafka": {"topicPrefix": f"cluster-e2e-{suffix}."},
+        "mediaBridge": {"settings": {"LUPITA_GRPC_HOST": node.NODE_IP}},
+        "streamProcessor": {"settings": {"LUPITA_METRICS_HOST": node.NODE_IP}},
+        "contextApi": {"settings": {"LUPITA_CONTEXT_API_HOST": node.NODE_IP}},
+    }))
+    kubectl("cordon", manager.KWOK_NODE)
+    try:
+        helm("install", name, str(CHART), "-n", namespace, "-f", str(CHART / "values-local.yaml"),
+             "-f", str(overrides), "--wait", "--timeout", "300s", timeout=360)
+        yield {"name": name, "namespace": namespace}
+    finally:
+        kubectl("uncordon", manager.KWOK_NODE)
+        helm("uninstall", name, "-n", namespace, "--wait", "--timeout", "120s", check=False)
+        kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def _bridge_port() -> int:
+    values = yaml.safe_load((CHART / "values-local.yaml").read_text())
+    return int(values["mediaBridge"]["ports"]["grpc"])
+
+
+def test_a_call_through_the_chart_on_the_real_node_is_recorded_locked_and_analysed(release, kubectl, helm,
+                                                                                   stack_env):
+    import boto3
+
+    from lupita_dev.cluster import node
+
+    pods = json.loads(kubectl("get", "pods", "-n", release["namespace"], "-o", "json").stdout)["items"]
+    assert len(pods) >= 5 and all(p["spec"]["nodeName"] == node.NODE for p in pods)
+    assert all(all(c["ready"] for c in p["status"]["containerStatuses"]) for p in pods)
+
+    out = run_lupita("cluster-e2e-call", ["call", "--target", f"{node.NODE_IP}:{_bridge_port()}",
+                                          "--calls", "1", "--speed", "0", "--json"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (report["ok"], report["failed"]) == (1, 0), report
+    call_id = report["per_call"][0]["call_id"]
+
+    def processed():
+        with psycopg.connect(stack_env["LUPITA_POSTGRES_DSN"]) as db:
+            cur = db.execute("SELECT * FROM companion_calls WHERE call_id = %s AND processed_at IS NOT NULL",
+                             (call_id,))
+            row = cur.fetchone()
+            return row and dict(zip([d.name for d in cur.description], row))
+
+    row = wait_for(f"the analysed row of {call_id}", processed, timeout=PROCESS_TIMEOUT_S, interval=2)
+    assert row["recording_status"] == "recorded" and (row["transcript"] or "").strip() and row["summary"]
+    s3 = boto3.client("s3", endpoint_url=stack_env["LUPITA_S3_ENDPOINT"], region_name=stack_env["LUPITA_S3_REGION"],
+                      aws_access_key_id=stack_env["LUPITA_S3_ACCESS_KEY"],
+                      aws_secret_access_key=stack_env["LUPITA_S3_SECRET_KEY"])
+    legal = yaml.safe_load((CHART / "values-local.yaml").read_text())["s3"]["legalBucket"]
+    head = s3.head_object(Bucket=legal, Key=row["s3_legal_key"])
+    assert head["ObjectLockMode"] == "COMPLIANCE" and head["ContentLength"] > 44
+    assert row["s3_legal_key"].endswith(f"/{call_id}/audio-full.wav")
+
+
+def test_helm_uninstall_leaves_nothing_in_the_api_or_the_node(release, kubectl, helm):
+    from lupita_dev.cluster import node
+
+    helm("uninstall", release["name"], "-n", release["namespace"], "--wait", "--timeout", "120s")
+    kubectl("delete", "secret", "lupita-local-stack", "-n", release["namespace"])  # the test's own, not the chart's
+    left: list[str] = []
+
+    def nothing_left() -> bool:
+        left[:] = _release_leftovers(kubectl, release["name"], release["namespace"])
+        # the node: no container of the release's pods still running (only other namespaces' pods)
+        tasks = node._ctr("tasks", "ls", "-q", check=False).stdout.split()
+        others = json.loads(kubectl("get", "pods", "-A", "--field-selector", f"spec.nodeName={node.NODE}",
+                                    "-o", "json").stdout)["items"]
+        if not others and tasks:
+            left.append(f"{len(tasks)} containers still running in containerd")
+        return not left
+
+    try:
+        wait_for(f"nothing of {release['name']} left", nothing_left, timeout=120, interval=2)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; still there: {left}") from None
