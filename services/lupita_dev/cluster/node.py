@@ -223,10 +223,26 @@ def _node_address() -> None:
         _sh("ip", "route", "add", "blackhole", NODE_RANGE)
 
 
+DEBIAN_PACKAGES = {"containerd": "containerd", "runc": "runc", "/usr/lib/cni/bridge": "containernetworking-plugins",
+                   "iptables": "iptables", "ctr": "containerd"}
+
+
+def ensure_debian_packages() -> None:
+    missing = sorted({pkg for cmd, pkg in DEBIAN_PACKAGES.items() if not (shutil.which(cmd) or Path(cmd).exists())})
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise RuntimeError(f"the real node needs root and Debian packages {missing}")
+    say(f"installing Debian packages: {', '.join(missing)}")
+    _sh("apt-get", "install", "-y", "--no-install-recommends", *missing,
+        env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+
+
 def up() -> None:
     """Start the real node next to the control plane (which must be up)."""
     if all(s["healthy"] for s in status().values()) and manager._node_ready(NODE):
         return
+    ensure_debian_packages()
     for name in ("kubelet", "kubectl"):
         tools.ensure(name)
     pause_image()
