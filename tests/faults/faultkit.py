@@ -8,7 +8,7 @@ duplicated, and why.
 **Its own stack.** A fault stops Kafka, Postgres, MinIO or Weaviate for tens of seconds. Doing that
 to the shared local stack would break every other test session running against it, so the rig
 brings up a second stack of the same servers through the same code (``lupita stack up`` with
-``LUPITA_STACK_DIR=<repo>/.stack/faults`` and ``LUPITA_STACK_PORT_OFFSET``, default 2000: no port of it meets one of the shared stack's) and stops and
+``LUPITA_STACK_DIR=<repo>/.stack/faults`` and ``LUPITA_STACK_PORT_OFFSET``, default the shared stack's offset + 2000: no port of it meets one of the shared stack's) and stops and
 starts its servers with the stack manager's own functions (``PROCS[name].stop()``, ``up((name,))``)
 in a child process, where that offset applies. One fault run at a time holds that stack (a file lock):
 a second test session or benchmark waits for it.
@@ -174,7 +174,10 @@ class OwnStack:
 
     def __init__(self, directory: Path | None = None, offset: int | None = None) -> None:
         self.dir = Path(directory or os.environ.get("LUPITA_FAULTS_STACK_DIR", ROOT / ".stack" / "faults"))
-        self.offset = int(offset if offset is not None else os.environ.get("LUPITA_FAULTS_STACK_PORT_OFFSET", "2000"))
+        # 2000 above the shared stack's own offset: a second checkout running its stack with
+        # LUPITA_STACK_PORT_OFFSET gets a fault stack of its own too
+        default = int(os.environ.get("LUPITA_STACK_PORT_OFFSET", "0") or 0) + 2000
+        self.offset = int(offset if offset is not None else os.environ.get("LUPITA_FAULTS_STACK_PORT_OFFSET", default))
         self.started_here = False
 
     @property
