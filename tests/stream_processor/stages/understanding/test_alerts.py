@@ -152,6 +152,8 @@ def test_calm_script_raises_nothing_including_false_friends(detector):
     ("No me dan de comer desde ayer.", "neglect"),
     ("Nadie me da de comer.", "neglect"),
     ("¡Auxilio! Llamen a una ambulancia.", "help_request"),
+    ("Necesito un ambulancia.", "help_request"),  # the article as Whisper often hears it
+    ("Pidan la ambulancia, por favor.", "help_request"),
     ("ME CAI EN EL BANO", "fall"),  # no accents, upper case (ASR / typing variants)
 ])
 def test_each_cue_fires_on_plain_statements(detector, text, cue):
