@@ -133,8 +133,10 @@ class WordsDetector:
         self.detector = detector
         self.words: dict[tuple[str, int], list[tuple[str, float | None]]] = {}
 
-    def scan(self, utterance: Any, seen: set[str] | None = None) -> list[Any]:
-        return self.detector.scan(utterance, seen, words=self.words.get((utterance.leg, utterance.seq)))
+    def scan(self, utterance: Any, seen: set[str] | None = None, *, words: Any = None) -> list[Any]:
+        if words is None:
+            words = self.words.get((utterance.leg, utterance.seq))
+        return self.detector.scan(utterance, seen, words=words)
 
 
 @dataclass

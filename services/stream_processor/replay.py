@@ -431,7 +431,7 @@ class Replayer:
 
     def replay(self, entry: CallEntry, progress: Progress | None = None) -> Outcome:
         from stream_processor.stages.understanding.core import CallUnderstanding, finish_call
-        from stream_processor.stages.understanding.agent import utterance_of
+        from stream_processor.stages.understanding.agent import utterance_of, words_of
         from stream_processor.records import LEG_NAMES
 
         t0 = time.monotonic()
@@ -453,7 +453,7 @@ class Replayer:
             if progress is not None:
                 progress.show(call_id, f"transcribing segment {i + 1}/{len(finals)}", force=i + 1 == len(finals))
             ev = self.transcript(seg)
-            hits = cu.on_final(utterance_of(ev), svc.detector, svc.sentiment_of)
+            hits = cu.on_final(utterance_of(ev), svc.detector, svc.sentiment_of, words=words_of(ev))
             for hit in hits:
                 svc.postgres.write_alert(hit)
                 alerts += 1

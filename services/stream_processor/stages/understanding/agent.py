@@ -113,6 +113,14 @@ def utterance_of(ev: events_pb2.TranscriptEvent) -> Utterance:
     return Utterance(ev.call_id, LEG_NAMES[ev.leg], int(ev.seq), start, end, ev.text, float(conf))
 
 
+def words_of(ev: events_pb2.TranscriptEvent) -> list[tuple[str, float | None]] | None:
+    """The transcript's words as ``(word, probability)`` pairs for the alert scan (None when the
+    backend gave no words)."""
+    if not ev.words:
+        return None
+    return [(w.word, w.probability if w.HasField("probability") else None) for w in ev.words]
+
+
 def alert_event(hit: AlertHit, *, raised_at_us: int, transcript_emitted_at_us: int = 0) -> analysis_pb2.AlertEvent:
     e = hit.evidence
     return analysis_pb2.AlertEvent(
@@ -281,7 +289,7 @@ class UnderstandingStage:
         else:
             utt = utterance_of(tr)
             before = (len(cu.conversation.utterances), cu.blank_finals)
-            hits = cu.on_final(utt, svc.detector, svc.sentiment_of)
+            hits = cu.on_final(utt, svc.detector, svc.sentiment_of, words=words_of(tr))
             after = (len(cu.conversation.utterances), cu.blank_finals)
             RECORDS.labels("blank" if after[1] > before[1] else ("final" if after != before else "duplicate")).inc()
             if after[0] > before[0]:

@@ -182,11 +182,13 @@ class CallUnderstanding:
     def end(self, ended_at_us: int) -> None:
         self.ended_at_us = int(ended_at_us) or None
 
-    def on_final(self, utt: Utterance, detector: AlertDetector,
-                 sentiment_of: Any = None) -> list[AlertHit]:
+    def on_final(self, utt: Utterance, detector: AlertDetector, sentiment_of: Any = None, *,
+                 words: Any = None) -> list[AlertHit]:
         """Add a final utterance; returns the alerts it raises (person leg, cue not yet raised
         in this call). A repeated (leg, seq) or a blank text changes nothing and raises nothing;
-        a call without consent keeps nothing."""
+        a call without consent keeps nothing. ``words``: the transcript's ``(word, probability)``
+        pairs, so a cue resting on a doubtful word is raised ``to_verify`` (see
+        :meth:`AlertDetector.scan`); without them the utterance's confidence stands for every word."""
         if self.consent is False:
             return []
         if not utt.text.strip():
@@ -197,7 +199,7 @@ class CallUnderstanding:
             return []
         if self.consent is None or utt.leg != PERSON:
             return []
-        return detector.scan(utt, self.alerts_seen)
+        return detector.scan(utt, self.alerts_seen, words=words)
 
     # -- derived -------------------------------------------------------------------------------
 

@@ -335,6 +335,30 @@ def test_a_doubtful_negator_raises_the_cue_to_verify_with_the_evidence(detector)
     assert detector.scan(heard("no me caí", 0.3), words=[("no", 0.9), ("me", 0.2), ("caí", 0.2)]) == []
 
 
+def test_the_stage_scans_a_final_with_its_transcript_word_probabilities(detector):
+    """The worker path: a final TranscriptEvent's words reach the scan through
+    CallUnderstanding.on_final (a doubtful 'no' raises the fall to verify; a sure one drops it)."""
+    from lupita.v1 import events_pb2
+
+    from stream_processor.records import LEG_BY_NAME
+    from stream_processor.stages.understanding.agent import utterance_of, words_of
+    from stream_processor.stages.understanding.core import CallUnderstanding
+
+    def final(seq: int, no_probability: float) -> events_pb2.TranscriptEvent:
+        ev = events_pb2.TranscriptEvent(call_id=CALL, leg=LEG_BY_NAME["person"], seq=seq, text="no me caí",
+                                        segment_start_us=1_000_000, segment_end_us=2_000_000, confidence=0.95)
+        for word, p in (("no", no_probability), ("me", 0.9), ("caí", 0.9)):
+            ev.words.add(word=word, start_us=1_000_000, end_us=1_500_000, probability=p)
+        return ev
+
+    assert words_of(events_pb2.TranscriptEvent(call_id=CALL, text="hola")) is None  # no words: none given
+    cu = CallUnderstanding(CALL)
+    cu.start(started_at_us=1, phone_hash=None, region=None, consent=True)
+    assert cu.on_final(utterance_of(final(0, 0.97)), detector, words=words_of(final(0, 0.97))) == []
+    [hit] = cu.on_final(utterance_of(final(1, 0.21)), detector, words=words_of(final(1, 0.21)))
+    assert (hit.cue_id, hit.to_verify) == ("fall", True) and "0.21" in hit.verification
+
+
 def test_an_implausible_negator_does_not_silence_a_fall(detector):
     # Whisper splits "anoche" and "nomás": the "no" is a piece of another word
     for text, joined in (("a no che me caí en el baño", "anoche"), ("no más me caí tantito", "nomas")):
