@@ -29,3 +29,11 @@ def test_an_unknown_action_or_component_is_a_usage_error():
     assert bad_action.returncode == 2 and "invalid choice: 'restart'" in bad_action.stderr
     bad_component = lupita("stack", "up", "--only", "redis")
     assert bad_component.returncode == 2 and "invalid choice: 'redis'" in bad_component.stderr
+
+
+def test_up_refuses_servers_another_stack_started_on_its_ports(stack_env, tmp_path):
+    # the session's stack answers on these ports; a stack in another directory did not start them
+    done = lupita("stack", "up", "--only", "kafka", "postgres", LUPITA_STACK_DIR=str(tmp_path / "other"))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "for kafka answers, but this stack" in done.stderr and "for postgres answers" in done.stderr
+    assert "LUPITA_STACK_PORT_OFFSET" in done.stderr and "Traceback" not in done.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from . import manager
 
@@ -18,7 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "up":
-        manager.up(tuple(args.only) if args.only else manager.COMPONENTS)
+        try:
+            manager.up(tuple(args.only) if args.only else manager.COMPONENTS)
+        except RuntimeError as exc:  # a port taken, a server that did not start: said plainly
+            print(f"[stack] {exc}", file=sys.stderr)
+            return 1
         args.action = "status"
     if args.action == "down":
         stopped = manager.down()

@@ -555,7 +555,14 @@ def up(components: tuple[str, ...] = COMPONENTS) -> dict[str, str]:
     """Install what is missing, start what is not running, prepare DB and buckets; return env."""
     started_all = time.monotonic()
     env = stack_env()
-    if all(HEALTH[c]() for c in components):
+    healthy = {c: HEALTH[c]() for c in components}
+    foreign = [c for c in components if healthy[c] and PROCS[c].pid() is None]
+    if foreign:  # e.g. another checkout's stack on the same ports: never use (or prepare) it
+        raise RuntimeError(
+            "; ".join(f"port {PROCS[c].port} for {c} answers, but this stack ({stack_dir()}) did not start it"
+                      for c in foreign)
+            + ": another checkout's stack? Stop it, or give this one other ports with LUPITA_STACK_PORT_OFFSET")
+    if all(healthy.values()):
         _prepare(components, env, quiet=True)
         return env
     bins = install.install_all(components)
