@@ -21,8 +21,8 @@ ALERTS = "alerts"
 ALL = (AUDIO_CHUNKS, CALL_LIFECYCLE, SPEECH_SEGMENTS, TRANSCRIPTS, CALL_ANALYSIS, ALERTS)
 
 # Callbacks that fell due, published by the context API's dispatcher for an outbound dialer. Keyed
-# by the callback id (never a phone number). Not in ALL (yet): the cluster's KafkaTopics
-# (k8s/kafka/topics.yaml) list ALL; the context API creates it itself (CONTEXT_API).
+# by the callback id (never a phone number). Not in ALL (the stream topics every service
+# creates): the context API creates it itself (CONTEXT_API); k8s/kafka/topics.yaml declares both.
 CALLBACKS_DUE = "callbacks.due"
 CONTEXT_API = (CALLBACKS_DUE,)
 
