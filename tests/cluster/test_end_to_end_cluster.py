@@ -45,7 +45,12 @@ def release(cluster, built_images, kubectl, helm, stack_env, tmp_path_factory):
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "lupita-local-stack"}, "stringData": secret}))
     overrides = tmp_path_factory.mktemp("e2e") / "real-node-values.yaml"
     overrides.write_text(yaml.safe_dump({
-        "kafka": {"topicPrefix": f"cluster-e2e-{suffix}."},
+        # the endpoints of the stack this session runs on (values-local names the default ports; a
+        # checkout with LUPITA_STACK_PORT_OFFSET runs its stack elsewhere)
+        "kafka": {"topicPrefix": f"cluster-e2e-{suffix}.", "bootstrap": stack_env["LUPITA_KAFKA_BOOTSTRAP"]},
+        "s3": {"endpoint": stack_env["LUPITA_S3_ENDPOINT"]},
+        "weaviate": {"host": stack_env["LUPITA_WEAVIATE_HOST"], "httpPort": int(stack_env["LUPITA_WEAVIATE_HTTP_PORT"]),
+                     "grpcPort": int(stack_env["LUPITA_WEAVIATE_GRPC_PORT"])},
         "mediaBridge": {"settings": {"LUPITA_GRPC_HOST": node.NODE_IP}},
         "streamProcessor": {"settings": {"LUPITA_METRICS_HOST": node.NODE_IP}},
         "contextApi": {"settings": {"LUPITA_CONTEXT_API_HOST": node.NODE_IP}},
