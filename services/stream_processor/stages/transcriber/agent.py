@@ -5,14 +5,17 @@ The pure parts are in :mod:`.core`; this is the thin Faust wrapper (:class:`Tran
 - consumes ``speech.segments`` with manual acks: each record is acknowledged only after its
   transcript was delivered to Kafka (or it was skipped on purpose), so a crash never loses one;
   out-of-order acks are fine (Faust commits the highest contiguous offset);
-- keeps one queue per (call, leg), worked in order by one task; decoding runs in a thread pool
-  (``transcriber_threads``), never on the event loop, different legs in parallel; at most
+- keeps one queue per (call, leg), worked in order by one task; decoding runs on
+  ``transcriber_threads`` threads of a :class:`~.scheduler.DecodeScheduler`, never on the event
+  loop, different legs in parallel, **by value, not arrival**: the person's finals first, then the
+  agent's, partials only while no final waits (every such decision is a metric); at most
   ``transcriber_max_in_flight`` records are taken and not yet done (backpressure);
 - a PARTIAL is decoded beside its leg's queue, so the final behind it never waits for a
   hypothesis: the partial is published only if it is ready before the final of its leg (a
   per-leg publish lock decides), so on ``transcripts`` a leg's partials always precede its final;
   at most one partial per leg decodes at a time, and a partial is skipped when a newer record of
-  the leg already waits (``transcriber_skip_stale_partials``: under load partials go first);
+  the leg already waits (``transcriber_skip_stale_partials``: under load partials go first), when
+  any final waits for a decode, or (still queued) once its final has been published;
 - deduplicates redelivered segments (a vad replay after a restart, or its own redelivery):
   per (call, leg) the highest :func:`order_key` done is kept in the changelog-backed table
   ``transcriber_progress``, written only after the transcript was delivered; a record at or
@@ -27,7 +30,6 @@ import contextlib
 import logging
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,13 +38,14 @@ from lupita.v1 import events_pb2
 
 from stream_processor import faust_kit, records
 from stream_processor.models.asr.base import AsrError, AudioInputError, Transcriber, TranscriptResult
-from stream_processor.records import KIND_END, KIND_NAMES, KIND_PARTIAL, LEG_NAMES
+from stream_processor.records import KIND_END, KIND_NAMES, KIND_PARTIAL, LEG_BY_NAME, LEG_NAMES
 from stream_processor.stages.transcriber.core import (
     leg_complete_event, order_key, parse_segment, segment_audio,
     stale_partial, stream_key, transcript_event,
 )
+from stream_processor.stages.transcriber.scheduler import DecodeScheduler, job_class
 from stream_processor.stages.transcriber.settings import TranscriberSettings
-from stream_processor.stages.transcriber.metrics import BAD_RECORDS, DECODE_SECONDS, IN_FLIGHT, LAG_SECONDS, SEGMENTS
+from stream_processor.stages.transcriber.metrics import BAD_RECORDS, DECISIONS, DECODE_SECONDS, IN_FLIGHT, LAG_SECONDS, SEGMENTS
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +78,7 @@ class TranscriberAgent:
         self.drain_seconds = drain_seconds
         self.app = app
         self.asr = transcriber or build_transcriber(settings)
-        self.executor = ThreadPoolExecutor(settings.transcriber_threads, thread_name_prefix="transcriber")
+        self.scheduler = DecodeScheduler(settings.transcriber_threads, name="transcriber")
         self._generation = 0
         self._queues: dict[str, deque[_Item]] = {}
         self._workers: dict[str, asyncio.Task] = {}
@@ -177,10 +180,14 @@ class TranscriberAgent:
                 SEGMENTS.labels(kind, "stale").inc()  # a newer record waits, or a partial is decoding
                 return False
             # Decoded beside the leg's queue, so the final never waits for a partial's decode; it is
-            # published only if it is ready before the final (see _publish).
-            # submitted now, so it is decoded before anything of the leg that comes after it
-            submitted = self._submit(seg)
-            partial = self._partials[sid] = _Partial(item)
+            # published only if it is ready before the final (see _publish), and not decoded at all
+            # when a final waits for a decode (the scheduler refuses it) or is published first.
+            partial = _Partial(item)
+            submitted = self._submit(seg, wanted=lambda: not partial.superseded)
+            if submitted is None:
+                SEGMENTS.labels(kind, "stale").inc()
+                return False
+            self._partials[sid] = partial
             asyncio.ensure_future(self._partial(sid, partial, submitted))
             return True
         if seg.kind == KIND_END:
@@ -193,6 +200,10 @@ class TranscriberAgent:
         if not await self._publish(sid, item, out):
             return False
         SEGMENTS.labels(kind, outcome).inc()
+        if seg.kind != KIND_END and seg.leg != LEG_BY_NAME["person"]:
+            person = self.progress.get(f"{seg.call_id}:person")
+            if person is not None and person.get("done_at"):
+                DECISIONS.labels("agent_after_call").inc()  # the person's leg had ended before it
         if seg.emitted_at_us:
             LAG_SECONDS.labels(kind).observe(max(0.0, (out.emitted_at_us - seg.emitted_at_us) / 1e6))
         log.info("transcript", extra={
@@ -203,7 +214,13 @@ class TranscriberAgent:
     async def _partial(self, sid: str, partial: _Partial, submitted: tuple[asyncio.Future, float]) -> None:
         item, seg = partial.item, partial.item.seg
         try:
-            result, _ = await self._transcribe(seg, submitted)
+            try:
+                result, _ = await self._transcribe(seg, submitted)
+            except asyncio.CancelledError:
+                if not submitted[0].cancelled() or not partial.superseded:
+                    raise
+                SEGMENTS.labels("partial", "stale").inc()  # its final came first: never decoded
+                return
             if result is None or not result.text:
                 SEGMENTS.labels("partial", "empty").inc()
                 return
@@ -253,16 +270,22 @@ class TranscriberAgent:
             self._locks.pop(sid, None)
         return True
 
-    def _submit(self, seg: events_pb2.SpeechSegment) -> tuple[asyncio.Future, float]:
-        """Queue the decode in the thread pool now (the pool works in submission order)."""
-        loop = asyncio.get_running_loop()
-        fn = self.asr.transcribe_partial if seg.kind == KIND_PARTIAL else self.asr.transcribe
-        return loop.run_in_executor(self.executor, fn, segment_audio(seg), seg.sample_rate_hz), time.perf_counter()
+    def _submit(self, seg: events_pb2.SpeechSegment, *, wanted: Any = None
+                ) -> tuple[asyncio.Future, float] | None:
+        """Queue the decode in the scheduler now, in its class (person final, agent final, partial);
+        None when a partial is refused because a final waits."""
+        partial = seg.kind == KIND_PARTIAL
+        fn = self.asr.transcribe_partial if partial else self.asr.transcribe
+        cf = self.scheduler.submit(job_class(person=seg.leg == LEG_BY_NAME["person"], final=not partial),
+                                   fn, segment_audio(seg), seg.sample_rate_hz, wanted=wanted)
+        if cf is None:
+            return None
+        return asyncio.wrap_future(cf), time.perf_counter()
 
     async def _transcribe(self, seg: events_pb2.SpeechSegment,
                           submitted: tuple[asyncio.Future, float] | None = None
                           ) -> tuple[TranscriptResult | None, str | None]:
-        fut, t0 = submitted or self._submit(seg)
+        fut, t0 = submitted or self._submit(seg)  # type: ignore[misc]  # a final is never refused
         try:
             result = await fut
         except AudioInputError as exc:
@@ -316,6 +339,6 @@ class TranscriberAgent:
         if workers:
             with contextlib.suppress(Exception):
                 await asyncio.wait(workers, timeout=self.drain_seconds)
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.scheduler.shutdown(cancel_futures=True)
         with contextlib.suppress(Exception):
             self.asr.close()

@@ -20,3 +20,17 @@ LAG_SECONDS = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64),
 )
 IN_FLIGHT = Gauge("lupita_transcriber_in_flight", "Segments taken from Kafka and not yet done")
+
+DECISIONS = Counter(
+    "lupita_transcriber_schedule_decisions_total",
+    "Scheduling decisions taken against arrival order: agent_waited (a person final ran while an agent "
+    "final waited), partial_skipped (a partial refused because a final waited), partial_cancelled "
+    "(a queued partial dropped before it ran, its final being due), agent_after_call (an agent final "
+    "published after the person's leg had ended: the agent's leg waited until after the call)",
+    ["decision"],
+)
+WAITING = Gauge("lupita_transcriber_waiting", "Decodes waiting for a worker, by class", ["cls"])
+QUEUE_SECONDS = Histogram(
+    "lupita_transcriber_queue_seconds", "Time a decode waited for a worker, by class", ["cls"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128),
+)

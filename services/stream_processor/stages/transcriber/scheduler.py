@@ -1,0 +1,156 @@
+"""Decode scheduling by value, not arrival (plain code: no Kafka, no Faust).
+
+The transcriber's decodes used to go to a FIFO thread pool, so under load a person's final waited
+behind the agent's finals and everybody's partials. :class:`DecodeScheduler` is the thread pool
+that replaces it: ``threads`` workers, each taking the **most valuable** waiting job when it is
+free:
+
+1. the person's finals (alerts and facts come from that leg),
+2. the agent's (Lupita's) finals,
+3. partial hypotheses (the person's first), and only while no final waits: a partial whose turn
+   comes is still run, but a partial submitted while finals wait is refused at once
+   (:meth:`DecodeScheduler.submit` returns None; the caller counts it as skipped — a partial is a
+   hint that the final replaces, it is never owed).
+
+Within one class, jobs run in submission order. Nothing final is ever dropped: under sustained
+overload the agent's finals simply wait behind the person's (possibly until after the call), and
+every such decision is counted (:data:`DECISIONS`): ``agent_waited`` each time a person final is
+taken while an agent final waits, ``partial_skipped`` for a partial refused because a final waits,
+``partial_cancelled`` for a queued partial its caller gave up on before it ran
+(``wanted()`` False). :data:`WAITING` is the number of jobs waiting per class and
+:data:`QUEUE_SECONDS` the time a job waited before a worker took it.
+
+A job may be **packed** by the caller (several segments of one leg in one decode); the scheduler
+only sees one job of its class.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from stream_processor.stages.transcriber.metrics import DECISIONS, QUEUE_SECONDS, WAITING
+
+PERSON_FINAL, AGENT_FINAL, PERSON_PARTIAL, AGENT_PARTIAL = 0, 1, 2, 3
+CLASS_NAMES = {PERSON_FINAL: "person_final", AGENT_FINAL: "agent_final",
+               PERSON_PARTIAL: "person_partial", AGENT_PARTIAL: "agent_partial"}
+FINALS = (PERSON_FINAL, AGENT_FINAL)
+
+def job_class(*, person: bool, final: bool) -> int:
+    if final:
+        return PERSON_FINAL if person else AGENT_FINAL
+    return PERSON_PARTIAL if person else AGENT_PARTIAL
+
+
+@dataclass(order=True)
+class _Job:
+    cls: int
+    order: int
+    fn: Callable[..., Any] = field(compare=False)
+    args: tuple = field(compare=False)
+    future: Future = field(compare=False)
+    wanted: Callable[[], bool] | None = field(compare=False, default=None)
+    queued_at: float = field(compare=False, default=0.0)
+
+
+class DecodeScheduler:
+    """A thread pool that runs the most valuable waiting decode first (see the module docstring).
+
+    ``on_start(cls)`` (optional) is called in the worker thread right before a job runs, for
+    tests and tracing."""
+
+    def __init__(self, threads: int = 1, *, name: str = "transcriber",
+                 on_start: Callable[[int], None] | None = None) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self._heap: list[_Job] = []
+        self._cv = threading.Condition()
+        self._seq = itertools.count()
+        self._closed = False
+        self._on_start = on_start
+        self._threads = [threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True) for i in range(threads)]
+        for t in self._threads:
+            t.start()
+
+    # -- submitting ----------------------------------------------------------------------------
+
+    def submit(self, cls: int, fn: Callable[..., Any], *args: Any,
+               wanted: Callable[[], bool] | None = None) -> Future | None:
+        """Queue ``fn(*args)`` in class ``cls``; a concurrent future of its result. A partial is
+        refused (None) while a final waits. ``wanted`` is asked (in the worker) before the job
+        runs: False cancels its future instead of running it (partials only)."""
+        if cls not in CLASS_NAMES:
+            raise ValueError(f"unknown decode class {cls!r}")
+        fut: Future = Future()
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the decode scheduler is shut down")
+            if cls not in FINALS and any(j.cls in FINALS for j in self._heap):
+                DECISIONS.labels("partial_skipped").inc()
+                return None
+            heapq.heappush(self._heap, _Job(cls, next(self._seq), fn, args, fut, wanted, time.perf_counter()))
+            WAITING.labels(CLASS_NAMES[cls]).inc()
+            self._cv.notify()
+        return fut
+
+    def waiting(self) -> dict[str, int]:
+        """Jobs waiting per class name (a snapshot)."""
+        with self._cv:
+            counts = {name: 0 for name in CLASS_NAMES.values()}
+            for j in self._heap:
+                counts[CLASS_NAMES[j.cls]] += 1
+            return counts
+
+    # -- workers -------------------------------------------------------------------------------
+
+    def _take(self) -> _Job | None:
+        with self._cv:
+            while not self._heap and not self._closed:
+                self._cv.wait()
+            if not self._heap:
+                return None
+            job = heapq.heappop(self._heap)
+            WAITING.labels(CLASS_NAMES[job.cls]).dec()
+            if job.cls == PERSON_FINAL and any(j.cls == AGENT_FINAL for j in self._heap):
+                DECISIONS.labels("agent_waited").inc()
+            return job
+
+    def _run(self) -> None:
+        while True:
+            job = self._take()
+            if job is None:
+                return
+            QUEUE_SECONDS.labels(CLASS_NAMES[job.cls]).observe(time.perf_counter() - job.queued_at)
+            if job.wanted is not None and not job.wanted():
+                DECISIONS.labels("partial_cancelled").inc()
+                job.future.cancel()
+                continue
+            if not job.future.set_running_or_notify_cancel():
+                continue
+            try:
+                if self._on_start is not None:
+                    self._on_start(job.cls)
+                result = job.fn(*job.args)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
+                job.future.set_exception(exc)
+            else:
+                job.future.set_result(result)
+
+    def shutdown(self, *, wait: bool = False, cancel_futures: bool = True) -> None:
+        """Stop taking jobs; queued ones are cancelled (``cancel_futures``) or still run."""
+        with self._cv:
+            self._closed = True
+            if cancel_futures:
+                for j in self._heap:
+                    WAITING.labels(CLASS_NAMES[j.cls]).dec()
+                    j.future.cancel()
+                self._heap.clear()
+            self._cv.notify_all()
+        if wait:
+            for t in self._threads:
+                t.join()
