@@ -31,6 +31,7 @@ from aiohttp import web
 from lupita.v1 import audio_pb2
 
 from . import metrics as m
+from .errors import BadInput
 from .vapi_listen import VapiCall
 
 if TYPE_CHECKING:
@@ -89,6 +90,7 @@ class ControlApi:
         self.listening: set[str] = set()
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_post("/vapi/calls", self._vapi_call)
+        app.router.add_post("/chime/events", self._chime_events)
         self.app = app
 
     async def start(self, host: str, port: int) -> int:
@@ -134,6 +136,33 @@ class ControlApi:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return web.json_response({"callId": f"vapi-{call.vapi_call_id}"}, status=202)
+
+    async def _chime_events(self, request: web.Request) -> web.Response:
+        """EventBridge (an API destination) delivers Chime's streaming events here: one event or a
+        list. 202 with what was accepted and refused; 400 for a body that is not JSON; 503 while
+        draining (EventBridge retries). A refused event is counted and named by its class only."""
+        if not self._authorized(request):
+            return web.json_response({"error": "missing or invalid bearer token"}, status=401)
+        if self.gateway.draining:
+            return web.json_response({"error": "draining"}, status=503)
+        try:
+            body = await request.json()
+        except ValueError:
+            m.BAD_INPUT.labels("chime", "malformed_json").inc()
+            return web.json_response({"error": "body is not JSON"}, status=400)
+        events = body if isinstance(body, list) else [body]
+        accepted, refused = 0, []
+        for event in events:
+            try:
+                self.gateway.chime.handle(event)
+                accepted += 1
+            except BadInput as exc:
+                m.BAD_INPUT.labels("chime", exc.kind).inc()
+                log.warning("bad input", extra={"stage": "chime", "kind": exc.kind, "error": exc.message})
+                refused.append(exc.kind)
+            except RuntimeError:
+                return web.json_response({"error": "draining"}, status=503)
+        return web.json_response({"accepted": accepted, "refused": refused}, status=202)
 
     async def _listen(self, call: VapiCall) -> None:
         try:

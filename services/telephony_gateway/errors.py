@@ -22,6 +22,11 @@ BAD_INPUT_KINDS = (
     "custom_parameters",  # the start's customParameters lack a usable phone number
     "stalled",  # no message for gateway_idle_timeout_seconds: call ended
     "signature",  # X-Twilio-Signature missing or wrong: upgrade refused (403)
+    # Chime SDK Voice Connector -> Kinesis Video Streams
+    "malformed_mkv",  # bytes of a KVS stream that do not decode as Matroska: that fragment skipped
+    "missing_tag",  # a fragment without the tags it must carry (fragment number, producer time, ids): skipped
+    "recycled_stream",  # a fragment whose CallId/TransactionId tag is another call's: the leg ends there
+    "unpaired",  # a leg whose other leg's STARTED event never came: the call runs with one leg
 )
 
 

@@ -10,16 +10,17 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from .errors import BAD_INPUT_KINDS
 
-SOURCES = ("twilio", "vapi")
+SOURCES = ("twilio", "vapi", "chime")
 LEGS = ("lupita", "person")
 # How a call ended on the gateway (the CallEnd reason sent to the bridge, or why none could be).
 OUTCOMES = (
-    "completed",  # the source said the call is over (Twilio stop, VAPI end) and the bridge closed it
-    "disconnect",  # the source's socket closed without an end message
+    "completed",  # the source said the call is over (Twilio stop, VAPI end, Chime ENDED or both streams ended) and the bridge closed it
+    "disconnect",  # the source's socket closed without an end message (Chime: streaming FAILED)
     "stalled",  # no message for gateway_idle_timeout_seconds
     "media_format",  # the audio was not in the format the gateway takes
     "oversize_message",  # a websocket message over the size limit
     "shutdown",  # the gateway was stopping and the drain deadline passed
+    "recycled_stream",  # Chime: every leg's stream went on with another call's fragments
     "bridge_error",  # the bridge refused the call or its stream failed
     "rejected",  # refused before a bridge call existed (start missing/invalid, no phone, no consent fields)
 )

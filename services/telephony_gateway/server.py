@@ -29,6 +29,7 @@ from . import metrics as m
 from . import signature
 from .control import ControlApi
 from .bridge_client import make_channel
+from .chime import ChimeCalls, ChimeSession
 from .errors import BadInput
 from .settings import GatewaySettings
 from .session import SessionReport
@@ -45,13 +46,14 @@ class Gateway:
         self.settings = settings
         self.channel: grpc.aio.Channel | None = None
         self.server: Server | None = None
-        self.sessions: set[TwilioSession | VapiSession] = set()
+        self.sessions: set[TwilioSession | VapiSession | ChimeSession] = set()
         self.draining = False
         self.bridge_serving = False
         self.port: int | None = None
         self._probe: asyncio.Task | None = None
         self._session_closed = asyncio.Event()
         self.control: ControlApi | None = None
+        self.chime = ChimeCalls(self)
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -80,9 +82,11 @@ class Gateway:
             else:
                 self.control = ControlApi(self)
                 await self.control.start(s.gateway_host, s.gateway_control_port)
+        resumed = self.chime.resume()
         log.info("gateway listening", extra={"stage": "gateway", "port": self.port, "twilio_path": s.gateway_twilio_path,
                                              "control_port": self.control.port if self.control else None,
-                                             "bridge": s.bridge_target, "forward_codec": s.gateway_forward_codec})
+                                             "bridge": s.bridge_target, "forward_codec": s.gateway_forward_codec,
+                                             "chime_calls_resumed": resumed})
         return self.port
 
     async def shutdown(self) -> None:
@@ -112,9 +116,20 @@ class Gateway:
         log.info("stopped", extra={"stage": "gateway"})
 
     async def close(self) -> None:
-        """Immediate stop (tests, failed start-up)."""
+        """Immediate stop (tests, failed start-up). Chime calls are cut as a crash would cut them:
+        their bridge streams aborted, their checkpoints kept (the next process resumes them)."""
         if self.control is not None:
             await self.control.close()
+        chime = [x for x in self.sessions if isinstance(x, ChimeSession)]
+        for session in chime:
+            for kvs in session._kvs:
+                kvs.stop()
+        for task in list(self.chime.tasks):
+            task.cancel()
+        await asyncio.gather(*self.chime.tasks, return_exceptions=True)
+        for session in chime:
+            if session.bridge is not None:
+                await session.bridge.abort()
         if self._probe is not None:
             self._probe.cancel()
             await asyncio.gather(self._probe, return_exceptions=True)
@@ -184,7 +199,7 @@ class Gateway:
             raise RuntimeError("the gateway is draining: no new calls")
         return await self._run_session(VapiSession(call, self.settings, self.channel))
 
-    async def _run_session(self, session: TwilioSession | VapiSession) -> SessionReport:
+    async def _run_session(self, session: TwilioSession | VapiSession | ChimeSession) -> SessionReport:
         self.sessions.add(session)
         try:
             return await session.run()

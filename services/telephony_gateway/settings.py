@@ -57,6 +57,29 @@ class GatewaySettings(CommonSettings):
     # the rate is higher than announced: the call is refused (reason "media_format"). 0 = off.
     gateway_vapi_rate_check_seconds: float = Field(default=3.0, ge=0)
 
+    # --- Amazon Chime SDK Voice Connector -> Kinesis Video Streams -------------------------
+    # Streaming events arrive on POST /chime/events of the control API (an EventBridge API
+    # destination with the same bearer tokens). Endpoint of the KVS control plane for
+    # GetDataEndpoint (empty = AWS's own for the region); a non-empty GET_MEDIA endpoint skips
+    # GetDataEndpoint (tests point both at a local stand-in).
+    gateway_chime_region: str = "us-east-1"
+    gateway_chime_kvs_endpoint: str = ""
+    gateway_chime_get_media_endpoint: str = ""
+    # Recording consent for Voice Connector calls (Chime's events carry none): true when the
+    # trunk's calls were consented upstream (e.g. an IVR prompt), with its source label.
+    gateway_chime_recording_consent: bool = False
+    gateway_chime_consent_source: str = ""
+    gateway_chime_language: str = "es-MX"
+    gateway_chime_region_label: str = ""
+    # How long a leg's STARTED waits for the other leg's (then the call runs with one leg).
+    gateway_chime_pair_seconds: float = Field(default=10.0, gt=0)
+    # A KVS stream with no bytes for this long: the leg is "stalled". After ENDED, a leg whose
+    # stream stays open without bytes for the grace period is over (the tail has arrived).
+    gateway_chime_idle_seconds: float = Field(default=10.0, gt=0)
+    gateway_chime_end_grace_seconds: float = Field(default=2.0, gt=0)
+    # Directory of the per-call checkpoints (empty = no checkpoints, no resume after a restart).
+    gateway_chime_checkpoint_dir: str = ""
+
     # --- behaviour shared by every source ---------------------------------------------------
     # Audio per frame sent to the bridge: contiguous 20 ms source frames are joined up to this
     # (a multiple of 20). 100 = the bridge's chunk_ms: 5x fewer gRPC messages, and the newest audio

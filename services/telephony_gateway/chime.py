@@ -1,0 +1,743 @@
+"""Amazon Chime SDK Voice Connector calls: two Kinesis Video streams (one per leg) into one bridge call.
+
+Flow: the control API hands streaming events (:mod:`~telephony_gateway.chime_events`) to
+:class:`ChimeCalls`. ``STARTED`` events are **paired by transaction id** (one with ``isCaller``
+true, one false; a leg whose partner does not come within ``gateway_chime_pair_seconds`` runs
+alone, counted ``unpaired``); the pair becomes a :class:`ChimeSession`. ``ENDED``/``FAILED`` tell
+the session the call is over (it still reads each stream's tail).
+
+Per leg, a :class:`KvsLeg` calls ``GetMedia`` (boto3's ``kinesis-video-media`` client, endpoint
+from ``GetDataEndpoint``) starting at the event's ``startFragmentNumber`` — or, after a restart,
+after the checkpointed one — in its own thread (boto3 is blocking; the bytes go through a bounded
+queue, so a slow bridge stops the thread's reads and TCP pushes back on KVS). The bytes go
+through :class:`~telephony_gateway.mkv.MkvStreamReader` and :class:`LegParser` (pure), which checks
+the track (``A_PCM/INT/LIT`` 8 kHz mono 16-bit, else ``media_format``), reads each fragment's
+tags (``AWS_KINESISVIDEO_FRAGMENT_NUMBER``, ``AWS_KINESISVIDEO_PRODUCER_TIMESTAMP``, Chime's
+``TransactionId``/``CallId``), drops repeated fragments, and dates each block: the fragment's
+producer timestamp + the block's offset inside the fragment.
+
+**One clock.** Both legs' producer timestamps come from the Voice Connector's clock; the bridge
+call starts at the earlier of the two legs' first frames, and each frame's position is its
+producer time minus that start, so the legs are aligned by construction. Each leg then goes
+through the Twilio path's :class:`~telephony_gateway.timeline.TrackTimeline` (gaps, overlaps,
+oversize frames, the first frames' rate check) and :class:`~telephony_gateway.joiner.FrameJoiner`.
+
+**Ends.** ``ENDED`` (then each stream's end or ``gateway_chime_end_grace_seconds`` without bytes):
+``completed``; ``FAILED``: ``disconnect``; both streams ended without an event (a GetMedia that
+ends, reconnected after the last fragment, brings nothing new): ``completed``; no bytes for
+``gateway_chime_idle_seconds``: ``stalled``; a fragment of another call on a stream that carried
+this one (the stream was recycled): that leg ends (``recycled_stream``).
+
+**Restart.** After each fragment a leg forwarded, the call's checkpoint
+(:mod:`~telephony_gateway.checkpoint`) records its number. A restarted gateway resumes every
+checkpointed call as a new bridge call ``chime-<transactionId>-p<N>`` (bridge call ids are
+single-use; the first part ended with the old process), reading each stream after its
+checkpointed fragment: audio already sent is not sent again; at most the fragment in flight at the
+crash is repeated in the next part or, if the old process had sent it but not checkpointed it,
+both parts hold it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+
+import grpc
+
+from lupita.privacy import InvalidPhoneNumber, decrypt_phone, encrypt_phone, normalize_phone
+from lupita.v1 import audio_pb2, media_bridge_pb2 as pb
+
+from . import chime_events as ce
+from . import metrics as m
+from . import mkv
+from .bridge_client import BridgeCall
+from .checkpoint import CheckpointStore
+from .errors import BadInput, BridgeFailed
+from .joiner import FrameJoiner
+from .session import SessionBase, SessionReport
+from .settings import GatewaySettings
+from .timeline import TrackTimeline
+
+log = logging.getLogger("telephony_gateway.chime")
+
+SOURCE = "chime"
+RATE = 8000
+CODEC_ID = "A_PCM/INT/LIT"
+LEG_NAMES = {audio_pb2.LEG_PERSON: "person", audio_pb2.LEG_LUPITA: "lupita"}
+TAG_FRAGMENT = "AWS_KINESISVIDEO_FRAGMENT_NUMBER"
+TAG_PRODUCER = "AWS_KINESISVIDEO_PRODUCER_TIMESTAMP"
+TAG_ERROR = "AWS_KINESISVIDEO_ERROR_CODE"
+READ_BYTES = 16384
+QUEUE_ITEMS = 32
+
+
+# -- one leg's stream, parsed (pure) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Audio:
+    fragment: int
+    at_ms: float  # producer clock, ms since the epoch
+    pcm: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FragmentDone:
+    fragment: int
+
+
+@dataclass(frozen=True, slots=True)
+class Recycled:
+    pass
+
+
+class LegParser:
+    """MKV events of one leg's GetMedia body -> :class:`Audio` / :class:`FragmentDone` /
+    :class:`Recycled` / :class:`BadInput` (``media_format`` is fatal)."""
+
+    def __init__(self, *, transaction_id: str, call_id: str, done_through: int | None = None) -> None:
+        self.transaction_id = transaction_id
+        self.call_id = call_id
+        self.done_through = done_through  # fragments up to this number were forwarded already
+        self.ours_seen = False
+        self.new_fragments = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self._tags: dict[str, str] = {}
+        self._fragment: int | None = None
+        self._producer_ms = 0.0
+        self._skip = False
+        self._cluster_tc = 0
+        self._first_tc: int | None = None
+        self._scale_ns = 1_000_000
+        self._audio_track: int | None = None
+        self._cluster_seen = False
+
+    def feed(self, events: list) -> list:
+        out: list = []
+        for ev in events:
+            if isinstance(ev, mkv.SegmentStart):
+                self._reset()
+            elif isinstance(ev, mkv.Info):
+                self._scale_ns = ev.timecode_scale_ns or 1_000_000
+            elif isinstance(ev, mkv.Tracks):
+                self._check_tracks(ev)
+            elif isinstance(ev, mkv.Tags):
+                self._tags.update(ev.values)
+                if TAG_ERROR in ev.values and not self._cluster_seen:
+                    out.append(BadInput("invalid_field", "GetMedia reported an error for a fragment (AWS_KINESISVIDEO_ERROR_CODE)"))
+            elif isinstance(ev, mkv.ClusterStart):
+                self._cluster_seen = True
+                out += self._start_fragment()
+            elif isinstance(ev, mkv.ClusterTimecode):
+                self._cluster_tc = ev.timecode
+            elif isinstance(ev, mkv.Block):
+                if self._skip or self._fragment is None or ev.track != self._audio_track:
+                    continue
+                tc = self._cluster_tc + ev.relative_timecode
+                if self._first_tc is None:
+                    self._first_tc = tc
+                at = self._producer_ms + (tc - self._first_tc) * self._scale_ns / 1e6
+                out.append(Audio(self._fragment, at, ev.data))
+            elif isinstance(ev, mkv.SegmentEnd):
+                if self._fragment is not None and not self._skip:
+                    self.done_through = self._fragment
+                    out.append(FragmentDone(self._fragment))
+                self._fragment = None
+        return out
+
+    def _check_tracks(self, ev: mkv.Tracks) -> None:
+        audio = [t for t in ev.tracks if t.codec_id.startswith("A_")]
+        if len(audio) != 1:
+            raise BadInput("media_format", f"the fragment has {len(audio)} audio tracks; Chime writes one per stream", fatal=True)
+        t = audio[0]
+        if t.codec_id != CODEC_ID or t.sampling_hz != RATE or (t.channels or 1) != 1 or (t.bit_depth or 16) != 16:
+            raise BadInput("media_format", f"track {t.number} is {t.codec_id[:30]!r} {t.sampling_hz} Hz {t.channels} channel(s) "
+                           f"{t.bit_depth} bit: the gateway takes {CODEC_ID} {RATE} Hz mono 16 bit (audio/L16)", fatal=True)
+        self._audio_track = t.number
+
+    def _start_fragment(self) -> list:
+        tags = self._tags
+        number, producer = tags.get(TAG_FRAGMENT, ""), tags.get(TAG_PRODUCER, "")
+        if not number.isdigit() or not producer:
+            self._skip = True
+            return [BadInput("missing_tag", f"a fragment without {TAG_FRAGMENT} or {TAG_PRODUCER}: skipped")]
+        try:
+            self._producer_ms = float(producer) * 1000.0
+        except ValueError:
+            self._skip = True
+            return [BadInput("missing_tag", f"{TAG_PRODUCER} is not a number of seconds: fragment skipped")]
+        if self._audio_track is None:
+            self._skip = True
+            return [BadInput("missing_tag", "a fragment without a Tracks element: skipped")]
+        call_id, txn = tags.get("CallId"), tags.get("TransactionId")
+        if call_id is None and txn is None:
+            self._skip = True
+            return [BadInput("missing_tag", "a fragment with neither a CallId nor a TransactionId tag: skipped")]
+        if (call_id is not None and call_id != self.call_id) or (txn is not None and txn != self.transaction_id):
+            self._skip = True
+            if self.ours_seen:
+                return [BadInput("recycled_stream", "the stream carries another call's fragments now (CallId/TransactionId tag)",
+                                 fatal=True), Recycled()]
+            return [BadInput("recycled_stream", "a fragment of another call before this call's first one: skipped")]
+        self.ours_seen = True
+        fragment = int(number)
+        if self.done_through is not None and fragment <= self.done_through:
+            self._skip = True
+            if fragment == self.done_through:
+                return []  # the resume point itself, served again by an inclusive start selector
+            return [BadInput("duplicate", f"fragment {number[-12:]} is not after fragment {str(self.done_through)[-12:]}: dropped")]
+        self._fragment = fragment
+        self._first_tc = None
+        self.new_fragments += 1
+        return []
+
+
+# -- one leg's GetMedia connection -----------------------------------------------------------------
+
+
+class _Eof:
+    pass
+
+
+class KvsLeg:
+    """Reads one stream in a thread; :meth:`chunks` yields its bytes (``_Eof`` at the body's end)."""
+
+    def __init__(self, settings: GatewaySettings, stream_arn: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.settings = settings
+        self.arn = stream_arn
+        self.loop = loop
+        self.queue: asyncio.Queue = asyncio.Queue(QUEUE_ITEMS)
+        self._stop = threading.Event()
+        self._body = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, selector: dict) -> None:
+        self._thread = threading.Thread(target=self._run, args=(selector,), name="kvs-getmedia", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        body = self._body
+        if body is not None:
+            try:
+                body.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection
+                pass
+        # wake a thread blocked on a full queue
+        while not self.queue.empty():
+            self.queue.get_nowait()
+
+    def _put(self, item) -> bool:
+        if self._stop.is_set():
+            return False
+        fut = asyncio.run_coroutine_threadsafe(self.queue.put(item), self.loop)
+        while True:
+            try:
+                fut.result(timeout=0.5)
+                return True
+            except TimeoutError:
+                if self._stop.is_set():
+                    fut.cancel()
+                    return False
+            except Exception:  # noqa: BLE001 - the loop is gone
+                return False
+
+    def _client(self):
+        import boto3
+        from botocore.config import Config
+
+        s = self.settings
+        cfg = Config(region_name=s.gateway_chime_region, connect_timeout=5, read_timeout=s.gateway_chime_idle_seconds + 5,
+                     retries={"max_attempts": 3, "mode": "standard"})
+        endpoint = s.gateway_chime_get_media_endpoint
+        if not endpoint:
+            control = boto3.client("kinesisvideo", config=cfg, endpoint_url=s.gateway_chime_kvs_endpoint or None)
+            endpoint = control.get_data_endpoint(StreamARN=self.arn, APIName="GET_MEDIA")["DataEndpoint"]
+        return boto3.client("kinesis-video-media", config=cfg, endpoint_url=endpoint)
+
+    def _run(self, selector: dict) -> None:
+        try:
+            resp = self._client().get_media(StreamARN=self.arn, StartSelector=selector)
+            self._body = body = resp["Payload"]
+            while not self._stop.is_set():
+                data = body.read(READ_BYTES)
+                if not data:
+                    break
+                if not self._put(data):
+                    return
+            self._put(_Eof())
+        except Exception as exc:  # noqa: BLE001 - reported to the session, which decides
+            self._put(exc)
+
+
+# -- the call ------------------------------------------------------------------------------------
+
+
+class _LegEnd(Exception):
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why  # "end", "stalled", "recycled", "media_format", "error", "shutdown"
+
+
+@dataclass
+class LegPlan:
+    event: ce.StreamingEvent
+    leg: int  # LEG_PERSON / LEG_LUPITA
+    done_through: int | None = None
+
+    @property
+    def name(self) -> str:
+        return LEG_NAMES[self.leg]
+
+
+def call_key(transaction_id: str) -> str:
+    return "chime-" + re.sub(r"[^A-Za-z0-9_-]", "-", transaction_id)[:100]
+
+
+class ChimeSession(SessionBase):
+    """One Chime call (two streams, or one when unpaired) into one bridge call."""
+
+    source = SOURCE
+
+    def __init__(self, legs: list[ce.StreamingEvent], settings: GatewaySettings, channel: grpc.aio.Channel,
+                 store: CheckpointStore, *, part: int = 1, done_through: dict[bool, int] | None = None,
+                 phone: str | None = None) -> None:
+        super().__init__(log)
+        self.settings = settings
+        self.channel = channel
+        self.store = store
+        self.part = part
+        first = legs[0]
+        self.transaction_id = first.transaction_id
+        self.chime_call_id = first.call_id
+        self.direction = first.direction
+        self.key = call_key(first.transaction_id)
+        self.report.call_id = self.key if part == 1 else f"{self.key}-p{part}"
+        self.report.call_sid = first.call_id
+        person_is_caller = ce.person_leg_is_caller(first.direction)
+        done_through = done_through or {}
+        self.plans = [LegPlan(ev, audio_pb2.LEG_PERSON if ev.is_caller == person_is_caller else audio_pb2.LEG_LUPITA,
+                              done_through.get(bool(ev.is_caller))) for ev in legs]
+        caller = next((ev for ev in legs if ev.is_caller), first)
+        self._phone = phone if phone is not None else ce.person_number(caller)
+        self.ended_status = ""  # ENDED / FAILED once the event came
+        self._ended = asyncio.Event()
+        self._shutdown = False
+        self._lock = asyncio.Lock()
+        self._kvs: list[KvsLeg] = []
+        self._started_at_us = 0
+        self._end_ms = 0.0
+
+    def source_ended(self, status: str) -> None:
+        self.ended_status = status
+        self._ended.set()
+
+    def shutdown(self) -> None:
+        self._shutdown = True
+        self._ended.set()
+        for k in self._kvs:
+            k.stop()
+
+    # -- checkpoint ------------------------------------------------------------------------------
+
+    def _checkpoint(self) -> None:
+        if not self.store.enabled:
+            return
+        try:
+            enc = base64.b64encode(encrypt_phone(self._phone, self.settings.encryption_key_bytes())).decode()
+        except ValueError:
+            return  # no key: no checkpoint (a clear number is never written)
+        self.store.save(self.key, {
+            "transactionId": self.transaction_id, "callId": self.chime_call_id, "direction": self.direction,
+            "part": self.part, "phone": enc,
+            "legs": [{"isCaller": p.event.is_caller, "streamArn": p.event.stream_arn,
+                      "startFragmentNumber": p.event.start_fragment_number, "voiceConnectorId": p.event.voice_connector_id,
+                      "doneThrough": None if p.done_through is None else str(p.done_through)} for p in self.plans],
+        })
+
+    # -- run -------------------------------------------------------------------------------------
+
+    async def run(self) -> SessionReport:
+        outcome = "rejected"
+        loop = asyncio.get_running_loop()
+        try:
+            try:
+                normalize_phone(self._phone)
+            except InvalidPhoneNumber as exc:
+                raise BadInput("custom_parameters", f"the person's number in the streaming event is not usable: {exc}",
+                               fatal=True) from None
+            self._checkpoint()
+            legs = []
+            for plan in self.plans:
+                kvs = KvsLeg(self.settings, plan.event.stream_arn, loop)
+                self._kvs.append(kvs)
+                parser = LegParser(transaction_id=self.transaction_id, call_id=self.chime_call_id,
+                                   done_through=plan.done_through)
+                legs.append(_Leg(self, plan, kvs, parser))
+            for leg in legs:
+                leg.connect()
+            firsts = await self._first_audio(legs)
+            if not firsts:
+                outcome = self._outcome([leg.why for leg in legs])
+                raise _Done(outcome)
+            self._started_at_us = int(min(firsts) * 1000)
+            await self._open_bridge()
+            self.went_live()
+            results = await asyncio.gather(*(leg.forward() for leg in legs))
+            outcome = self._outcome(results)
+        except _Done as done:
+            outcome = done.outcome
+        except BadInput as exc:
+            self.bad(exc)
+            outcome = "media_format" if exc.kind == "media_format" else "rejected"
+        except BridgeFailed as exc:
+            outcome = "bridge_error"
+            self.bridge_failed(exc)
+        finally:
+            for k in self._kvs:
+                k.stop()
+        outcome = await self.end_bridge(outcome, self._started_at_us + int(self._end_ms * 1000))
+        if outcome not in ("shutdown",):
+            self.store.remove(self.key)  # over: nothing to resume (a shutdown keeps it: the next process resumes)
+        self.finish(outcome)
+        return self.report
+
+    def _outcome(self, whys: list[str]) -> str:
+        if self._shutdown:
+            return "shutdown"
+        if "media_format" in whys:
+            return "media_format"
+        if self.bridge is not None and self.bridge.finished and not self.bridge.ending:
+            return "bridge_error"
+        if self.ended_status == "FAILED":
+            return "disconnect"
+        if all(w == "recycled" for w in whys):
+            return "recycled_stream"
+        if "stalled" in whys and not self.ended_status:
+            return "stalled"
+        return "completed"
+
+    async def _first_audio(self, legs: list["_Leg"]) -> list[float]:
+        """Each leg's first frame time (producer clock, ms), waiting for both legs (a leg that ends
+        first does not hold the other)."""
+        results = await asyncio.gather(*(leg.first() for leg in legs))
+        return [r for r in results if r is not None]
+
+    async def _open_bridge(self) -> None:
+        s = self.settings
+        consent = s.gateway_chime_recording_consent
+        start = pb.CallStart(
+            call_id=self.report.call_id,
+            direction=audio_pb2.DIRECTION_INBOUND if self.direction == "Inbound" else audio_pb2.DIRECTION_OUTBOUND,
+            sample_rate_hz=RATE, codec=audio_pb2.CODEC_PCM16, recording_consent=consent, started_at_us=self._started_at_us,
+            caller=pb.CallerMetadata(phone_number=self._phone, region=s.gateway_chime_region_label, language=s.gateway_chime_language,
+                                     consent_source=s.gateway_chime_consent_source if consent else ""),
+        )
+        self.bridge = BridgeCall(self.channel, s.bridge_token, start, close_timeout_s=s.gateway_bridge_close_seconds)
+        await self.bridge.open()
+        log.info("call started", extra=self.extra(legs=[p.name for p in self.plans], part=self.part, consent=consent))
+
+    async def send(self, leg: int, seq: int, capture_ts_us: int, payload: bytes) -> None:
+        async with self._lock:  # one writer on the gRPC stream
+            await self.bridge.send(pb.AudioFrame(leg=leg, seq=seq, capture_ts_us=capture_ts_us, payload=payload))
+
+
+class _Done(Exception):
+    def __init__(self, outcome: str) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+
+
+class _Leg:
+    """One leg of a ChimeSession: its connection(s), parser, timeline and joiner."""
+
+    def __init__(self, session: ChimeSession, plan: LegPlan, kvs: KvsLeg, parser: LegParser) -> None:
+        self.s = session
+        self.plan = plan
+        self.kvs = kvs
+        self.parser = parser
+        self.reader = mkv.MkvStreamReader()
+        self.pending: list = []
+        self.why = "end"
+        self.timeline: TrackTimeline | None = None
+        self.joiner = FrameJoiner(session.settings.gateway_bridge_frame_ms)
+        self.blocks = 0
+
+    def connect(self, after: int | None = None) -> None:
+        if after is None and self.plan.done_through is None:
+            selector = {"StartSelectorType": "FRAGMENT_NUMBER", "AfterFragmentNumber": self.plan.event.start_fragment_number}
+        else:
+            mark = after if after is not None else self.plan.done_through
+            selector = {"StartSelectorType": "FRAGMENT_NUMBER", "AfterFragmentNumber": str(mark)}
+        self.parser.new_fragments = 0
+        self.reader = mkv.MkvStreamReader()
+        if self.kvs._thread is not None:  # a reconnection: a fresh reader thread and queue
+            self.kvs = KvsLeg(self.s.settings, self.plan.event.stream_arn, self.kvs.loop)
+            self.s._kvs.append(self.kvs)
+        self.kvs.start(selector)
+
+    async def _items(self) -> list:
+        """The next parsed items of this leg; raises _LegEnd when the leg is over."""
+        s = self.s
+        settings = s.settings
+        while True:
+            timeout = settings.gateway_chime_end_grace_seconds if s.ended_status else settings.gateway_chime_idle_seconds
+            try:
+                item = await asyncio.wait_for(self.kvs.queue.get(), timeout)
+            except asyncio.TimeoutError:
+                if s._shutdown:
+                    raise _LegEnd("shutdown") from None
+                if s.ended_status:
+                    raise _LegEnd("end") from None
+                s.bad(BadInput("stalled", f"{self.plan.name} stream: no bytes for {timeout:.0f} s", fatal=True))
+                raise _LegEnd("stalled") from None
+            if s._shutdown:
+                raise _LegEnd("shutdown")
+            if isinstance(item, _Eof) or isinstance(item, Exception):
+                if isinstance(item, Exception):
+                    s.log.warning("GetMedia failed", extra=s.extra(leg=self.plan.name, error=type(item).__name__,
+                                                                    detail=str(item)[:200]))
+                    if not self.parser.new_fragments:
+                        raise _LegEnd("error")
+                events, partial = self.reader.finish()
+                out = self._parse(events)
+                if partial:
+                    s.bad(BadInput("malformed_mkv", f"{self.plan.name} stream ended inside an element ({partial} bytes)"))
+                if not self.parser.new_fragments or s.ended_status or s._shutdown:
+                    if out:
+                        self.pending_end = True
+                        return out
+                    raise _LegEnd("end")
+                self.connect(after=self.parser.done_through)  # the body ended mid-call: go on after the last fragment
+                if out:
+                    return out
+                continue
+            try:
+                events = self.reader.feed(item)
+            except mkv.MalformedMkv as exc:
+                s.bad(BadInput("malformed_mkv", f"{self.plan.name} stream: {exc}; skipped to the next fragment"))
+                events = exc.events
+                out = self._parse(events)
+                self.reader.resync()
+                more = self._parse(self.reader.feed(b""))
+                if out or more:
+                    return out + more
+                continue
+            out = self._parse(events)
+            if out:
+                return out
+
+    pending_end = False
+
+    def _parse(self, events: list) -> list:
+        out = []
+        for item in self.parser.feed(events):
+            if isinstance(item, BadInput):
+                self.s.bad(item)
+                if item.fatal and item.kind == "media_format":
+                    raise _LegEnd("media_format")
+            else:
+                out.append(item)
+        return out
+
+    async def first(self) -> float | None:
+        """Reads until this leg's first audio (kept for forward()); None when the leg ended first."""
+        try:
+            while True:
+                items = await self._items()
+                self.pending += items
+                for item in items:
+                    if isinstance(item, Recycled):
+                        self.why = "recycled"
+                        return None
+                    if isinstance(item, Audio):
+                        return item.at_ms
+        except _LegEnd as end:
+            self.why = end.why
+            return None
+        except BadInput as exc:  # media_format from the track check
+            self.s.bad(exc)
+            self.why = "media_format"
+            return None
+
+    async def forward(self) -> str:
+        s = self.s
+        self.timeline = TrackTimeline(started_at_us=s._started_at_us, sample_rate=RATE, bytes_per_sample=2,
+                                      max_frame_ms=s.settings.gateway_max_frame_ms,
+                                      check_frames=s.settings.gateway_format_check_frames, name=self.plan.name)
+        try:
+            items, self.pending = self.pending, []
+            if self.why != "end" and not items:
+                return self.why
+            while True:
+                for item in items:
+                    if isinstance(item, Recycled):
+                        await self._flush()
+                        return "recycled"
+                    if isinstance(item, Audio):
+                        await self._audio(item)
+                    elif isinstance(item, FragmentDone):
+                        await self._flush()
+                        self.plan.done_through = item.fragment
+                        s._checkpoint()
+                if self.pending_end:
+                    await self._flush()
+                    return "end"
+                if s.bridge.finished and not s.bridge.ending:
+                    raise s.bridge.failure()
+                items = await self._items()
+        except _LegEnd as end:
+            await self._flush()
+            return end.why
+        except BadInput as exc:
+            s.bad(exc)
+            return "media_format"
+
+    async def _audio(self, a: Audio) -> None:
+        s = self.s
+        self.blocks += 1
+        started_ms = s._started_at_us / 1000
+        gaps = self.timeline.stats.gaps
+        try:
+            placed = self.timeline.place(self.blocks, round(a.at_ms - started_ms), len(a.pcm))
+        except BadInput as exc:
+            s.bad(exc)
+            if exc.fatal:
+                raise _LegEnd("media_format") from None
+            return
+        after_gap = self.timeline.stats.gaps > gaps
+        name = self.plan.name
+        if after_gap:
+            m.GAPS.labels(SOURCE, name).inc()
+            m.GAP_SECONDS.labels(SOURCE, name).inc(placed.gap_ms / 1000)
+            s.report.gaps[name] = s.report.gaps.get(name, 0) + 1
+        dur = self.timeline.duration_ms(len(a.pcm))
+        for j in self.joiner.add(placed.capture_ts_us, a.pcm, dur, after_gap=after_gap):
+            await s.send(self.plan.leg, j.seq, j.capture_ts_us, j.payload)
+        m.FRAMES.labels(SOURCE, name).inc()
+        s.report.frames[name] = s.report.frames.get(name, 0) + 1
+        s._end_ms = max(s._end_ms, a.at_ms - started_ms + dur)
+
+    async def _flush(self) -> None:
+        if self.s.bridge is None or self.s.bridge.finished:
+            return
+        for j in self.joiner.flush():
+            await self.s.send(self.plan.leg, j.seq, j.capture_ts_us, j.payload)
+
+
+# -- the calls of one gateway ------------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    legs: dict[bool, ce.StreamingEvent] = field(default_factory=dict)
+    since: float = field(default_factory=time.monotonic)
+    timer: asyncio.TimerHandle | None = None
+
+
+class ChimeCalls:
+    """Streaming events in, sessions out (pairing, ends, resume after a restart)."""
+
+    def __init__(self, gateway) -> None:
+        self.gateway = gateway
+        self.settings: GatewaySettings = gateway.settings
+        self.store = CheckpointStore(self.settings.gateway_chime_checkpoint_dir)
+        self.pending: dict[str, _Pending] = {}
+        self.sessions: dict[str, ChimeSession] = {}
+        self.tasks: set[asyncio.Task] = set()
+        self.finished: dict[str, list[SessionReport]] = {}  # key -> the reports of its parts, in order
+
+    def handle(self, raw: object) -> str:
+        """One event: "accepted", or BadInput (counted by the caller)."""
+        ev = ce.parse(raw)
+        m.EVENTS.labels(SOURCE, ev.status.lower()).inc()
+        if ev.status == "STARTED":
+            if self.gateway.draining:
+                raise RuntimeError("draining")
+            key = call_key(ev.transaction_id)
+            if key in self.sessions:
+                raise BadInput("second_start", "a STARTED event for a call already streaming")
+            p = self.pending.setdefault(key, _Pending())
+            if ev.is_caller in p.legs:
+                raise BadInput("second_start", "a second STARTED event for the same leg")
+            p.legs[bool(ev.is_caller)] = ev
+            if len(p.legs) == 2:
+                self._launch(key)
+            elif p.timer is None:
+                p.timer = asyncio.get_running_loop().call_later(self.settings.gateway_chime_pair_seconds, self._unpaired, key)
+            return "accepted"
+        key = call_key(ev.transaction_id)
+        session = self.sessions.get(key)
+        if session is not None:
+            session.source_ended(ev.status)
+        elif key in self.pending:
+            p = self.pending.pop(key)
+            if p.timer:
+                p.timer.cancel()
+            if p.legs:  # ended before its partner came: run what there is, it ends at the streams' end
+                self._launch_legs(key, list(p.legs.values()), ended=ev.status)
+        return "accepted"
+
+    def _unpaired(self, key: str) -> None:
+        p = self.pending.get(key)
+        if p is None or len(p.legs) == 2:
+            return
+        m.BAD_INPUT.labels(SOURCE, "unpaired").inc()
+        log.warning("bad input", extra={"stage": SOURCE, "call_id": key, "kind": "unpaired",
+                                        "error": "only one leg's STARTED event came; the call runs with that leg"})
+        self._launch(key)
+
+    def _launch(self, key: str) -> None:
+        p = self.pending.pop(key)
+        if p.timer:
+            p.timer.cancel()
+        self._launch_legs(key, [p.legs[k] for k in sorted(p.legs, reverse=True)])
+
+    def _launch_legs(self, key: str, legs: list[ce.StreamingEvent], *, ended: str = "", **kw) -> ChimeSession:
+        session = ChimeSession(legs, self.settings, self.gateway.channel, self.store, **kw)
+        if ended:
+            session.source_ended(ended)
+        self.sessions[key] = session
+        task = asyncio.create_task(self._run(key, session))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return session
+
+    async def _run(self, key: str, session: ChimeSession) -> None:
+        try:
+            report = await self.gateway._run_session(session)
+            self.finished.setdefault(key, []).append(report)
+        finally:
+            if self.sessions.get(key) is session:
+                del self.sessions[key]
+
+    def resume(self) -> int:
+        """Start every checkpointed call again (a gateway restart); returns how many."""
+        n = 0
+        for key, state in self.store.load_all().items():
+            try:
+                phone = decrypt_phone(base64.b64decode(state["phone"]), self.settings.encryption_key_bytes())
+                legs, done = [], {}
+                for leg in state["legs"]:
+                    legs.append(ce.StreamingEvent(
+                        status="STARTED", transaction_id=state["transactionId"], call_id=state["callId"],
+                        voice_connector_id=leg.get("voiceConnectorId", ""), direction=state["direction"],
+                        is_caller=bool(leg["isCaller"]), stream_arn=leg["streamArn"],
+                        start_fragment_number=leg["startFragmentNumber"]))
+                    if leg.get("doneThrough"):
+                        done[bool(leg["isCaller"])] = int(leg["doneThrough"])
+                part = int(state.get("part", 1)) + 1
+            except (KeyError, ValueError, TypeError):
+                log.error("checkpoint unreadable; left in place", extra={"stage": SOURCE, "call_id": key})
+                continue
+            log.info("resuming call", extra={"stage": SOURCE, "call_id": key, "part": part})
+            self._launch_legs(key, legs, part=part, done_through=done, phone=phone)
+            n += 1
+        return n

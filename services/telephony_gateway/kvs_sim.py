@@ -1,0 +1,221 @@
+"""Chime's side, played locally: MKV fragments as a Voice Connector writes them to Kinesis Video
+Streams, and a stand-in for KVS's ``GetDataEndpoint`` / ``GetMedia`` HTTP APIs serving them (for
+tests and ``bench/gateway.py``; the real service cannot be reached here).
+
+**Fragments** (:func:`fragment`) are GetMedia chunks as the KVS parser library reads them: an EBML
+header, then a ``Segment`` of unknown size with ``Info``, ``Tracks`` (one audio track,
+``A_PCM/INT/LIT``, 8000 Hz, mono, 16 bit: Chime's ``audio/L16``), ``Tags`` holding the producer's
+persistent fragment metadata (``TransactionId``, ``VoiceConnectorId`` — the two the Chime
+administrator guide names — and ``CallId``, which AWS's live-call-analytics transcriber compares to
+detect a recycled stream) together with the service's ``AWS_KINESISVIDEO_FRAGMENT_NUMBER``,
+``AWS_KINESISVIDEO_SERVER_TIMESTAMP`` and ``AWS_KINESISVIDEO_PRODUCER_TIMESTAMP`` (seconds with
+millisecond decimals), a ``Cluster`` of unknown size (``Timecode``, one ``SimpleBlock`` per 20 ms
+frame), then ``Tags`` with ``AWS_KINESISVIDEO_CONTINUATION_TOKEN`` and
+``AWS_KINESISVIDEO_MILLIS_BEHIND_NOW``. Everything is encoded with ``ebmlite``.
+
+**The server** (:class:`KvsServer`, aiohttp on 127.0.0.1) speaks the two REST-JSON operations the
+gateway calls through boto3: ``POST /getDataEndpoint`` (answers its own URL) and ``POST
+/getMedia`` (``StreamARN``, ``StartSelector``) answering ``200`` with ``Content-Type:
+video/webm`` and the chunks as a streamed body. ``FRAGMENT_NUMBER`` starts *at* the given
+fragment (what AWS's Chime and Connect samples rely on when they pass the event's
+``startFragmentNumber`` as ``AfterFragmentNumber``; the gateway copes with either reading),
+``EARLIEST`` at the first, ``NOW`` at the end. A stream may hold raw bytes (damage), a stall
+(the body stops without ending) and a "live" end (the body stays open until :meth:`KvsStream.close`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+from aiohttp import web
+
+from .mkv import SCHEMA, simple_block
+
+FRAME_MS = 20
+RATE = 8000
+CODEC = "A_PCM/INT/LIT"
+
+
+def _ebml_header() -> bytes:
+    return bytes(SCHEMA["EBML"].encode({"EBMLVersion": 1, "EBMLReadVersion": 1, "EBMLMaxIDLength": 4,
+                                        "EBMLMaxSizeLength": 8, "DocType": "matroska", "DocTypeVersion": 2,
+                                        "DocTypeReadVersion": 2}))
+
+
+def _tags(values: dict[str, str]) -> bytes:
+    return bytes(SCHEMA["Tags"].encode({"Tag": [{"Targets": {}, "SimpleTag": [
+        {"TagName": k, "TagString": v} for k, v in values.items()]}]}))
+
+
+def fragment(pcm: np.ndarray, *, fragment_number: str, producer_ts_ms: int, tags: dict[str, str],
+             codec: str = CODEC, rate: float = RATE, channels: int = 1, frame_ms: int = FRAME_MS,
+             aws_tags: dict[str, str] | None = None, cluster_timecode: int | None = None) -> bytes:
+    """One GetMedia chunk holding ``pcm`` (int16 mono) as ``frame_ms`` SimpleBlocks.
+    ``aws_tags`` replaces the service's tags (None = the three usual ones); a key with value
+    None... is simply left out by passing a dict without it."""
+    samples = int(rate) * frame_ms // 1000 * channels
+    data = np.asarray(pcm, dtype="<i2").tobytes()
+    blocks = []
+    for i, start in enumerate(range(0, len(data), samples * 2)):
+        blocks.append(bytes(SCHEMA["SimpleBlock"].encode(simple_block(1, i * frame_ms, data[start:start + samples * 2]))))
+    service = aws_tags if aws_tags is not None else {
+        "AWS_KINESISVIDEO_FRAGMENT_NUMBER": fragment_number,
+        "AWS_KINESISVIDEO_SERVER_TIMESTAMP": f"{(producer_ts_ms + 250) / 1000:.3f}",
+        "AWS_KINESISVIDEO_PRODUCER_TIMESTAMP": f"{producer_ts_ms / 1000:.3f}",
+    }
+    tracks = bytes(SCHEMA["Tracks"].encode({"TrackEntry": [{
+        "TrackNumber": 1, "TrackUID": 1, "TrackType": 2, "Name": "AUDIO", "CodecID": codec,
+        "Audio": {"SamplingFrequency": float(rate), "Channels": channels, "BitDepth": 16}}]}))
+    info = bytes(SCHEMA["Info"].encode({"TimecodeScale": 1_000_000, "MuxingApp": "chime-sim", "WritingApp": "chime-sim"}))
+    cluster = (bytes(SCHEMA["Cluster"].encode({}, infinite=True))
+               + bytes(SCHEMA["Timecode"].encode(producer_ts_ms if cluster_timecode is None else cluster_timecode))
+               + b"".join(blocks))
+    after = _tags({"AWS_KINESISVIDEO_CONTINUATION_TOKEN": fragment_number, "AWS_KINESISVIDEO_MILLIS_BEHIND_NOW": "0"})
+    return (_ebml_header() + bytes(SCHEMA["Segment"].encode({}, infinite=True)) + info + tracks
+            + _tags({**tags, **service}) + cluster + after)
+
+
+def chime_tags(transaction_id: str, call_id: str, voice_connector_id: str = "vc-sim") -> dict[str, str]:
+    return {"TransactionId": transaction_id, "VoiceConnectorId": voice_connector_id, "CallId": call_id}
+
+
+def fragments_of(pcm: np.ndarray, *, first_number: int, start_ms: int, tags: dict[str, str],
+                 fragment_ms: int = 1000, **kw) -> list[tuple[str, bytes]]:
+    """``pcm`` cut into fragments of ``fragment_ms`` with increasing numbers and producer times."""
+    per = RATE * fragment_ms // 1000
+    out = []
+    for i, start in enumerate(range(0, len(pcm), per)):
+        number = str(first_number + i)
+        out.append((number, fragment(pcm[start:start + per], fragment_number=number,
+                                     producer_ts_ms=start_ms + i * fragment_ms, tags=tags, **kw)))
+    return out
+
+
+@dataclass
+class KvsStream:
+    """One stream's content: items are (fragment number, chunk bytes); a number of None marks raw
+    bytes (damage) that are sent as they are."""
+
+    arn: str
+    items: list[tuple[str | None, bytes]] = field(default_factory=list)
+    stall_after: int | None = None  # items sent before the body stops without ending
+    live: bool = False  # keep the body open after the last item until close()
+    speed: float = 0.0  # 0 = as fast as the reader takes; 1 = one fragment per its duration
+    fragment_ms: int = 1000
+    requests: list[dict] = field(default_factory=list)
+    _closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+class KvsServer:
+    def __init__(self) -> None:
+        self.streams: dict[str, KvsStream] = {}
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+        self._tasks: set[asyncio.Task] = set()
+        app = web.Application()
+        app.router.add_post("/getDataEndpoint", self._endpoint)
+        app.router.add_post("/getMedia", self._get_media)
+        self.app = app
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def add(self, stream: KvsStream) -> KvsStream:
+        self.streams[stream.arn] = stream
+        return stream
+
+    async def start(self) -> "KvsServer":
+        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=1)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self.runner.addresses[0][1]
+        return self
+
+    async def close(self) -> None:
+        for stream in self.streams.values():
+            stream.close()
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    @staticmethod
+    def _error(status: int, kind: str, message: str) -> web.Response:
+        return web.json_response({"message": message}, status=status, headers={"x-amzn-ErrorType": kind})
+
+    async def _endpoint(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if body.get("APIName") != "GET_MEDIA" or body.get("StreamARN") not in self.streams:
+            return self._error(404, "ResourceNotFoundException", "no such stream")
+        return web.json_response({"DataEndpoint": self.url})
+
+    async def _get_media(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        stream = self.streams.get(body.get("StreamARN"))
+        if stream is None:
+            return self._error(404, "ResourceNotFoundException", "no such stream")
+        stream.requests.append(body)
+        selector = body.get("StartSelector") or {}
+        kind = selector.get("StartSelectorType")
+        numbered = [i for i, (n, _) in enumerate(stream.items) if n is not None]
+        if kind == "FRAGMENT_NUMBER":
+            after = selector.get("AfterFragmentNumber", "")
+            start = next((i for i in numbered if int(stream.items[i][0]) >= int(after)), len(stream.items))
+        elif kind == "EARLIEST":
+            start = 0
+        elif kind == "NOW":
+            start = len(stream.items)
+        else:
+            return self._error(400, "InvalidArgumentException", "unsupported StartSelectorType")
+        response = web.StreamResponse(status=200, headers={"Content-Type": "video/webm"})
+        await response.prepare(request)
+        sent = 0
+        try:
+            for number, data in stream.items[start:]:
+                if stream.stall_after is not None and sent >= stream.stall_after:
+                    await stream._closed.wait()  # stalled: nothing more, the body never ends
+                    return response
+                await response.write(data)
+                sent += 1
+                if stream.speed and number is not None:
+                    await asyncio.sleep(stream.fragment_ms / 1000 / stream.speed)
+            if stream.live:
+                await stream._closed.wait()
+            await response.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        return response
+
+
+def streaming_event(status: str, *, transaction_id: str, call_id: str, stream_arn: str = "", is_caller: bool | None = None,
+                    start_fragment_number: str = "", direction: str = "Inbound", from_number: str = "",
+                    to_number: str = "", voice_connector_id: str = "vc-sim", **extra) -> dict:
+    """An EventBridge event as Chime sends it (the documented example's shape)."""
+    detail = {"streamingStatus": status, "voiceConnectorId": voice_connector_id, "transactionId": transaction_id,
+              "callId": call_id, "direction": direction, "version": "0"}
+    if status == "STARTED":
+        detail.update(mediaType="audio/L16", startFragmentNumber=start_fragment_number,
+                      startTime="2026-12-02T15:00:00Z", streamArn=stream_arn, isCaller=is_caller,
+                      fromNumber=from_number, toNumber=to_number)
+    elif status == "ENDED":
+        detail.update(endTime="2026-12-02T15:01:00Z")
+    elif status == "FAILED":
+        detail.update(failTime="2026-12-02T15:01:00Z", failureReason="Internal failure")
+    detail.update(extra)
+    return {"version": "0", "id": "00000000-0000-0000-0000-000000000000",
+            "detail-type": "Chime VoiceConnector Streaming Status", "source": "aws.chime",
+            "account": "111122223333", "time": "2026-12-02T15:00:00Z", "region": "us-east-1",
+            "resources": [], "detail": detail}
+
+
+def stream_arn(name: str) -> str:
+    return f"arn:aws:kinesisvideo:us-east-1:111122223333:stream/ChimeVoiceConnector-{name}/1700000000000"
+
+
+__all__ = ["KvsServer", "KvsStream", "chime_tags", "fragment", "fragments_of", "stream_arn", "streaming_event", "json"]
