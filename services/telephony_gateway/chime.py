@@ -105,8 +105,14 @@ class LegParser:
         self.call_id = call_id
         self.done_through = done_through  # fragments up to this number were forwarded already
         self.ours_seen = False
-        self.new_fragments = 0
+        self.reconnected()
         self._reset()
+
+    def reconnected(self) -> None:
+        """A new GetMedia body starts: its first fragment may be the last one done (an inclusive
+        start selector serves it again): that one is skipped without a count."""
+        self.resume_point = self.done_through
+        self.new_fragments = 0
 
     def _reset(self) -> None:
         self._tags: dict[str, str] = {}
@@ -188,9 +194,10 @@ class LegParser:
             return [BadInput("recycled_stream", "a fragment of another call before this call's first one: skipped")]
         self.ours_seen = True
         fragment = int(number)
+        resume_point, self.resume_point = self.resume_point, None
         if self.done_through is not None and fragment <= self.done_through:
             self._skip = True
-            if fragment == self.done_through:
+            if fragment == resume_point:
                 return []  # the resume point itself, served again by an inclusive start selector
             return [BadInput("duplicate", f"fragment {number[-12:]} is not after fragment {str(self.done_through)[-12:]}: dropped")]
         self._fragment = fragment
@@ -230,9 +237,10 @@ class KvsLeg:
                 body.close()
             except Exception:  # noqa: BLE001 - closing a broken connection
                 pass
-        # wake a thread blocked on a full queue
+        # wake a thread blocked on a full queue, and a reader waiting on an empty one
         while not self.queue.empty():
             self.queue.get_nowait()
+        self.queue.put_nowait(_Eof())
 
     def _put(self, item) -> bool:
         if self._stop.is_set():
@@ -334,6 +342,7 @@ class ChimeSession(SessionBase):
         self._kvs: list[KvsLeg] = []
         self._started_at_us = 0
         self._end_ms = 0.0
+        self._phone_enc: str | None = None
 
     def source_ended(self, status: str) -> None:
         self.ended_status = status
@@ -350,10 +359,16 @@ class ChimeSession(SessionBase):
     def _checkpoint(self) -> None:
         if not self.store.enabled:
             return
-        try:
-            enc = base64.b64encode(encrypt_phone(self._phone, self.settings.encryption_key_bytes())).decode()
-        except ValueError:
-            return  # no key: no checkpoint (a clear number is never written)
+        if self._phone_enc is None:
+            try:
+                self._phone_enc = base64.b64encode(encrypt_phone(self._phone, self.settings.encryption_key_bytes())).decode()
+            except ValueError:
+                log.warning("no checkpoint: LUPITA_PHONE_ENCRYPTION_KEY is not set (a clear number is never written)",
+                            extra=self.extra())
+                self._phone_enc = ""
+        if not self._phone_enc:
+            return
+        enc = self._phone_enc
         self.store.save(self.key, {
             "transactionId": self.transaction_id, "callId": self.chime_call_id, "direction": self.direction,
             "part": self.part, "phone": enc,
@@ -469,6 +484,7 @@ class _Leg:
         self.timeline: TrackTimeline | None = None
         self.joiner = FrameJoiner(session.settings.gateway_bridge_frame_ms)
         self.blocks = 0
+        self.first_at: float | None = None
 
     def connect(self, after: int | None = None) -> None:
         if after is None and self.plan.done_through is None:
@@ -476,7 +492,7 @@ class _Leg:
         else:
             mark = after if after is not None else self.plan.done_through
             selector = {"StartSelectorType": "FRAGMENT_NUMBER", "AfterFragmentNumber": str(mark)}
-        self.parser.new_fragments = 0
+        self.parser.reconnected()
         self.reader = mkv.MkvStreamReader()
         if self.kvs._thread is not None:  # a reconnection: a fresh reader thread and queue
             self.kvs = KvsLeg(self.s.settings, self.plan.event.stream_arn, self.kvs.loop)
@@ -558,7 +574,11 @@ class _Leg:
                         self.why = "recycled"
                         return None
                     if isinstance(item, Audio):
+                        self.first_at = item.at_ms
                         return item.at_ms
+                if self.pending_end:
+                    self.why = "end"
+                    return None
         except _LegEnd as end:
             self.why = end.why
             return None
@@ -574,7 +594,7 @@ class _Leg:
                                       check_frames=s.settings.gateway_format_check_frames, name=self.plan.name)
         try:
             items, self.pending = self.pending, []
-            if self.why != "end" and not items:
+            if self.first_at is None:  # the leg ended before its first audio
                 return self.why
             while True:
                 for item in items:
@@ -599,19 +619,21 @@ class _Leg:
         except BadInput as exc:
             s.bad(exc)
             return "media_format"
+        finally:
+            self.kvs.stop()
 
     async def _audio(self, a: Audio) -> None:
         s = self.s
-        self.blocks += 1
         started_ms = s._started_at_us / 1000
         gaps = self.timeline.stats.gaps
         try:
-            placed = self.timeline.place(self.blocks, round(a.at_ms - started_ms), len(a.pcm))
+            placed = self.timeline.place(self.blocks + 1, round(a.at_ms - started_ms), len(a.pcm))
         except BadInput as exc:
             s.bad(exc)
             if exc.fatal:
                 raise _LegEnd("media_format") from None
             return
+        self.blocks += 1
         after_gap = self.timeline.stats.gaps > gaps
         name = self.plan.name
         if after_gap:

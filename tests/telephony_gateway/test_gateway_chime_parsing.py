@@ -1,0 +1,213 @@
+"""The Chime source's pure parts: Chime's streaming events, the incremental MKV reader on ebmlite,
+and one leg's fragments -> dated audio (tags, duplicates, recycled streams, the track check).
+The fragments are made by ``kvs_sim.fragment`` (ebmlite's encoder) the way GetMedia serves them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from telephony_gateway import chime_events as ce
+from telephony_gateway import kvs_sim, mkv
+from telephony_gateway.chime import Audio, FragmentDone, LegParser, Recycled
+from telephony_gateway.errors import BadInput
+
+T0_MS = 1_764_000_000_000
+TAGS = kvs_sim.chime_tags("txn-1", "call-1")
+PHONE = "+52 951 555 0142"
+
+
+def pcm(seconds: float, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(-12000, 12000, int(seconds * 8000), dtype=np.int16)
+
+
+def read_all(data: bytes, step: int) -> list:
+    reader = mkv.MkvStreamReader()
+    events = []
+    for i in range(0, len(data), step):
+        events += reader.feed(data[i:i + step])
+    tail, partial = reader.finish()
+    assert partial == 0
+    return events + tail
+
+
+# -- events -----------------------------------------------------------------------------------------
+
+
+def started(**kw) -> dict:
+    values = dict(transaction_id="txn-1", call_id="call-1", stream_arn=kvs_sim.stream_arn("a"), is_caller=True,
+                  start_fragment_number="91343852333181432392682062607743920146264485599", from_number=PHONE,
+                  to_number="+15555550100")
+    values.update(kw)
+    return kvs_sim.streaming_event("STARTED", **values)
+
+
+def test_a_started_event_is_parsed_with_its_leg_and_numbers():
+    ev = ce.parse(started())
+    assert (ev.status, ev.transaction_id, ev.call_id, ev.is_caller, ev.direction) == ("STARTED", "txn-1", "call-1", True, "Inbound")
+    assert ce.person_number(ev) == PHONE  # inbound: the caller is the person
+    assert PHONE not in repr(ev)  # the numbers never show in a repr (logs, tracebacks)
+    out = ce.parse(started(direction="Outbound"))
+    assert ce.person_number(out) == "+15555550100" and not ce.person_leg_is_caller("Outbound")
+
+
+def test_ended_and_failed_events_need_no_stream_fields():
+    assert ce.parse(kvs_sim.streaming_event("ENDED", transaction_id="t", call_id="c")).status == "ENDED"
+    failed = ce.parse(kvs_sim.streaming_event("FAILED", transaction_id="t", call_id="c"))
+    assert failed.failure_reason == "Internal failure"
+
+
+@pytest.mark.parametrize("event, kind", [
+    ({**started(), "detail-type": "Chime VoiceConnector Call Status"}, "unknown_event"),
+    ({**started(), "source": "aws.s3"}, "unknown_event"),
+    (started(streamingStatus="UPDATED"), "unknown_event"),
+    ("not an object", "malformed_json"),
+    (started(isCaller=None), "invalid_field"),
+    (started(streamArn="arn:aws:s3:::bucket/key"), "invalid_field"),
+    (started(startFragmentNumber="12ab"), "invalid_field"),
+    (started(transactionId=""), "invalid_field"),
+    (started(mediaType="audio/PCMU"), "media_format"),
+    (started(fromNumber=5), "invalid_field"),
+])
+def test_bad_events_are_refused_by_class_without_quoting_them(event, kind):
+    with pytest.raises(BadInput) as err:
+        ce.parse(event)
+    assert err.value.kind == kind
+    assert PHONE not in err.value.message
+
+
+# -- the MKV reader ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("step", [1, 7, 333, 1 << 20])
+def test_the_reader_gives_the_same_blocks_whatever_the_byte_split(step):
+    audio = pcm(2.5, seed=1)
+    data = b"".join(d for _, d in kvs_sim.fragments_of(audio, first_number=7, start_ms=T0_MS, tags=TAGS))
+    events = read_all(data, step)
+    kinds = [type(e).__name__ for e in events]
+    assert kinds.count("SegmentStart") == kinds.count("SegmentEnd") == 3
+    assert kinds.count("ClusterStart") == kinds.count("ClusterEnd") == 3
+    blocks = [e for e in events if isinstance(e, mkv.Block)]
+    assert np.array_equal(np.frombuffer(b"".join(b.data for b in blocks), "<i2"), audio)
+    tags = [e.values for e in events if isinstance(e, mkv.Tags)]
+    assert tags[0]["AWS_KINESISVIDEO_FRAGMENT_NUMBER"] == "7" and tags[0]["TransactionId"] == "txn-1"
+    assert tags[1]["AWS_KINESISVIDEO_CONTINUATION_TOKEN"] == "7"  # the post-cluster tags end the cluster
+    track = next(e for e in events if isinstance(e, mkv.Tracks)).tracks[0]
+    assert (track.codec_id, track.sampling_hz, track.channels, track.bit_depth) == ("A_PCM/INT/LIT", 8000.0, 1, 16)
+
+
+def test_blocks_come_out_as_they_arrive_not_when_the_fragment_ends():
+    data = kvs_sim.fragment(pcm(1.0), fragment_number="1", producer_ts_ms=T0_MS, tags=TAGS)
+    reader = mkv.MkvStreamReader()
+    events = reader.feed(data[: len(data) // 2])
+    assert any(isinstance(e, mkv.Block) for e in events)
+    assert not any(isinstance(e, mkv.SegmentEnd) for e in events)
+
+
+def test_garbage_inside_a_fragment_is_malformed_and_the_reader_resyncs_on_the_next_chunk():
+    frags = kvs_sim.fragments_of(pcm(3.0, seed=2), first_number=1, start_ms=T0_MS, tags=TAGS)
+    broken = frags[0][1][:400] + bytes(range(256)) + frags[1][1] + frags[2][1]
+    reader = mkv.MkvStreamReader()
+    with pytest.raises(mkv.MalformedMkv) as err:
+        reader.feed(broken)
+    assert reader.resync() > 0
+    events = reader.feed(b"") + reader.finish()[0]
+    numbers = [e.values["AWS_KINESISVIDEO_FRAGMENT_NUMBER"] for e in events + err.value.events
+               if isinstance(e, mkv.Tags) and "AWS_KINESISVIDEO_FRAGMENT_NUMBER" in e.values]
+    assert "2" in numbers and "3" in numbers
+
+
+def test_a_laced_block_and_an_element_of_unknown_size_are_refused():
+    with pytest.raises(mkv.MalformedMkv):
+        mkv._block(bytes([0x81, 0, 0, 0x86]) + b"xx")
+    tags = bytes(mkv.SCHEMA["Tags"].encode({}, infinite=True))
+    with pytest.raises(mkv.MalformedMkv):
+        mkv.MkvStreamReader().feed(bytes(mkv.SCHEMA["Segment"].encode({}, infinite=True)) + tags + b"\x00" * 16)
+
+
+# -- one leg ---------------------------------------------------------------------------------------
+
+
+def leg(data: bytes, **kw) -> tuple[list, list]:
+    parser = LegParser(transaction_id="txn-1", call_id="call-1", **kw)
+    out = parser.feed(read_all(data, 4096))
+    return [o for o in out if not isinstance(o, BadInput)], [o for o in out if isinstance(o, BadInput)]
+
+
+def test_blocks_are_dated_by_the_fragment_producer_timestamp_plus_their_offset():
+    frags = kvs_sim.fragments_of(pcm(2.0), first_number=40, start_ms=T0_MS + 5, tags=TAGS, fragment_ms=1000)
+    items, bad = leg(b"".join(d for _, d in frags))
+    assert not bad
+    audio = [i for i in items if isinstance(i, Audio)]
+    assert [a.at_ms - T0_MS for a in audio[:3]] == [5, 25, 45]
+    assert audio[50].at_ms - T0_MS == 1005 and audio[50].fragment == 41
+    assert [i.fragment for i in items if isinstance(i, FragmentDone)] == [40, 41]
+
+
+def test_the_offset_inside_a_fragment_does_not_depend_on_the_cluster_timecode_base():
+    data = kvs_sim.fragment(pcm(0.1), fragment_number="9", producer_ts_ms=T0_MS, tags=TAGS, cluster_timecode=123456)
+    items, _ = leg(data)
+    assert [a.at_ms - T0_MS for a in items if isinstance(a, Audio)] == [0, 20, 40, 60, 80]
+
+
+@pytest.mark.parametrize("kw, what", [
+    (dict(codec="A_AAC"), "codec"),
+    (dict(rate=16000), "rate"),
+    (dict(channels=2), "channels"),
+])
+def test_a_track_that_is_not_8khz_mono_pcm16_is_a_media_format_fault(kw, what):
+    data = kvs_sim.fragment(pcm(0.2), fragment_number="1", producer_ts_ms=T0_MS, tags=TAGS, **kw)
+    with pytest.raises(BadInput) as err:
+        leg(data)
+    assert err.value.kind == "media_format" and err.value.fatal, what
+
+
+@pytest.mark.parametrize("aws_tags, tags", [
+    ({"AWS_KINESISVIDEO_PRODUCER_TIMESTAMP": "1764000000.000"}, TAGS),  # no fragment number
+    ({"AWS_KINESISVIDEO_FRAGMENT_NUMBER": "5"}, TAGS),  # no producer timestamp
+    ({"AWS_KINESISVIDEO_FRAGMENT_NUMBER": "5", "AWS_KINESISVIDEO_PRODUCER_TIMESTAMP": "soon"}, TAGS),
+    (None, {"VoiceConnectorId": "vc"}),  # neither CallId nor TransactionId
+])
+def test_a_fragment_missing_its_tags_is_skipped_and_counted(aws_tags, tags):
+    bad_one = kvs_sim.fragment(pcm(0.2), fragment_number="5", producer_ts_ms=T0_MS, tags=tags, aws_tags=aws_tags)
+    good = kvs_sim.fragment(pcm(0.2), fragment_number="6", producer_ts_ms=T0_MS + 200, tags=TAGS)
+    items, bad = leg(bad_one + good)
+    assert [b.kind for b in bad] == ["missing_tag"]
+    assert {i.fragment for i in items if isinstance(i, Audio)} == {6}
+
+
+def test_a_repeated_or_earlier_fragment_is_dropped_as_duplicate():
+    f1 = kvs_sim.fragment(pcm(0.2, 1), fragment_number="10", producer_ts_ms=T0_MS, tags=TAGS)
+    f2 = kvs_sim.fragment(pcm(0.2, 2), fragment_number="11", producer_ts_ms=T0_MS + 200, tags=TAGS)
+    f0 = kvs_sim.fragment(pcm(0.2, 3), fragment_number="9", producer_ts_ms=T0_MS - 200, tags=TAGS)
+    items, bad = leg(f1 + f2 + f2 + f0)
+    assert [b.kind for b in bad] == ["duplicate", "duplicate"]
+    assert [i.fragment for i in items if isinstance(i, FragmentDone)] == [10, 11]
+
+
+def test_the_resume_point_served_again_is_skipped_without_a_count():
+    f1 = kvs_sim.fragment(pcm(0.2, 1), fragment_number="10", producer_ts_ms=T0_MS, tags=TAGS)
+    f2 = kvs_sim.fragment(pcm(0.2, 2), fragment_number="11", producer_ts_ms=T0_MS + 200, tags=TAGS)
+    items, bad = leg(f1 + f2, done_through=10)
+    assert not bad
+    assert [i.fragment for i in items if isinstance(i, FragmentDone)] == [11]
+
+
+def test_another_calls_fragment_after_ours_means_the_stream_was_recycled():
+    ours = kvs_sim.fragment(pcm(0.2, 1), fragment_number="10", producer_ts_ms=T0_MS, tags=TAGS)
+    theirs = kvs_sim.fragment(pcm(0.2, 2), fragment_number="11", producer_ts_ms=T0_MS + 200,
+                              tags=kvs_sim.chime_tags("txn-2", "call-2"))
+    items, bad = leg(ours + theirs)
+    assert [b.kind for b in bad] == ["recycled_stream"] and bad[0].fatal
+    assert isinstance(items[-1], Recycled)
+    assert {i.fragment for i in items if isinstance(i, Audio)} == {10}
+
+
+def test_another_calls_fragment_before_ours_is_skipped_not_the_end():
+    theirs = kvs_sim.fragment(pcm(0.2, 2), fragment_number="9", producer_ts_ms=T0_MS - 200,
+                              tags=kvs_sim.chime_tags("txn-0", "call-0"))
+    ours = kvs_sim.fragment(pcm(0.2, 1), fragment_number="10", producer_ts_ms=T0_MS, tags=TAGS)
+    items, bad = leg(theirs + ours)
+    assert [b.kind for b in bad] == ["recycled_stream"] and not bad[0].fatal
+    assert not any(isinstance(i, Recycled) for i in items)
+    assert {i.fragment for i in items if isinstance(i, Audio)} == {10}
