@@ -1,5 +1,5 @@
-"""Issue #12's acceptance test for Twilio: a known stereo recording (synthesised Spanish speech on
-both legs) played as a Twilio Media Stream through the gateway → a real bridge → Kafka → a real
+"""Issue #12's acceptance tests (Twilio, VAPI, Chime SDK Voice Connector). Twilio: a known stereo
+recording (synthesised Spanish speech on both legs) played as a Twilio Media Stream through the gateway → a real bridge → Kafka → a real
 ``lupita worker`` (recorder) → the stereo WAV in S3. The WAV equals the source on both legs after
 mu-law's own loss (the source sent through G.711 and back), sample for sample, so the legs are
 aligned to the sample (the issue asks for 20 ms; the cross-correlation lag of each leg is checked
@@ -139,4 +139,46 @@ async def test_a_vapi_call_is_recorded_in_s3_equal_to_the_source_with_legs_align
     assert wav.shape == stereo.shape
     for column, name in ((0, "lupita"), (1, "person")):
         assert best_lag(wav[:, column], stereo[:, column]) == 0, f"{name} leg misaligned"
+        np.testing.assert_array_equal(wav[:, column], stereo[:, column], err_msg=f"{name} leg differs from the source")
+
+
+async def test_a_chime_call_is_recorded_in_s3_equal_to_the_source_with_legs_aligned(own_bridge, recorder):
+    """The same for a Chime SDK Voice Connector call: each leg its own Kinesis Video stream of MKV
+    fragments (PCM s16le 8 kHz, no codec loss), the Lupita leg's stream starting 200 ms later with
+    other fragment boundaries, paired by transaction id and aligned by the producer timestamps."""
+    from chimekit import aws_env, build_call, chime_settings, ended, post_events, restore_env
+
+    from lupita.config import CommonSettings
+    from stream_processor.stores.archive import call_keys, s3_client
+    from telephony_gateway import kvs_sim
+
+    stereo, _ = dialogue(rate=8000)  # columns: Lupita, person
+    offset = 1600  # 200 ms: the Lupita leg's stream starts here (the dialogue's lead-in is silent)
+    assert not stereo[:offset, 0].any()
+    saved = aws_env()
+    kvs = await kvs_sim.KvsServer().start()
+    try:
+        call = build_call(kvs, np.ascontiguousarray(stereo[offset:, 0]), np.ascontiguousarray(stereo[:, 1]),
+                          lupita_offset_ms=200)
+        async with running_gateway(own_bridge, own_bridge.token, **chime_settings(kvs)) as gw:
+            await post_events(gw, call.events)
+            [report] = await ended(gw, call, timeout=120)
+    finally:
+        await kvs.close()
+        restore_env(saved)
+    assert report.outcome == "completed", report
+
+    settings = CommonSettings()
+    started_at_us = (await read_call(settings, call.key)).started().started_at_us
+    keys = call_keys(call.key, datetime.fromtimestamp(started_at_us / 1e6, tz=timezone.utc))
+    s3 = s3_client(settings)
+    meta = await await_for(f"metadata.json of {call.key}",
+                           lambda: recorder.alive() and get_json(s3, settings.s3_legal_bucket, keys.metadata), timeout=90)
+    assert meta["recording"]["status"] == "recorded", meta
+    params, wav, _ = read_wav(s3, settings.s3_legal_bucket, keys.audio)
+    assert (params.nchannels, params.framerate) == (2, 8000)
+    assert wav.shape == stereo.shape
+    for column, name in ((0, "lupita"), (1, "person")):
+        assert best_lag(wav[:, column], stereo[:, column]) == 0, f"{name} leg misaligned"
+        assert abs(best_lag(wav[:, column], stereo[:, column])) <= ALIGN_LIMIT_SAMPLES
         np.testing.assert_array_equal(wav[:, column], stereo[:, column], err_msg=f"{name} leg differs from the source")

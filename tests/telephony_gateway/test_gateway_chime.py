@@ -1,0 +1,279 @@
+"""Chime SDK Voice Connector calls through the real gateway into a real bridge, read back from Kafka.
+
+Chime's side: each leg's audio as MKV fragments (tags as Chime and KVS write them) served by a
+local stand-in for KVS's GetDataEndpoint/GetMedia, read by the gateway with boto3; the streaming
+events EventBridge would deliver are posted to the gateway's control API.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import pytest_asyncio
+from chimekit import (
+    T0_MS, aws_env, build_call, chime_settings, ended, post_events, restore_env,
+)
+from waits import await_for
+
+from bridgekit import LUPITA, PERSON, read_call
+from gwkit import Deltas, pcm_bytes, running_gateway, spans
+from lupita.config import CommonSettings
+from telephony_gateway import kvs_sim
+
+pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(180)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _aws():
+    saved = aws_env()
+    yield
+    restore_env(saved)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def kvs():
+    server = await kvs_sim.KvsServer().start()
+    yield server
+    await server.close()
+
+
+def mono(seconds: float, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(-12000, 12000, int(seconds * 8000), dtype=np.int16)
+
+
+def bad(kind: str) -> tuple[str, dict]:
+    return ("lupita_gateway_bad_input_total", {"source": "chime", "kind": kind})
+
+
+def outcome(name: str) -> tuple[str, dict]:
+    return ("lupita_gateway_calls_total", {"source": "chime", "outcome": name})
+
+
+def assert_contiguous_from(recs, leg: int, start_us: int) -> None:
+    """The leg's records begin at ``start_us`` and each begins where the previous one ended."""
+    expected = start_us
+    for start, end in spans(recs, leg):
+        assert start == expected, f"record at {start - start_us} µs, expected {expected - start_us} µs"
+        expected = end
+
+
+async def test_a_chime_call_reaches_kafka_with_both_legs_exact_and_aligned_by_producer_time(bridge, kvs):
+    person, lupita = mono(3.0, 1), mono(2.8, 2)
+    call = build_call(kvs, lupita, person, lupita_offset_ms=200)
+    d = Deltas(outcome("completed"), ("lupita_gateway_events_total", {"source": "chime", "event": "started"}))
+    async with running_gateway(bridge, bridge.token, **chime_settings(kvs)) as gw:
+        status, body = await post_events(gw, call.events)
+        assert (status, body) == (202, {"accepted": 2, "refused": []})
+        [report] = await ended(gw, call)
+    assert report.outcome == "completed", report
+    recs = await read_call(CommonSettings(), call.key)
+    started = recs.started()
+    assert started.started_at_us == T0_MS * 1000  # the earlier leg's first frame
+    assert started.sample_rate_hz == 8000 and started.phone_hash and started.recording_consent
+    assert recs.ended().reason == "completed"
+    assert recs.leg_payload(PERSON) == pcm_bytes(person)
+    assert recs.leg_payload(LUPITA) == pcm_bytes(lupita)
+    assert_contiguous_from(recs, PERSON, T0_MS * 1000)
+    assert_contiguous_from(recs, LUPITA, (T0_MS + 200) * 1000)  # 200 ms later, as the producer times say
+    assert d(*outcome("completed")) == 1
+    assert d("lupita_gateway_events_total", source="chime", event="started") == 2
+    # GetDataEndpoint, then GetMedia from the event's start fragment
+    assert call.person.requests[0]["StartSelector"] == {
+        "StartSelectorType": "FRAGMENT_NUMBER", "AfterFragmentNumber": call.events[0]["detail"]["startFragmentNumber"]}
+
+
+async def test_the_ended_event_ends_a_live_call_after_its_tail(bridge, kvs):
+    person, lupita = mono(1.0, 3), mono(1.0, 4)
+    call = build_call(kvs, lupita, person, live=True)
+    async with running_gateway(bridge, bridge.token, **chime_settings(kvs)) as gw:
+        await post_events(gw, call.events)
+        await await_for("both legs forwarded", lambda: gw.chime.sessions.get(call.key) is not None and
+                        sum(gw.chime.sessions[call.key].report.frames.values()) == 100)
+        status, _ = await post_events(gw, call.ended())
+        assert status == 202
+        [report] = await ended(gw, call)
+    assert report.outcome == "completed"
+    recs = await read_call(CommonSettings(), call.key)
+    assert recs.leg_payload(PERSON) == pcm_bytes(person) and recs.leg_payload(LUPITA) == pcm_bytes(lupita)
+
+
+async def test_a_gateway_restart_resumes_the_call_after_the_checkpointed_fragment(bridge, kvs, tmp_path):
+    person, lupita = mono(6.0, 5), mono(6.0, 6)
+    # one fragment per 1 s of audio, served at real time: the first process is cut mid-call
+    call = build_call(kvs, lupita, person, lupita_fragment_ms=1000, speed=1.0, fragment_ms=1000)
+    overrides = chime_settings(kvs, gateway_chime_checkpoint_dir=str(tmp_path))
+    checkpoint = tmp_path / f"{call.key}.json"
+
+    def done_through() -> dict:
+        try:
+            state = json.loads(checkpoint.read_text())
+        except (OSError, ValueError):
+            return {}
+        return {leg["isCaller"]: int(leg["doneThrough"]) for leg in state["legs"] if leg["doneThrough"]}
+
+    async with running_gateway(bridge, bridge.token, **overrides) as gw:
+        await post_events(gw, call.events)
+        await await_for("two fragments of each leg checkpointed",
+                        lambda: len(done_through()) == 2 and all(
+                            n - int(call.events[0 if caller else 1]["detail"]["startFragmentNumber"]) >= 1
+                            for caller, n in done_through().items()), timeout=30)
+    # the process is gone (close() cuts the call like a crash): the checkpoint stays
+    cut = done_through()
+    state = json.loads(checkpoint.read_text())
+    assert "+52" not in checkpoint.read_text() and state["phone"]  # the number is stored encrypted only
+    async with running_gateway(bridge, bridge.token, **overrides) as gw2:
+        reports = await ended(gw2, call)
+    assert reports[-1].outcome == "completed" and reports[-1].call_id == f"{call.key}-p2"
+    assert not checkpoint.exists()  # over: nothing left to resume
+    part2 = await read_call(CommonSettings(), f"{call.key}-p2")
+    first_person = int(call.events[0]["detail"]["startFragmentNumber"])
+    first_lupita = int(call.events[1]["detail"]["startFragmentNumber"])
+    # part 2 holds exactly the fragments after the checkpointed ones, on the same clock
+    person_from = (cut[True] - first_person + 1) * 8000
+    lupita_from = (cut[False] - first_lupita + 1) * 8000
+    assert part2.leg_payload(PERSON) == pcm_bytes(person[person_from:])
+    assert part2.leg_payload(LUPITA) == pcm_bytes(lupita[lupita_from:])
+    assert part2.leg_chunks(PERSON)[0].start_ts_us == (T0_MS + person_from // 8) * 1000
+    # part 1 (ended by the cut) holds at least everything through the checkpoint, in order
+    part1 = await read_call(CommonSettings(), call.key)
+    assert part1.leg_payload(PERSON)[: person_from * 2] == pcm_bytes(person[:person_from])
+    assert part1.ended().reason == "disconnect"
+
+
+async def test_a_recycled_stream_ends_that_leg_and_no_other_calls_audio_is_forwarded(bridge, kvs):
+    person, lupita = mono(2.0, 7), mono(3.0, 8)
+    call = build_call(kvs, lupita, person)
+    other = kvs_sim.fragments_of(mono(1.0, 9), first_number=91343852333181432002, start_ms=T0_MS + 2000,
+                                 tags=kvs_sim.chime_tags("txn-next", "call-next"))
+    call.person.items += other  # the stream is reused by the next call after ours ended
+    d = Deltas(bad("recycled_stream"), outcome("completed"))
+    async with running_gateway(bridge, bridge.token, **chime_settings(kvs)) as gw:
+        await post_events(gw, call.events)
+        [report] = await ended(gw, call)
+    assert report.outcome == "completed"
+    assert d(*bad("recycled_stream")) == 1
+    recs = await read_call(CommonSettings(), call.key)
+    assert recs.leg_payload(PERSON) == pcm_bytes(person)  # nothing of the next call
+    assert recs.leg_payload(LUPITA) == pcm_bytes(lupita)
+
+
+# -- bad input, one test per class ------------------------------------------------------------------
+
+
+async def test_a_track_in_another_codec_or_rate_ends_the_call_with_media_format(bridge, kvs):
+    person = mono(1.0, 10)
+    tags_of = lambda c: kvs_sim.chime_tags(c.transaction_id, c.call_id)  # noqa: E731
+    call = build_call(kvs, mono(1.0, 11), person)
+    call.person.items[:] = kvs_sim.fragments_of(person, first_number=int(call.person.items[0][0]), start_ms=T0_MS,
+                                                tags=tags_of(call), rate=16000)
+    d = Deltas(bad("media_format"), outcome("media_format"))
+    async with running_gateway(bridge, bridge.token, **chime_settings(kvs)) as gw:
+        await post_events(gw, call.events)
+        [report] = await ended(gw, call)
+    assert report.outcome == "media_format"
+    assert d(*bad("media_format")) >= 1 and d(*outcome("media_format")) == 1
+
+
+async def test_malformed_mkv_costs_one_fragment_as_a_gap_and_other_calls_are_untouched(bridge, kvs):
+    person, lupita = mono(3.0, 12), mono(3.0, 13)
+    broken = build_call(kvs, lupita, person)
+    number, data = broken.person.items[1]
+    broken.person.items[1] = (number, data[:500] + bytes(range(256)) * 4 + data[-200:])
+    clean = build_call(kvs, mono(2.0, 14), mono(2.0, 15))
+    d = Deltas(bad("malformed_mkv"), ("lupita_gateway_gaps_total", {"source": "chime", "leg": "person"}))
+    async with running_gateway(bridge, bridge.token, **chime_settings(kvs)) as gw:
+        await post_events(gw, broken.events + clean.events)
+        [report] = await ended(gw, broken)
+        [clean_report] = await ended(gw, clean)
+    assert report.outcome == "completed" and clean_report.outcome == "completed"
+    assert d(*bad("malformed_mkv")) >= 1
+    assert d("lupita_gateway_gaps_total", source="chime", leg="person") == 1
+    recs = await read_call(CommonSettings(), broken.key)
+    got = np.frombuffer(recs.leg_payload(PERSON), "<i2")
+    # the first fragment whole, the damaged one lost (a gap: the next starts 1 s later), the third whole
+    assert np.array_equal(got[:8000], person[:8000]) and np.array_equal(got[-8000:], person[16000:])
+    assert recs.leg_payload(LUPITA) == pcm_bytes(lupita)
+    later = [c for c in recs.leg_chunks(PERSON) if c.start_ts_us >= (T0_MS + 2000) * 1000]
+    assert later and later[0].start_ts_us == (T0_MS + 2000) * 1000
+    other = await read_call(CommonSettings(), clean.key)
+    assert other.leg_payload(PERSON) == pcm_bytes(mono(2.0, 15)) and other.leg_payload(LUPITA) == pcm_bytes(mono(2.0, 14))
+
+
+async def test_a_fragment_without_its_tags_is_skipped_and_counted(bridge, kvs):
+    person, lupita = mono(3.0, 16), mono(3.0, 17)
+    call = build_call(kvs, lupita, person)
+    number = call.person.items[1][0]
+    call.person.items[1] = (number, kvs_sim.fragment(person[8000:16000], fragment_number=number, producer_ts_ms=T0_MS + 1000,
+                                                     tags=kvs_sim.chime_tags(call.transaction_id, call.call_id),
+                                                     aws_tags={"AWS_KINESISVIDEO_FRAGMENT_NUMBER": number}))
+    d = Deltas(bad("missing_tag"))
+    async with running_gateway(bridge, bridge.token, **chime_settings(kvs)) as gw:
+        await post_events(gw, call.events)
+        [report] = await ended(gw, call)
+    assert report.outcome == "completed" and d(*bad("missing_tag")) == 1
+    recs = await read_call(CommonSettings(), call.key)
+    assert recs.leg_payload(PERSON) == pcm_bytes(np.concatenate([person[:8000], person[16000:]]))
+
+
+async def test_duplicate_and_out_of_order_fragments_are_dropped_and_the_audio_is_exact(bridge, kvs):
+    person, lupita = mono(3.0, 18), mono(3.0, 19)
+    call = build_call(kvs, lupita, person)
+    f = call.person.items
+    call.person.items[:] = [f[0], f[1], f[1], f[0], f[2]]  # a repeat and an earlier one
+    d = Deltas(bad("duplicate"))
+    async with running_gateway(bridge, bridge.token, **chime_settings(kvs)) as gw:
+        await post_events(gw, call.events)
+        [report] = await ended(gw, call)
+    assert report.outcome == "completed" and d(*bad("duplicate")) == 2
+    recs = await read_call(CommonSettings(), call.key)
+    assert recs.leg_payload(PERSON) == pcm_bytes(person)
+
+
+async def test_a_stalled_stream_ends_the_call_with_stalled_keeping_what_arrived(bridge, kvs):
+    person, lupita = mono(2.0, 20), mono(2.0, 21)
+    call = build_call(kvs, lupita, person, stall_after=1)
+    d = Deltas(bad("stalled"), outcome("stalled"))
+    async with running_gateway(bridge, bridge.token, **chime_settings(kvs, gateway_chime_idle_seconds=1)) as gw:
+        await post_events(gw, call.events)
+        [report] = await ended(gw, call)
+    assert report.outcome == "stalled"
+    assert d(*bad("stalled")) == 2 and d(*outcome("stalled")) == 1
+    recs = await read_call(CommonSettings(), call.key)
+    assert recs.ended().reason == "stalled"
+    assert recs.leg_payload(PERSON) == pcm_bytes(person[:8000])
+
+
+async def test_unknown_and_malformed_events_are_refused_by_class(bridge, kvs):
+    d = Deltas(bad("unknown_event"), bad("invalid_field"), bad("malformed_json"))
+    async with running_gateway(bridge, bridge.token, **chime_settings(kvs)) as gw:
+        status, body = await post_events(gw, [
+            {"source": "aws.chime", "detail-type": "Chime VoiceConnector Call Status", "detail": {}},
+            kvs_sim.streaming_event("PAUSED", transaction_id="t", call_id="c"),
+            kvs_sim.streaming_event("STARTED", transaction_id="t", call_id="c", stream_arn="not-an-arn", is_caller=True,
+                                    start_fragment_number="1"),
+        ])
+        assert status == 202 and body == {"accepted": 0, "refused": ["unknown_event", "unknown_event", "invalid_field"]}
+        status, _ = await post_events(gw, kvs_sim.streaming_event("ENDED", transaction_id="t", call_id="c"),
+                                      token="wrong")
+        assert status == 401
+        import aiohttp
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"http://127.0.0.1:{gw.control.port}/chime/events", data=b"{nope",
+                                 headers={"Authorization": "Bearer test-control-token"}) as resp:
+                assert resp.status == 400
+        assert not gw.chime.sessions and not gw.chime.pending
+    assert d(*bad("unknown_event")) == 2 and d(*bad("invalid_field")) == 1 and d(*bad("malformed_json")) == 1
+
+
+async def test_a_leg_whose_partner_never_starts_runs_alone_and_is_counted(bridge, kvs):
+    person = mono(1.0, 22)
+    call = build_call(kvs, mono(1.0, 23), person)
+    d = Deltas(bad("unpaired"))
+    async with running_gateway(bridge, bridge.token, **chime_settings(kvs, gateway_chime_pair_seconds=0.5)) as gw:
+        await post_events(gw, call.events[:1])
+        [report] = await ended(gw, call)
+    assert report.outcome == "completed" and d(*bad("unpaired")) == 1
+    recs = await read_call(CommonSettings(), call.key)
+    assert recs.leg_payload(PERSON) == pcm_bytes(person) and recs.leg_payload(LUPITA) == b""
