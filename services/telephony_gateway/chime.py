@@ -343,10 +343,19 @@ class ChimeSession(SessionBase):
         self._started_at_us = 0
         self._end_ms = 0.0
         self._phone_enc: str | None = None
+        self.fatal = ""  # a leg's fault that ends the whole call ("media_format")
 
     def source_ended(self, status: str) -> None:
         self.ended_status = status
         self._ended.set()
+
+    def fail(self, why: str) -> None:
+        """One leg's stream is not what the gateway takes: the whole call ends (no half-recorded
+        call in a format nobody checked)."""
+        if not self.fatal:
+            self.fatal = why
+            for k in self._kvs:
+                k.stop()
 
     def shutdown(self) -> None:
         self._shutdown = True
@@ -399,6 +408,8 @@ class ChimeSession(SessionBase):
             for leg in legs:
                 leg.connect()
             firsts = await self._first_audio(legs)
+            if self.fatal:
+                raise _Done(self.fatal)
             if not firsts:
                 outcome = self._outcome([leg.why for leg in legs])
                 raise _Done(outcome)
@@ -427,8 +438,8 @@ class ChimeSession(SessionBase):
     def _outcome(self, whys: list[str]) -> str:
         if self._shutdown:
             return "shutdown"
-        if "media_format" in whys:
-            return "media_format"
+        if self.fatal or "media_format" in whys:
+            return self.fatal or "media_format"
         if self.bridge is not None and self.bridge.finished and not self.bridge.ending:
             return "bridge_error"
         if self.ended_status == "FAILED":
@@ -437,6 +448,8 @@ class ChimeSession(SessionBase):
             return "recycled_stream"
         if "stalled" in whys and not self.ended_status:
             return "stalled"
+        if "error" in whys and not self.ended_status:
+            return "disconnect"  # GetMedia failed before the call's end: the source went away
         return "completed"
 
     async def _first_audio(self, legs: list["_Leg"]) -> list[float]:
@@ -516,6 +529,8 @@ class _Leg:
                 raise _LegEnd("stalled") from None
             if s._shutdown:
                 raise _LegEnd("shutdown")
+            if s.fatal:
+                raise _LegEnd(s.fatal)
             if isinstance(item, _Eof) or isinstance(item, Exception):
                 if isinstance(item, Exception):
                     s.log.warning("GetMedia failed", extra=s.extra(leg=self.plan.name, error=type(item).__name__,
@@ -558,6 +573,7 @@ class _Leg:
             if isinstance(item, BadInput):
                 self.s.bad(item)
                 if item.fatal and item.kind == "media_format":
+                    self.s.fail("media_format")
                     raise _LegEnd("media_format")
             else:
                 out.append(item)
@@ -585,6 +601,7 @@ class _Leg:
         except BadInput as exc:  # media_format from the track check
             self.s.bad(exc)
             self.why = "media_format"
+            self.s.fail("media_format")
             return None
 
     async def forward(self) -> str:
@@ -618,6 +635,7 @@ class _Leg:
             return end.why
         except BadInput as exc:
             s.bad(exc)
+            s.fail("media_format")
             return "media_format"
         finally:
             self.kvs.stop()
@@ -631,6 +649,7 @@ class _Leg:
         except BadInput as exc:
             s.bad(exc)
             if exc.fatal:
+                s.fail("media_format")
                 raise _LegEnd("media_format") from None
             return
         self.blocks += 1
