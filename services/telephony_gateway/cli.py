@@ -1,5 +1,7 @@
-"""``lupita gateway``: run the telephony gateway (Twilio Media Streams websocket -> media bridge)
-until SIGTERM (then drain and exit 0)."""
+"""``lupita gateway``: run the telephony gateway (Twilio, VAPI, Chime -> media bridge) until SIGTERM.
+
+Sources: Twilio Media Streams, VAPI live audio, Amazon Chime SDK Voice Connector streams; on
+SIGTERM it drains and exits 0."""
 
 from __future__ import annotations
 
