@@ -159,6 +159,11 @@ class Transcriber(ABC):
         """
         return replace(self.transcribe(pcm, sample_rate), is_partial=True)
 
+    def transcribe_many(self, items: list[tuple[np.ndarray, int]]) -> list[TranscriptResult]:
+        """Finals of several closed segments (``(pcm, sample_rate)`` each), in order. One by one
+        here; the local backend packs them into shared windows when configured to."""
+        return [self.transcribe(pcm, rate) for pcm, rate in items]
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release clients and models."""
 

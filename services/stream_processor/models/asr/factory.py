@@ -80,6 +80,7 @@ def build_local(s: AsrSettings) -> Transcriber:
         beam_size=s.asr_beam_size,
         partial_beam_size=s.asr_partial_beam_size,
         temperatures=tuple(s.asr_temperatures),
+        best_of=s.asr_best_of,
         vad_filter=s.asr_vad_filter,
         min_rms_dbfs=s.asr_min_rms_dbfs,
         compression_ratio_threshold=s.asr_compression_ratio_threshold,
@@ -88,6 +89,8 @@ def build_local(s: AsrSettings) -> Transcriber:
         encoder_window=s.asr_encoder_window,
         encoder_margin_s=s.asr_encoder_margin_seconds,
         encoder_min_window_s=s.asr_encoder_min_window_seconds,
+        pack_max_seconds=s.asr_pack_max_seconds,
+        pack_gap_s=s.asr_pack_gap_seconds,
     )
     return WhisperLocal(threads=s.asr_threads, num_workers=s.asr_num_workers, device=s.asr_device,
                         compute_type=s.asr_compute_type, options=options, guard=guard_config(s))

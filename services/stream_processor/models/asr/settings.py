@@ -42,6 +42,8 @@ class AsrSettings(CommonSettings):
     asr_partial_beam_size: int = Field(default=1, ge=1, le=16)
     # Temperature fallback ladder (JSON list in the env, e.g. [0.0, 0.4, 0.8]).
     asr_temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    # Samples drawn at each fallback temperature above 0 (the best is kept).
+    asr_best_of: int = Field(default=5, ge=1, le=16)
     # faster-whisper's own Silero VAD filter inside each segment.
     asr_vad_filter: bool = True
     # Audio quieter than this (RMS, dBFS) is not decoded at all.
@@ -52,6 +54,10 @@ class AsrSettings(CommonSettings):
     asr_encoder_window: Literal["full", "trimmed"] = "full"
     asr_encoder_margin_seconds: float = Field(default=1.0, ge=0, le=30)
     asr_encoder_min_window_seconds: float = Field(default=0.0, ge=0, le=30)
+    # Packing: several closed segments of one leg waiting together are decoded in one window of at
+    # most this many seconds (0 = every segment on its own), this much silence between two.
+    asr_pack_max_seconds: float = Field(default=0.0, ge=0, le=30)
+    asr_pack_gap_seconds: float = Field(default=1.0, ge=0.2, le=5)
 
     # --- guards (see stream_processor.models.asr.guards) ---
     asr_no_speech_threshold: float = Field(default=0.6, ge=0, le=1)

@@ -27,6 +27,20 @@ least ``encoder_min_window_s``): CTranslate2 >= 4 accepts encoder inputs shorter
 (whisper.cpp's "audio context"). Only the ``encode`` step of the loaded ``WhisperModel`` is wrapped
 (:func:`trim_features`); the decoding loop, the fallback, the word alignment (``align`` is given the
 content's frame count, which the trimmed encoder output still covers) and the guards are unchanged.
+
+Empty finals on voiced audio (issue #11 §4): the segment was already judged speech by the vad
+stage, but faster-whisper's own Silero filter (tuned for 16 kHz wide-band audio) sometimes finds no
+speech in a quiet or band-limited telephone segment and hands Whisper nothing, so the final came
+out empty. When the filter kept nothing of audio above ``min_rms_dbfs``, the final is decoded again
+without it (guard action ``vad_filter_empty``); the silence and hallucination guards still judge
+what that decode says.
+
+Packing (:meth:`WhisperLocal.transcribe_many`, ``pack_max_seconds`` > 0): several closed segments
+are laid out in one window, ``pack_gap_s`` of digital silence between them, and decoded once
+(faster-whisper's VAD filter off: it would glue the segments together); each word goes back to the
+segment its time midpoint falls in, moved to that segment's own time. A word whose midpoint falls
+in a gap between segments is dropped, never guessed (guard action ``pack_gap_word``, counted by
+the caller), so no word can cross from one segment into another.
 """
 
 from __future__ import annotations
@@ -108,6 +122,12 @@ class WhisperOptions:
     beam_size: int = 5
     partial_beam_size: int = 1
     temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    # samples drawn at each fallback temperature > 0 (the best one is kept)
+    best_of: int = 5
+    # packing of several waiting segments into one window (transcribe_many): the longest window
+    # (0 = never pack) and the silence laid between two segments
+    pack_max_seconds: float = 0.0
+    pack_gap_s: float = 1.0
     vad_filter: bool = True
     # below this RMS level the audio is not decoded at all (digital silence, line hum)
     min_rms_dbfs: float = -60.0
@@ -124,6 +144,12 @@ class WhisperOptions:
     def __post_init__(self) -> None:
         if self.encoder_window not in ("full", "trimmed"):
             raise ValueError(f"encoder_window must be 'full' or 'trimmed', got {self.encoder_window!r}")
+        if not 0.0 <= self.pack_max_seconds <= 30.0:
+            raise ValueError(f"pack_max_seconds must be in [0, 30], got {self.pack_max_seconds}")
+        if not 0.2 <= self.pack_gap_s <= 5.0:
+            raise ValueError(f"pack_gap_s must be in [0.2, 5], got {self.pack_gap_s}")
+        if self.best_of < 1:
+            raise ValueError(f"best_of must be >= 1, got {self.best_of}")
         if not 0.0 <= self.encoder_margin_s <= 30.0:
             raise ValueError(f"encoder_margin_s must be in [0, 30], got {self.encoder_margin_s}")
         if not 0.0 <= self.encoder_min_window_s <= 30.0:
@@ -211,6 +237,37 @@ class WhisperLocal(Transcriber):
     def transcribe_partial(self, pcm: np.ndarray, sample_rate: int) -> TranscriptResult:
         return self._run(pcm, sample_rate, partial=True)
 
+    def transcribe_many(self, items: list[tuple[np.ndarray, int]]) -> list[TranscriptResult]:
+        """Finals of several closed segments (of one leg), in order: packed into as few windows of
+        at most ``pack_max_seconds`` as fit (see the module docstring), or one by one when packing
+        is off. A segment too long to share a window, or too quiet, is handled on its own."""
+        o = self.options
+        prepared = [to_whisper_input(pcm, rate) for pcm, rate in items]  # every segment validated first
+        out: list[TranscriptResult | None] = [None] * len(items)
+        group: list[int] = []
+        groups: list[list[int]] = []
+        length = 0.0
+        for i, x in enumerate(prepared):
+            seconds = x.size / WHISPER_RATE
+            if not o.pack_max_seconds or x.size == 0 or rms_dbfs(x) < o.min_rms_dbfs \
+                    or seconds + o.pack_gap_s > o.pack_max_seconds:
+                out[i] = self._run_prepared(x, partial=False)
+                continue
+            if group and length + o.pack_gap_s + seconds > o.pack_max_seconds:
+                groups.append(group)
+                group, length = [], 0.0
+            length += (o.pack_gap_s if group else 0.0) + seconds
+            group.append(i)
+        if group:
+            groups.append(group)
+        for g in groups:
+            if len(g) == 1:
+                out[g[0]] = self._run_prepared(prepared[g[0]], partial=False)
+            else:
+                for i, r in zip(g, self._run_packed([prepared[i] for i in g])):
+                    out[i] = r
+        return [r for r in out if r is not None]
+
     # -- internals -----------------------------------------------------------------------------
 
     def _decode_kwargs(self, partial: bool) -> dict[str, Any]:
@@ -227,15 +284,80 @@ class WhisperLocal(Transcriber):
         if partial:
             return {**common, "beam_size": o.partial_beam_size, "best_of": 1, "temperature": o.temperatures[:1],
                     "word_timestamps": False, "without_timestamps": True}
-        return {**common, "beam_size": o.beam_size, "temperature": list(o.temperatures), "word_timestamps": True}
+        return {**common, "beam_size": o.beam_size, "best_of": o.best_of, "temperature": list(o.temperatures),
+                "word_timestamps": True}
 
     def _run(self, pcm: np.ndarray, sample_rate: int, *, partial: bool) -> TranscriptResult:
-        x = to_whisper_input(pcm, sample_rate)
+        return self._run_prepared(to_whisper_input(pcm, sample_rate), partial=partial)
+
+    def _run_prepared(self, x: np.ndarray, *, partial: bool) -> TranscriptResult:
         duration = x.size / WHISPER_RATE
         if x.size == 0 or rms_dbfs(x) < self.options.min_rms_dbfs:
             return TranscriptResult((), self.options.language, partial, self.name, self.model, duration,
                                     guard_actions=("quiet_audio",))
-        segments_iter, info = self._model.transcribe(x, **self._decode_kwargs(partial))
+        kwargs = self._decode_kwargs(partial)
+        raw, language = self._decode(x, kwargs)
+        retried: tuple[str, ...] = ()
+        if not raw and kwargs["vad_filter"] and not partial:
+            # the vad stage called this speech; Whisper's own filter kept nothing of it (#11 §4)
+            raw, language = self._decode(x, {**kwargs, "vad_filter": False})
+            retried = ("vad_filter_empty",)
+        kept, actions = guard_segments(raw, self.guard)
+        if actions:
+            log.debug("asr guards removed text", extra={"stage": "transcriber", "actions": list(actions)})
+        return TranscriptResult(kept, language or self.options.language, partial, self.name, self.model,
+                                duration, guard_actions=retried + actions)
+
+    def _run_packed(self, parts: list[np.ndarray]) -> list[TranscriptResult]:
+        """One decode of ``parts`` laid out with ``pack_gap_s`` of silence between them; each word
+        back to the part its midpoint falls in (in the part's own time), gap words dropped."""
+        gap = np.zeros(int(round(self.options.pack_gap_s * WHISPER_RATE)), np.float32)
+        spans: list[tuple[float, float]] = []
+        pieces: list[np.ndarray] = []
+        pos = 0
+        for k, x in enumerate(parts):
+            if k:
+                pieces.append(gap)
+                pos += gap.size
+            spans.append((pos / WHISPER_RATE, (pos + x.size) / WHISPER_RATE))
+            pieces.append(x)
+            pos += x.size
+        window = np.concatenate(pieces)
+        raw, language = self._decode(window, {**self._decode_kwargs(False), "vad_filter": False})
+        per_part: list[list[TranscriptSegment]] = [[] for _ in parts]
+        dropped = [0] * len(parts)
+        for seg in raw:
+            owned: dict[int, list[Word]] = {}
+            for w in seg.words:
+                mid = (w.start + w.end) / 2
+                k = next((k for k, (a, b) in enumerate(spans) if a <= mid <= b), None)
+                if k is None:  # in a gap: whose word it is cannot be known
+                    before = [k for k, (a, _) in enumerate(spans) if a <= mid]
+                    dropped[before[-1] if before else 0] += 1
+                    continue
+                a = spans[k][0]
+                owned.setdefault(k, []).append(Word(w.text, w.start - a, w.end - a, w.probability))
+            for k, words in owned.items():
+                duration = spans[k][1] - spans[k][0]
+                clean = sanitize_words(words, duration)
+                if not clean:
+                    continue
+                per_part[k].append(TranscriptSegment(
+                    text=" ".join(w.text for w in clean), start=clean[0].start, end=clean[-1].end, words=clean,
+                    avg_logprob=seg.avg_logprob, no_speech_prob=seg.no_speech_prob,
+                    compression_ratio=seg.compression_ratio))
+        results = []
+        for k, x in enumerate(parts):
+            kept, actions = guard_segments(per_part[k], self.guard)
+            actions = ("packed",) + ("pack_gap_word",) * dropped[k] + actions
+            results.append(TranscriptResult(kept, language or self.options.language, False, self.name, self.model,
+                                            x.size / WHISPER_RATE, guard_actions=actions))
+        return results
+
+    def _decode(self, x: np.ndarray, kwargs: dict[str, Any]) -> tuple[list[TranscriptSegment], str | None]:
+        """faster-whisper's segments of ``x`` (times and words clamped to the audio), and the language."""
+        duration = x.size / WHISPER_RATE
+        segments_iter, info = self._model.transcribe(x, **kwargs)
         raw: list[TranscriptSegment] = []
         for s in segments_iter:  # decoding happens while iterating
             words = [Word(w.word, w.start, w.end, w.probability) for w in (s.words or [])]
@@ -249,8 +371,4 @@ class WhisperLocal(Transcriber):
                 no_speech_prob=float(s.no_speech_prob),
                 compression_ratio=float(s.compression_ratio),
             ))
-        kept, actions = guard_segments(raw, self.guard)
-        if actions:
-            log.debug("asr guards removed text", extra={"stage": "transcriber", "actions": list(actions)})
-        return TranscriptResult(kept, info.language or self.options.language, partial, self.name, self.model,
-                                duration, guard_actions=actions)
+        return raw, info.language

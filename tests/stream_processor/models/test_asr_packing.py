@@ -1,0 +1,163 @@
+"""Packing several closed segments into one Whisper window (``WhisperLocal.transcribe_many``) and
+the retry of a final that faster-whisper's own VAD filter emptied (#11 §4).
+
+Real model, real espeak-ng telephone speech: three segments of one leg, each with its own
+distinctive words and its own amount of leading silence, are decoded once. What is asserted holds
+for any voice: every word comes back inside its own segment's speech (checked by time, never by
+exact words), a distinctive word that is heard at all is heard only in its own segment, and a word
+the decoder puts in the silence between two segments is dropped and counted, never given to one
+of them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from loadgen.synth import DEFAULT_VOICES, PERSON, synthesize_utterance
+from stream_processor.models.asr.base import TranscriptSegment, Word
+from stream_processor.models.asr.guards import normalize_text
+from stream_processor.models.asr.whisper_local import WhisperLocal, WhisperOptions
+
+RATE = 8000
+# (text, its distinctive words, leading silence s): different lengths and offsets per segment
+SEGMENTS = (
+    ("Mi nieto Rodrigo vive en Guadalajara.", ("rodrigo", "guadalajara"), 0.3),
+    ("Hoy compré tortillas y naranjas en el mercado.", ("tortillas", "naranjas", "mercado"), 1.2),
+    ("El doctor me cambió la medicina del corazón.", ("doctor", "medicina", "corazon"), 0.6),
+)
+TAIL_S = 0.3
+SLACK_S = 0.5  # Whisper word timings are good to a few hundred ms
+
+
+def _speech(text: str) -> np.ndarray:
+    return synthesize_utterance(text, RATE, DEFAULT_VOICES[PERSON])
+
+
+@pytest.fixture(scope="module")
+def model() -> WhisperLocal:
+    return WhisperLocal(threads=2, options=WhisperOptions(pack_max_seconds=30.0, pack_gap_s=1.0))
+
+
+@pytest.fixture(scope="module")
+def segments() -> list[tuple[np.ndarray, float, float]]:
+    """(int16 audio, speech start s, speech end s) per segment."""
+    out = []
+    for text, _, lead in SEGMENTS:
+        speech = _speech(text)
+        audio = np.concatenate([np.zeros(int(lead * RATE), np.int16), speech, np.zeros(int(TAIL_S * RATE), np.int16)])
+        out.append((audio, lead, lead + speech.size / RATE))
+    return out
+
+
+@pytest.fixture(scope="module")
+def packed(model, segments):
+    return model.transcribe_many([(a, RATE) for a, _, _ in segments])
+
+
+def test_each_packed_segment_gets_its_own_final(packed, segments):
+    assert len(packed) == len(segments)
+    for r, (audio, _, _) in zip(packed, segments):
+        assert "packed" in r.guard_actions  # decoded in one shared window
+        assert not r.is_partial and r.text, r.guard_actions
+        assert r.audio_seconds == pytest.approx(audio.size / RATE, abs=1e-3)
+
+
+def test_every_word_lies_inside_its_own_segments_speech(packed, segments):
+    for r, (_, a, b) in zip(packed, segments):
+        assert r.words
+        for w in r.words:  # by its time midpoint (a first word's start absorbs some leading silence)
+            assert a - SLACK_S <= (w.start + w.end) / 2 <= b + SLACK_S, (w, a, b)
+            assert 0.0 <= w.start <= w.end <= r.audio_seconds
+        starts = [w.start for w in r.words]
+        assert starts == sorted(starts)
+
+
+def test_a_distinctive_word_is_never_heard_in_another_segment(packed):
+    heard = [f" {normalize_text(r.text)} " for r in packed]
+    for k, (_, words, _) in enumerate(SEGMENTS):
+        for word in words:
+            for j, text in enumerate(heard):
+                if j != k:
+                    assert f" {word} " not in text, (word, k, j, text)
+
+
+def test_packing_off_decodes_one_by_one(segments):
+    solo = WhisperLocal(threads=2)  # pack_max_seconds 0: the default
+    results = solo.transcribe_many([(a, RATE) for a, _, _ in segments[:2]])
+    assert len(results) == 2 and all("packed" not in r.guard_actions for r in results)
+    assert all(r.text for r in results)
+
+
+def test_a_word_in_the_gap_is_dropped_and_counted_never_guessed(model, monkeypatch):
+    """The split itself, on a decode whose words are given: parts of 2.0 s and 1.5 s with a 1.0 s
+    gap lie at [0, 2.0] and [3.0, 4.5] of the window."""
+    words = (Word("uno", 0.2, 0.6, 0.9), Word("dos", 1.5, 1.9, 0.9),   # part 0
+             Word("perdida", 2.2, 2.6, 0.5),                            # midpoint 2.4: in the gap
+             Word("tres", 3.1, 3.5, 0.9), Word("cuatro", 4.0, 4.4, 0.8))  # part 1
+    seg = TranscriptSegment(text="uno dos perdida tres cuatro", start=0.2, end=4.4, words=words,
+                            avg_logprob=-0.3, no_speech_prob=0.01, compression_ratio=1.2)
+    monkeypatch.setattr(model, "_decode", lambda x, kwargs: ([seg], "es"))
+    loud = (0.1 * np.sin(np.arange(int(2.0 * 16000)) / 5)).astype(np.float32)
+    r0, r1 = model._run_packed([loud, loud[: int(1.5 * 16000)]])
+    assert [w.text for w in r0.words] == ["uno", "dos"] and r0.text == "uno dos"
+    assert [w.text for w in r1.words] == ["tres", "cuatro"]
+    assert [(w.start, w.end) for w in r1.words] == [(pytest.approx(0.1), pytest.approx(0.5)),
+                                                   (pytest.approx(1.0), pytest.approx(1.4))]  # in its own time
+    assert r0.guard_actions.count("pack_gap_word") == 1 and "pack_gap_word" not in r1.guard_actions
+    assert "perdida" not in r0.text + r1.text
+
+
+def test_segments_that_do_not_fit_one_window_go_to_the_next(segments):
+    small = WhisperLocal(threads=2, options=WhisperOptions(pack_max_seconds=9.0, pack_gap_s=1.0))
+    calls: list[int] = []
+    inner = small._run_packed
+
+    def spy(parts):
+        calls.append(len(parts))
+        return inner(parts)
+
+    small._run_packed = spy  # type: ignore[method-assign]
+    results = small.transcribe_many([(a, RATE) for a, _, _ in segments])
+    assert len(results) == 3 and all(r.text for r in results)
+    # no window is longer than 9 s: every segment here is 3-5 s, so at most two share one
+    assert all(n <= 2 for n in calls)
+
+
+def test_a_final_emptied_by_whispers_own_vad_filter_is_decoded_without_it(model, segments, monkeypatch):
+    """The vad stage called the audio speech; when faster-whisper's filter keeps nothing of it, the
+    final is decoded again without the filter instead of coming out empty (#11 §4)."""
+    seen: list[bool] = []
+    inner = model._decode
+
+    def decode(x, kwargs):
+        seen.append(kwargs["vad_filter"])
+        if kwargs["vad_filter"]:
+            return [], "es"  # what faster-whisper gives when its Silero VAD finds no speech
+        return inner(x, kwargs)
+
+    monkeypatch.setattr(model, "_decode", decode)
+    audio = segments[0][0]
+    r = model.transcribe(audio.astype(np.float32) / 32768, RATE)
+    assert seen == [True, False]
+    assert r.text and "vad_filter_empty" in r.guard_actions
+    seen.clear()
+    # a partial is only a hint: no second decode
+    assert model.transcribe_partial(audio.astype(np.float32) / 32768, RATE).is_empty
+    assert seen == [True]
+
+
+def test_the_packing_and_fallback_settings_reach_the_local_model(monkeypatch):
+    from stream_processor.models.asr.factory import build_local
+    from stream_processor.models.asr.settings import AsrSettings
+
+    monkeypatch.setenv("LUPITA_ASR_PACK_MAX_SECONDS", "24")
+    monkeypatch.setenv("LUPITA_ASR_PACK_GAP_SECONDS", "1.5")
+    monkeypatch.setenv("LUPITA_ASR_BEST_OF", "2")
+    monkeypatch.setenv("LUPITA_ASR_TEMPERATURES", "[0.0, 0.6]")
+    o = build_local(AsrSettings(_env_file=None)).options
+    assert (o.pack_max_seconds, o.pack_gap_s, o.best_of, o.temperatures) == (24.0, 1.5, 2, (0.0, 0.6))
+    with pytest.raises(ValueError, match="pack_gap_s"):
+        WhisperOptions(pack_gap_s=0.0)
+    with pytest.raises(ValueError, match="best_of"):
+        WhisperOptions(best_of=0)
