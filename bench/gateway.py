@@ -22,6 +22,14 @@ Both phases use the same bridge child, the same audio (the synthesised Spanish d
 
     .venv/bin/python bench/gateway.py                     # 20 calls x 20 s per phase (~1.5 min)
     .venv/bin/python bench/gateway.py --calls 50 --seconds 30 --json
+    .venv/bin/python bench/gateway.py --chime             # a third phase: the same calls as Chime streams
+
+``--chime`` adds a phase of the same calls as Amazon Chime SDK Voice Connector calls: each leg a
+Kinesis Video stream of MKV fragments (1 s, producer timestamps = the wall clock) served in real
+time by the GetMedia stand-in in this process (``telephony_gateway.kvs_sim``, each fragment's bytes
+spread over its second in 50 writes), the streaming events posted to the gateway's control API.
+Measured: the gateway's and the bridge's CPU per call-minute, frames lost, and capture time ->
+Kafka (the newest audio of each record; includes the stand-in's 20 ms write pacing).
 
 The local stack must be up (``lupita stack up``). Exit status 0 when every call completed and no
 frame was lost, 1 otherwise, 2 for bad options or no stack.
@@ -98,6 +106,7 @@ def parse_args(argv):
                    help="the gateway's LUPITA_GATEWAY_BRIDGE_FRAME_MS (default 100; 20 = no joining)")
     p.add_argument("--json", action="store_true", help=f"also write the results to {RESULTS_DIR}/")
     p.add_argument("--keep-topics", action="store_true", help="do not delete the run's Kafka topics")
+    p.add_argument("--chime", action="store_true", help="add a phase of the same calls as Chime Voice Connector streams")
     args = p.parse_args(argv)
     if not 1 <= args.calls <= 500 or args.seconds <= 0 or args.ramp <= 0:
         p.error("--calls must be 1..500, --seconds and --ramp > 0")
@@ -185,13 +194,81 @@ async def twilio_phase(args, stereo, gateway_url: str, signed_url: str) -> tuple
     return calls, results
 
 
-def start_gateway(bridge_target: str, env: dict, log_path: Path, frame_ms: int) -> tuple[subprocess.Popen, int, int]:
+CONTROL_TOKEN = "bench-control-token"  # the gateway child's control API, for this run only
+KVS_ENV = {"AWS_ACCESS_KEY_ID": "bench-kvs", "AWS_SECRET_ACCESS_KEY": "bench-kvs", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def scrape(metrics_port: int, name: str, **labels: str) -> float:
+    """Sum of a metric's samples with these labels on the gateway child's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def run_chime(args, stereo, kvs_port: int, control_port: int, metrics_port: int) -> list:
+    from telephony_gateway import kvs_sim
+
+    server = await kvs_sim.KvsServer().start(kvs_port)
+    try:
+        before = scrape(metrics_port, "lupita_gateway_calls_total", source="chime")
+        calls = await chime_phase(args, stereo, control_port, {"server": server})
+        deadline = time.monotonic() + len(stereo) / 8000 + 120
+        while scrape(metrics_port, "lupita_gateway_calls_total", source="chime") - before < len(calls):
+            if time.monotonic() > deadline:
+                print("[chime] calls did not all end in time", file=sys.stderr)
+                break
+            await asyncio.sleep(0.5)
+        return calls
+    finally:
+        await server.close()
+
+
+async def chime_phase(args, stereo, control_port: int, kvs_holder: dict) -> list:
+    """The same calls as Chime Voice Connector calls: two KVS streams each (Lupita = the callee of
+    an inbound call), served in real time by the stand-in; returns the calls and their ends."""
+    import aiohttp
+
+    from telephony_gateway import kvs_sim
+
+    kvs = kvs_holder["server"]
+    calls = []
+
+    async def one(i: int):
+        await asyncio.sleep(i / args.ramp)
+        txn, cid = str(uuid.uuid4()), str(uuid.uuid4())
+        tags = kvs_sim.chime_tags(txn, cid)
+        now_ms = time.time_ns() // 1_000_000
+        legs = []
+        for caller, column, first in ((True, 1, 10_000), (False, 0, 20_000)):
+            items = kvs_sim.fragments_of(stereo[:, column], first_number=first, start_ms=now_ms, tags=tags)
+            stream = kvs.add(kvs_sim.KvsStream(kvs_sim.stream_arn(f"{txn}-{int(caller)}"), items, speed=1.0, pieces=50))
+            legs.append(kvs_sim.streaming_event("STARTED", transaction_id=txn, call_id=cid, stream_arn=stream.arn,
+                                                is_caller=caller, start_fragment_number=str(first),
+                                                from_number=BENCH_PHONE, to_number="+15555550100"))
+        calls.append(f"chime-{txn}")
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"http://127.0.0.1:{control_port}/chime/events", json=legs,
+                                 headers={"Authorization": f"Bearer {CONTROL_TOKEN}"}) as resp:
+                assert resp.status == 202, resp.status
+
+    await asyncio.gather(*(one(i) for i in range(args.calls)))
+    return calls
+
+
+def start_gateway(bridge_target: str, env: dict, log_path: Path, frame_ms: int,
+                  kvs_url: str = "") -> tuple[subprocess.Popen, int, int, int]:
     from loadgen.bridgeproc import lupita_command
 
-    port, metrics = free_port(), free_port()
+    port, metrics, control = free_port(), free_port(), free_port()
     genv = {**env, "LUPITA_GATEWAY_TWILIO_AUTH_TOKEN": AUTH_TOKEN, "LUPITA_BRIDGE_TARGET": bridge_target,
             "LUPITA_GATEWAY_METRICS_HOST": "127.0.0.1", "LUPITA_GATEWAY_MAX_CALLS": "1000",
-            "LUPITA_GATEWAY_BRIDGE_FRAME_MS": str(frame_ms)}
+            "LUPITA_GATEWAY_BRIDGE_FRAME_MS": str(frame_ms), "LUPITA_GATEWAY_CONTROL_PORT": str(control),
+            "LUPITA_GATEWAY_CONTROL_TOKENS": CONTROL_TOKEN, "LUPITA_GATEWAY_CHIME_KVS_ENDPOINT": kvs_url,
+            "LUPITA_GATEWAY_CHIME_RECORDING_CONSENT": "true", "LUPITA_GATEWAY_CHIME_CONSENT_SOURCE": "bench", **KVS_ENV}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([*lupita_command(), "gateway", "--host", "127.0.0.1", "--port", str(port),
                                  "--metrics-port", str(metrics)], stdout=log, stderr=subprocess.STDOUT, env=genv)
@@ -200,7 +277,7 @@ def start_gateway(bridge_target: str, env: dict, log_path: Path, frame_ms: int) 
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
                 if r.status == 200:
-                    return proc, port, metrics
+                    return proc, port, metrics, control
         except OSError:
             pass
         if proc.poll() is not None:
@@ -237,6 +314,9 @@ def main(argv=None) -> int:
     env = {**os.environ, "LUPITA_TOPIC_PREFIX": settings.topic_prefix}
     load_before = os.getloadavg()
     direct, via = Phase("direct (simulator -> bridge)", args.calls), Phase("Twilio -> gateway -> bridge", args.calls)
+    chime = Phase("Chime KVS -> gateway -> bridge", args.calls)
+    chime_ids: list[str] = []
+    kvs_port = free_port()
     direct_ids: list[str] = []
     direct_sent: dict = {}
     call_minutes = args.calls * len(stereo) / 8000 / 60
@@ -245,7 +325,8 @@ def main(argv=None) -> int:
         bridge = BridgeProcess(Path(logs) / "bridge.log", env=env).start()
         gw = None
         try:
-            gw, port, _ = start_gateway(bridge.target, env, Path(logs) / "gateway.log", args.bridge_frame_ms)
+            gw, port, metrics_port, control_port = start_gateway(bridge.target, env, Path(logs) / "gateway.log",
+                                                                 args.bridge_frame_ms, f"http://127.0.0.1:{kvs_port}")
             # phase 1: the bridge's own figures
             print(f"[direct] {args.calls} calls x {args.seconds:g} s, real time ...", file=sys.stderr, flush=True)
             cpu0, t0 = bridge.cpu_seconds(), time.monotonic()
@@ -263,6 +344,16 @@ def main(argv=None) -> int:
             via.bridge_cpu_s, via.gateway_cpu_s = bridge.cpu_seconds() - cpu0, proc_cpu_seconds(gw.pid) - gcpu0
             via.ok, via.call_minutes = sum(r.close_code == 1000 for r in results), call_minutes
             via.frames_sent = sum(len(c.media) for c in calls)
+            if args.chime:  # phase 3: the same calls as Chime Voice Connector streams
+                print(f"[chime] {args.calls} calls x {args.seconds:g} s, real time ...", file=sys.stderr, flush=True)
+                cpu0, gcpu0, t0 = bridge.cpu_seconds(), proc_cpu_seconds(gw.pid), time.monotonic()
+                ok0 = scrape(metrics_port, "lupita_gateway_calls_total", source="chime", outcome="completed")
+                chime_ids = asyncio.run(run_chime(args, stereo, kvs_port, control_port, metrics_port))
+                chime.wall_s = time.monotonic() - t0
+                chime.bridge_cpu_s, chime.gateway_cpu_s = bridge.cpu_seconds() - cpu0, proc_cpu_seconds(gw.pid) - gcpu0
+                chime.ok = int(scrape(metrics_port, "lupita_gateway_calls_total", source="chime", outcome="completed") - ok0)
+                chime.call_minutes = call_minutes
+                chime.frames_sent = len(chime_ids) * 2 * (len(stereo) // (8000 * FRAME_MS // 1000))
         finally:
             if gw is not None and gw.poll() is None:
                 gw.send_signal(signal.SIGTERM)
@@ -287,6 +378,7 @@ def main(argv=None) -> int:
                 leg = audio_pb2.LEG_PERSON if track == "inbound" else audio_pb2.LEG_LUPITA
                 sent_index[(call_id, leg, chunk)] = res.sent_wall_ms(idx)
     direct_set = set(direct_ids)
+    chime_set = set(chime_ids)
     samples = defaultdict(int)
     lat = {"direct": [], "via": [], "direct_measured": [], "via_measured": []}
     for ts_ms, value in records:
@@ -301,6 +393,9 @@ def main(argv=None) -> int:
             sent = direct_sent.get((chunk.call_id, chunk.leg, chunk.last_frame_seq))
             if sent is not None:
                 lat["direct_measured"].append(ts_ms - sent)
+        elif chunk.call_id in chime_set:
+            chime.kafka_records += 1
+            lat.setdefault("chime", []).append(nominal)
         elif chunk.call_id.startswith("twilio-"):
             via.kafka_records += 1
             lat["via"].append(nominal)
@@ -315,6 +410,9 @@ def main(argv=None) -> int:
     via.frames_in_kafka = sum(samples[f"twilio-{c.call_sid}"] for c in calls) // per_frame
     direct.lost_frames = direct.frames_sent - direct.frames_in_kafka
     via.lost_frames = via.frames_sent - via.frames_in_kafka
+    chime.frames_in_kafka = sum(samples[c] for c in chime_set) // per_frame
+    chime.lost_frames = chime.frames_sent - chime.frames_in_kafka
+    chime.nominal_ms = quantiles(lat.get("chime", []))
     direct.nominal_ms, via.nominal_ms = quantiles(lat["direct"]), quantiles(lat["via"])
     direct.measured_ms, via.measured_ms = quantiles(lat["direct_measured"]), quantiles(lat["via_measured"])
     if not args.keep_topics:
@@ -358,13 +456,22 @@ def main(argv=None) -> int:
     for name, a, b in rows:
         print(f"{name:{width}}  {str(a):>18}  {str(b):>18}")
     print(f"added by the gateway (via - direct, from the source's write): p50 {f(added50)} ms, p99 {f(added99)} ms")
+    if args.chime:
+        print(f"Chime (KVS stand-in -> gateway -> bridge): calls ok {chime.ok}/{args.calls}, frames lost "
+              f"{chime.lost_frames}, Kafka records {chime.kafka_records}, capture -> Kafka p50 / p99 / max "
+              f"{f(chime.nominal_ms.get('p50'))} / {f(chime.nominal_ms.get('p99'))} / {f(chime.nominal_ms.get('max'))} ms, "
+              f"gateway CPU-s / call-minute {f(chime.per_call_minute(chime.gateway_cpu_s), 3)}, "
+              f"bridge {f(chime.per_call_minute(chime.bridge_cpu_s), 3)}")
+        if chime.ok != args.calls or chime.lost_frames:
+            exit_code = 1
     if direct.ok != args.calls or via.ok != args.calls or direct.lost_frames or via.lost_frames:
         exit_code = 1
     if args.json:
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         out = RESULTS_DIR / f"gateway-{time.strftime('%Y%m%d-%H%M%S')}-{args.calls}calls.json"
         out.write_text(json.dumps({"bench": "gateway", "args": vars(args), "loadavg_before": load_before,
-                                   "loadavg_after": load_after, "phases": [asdict(direct), asdict(via)],
+                                   "loadavg_after": load_after,
+                                   "phases": [asdict(direct), asdict(via)] + ([asdict(chime)] if args.chime else []),
                                    "added_ms": {"p50": added50, "p99": added99}}, indent=2))
         print(f"results written to {out}")
     return exit_code

@@ -104,6 +104,7 @@ class KvsStream:
     stall_after: int | None = None  # items sent before the body stops without ending
     live: bool = False  # keep the body open after the last item until close()
     speed: float = 0.0  # 0 = as fast as the reader takes; 1 = one fragment per its duration
+    pieces: int = 1  # with speed: each fragment written in this many pieces spread over its duration
     fragment_ms: int = 1000
     requests: list[dict] = field(default_factory=list)
     _closed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -131,10 +132,10 @@ class KvsServer:
         self.streams[stream.arn] = stream
         return stream
 
-    async def start(self) -> "KvsServer":
+    async def start(self, port: int = 0) -> "KvsServer":
         self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=1)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        site = web.TCPSite(self.runner, "127.0.0.1", port)
         await site.start()
         self.port = self.runner.addresses[0][1]
         return self
@@ -181,10 +182,14 @@ class KvsServer:
                 if stream.stall_after is not None and sent >= stream.stall_after:
                     await stream._closed.wait()  # stalled: nothing more, the body never ends
                     return response
-                await response.write(data)
-                sent += 1
                 if stream.speed and number is not None:
-                    await asyncio.sleep(stream.fragment_ms / 1000 / stream.speed)
+                    step = -(-len(data) // stream.pieces)
+                    for at in range(0, len(data), step):  # a live producer's bytes arrive over the fragment
+                        await response.write(data[at:at + step])
+                        await asyncio.sleep(stream.fragment_ms / 1000 / stream.speed / stream.pieces)
+                else:
+                    await response.write(data)
+                sent += 1
             if stream.live:
                 await stream._closed.wait()
             await response.write_eof()
