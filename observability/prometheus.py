@@ -3,9 +3,10 @@
 The test (tests/chart/test_observability_prometheus.py) points it at the platform's real processes on
 127.0.0.1 with the chart's rule files, labels every target as the chart's ServiceMonitors would
 (job = the component, namespace, pod, service) and runs every rule and dashboard query against what
-it scraped. Same install path as promtool (:mod:`observability.promtool`): ``go install`` of
-``github.com/prometheus/prometheus/cmd/prometheus`` v0.316.0 (= Prometheus v3.16.0) into
-``$LUPITA_CACHE_DIR/bin`` (the web UI's assets are not embedded: the HTTP API is all the test uses).
+it scraped. Built with promtool (:mod:`observability.promtool`): one ``go install`` of
+``github.com/prometheus/prometheus/cmd/{promtool,prometheus}`` v0.316.0 (= Prometheus v3.16.0) into
+``$LUPITA_CACHE_DIR/bin``, without the cloud service-discovery plugins (``remove_all_sd``) and without
+the web UI's assets (not embedded by default): static targets and the HTTP API are all the test uses.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ PROMETHEUS_MODULE = "github.com/prometheus/prometheus/cmd/prometheus@v0.316.0"
 
 
 def ensure_prometheus() -> Path:
-    from lupita_dev.stack.install import go_binary
+    """The cached Prometheus server, built on first use (with promtool: :mod:`observability.promtool`)."""
+    from observability.promtool import ensure_built
 
-    return go_binary("prometheus", PROMETHEUS_MODULE)
+    return ensure_built("prometheus")
 
 
 @dataclass(frozen=True)
