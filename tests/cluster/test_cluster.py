@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -33,3 +36,47 @@ def test_status_reports_every_component_healthy_and_the_node_ready(cluster, kube
     ready = kubectl("get", "node", manager.KWOK_NODE, "-o",
                     "jsonpath={.status.conditions[?(@.type=='Ready')].status}").stdout
     assert ready == "True"
+
+
+def test_two_clusters_share_a_blackhole_and_the_last_one_down_removes_it(tmp_path, monkeypatch):
+    """Two checkouts' clusters (two cluster dirs) on one machine: the route is added once, kept
+    while either holds it, removed when the last one lets go. Test-only ranges (blackholes drop
+    packets: adding them is safe) and a test-only holder registry."""
+    from lupita_dev.cluster import manager
+
+    ranges = ("10.250.0.0/24", "10.251.0.0/24")
+    for cidr in ranges:
+        assert not manager._routes_for(cidr), f"{cidr} is routed on this machine: pick other test ranges"
+    monkeypatch.setattr(manager, "SERVICE_CIDR", ranges[0])
+    monkeypatch.setattr(manager, "POD_CIDR", ranges[1])
+    monkeypatch.setattr(manager, "ROUTE_HOLDERS", tmp_path / "holders")
+    first, second = tmp_path / "first", tmp_path / "second"
+    try:
+        monkeypatch.setenv("LUPITA_CLUSTER_DIR", str(first))
+        assert manager.add_blackhole_routes() == list(ranges)
+        monkeypatch.setenv("LUPITA_CLUSTER_DIR", str(second))
+        assert manager.add_blackhole_routes() == list(ranges)
+        assert manager.route_holders(ranges[0]) == [str(first.resolve())]
+
+        monkeypatch.setenv("LUPITA_CLUSTER_DIR", str(first))
+        assert manager.remove_blackhole_routes() == []  # the second cluster still holds both
+        assert all(manager._routes_for(cidr)[0].startswith(f"blackhole {cidr}") for cidr in ranges)
+
+        monkeypatch.setenv("LUPITA_CLUSTER_DIR", str(second))
+        assert manager.remove_blackhole_routes() == list(ranges)
+        assert not any(manager._routes_for(cidr) for cidr in ranges)
+    finally:
+        for cidr in ranges:
+            subprocess.run(["ip", "route", "del", "blackhole", cidr], capture_output=True)
+
+
+def test_cluster_ports_follow_the_stack_port_offset():
+    """A second checkout (LUPITA_STACK_PORT_OFFSET) runs its own control plane beside the first."""
+    code = ("from lupita_dev.cluster import manager, node; "
+            "print(manager.APISERVER_PORT, manager.ETCD_CLIENT_PORT, manager.KWOK_PORT, node.KUBELET_PORT)")
+    ports = {}
+    for offset in ("0", "100"):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, "LUPITA_STACK_PORT_OFFSET": offset})
+        ports[offset] = [int(p) for p in out.stdout.split()]
+    assert [b - a for a, b in zip(ports["0"], ports["100"])] == [100] * 4

@@ -10,11 +10,17 @@ cannot be created before). It writes ``<stack dir>/cluster/kubeconfig``. A secon
 finds it healthy and returns. ``down()`` stops every process it started, removes the routes
 it added and deletes the cluster's etcd data, so the next ``up()`` starts empty.
 
-Every port is on 127.0.0.1 and apart from the dev stack's (``lupita stack status``).
+Every port is on 127.0.0.1 and apart from the dev stack's (``lupita stack status``), and follows
+``LUPITA_STACK_PORT_OFFSET`` like the stack's, so a second checkout runs its own cluster beside.
+The blackhole routes are machine-wide and shared: each cluster registers itself as a holder of
+each range (under ``/run/lupita-cluster-routes``, a file lock around every change) and ``down``
+removes a route only when no other cluster holds it.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -23,20 +29,23 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from lupita_dev.stack.manager import ROOT, Proc
+from lupita_dev.stack.manager import PORT_OFFSET, ROOT, Proc
 
 from . import pki as pki_mod
 from . import tools
 from .tools import say
 
-ETCD_CLIENT_PORT = 12379
-ETCD_PEER_PORT = 12380
-APISERVER_PORT = 16443
-CONTROLLER_MANAGER_PORT = 16257
-SCHEDULER_PORT = 16259
-KWOK_PORT = 16247
+# LUPITA_STACK_PORT_OFFSET shifts them as it shifts the stack's
+ETCD_CLIENT_PORT = 12379 + PORT_OFFSET
+ETCD_PEER_PORT = 12380 + PORT_OFFSET
+APISERVER_PORT = 16443 + PORT_OFFSET
+CONTROLLER_MANAGER_PORT = 16257 + PORT_OFFSET
+SCHEDULER_PORT = 16259 + PORT_OFFSET
+KWOK_PORT = 16247 + PORT_OFFSET
 
 # cluster address ranges; both are blackholed on the host while the cluster is up
 SERVICE_CIDR = "10.96.0.0/16"
@@ -176,44 +185,94 @@ def _routes_for(cidr: str) -> list[str]:
     return [line for line in out.stdout.splitlines() if line.strip()]
 
 
+ROUTE_HOLDERS = Path("/run/lupita-cluster-routes")  # tmpfs: gone with the routes at a reboot
+
+
+@contextmanager
+def _routes_locked() -> Iterator[None]:
+    """One route change at a time on this machine (every checkout's cluster)."""
+    ROUTE_HOLDERS.mkdir(parents=True, exist_ok=True)
+    with (ROUTE_HOLDERS / ".lock").open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def _holder_dir(cidr: str) -> Path:
+    return ROUTE_HOLDERS / cidr.replace("/", "_")
+
+
+def _holder_file(cidr: str) -> Path:
+    me = hashlib.sha256(str(cluster_dir().resolve()).encode()).hexdigest()[:16]
+    return _holder_dir(cidr) / me
+
+
+def route_holders(cidr: str) -> list[str]:
+    """The cluster dirs of the other clusters that hold the range ``cidr`` (a holder whose
+    cluster dir no longer exists is stale and dropped)."""
+    mine = _holder_file(cidr)
+    others = []
+    for holder in sorted(_holder_dir(cidr).glob("*")) if _holder_dir(cidr).exists() else []:
+        if holder == mine:
+            continue
+        where = holder.read_text().strip()
+        if Path(where).is_dir():
+            others.append(where)
+        else:
+            holder.unlink(missing_ok=True)
+    return others
+
+
 def add_blackhole_routes() -> list[str]:
     """Blackhole the service and pod ranges on the host: without kube-proxy (kwok node) a
     packet to a ClusterIP or pod IP would otherwise follow the default route off the machine.
     A real node's CNI bridge adds a more specific connected route for its own pod subnet,
-    which wins over the blackhole for exactly the addresses that exist on this machine."""
+    which wins over the blackhole for exactly the addresses that exist on this machine.
+    The route may be there already (another checkout's cluster): this cluster becomes one
+    more holder of it."""
     state = _state()
-    added = list(state.get("routes", []))
-    for cidr in (SERVICE_CIDR, POD_CIDR):
-        existing = _routes_for(cidr)
-        if any(line.startswith(f"blackhole {cidr}") for line in existing):
-            if cidr not in added:
-                added.append(cidr)
-            continue
-        foreign = [line for line in existing if not line.startswith("blackhole")]
-        if foreign:
-            raise RuntimeError(f"the cluster range {cidr} is already routed on this machine ({foreign}); "
-                               "refusing to start a cluster whose addresses would collide")
-        try:
-            subprocess.run(["ip", "route", "add", "blackhole", cidr], check=True, capture_output=True, text=True)
-        except subprocess.CalledProcessError as exc:
-            raise RuntimeError(f"could not add the blackhole route for {cidr} ({exc.stderr.strip()}); the "
-                               "cluster needs root (CAP_NET_ADMIN) so that its addresses cannot leave "
-                               "the machine") from exc
-        added.append(cidr)
-        state["routes"] = added
-        _save_state(state)
-    return added
+    held = list(state.get("routes", []))
+    with _routes_locked():
+        for cidr in (SERVICE_CIDR, POD_CIDR):
+            existing = _routes_for(cidr)
+            if not any(line.startswith(f"blackhole {cidr}") for line in existing):
+                foreign = [line for line in existing if not line.startswith("blackhole")]
+                if foreign:
+                    raise RuntimeError(f"the cluster range {cidr} is already routed on this machine ({foreign}); "
+                                       "refusing to start a cluster whose addresses would collide")
+                try:
+                    subprocess.run(["ip", "route", "add", "blackhole", cidr], check=True, capture_output=True,
+                                   text=True)
+                except subprocess.CalledProcessError as exc:
+                    raise RuntimeError(f"could not add the blackhole route for {cidr} ({exc.stderr.strip()}); the "
+                                       "cluster needs root (CAP_NET_ADMIN) so that its addresses cannot leave "
+                                       "the machine") from exc
+            _holder_file(cidr).parent.mkdir(parents=True, exist_ok=True)
+            _holder_file(cidr).write_text(str(cluster_dir().resolve()))
+            if cidr not in held:
+                held.append(cidr)
+            state["routes"] = held
+            _save_state(state)
+    return held
 
 
 def remove_blackhole_routes() -> list[str]:
+    """Give up this cluster's hold on its ranges; a route goes when no other cluster holds it.
+    Returns the ranges whose routes were removed."""
     state = _state()
-    removed = []
-    for cidr in state.get("routes", []):
-        out = subprocess.run(["ip", "route", "del", "blackhole", cidr], capture_output=True, text=True)
-        if out.returncode == 0 or "No such process" in out.stderr:
-            removed.append(cidr)
-    state["routes"] = [c for c in state.get("routes", []) if c not in removed]
-    _save_state(state)
+    removed, released = [], []
+    with _routes_locked():
+        for cidr in state.get("routes", []):
+            _holder_file(cidr).unlink(missing_ok=True)
+            released.append(cidr)
+            others = route_holders(cidr)
+            if others:
+                say(f"keeping the blackhole route for {cidr}: the cluster of {', '.join(others)} holds it too")
+                continue
+            out = subprocess.run(["ip", "route", "del", "blackhole", cidr], capture_output=True, text=True)
+            if out.returncode == 0 or "No such process" in out.stderr:
+                removed.append(cidr)
+        state["routes"] = [c for c in state.get("routes", []) if c not in released]
+        _save_state(state)
     return removed
 
 

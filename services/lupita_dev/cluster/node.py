@@ -21,6 +21,7 @@ the node address and its route, and the Node object.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -39,8 +40,13 @@ NODE_RANGE = "10.245.0.0/16"
 BRIDGE = "lupita-br0"
 POD_SUBNET = "10.244.1.0/24"  # inside the cluster's (blackholed) pod range; the bridge's route wins
 POD_GATEWAY = "10.244.1.1"
-KUBELET_PORT = 16250
-KUBELET_HEALTHZ_PORT = 16248
+KUBELET_PORT = 16250 + manager.PORT_OFFSET
+KUBELET_HEALTHZ_PORT = 16248 + manager.PORT_OFFSET
+# the node's containerd, address, bridge and iptables chains are machine-wide: one real node per
+# machine, owned by one cluster dir (a second checkout's `up --real-node` is refused, and its
+# `down` leaves the owner's node alone)
+OWNER_FILE = Path("/run/lupita-real-node.owner")
+OWNER_LOCK = Path("/run/lupita-real-node.lock")
 PAUSE_IMAGE = "localhost/lupita-pause:1"
 RUN_DIR = Path("/run/lupita-containerd")  # short: unix socket paths are limited to 108 bytes
 KUBELET_ROOT = Path("/var/lib/lupita-kubelet")
@@ -234,14 +240,41 @@ def ensure_debian_packages() -> None:
     if os.geteuid() != 0:
         raise RuntimeError(f"the real node needs root and Debian packages {missing}")
     say(f"installing Debian packages: {', '.join(missing)}")
-    _sh("apt-get", "install", "-y", "--no-install-recommends", *missing,
+    _sh("apt-get", "-o", "DPkg::Lock::Timeout=900", "install", "-y", "--no-install-recommends", *missing,
         env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+
+
+def _me() -> str:
+    return str(manager.cluster_dir().resolve())
+
+
+def owner() -> str | None:
+    """The cluster dir whose real node this machine runs (None: no real node is set up)."""
+    try:
+        where = OWNER_FILE.read_text().strip()
+    except FileNotFoundError:
+        return None
+    # the owner's node dir holds its state until its `down` finishes
+    return where if (Path(where) / "node" / "state.json").exists() else None
+
+
+def _claim() -> None:
+    with OWNER_LOCK.open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        other = owner()
+        if other and other != _me():
+            raise RuntimeError(f"this machine's real node belongs to the cluster in {other} (another "
+                               "checkout): one containerd, node address and bridge per machine; run "
+                               "`lupita cluster down` there first")
+        _save_state({**_state(), "owner": True})
+        OWNER_FILE.write_text(_me())
 
 
 def up() -> None:
     """Start the real node next to the control plane (which must be up)."""
     if all(s["healthy"] for s in status().values()) and manager._node_ready(NODE):
         return
+    _claim()
     ensure_debian_packages()
     for name in ("kubelet", "kubectl"):
         tools.ensure(name)
@@ -314,7 +347,11 @@ def _remove_kube_chains() -> list[str]:
 
 
 def down() -> list[str]:
-    """Take down everything the real node made (safe to call when it never ran)."""
+    """Take down everything the real node made (safe to call when it never ran; leaves another
+    checkout's real node alone)."""
+    other = owner()
+    if other and other != _me():
+        return []
     state = _state()
     if not state and not (CONTAINERD.pid() or KUBELET.pid() or RUN_DIR.exists() or KUBELET_ROOT.exists()):
         return []
@@ -357,4 +394,6 @@ def down() -> list[str]:
         manager.kubectl("delete", "node", NODE, "--ignore-not-found", check=False)
     for path in (KUBELET_ROOT, RUN_DIR, node_dir()):
         shutil.rmtree(path, ignore_errors=True)
+    if OWNER_FILE.exists() and OWNER_FILE.read_text().strip() == _me():
+        OWNER_FILE.unlink(missing_ok=True)
     return done
