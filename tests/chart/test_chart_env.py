@@ -4,7 +4,8 @@ what it sets is accepted by that service's settings classes.
 The names come from the pydantic-settings classes themselves (env_prefix + field name, or a
 field's alias), per container: the bridge (BridgeSettings), each stream stage (WorkerSettings +
 that stage's class from stream_processor.settings.STAGE_SETTINGS, exactly what `lupita worker`
-builds), the context API (ContextApiSettings) and the load generator (LoadgenSettings).
+builds), the context API (ContextApiSettings), the telephony gateway (GatewaySettings) and the load
+generator (LoadgenSettings).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ VARIANTS = {
         "streamProcessor.stages.transcriber.gpu.enabled=true", "mediaBridge.allowUnauthenticated=true",
         "streamProcessor.settings.LUPITA_METRICS_HOST=0.0.0.0",
         "streamProcessor.stages.vad.settings.LUPITA_VAD_THREADS=2",
+        "telephonyGateway.settings.LUPITA_GATEWAY_REORDER_WINDOW=64",
+        "telephonyGateway.bridgeTarget=bridge.example:50061",
     ]),
     "hmac": ([EKS], ["contextApi.authMode=hmac"]),
 }
@@ -71,6 +74,10 @@ def settings_classes(component: str) -> list[type]:
         from context_api.settings import ContextApiSettings
 
         return [ContextApiSettings]
+    if component == "telephony-gateway":
+        from telephony_gateway.settings import GatewaySettings
+
+        return [GatewaySettings]
     if component == "loadgen":
         from loadgen.settings import LoadgenSettings
 
@@ -113,7 +120,7 @@ def unknown_settings(docs: list[dict]) -> dict[str, set[str]]:
 def test_every_env_var_the_chart_sets_is_a_setting_of_its_service(helm, variant):
     docs = render(helm, *VARIANTS[variant])
     comps = {comp for comp, _ in containers(docs)}
-    assert {"media-bridge", *STAGES, "context-api"} <= comps
+    assert {"media-bridge", *STAGES, "context-api", "telephony-gateway"} <= comps
     for comp, c in containers(docs):
         names = [e["name"] for e in c.get("env", [])]
         assert names and all(n.startswith("LUPITA_") for n in names), comp
@@ -125,9 +132,11 @@ def test_a_name_no_service_reads_is_caught(helm):
     """The check can fail: a setting of another service, and a made-up one, are both reported."""
     docs = render(helm, [], ["mediaBridge.settings.LUPITA_VAD_THREADS=2",
                              "streamProcessor.stages.vad.settings.LUPITA_NOT_A_SETTING=1",
-                             "streamProcessor.settings.LUPITA_ASR_THREADS=2"])
+                             "streamProcessor.settings.LUPITA_ASR_THREADS=2",
+                             "telephonyGateway.settings.LUPITA_GRPC_HOST=0.0.0.0"])
     # LUPITA_ASR_THREADS under the settings every stage gets: only the transcriber reads it
     assert unknown_settings(docs) == {"media-bridge": {"LUPITA_VAD_THREADS"},
+                                      "telephony-gateway": {"LUPITA_GRPC_HOST"},
                                       "vad": {"LUPITA_NOT_A_SETTING", "LUPITA_ASR_THREADS"},
                                       "recorder": {"LUPITA_ASR_THREADS"}, "understanding": {"LUPITA_ASR_THREADS"}}
 

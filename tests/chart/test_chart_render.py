@@ -25,7 +25,7 @@ KUBE_VERSION = "1.34.2"
 KEDA = "keda.sh/v1alpha1/ScaledObject"
 SCENARIOS = {"default": [], "local": [LOCAL], "eks": [EKS]}
 STAGES = ("recorder", "vad", "transcriber", "understanding")
-WORKLOADS = ("media-bridge", *STAGES, "context-api")
+WORKLOADS = ("media-bridge", *STAGES, "context-api", "telephony-gateway")
 # the topics each stage's agent consumes (services/stream_processor/stages/*/agent.py: self.source),
 # besides its own control topic
 STAGE_SOURCES = {
@@ -153,6 +153,16 @@ def test_each_scenario_renders_every_workload_and_its_objects(scenario):
          "streamProcessor.stages.transcriber.settings.LUPITA_ASR_DEVICE: streamProcessor.stages.transcriber.gpu.enabled sets it"),
         (["hostNetwork=true"], "hostNetwork is true and streamProcessor.stages.recorder.ports.metrics and "
                                "streamProcessor.stages.vad.ports.metrics both use port 9102"),
+        (["telephonyGateway.publicUrl=https://voice.example.org"], "at '/telephonyGateway/publicUrl'"),
+        (["telephonyGateway.settings.LUPITA_GATEWAY_PORT=9000"],
+         "telephonyGateway.settings.LUPITA_GATEWAY_PORT: the chart sets LUPITA_GATEWAY_PORT from "
+         "telephonyGateway.ports.websocket"),
+        (["telephonyGateway.settings.LUPITA_GATEWAY_TWILIO_AUTH_TOKEN=abc"],
+         "at '/telephonyGateway/settings/LUPITA_GATEWAY_TWILIO_AUTH_TOKEN': value must be 'secrets are never values"),
+        (["hostNetwork=true", "streamProcessor.stages.vad.ports.metrics=9112",
+          "streamProcessor.stages.transcriber.ports.metrics=9113",
+          "streamProcessor.stages.understanding.ports.metrics=9114", "telephonyGateway.ports.metrics=9101"],
+         "hostNetwork is true and mediaBridge.ports.metrics and telephonyGateway.ports.metrics both use port 9101"),
     ],
 )
 def test_invalid_values_are_refused_with_a_message_naming_the_key(helm, sets, message):
@@ -224,12 +234,12 @@ def test_every_deployment_has_probes_resources_and_spreads_its_pods(scenario):
 
 def test_http_probes_use_the_services_real_paths(scenario):
     """/livez and /readyz: stream_processor/metrics.py serves them on the metrics port,
-    context_api/app.py on the HTTP port."""
+    context_api/app.py on the HTTP port, telephony_gateway/server.py on the websocket port."""
     _, docs = scenario
     deps = by_component(docs, "Deployment")
-    for comp in (*STAGES, "context-api"):
+    for comp in (*STAGES, "context-api", "telephony-gateway"):
         c = deps[comp]["spec"]["template"]["spec"]["containers"][0]
-        port = "metrics" if comp in STAGES else "http"
+        port = {"context-api": "http", "telephony-gateway": "websocket"}.get(comp, "metrics")
         assert c["livenessProbe"]["httpGet"] == {"path": "/livez", "port": port}
         assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
 
@@ -240,6 +250,8 @@ def test_each_workload_listens_where_its_ports_say(scenario):
     deps = by_component(docs, "Deployment")
     port_env = {"media-bridge": {"grpc": "LUPITA_GRPC_PORT", "metrics": "LUPITA_METRICS_PORT"},
                 "context-api": {"http": "LUPITA_CONTEXT_API_PORT", "metrics": "LUPITA_CONTEXT_API_METRICS_PORT"},
+                "telephony-gateway": {"websocket": "LUPITA_GATEWAY_PORT", "control": "LUPITA_GATEWAY_CONTROL_PORT",
+                                      "metrics": "LUPITA_GATEWAY_METRICS_PORT"},
                 **{s: {"metrics": "LUPITA_METRICS_PORT"} for s in STAGES}}
     services = by_component(docs, "Service")
     for comp, ports in port_env.items():
@@ -374,7 +386,7 @@ def rule_ports(rules: list[dict]) -> set:
     return {p["port"] for r in rules for p in r.get("ports", [])}
 
 
-def test_only_the_bridge_and_the_context_api_accept_traffic_besides_metrics_scrapes(helm):
+def test_only_the_bridge_the_context_api_and_the_gateway_accept_traffic_besides_metrics_scrapes(helm):
     docs = render(helm, [EKS], ["loadgen.enabled=true"])
     policies = by_component(docs, "NetworkPolicy")
     assert set(policies) == {*WORKLOADS, "loadgen"}
@@ -383,7 +395,8 @@ def test_only_the_bridge_and_the_context_api_accept_traffic_besides_metrics_scra
         assert spec["policyTypes"] == ["Ingress", "Egress"]
         assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == comp
         served = rule_ports(spec["ingress"]) - {"metrics"}
-        assert served == {"media-bridge": {"grpc"}, "context-api": {"http"}}.get(comp, set()), comp
+        assert served == {"media-bridge": {"grpc"}, "context-api": {"http"},
+                          "telephony-gateway": {"websocket", "control"}}.get(comp, set()), comp
         for rule in spec["ingress"]:
             if rule["ports"][0]["port"] == "metrics":
                 assert rule["from"] == [{"namespaceSelector": {"matchLabels": {
@@ -408,6 +421,78 @@ def test_only_the_workloads_that_use_a_store_may_reach_it(helm):
     }
     loadgen = by_component(docs, "NetworkPolicy")["loadgen"]["spec"]["egress"]
     assert loadgen[-1]["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "media-bridge"
+
+
+def test_the_gateway_reaches_the_bridge_and_vapi_and_the_bridge_admits_it(helm):
+    """The bridge's ingress names the gateway's pods even when its own peers are restricted (the EKS
+    values), the gateway may open only the bridge's gRPC port and VAPI's listen sockets (443), and its
+    control port admits only networkPolicy.ingress.telephonyGateway.controlFrom."""
+    docs = render(helm, [EKS])
+    policies = by_component(docs, "NetworkPolicy")
+    values = yaml.safe_load(EKS.read_text())["networkPolicy"]
+    gateway_pods = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "lupita", "app.kubernetes.io/instance": "lupita",
+                                                    "app.kubernetes.io/component": "telephony-gateway"}}}
+    bridge_in = policies["media-bridge"]["spec"]["ingress"]
+    assert {"ports": [{"port": "grpc", "protocol": "TCP"}], "from": [gateway_pods]} in bridge_in
+    egress = policies["telephony-gateway"]["spec"]["egress"]
+    assert egress[-1]["ports"] == [{"port": 50061, "protocol": "TCP"}]
+    assert egress[-1]["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "media-bridge"
+    vapi = yaml.safe_load((CHART / "values.yaml").read_text())["networkPolicy"]["egress"]["vapi"]
+    assert {"ports": vapi["ports"]} in egress  # `to` left open: VAPI's listen hosts are not known ahead
+    assert len(egress) == 3  # DNS, VAPI, the bridge: no store, no Kafka
+    ingress = {r["ports"][0]["port"]: r.get("from") for r in policies["telephony-gateway"]["spec"]["ingress"]}
+    assert ingress["control"] == values["ingress"]["telephonyGateway"]["controlFrom"]
+    assert ingress["websocket"] == values["ingress"]["telephonyGateway"]["from"]
+
+
+def test_the_gateway_drains_before_the_kubelet_kills_it_and_streams_into_this_release_s_bridge(scenario):
+    name, docs = scenario
+    dep = by_component(docs, "Deployment")["telephony-gateway"]
+    spec = dep["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    env = literal_env(c)
+    assert spec["terminationGracePeriodSeconds"] > int(env["LUPITA_GATEWAY_DRAIN_SECONDS"]) + \
+        int(env["LUPITA_GATEWAY_BRIDGE_CLOSE_SECONDS"])
+    assert "os.kill(1, signal.SIGTERM)" in c["lifecycle"]["preStop"]["exec"]["command"][-1]
+    assert c["livenessProbe"]["httpGet"]["path"] == "/livez"  # never /readyz: a drain is not a failure
+    bridge = by_component(docs, "Deployment")["media-bridge"]["spec"]["template"]["spec"]["containers"][0]
+    grpc_port = literal_env(bridge)["LUPITA_GRPC_PORT"]
+    if name == "local":  # host network: the bridge listens on the node's address
+        assert env["LUPITA_BRIDGE_TARGET"] == f"$(LUPITA_GATEWAY_HOST):{grpc_port}"
+    else:
+        service = by_component(docs, "Service")["media-bridge"]["metadata"]["name"]
+        assert env["LUPITA_BRIDGE_TARGET"] == f"{service}:{grpc_port}"
+    # the bearer token it sends is the bridge's own Secret
+    assert env_of(c)["LUPITA_BRIDGE_TOKENS"]["valueFrom"] == env_of(bridge)["LUPITA_BRIDGE_TOKENS"]["valueFrom"]
+
+
+LISTEN_ADDRESS = {"media-bridge": ["LUPITA_GRPC_HOST"], "context-api": ["LUPITA_CONTEXT_API_HOST"],
+                  "telephony-gateway": ["LUPITA_GATEWAY_HOST", "LUPITA_GATEWAY_METRICS_HOST"],
+                  **{s: ["LUPITA_METRICS_HOST"] for s in STAGES}}
+
+
+def test_host_network_servers_listen_on_the_node_address(helm):
+    """Under hostNetwork every server listens on status.hostIP (a real kubelet refuses a loopback
+    node IP, and probes the pod IP, which is the node's); without it nothing is set (the images
+    listen on 0.0.0.0 in their own network namespace); a listen address in `settings` wins."""
+    host_ip = {"valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}}
+    local = by_component(render(helm, [LOCAL]), "Deployment")
+    assert set(local) == set(LISTEN_ADDRESS)
+    for comp, names in LISTEN_ADDRESS.items():
+        env = env_of(local[comp]["spec"]["template"]["spec"]["containers"][0])
+        for var in names:
+            assert {k: v for k, v in env[var].items() if k != "name"} == host_ip, (comp, var)
+    for comp, dep in by_component(render(helm, [EKS]), "Deployment").items():
+        env = env_of(dep["spec"]["template"]["spec"]["containers"][0])
+        assert not set(LISTEN_ADDRESS[comp]) & set(env), comp
+    pinned = by_component(render(helm, [LOCAL], ["mediaBridge.settings.LUPITA_GRPC_HOST=10.245.0.9",
+                                                 "telephonyGateway.settings.LUPITA_GATEWAY_HOST=10.245.0.9"]),
+                          "Deployment")
+    assert env_of(pinned["media-bridge"]["spec"]["template"]["spec"]["containers"][0])["LUPITA_GRPC_HOST"] == \
+        {"name": "LUPITA_GRPC_HOST", "value": "10.245.0.9"}
+    gateway = literal_env(pinned["telephony-gateway"]["spec"]["template"]["spec"]["containers"][0])
+    assert gateway["LUPITA_GATEWAY_HOST"] == "10.245.0.9"
+    assert gateway["LUPITA_BRIDGE_TARGET"] == "10.245.0.9:50161"
 
 
 # --- secrets, service accounts, labels -----------------------------------------------------------
@@ -476,21 +561,32 @@ def test_local_values_use_the_images_built_here_and_the_host_network(helm):
             assert c["imagePullPolicy"] == "Never"
 
 
-def test_local_values_keep_every_endpoint_and_listener_on_loopback(helm):
-    """Network safety: with host networking, what the pods connect to and listen on is the host's."""
+def test_local_values_keep_every_endpoint_and_listener_on_this_machine(helm):
+    """Network safety: with host networking, what the pods connect to is the host's loopback (the
+    stack) or the node's own address (the gateway's bridge, where the bridge pod listens), and
+    every listen address is the node's own (status.hostIP: 10.245.0.1 on the real node, a /32 on
+    this machine's lo)."""
     docs = render(helm, [LOCAL], ["loadgen.enabled=true"])
-    endpoint_vars = ("LUPITA_KAFKA_BOOTSTRAP", "LUPITA_S3_ENDPOINT", "LUPITA_WEAVIATE_HOST", "LUPITA_BRIDGE_TARGET",
-                     "LUPITA_GRPC_HOST", "LUPITA_METRICS_HOST", "LUPITA_CONTEXT_API_HOST")
+    endpoint_vars = ("LUPITA_KAFKA_BOOTSTRAP", "LUPITA_S3_ENDPOINT", "LUPITA_WEAVIATE_HOST", "LUPITA_BRIDGE_TARGET")
+    listen_vars = ("LUPITA_GRPC_HOST", "LUPITA_METRICS_HOST", "LUPITA_CONTEXT_API_HOST", "LUPITA_GATEWAY_HOST",
+                   "LUPITA_GATEWAY_METRICS_HOST")
+    node_address = "$(LUPITA_GATEWAY_HOST)"  # expanded by the kubelet from status.hostIP
     seen = set()
     for where, spec in pod_specs(docs):
         for c in spec["containers"]:
-            for var, value in literal_env(c).items():
+            for var, e in env_of(c).items():
+                if var in listen_vars:
+                    seen.add(var)
+                    assert e.get("valueFrom") == {"fieldRef": {"fieldPath": "status.hostIP"}}, (where, var, e)
                 if var in endpoint_vars:
                     seen.add(var)
+                    value = e["value"]
                     hosts = [h.split("://")[-1].rsplit(":", 1)[0] if ":" in h.split("://")[-1] else h.split("://")[-1]
                              for h in value.split(",")]
-                    assert hosts and all(h == "127.0.0.1" for h in hosts), (where, var, value)
-    assert seen == set(endpoint_vars)
+                    assert hosts and all(h == "127.0.0.1" or (h == node_address and var == "LUPITA_BRIDGE_TARGET"
+                                                              and "LUPITA_GATEWAY_HOST" in env_of(c))
+                                         for h in hosts), (where, var, value)
+    assert seen == set(endpoint_vars) | set(listen_vars)
 
 
 def test_the_monitoring_block_keeps_the_keys_the_monitoring_templates_read():
@@ -591,3 +687,16 @@ def test_every_reference_between_rendered_objects_resolves(scenario):
             assert ref["kind"] == "Deployment" and ref["name"] in deployments, (name, kind, ref)
     for dep in deployments.values():
         assert dep["spec"]["template"]["spec"]["serviceAccountName"] in accounts
+
+
+def test_weaviate_grpc_goes_to_its_own_host_when_one_is_named(helm):
+    """values-eks names the Weaviate chart's two Services (HTTP "weaviate", gRPC "weaviate-grpc"):
+    the understanding stage gets both hosts; without weaviate.grpcHost, gRPC uses weaviate.host."""
+    weaviate = yaml.safe_load(EKS.read_text())["weaviate"]
+    eks = literal_env(by_component(render(helm, [EKS]), "Deployment")["understanding"]["spec"]["template"]["spec"]
+                      ["containers"][0])
+    assert (eks["LUPITA_WEAVIATE_HOST"], eks["LUPITA_WEAVIATE_GRPC_HOST"]) == (weaviate["host"], weaviate["grpcHost"])
+    assert weaviate["host"] != weaviate["grpcHost"]
+    default = literal_env(by_component(render(helm), "Deployment")["understanding"]["spec"]["template"]["spec"]
+                          ["containers"][0])
+    assert "LUPITA_WEAVIATE_GRPC_HOST" not in default and default["LUPITA_WEAVIATE_HOST"]

@@ -1,14 +1,16 @@
 """End to end on the real node: the built images, loaded into the node, installed by the chart
-with the local values against the local stack; every pod passes its probes; one simulated call
-through the bridge pod ends as a WAV locked in COMPLIANCE mode in the legal bucket and an
-analysed ``companion_calls`` row; ``helm uninstall`` leaves nothing of the release behind, in
-the API or in the node's runtime.
+with the local values against the local stack; every pod passes its probes (the telephony
+gateway's /readyz only once it reaches the bridge pod); one simulated call through the bridge
+pod ends as a WAV locked in COMPLIANCE mode in the legal bucket and an analysed
+``companion_calls`` row; ``helm uninstall`` leaves nothing of the release behind, in the API or
+in the node's runtime.
 
-The pods use the host network (they reach the stack on 127.0.0.1) and bind the node's address,
-10.245.0.1, where the kubelet probes them (it refuses a loopback node address); the kwok node
-is cordoned meanwhile so every pod lands on the real node. Own topic prefix, own release.
-Takes 2-4 minutes on the 2 shared cores when the images are warm (three model loads, Whisper
-on CPU); loading the three images into containerd is ~90 s of it.
+The pods use the host network (they reach the stack on 127.0.0.1) and listen on the node's
+address, 10.245.0.1 (the chart's status.hostIP under hostNetwork: values-local.yaml as it is,
+no listen-address override), where the kubelet probes them (it refuses a loopback node
+address); the kwok node is cordoned meanwhile so every pod lands on the real node. Own topic
+prefix, own release. Takes 2-5 minutes on the 2 shared cores when the images are warm (three
+model loads, Whisper on CPU); loading the four images into containerd is ~2 min of it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from waits import wait_for
 
 pytestmark = pytest.mark.stack
 
-IMAGES = ("lupita-media-bridge", "lupita-stream-processor", "lupita-context-api")
+IMAGES = ("lupita-media-bridge", "lupita-stream-processor", "lupita-context-api", "lupita-telephony-gateway")
 PROCESS_TIMEOUT_S = 300  # Whisper on two shared cores: a bound, not a speed assertion
 
 
@@ -51,9 +53,6 @@ def release(cluster, built_images, kubectl, helm, stack_env, tmp_path_factory):
         "s3": {"endpoint": stack_env["LUPITA_S3_ENDPOINT"]},
         "weaviate": {"host": stack_env["LUPITA_WEAVIATE_HOST"], "httpPort": int(stack_env["LUPITA_WEAVIATE_HTTP_PORT"]),
                      "grpcPort": int(stack_env["LUPITA_WEAVIATE_GRPC_PORT"])},
-        "mediaBridge": {"settings": {"LUPITA_GRPC_HOST": node.NODE_IP}},
-        "streamProcessor": {"settings": {"LUPITA_METRICS_HOST": node.NODE_IP}},
-        "contextApi": {"settings": {"LUPITA_CONTEXT_API_HOST": node.NODE_IP}},
     }))
     kubectl("cordon", manager.KWOK_NODE)
     try:
@@ -78,8 +77,13 @@ def test_a_call_through_the_chart_on_the_real_node_is_recorded_locked_and_analys
     from lupita_dev.cluster import node
 
     pods = json.loads(kubectl("get", "pods", "-n", release["namespace"], "-o", "json").stdout)["items"]
-    assert len(pods) >= 5 and all(p["spec"]["nodeName"] == node.NODE for p in pods)
+    assert len(pods) >= 7 and all(p["spec"]["nodeName"] == node.NODE for p in pods)
     assert all(all(c["ready"] for c in p["status"]["containerStatuses"]) for p in pods)
+    components = {p["metadata"]["labels"]["app.kubernetes.io/component"] for p in pods}
+    assert {"media-bridge", "recorder", "vad", "transcriber", "understanding", "context-api",
+            "telephony-gateway"} <= components
+    # the servers listen on the node's address (status.hostIP), not on a value the test chose
+    assert {p["status"]["hostIP"] for p in pods} == {node.NODE_IP}
 
     out = run_lupita("cluster-e2e-call", ["call", "--target", f"{node.NODE_IP}:{_bridge_port()}",
                                           "--calls", "1", "--speed", "0", "--json"])

@@ -126,6 +126,33 @@ def test_context_api_image_becomes_ready(container):
         raise AssertionError(f"{exc}\n{container.logs(name)}") from None
 
 
+def test_telephony_gateway_image_becomes_ready_against_the_bridge_image_and_drains(container):
+    """The gateway's /readyz answers 200 only once its bridge (the bridge image) is SERVING; its
+    metrics port serves the lupita_gateway_* series; after SIGTERM (what the chart's preStop sends)
+    with no live call it exits 0 at once (the drain with calls is tested in tests/telephony_gateway)."""
+    from lupita_dev.cluster import images
+
+    _, grpc_port = _start_bridge(container)
+    port, control_port, metrics_port = free_port(), free_port(), free_port()
+    name = container("lupita-telephony-gateway", {
+        "LUPITA_GATEWAY_HOST": "127.0.0.1", "LUPITA_GATEWAY_PORT": str(port),
+        "LUPITA_GATEWAY_CONTROL_PORT": str(control_port), "LUPITA_GATEWAY_METRICS_PORT": str(metrics_port),
+        "LUPITA_GATEWAY_METRICS_HOST": "127.0.0.1", "LUPITA_GATEWAY_ALLOW_UNSIGNED": "true",
+        "LUPITA_BRIDGE_TARGET": f"127.0.0.1:{grpc_port}", "LUPITA_GATEWAY_DRAIN_SECONDS": "30",
+    })
+    try:
+        wait_for("the gateway container's /readyz", lambda: _http_ready(port), timeout=90, interval=0.5,
+                 alive=lambda: container.running(name))
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{container.logs(name)}") from None
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
+        assert b"lupita_gateway_" in resp.read()
+    images.podman("kill", "--signal", "TERM", name)
+    # no live call: the drain ends at once and the process exits 0
+    code = images.podman("wait", name, timeout=60).stdout.strip()
+    assert code == "0", f"the gateway exited {code} after SIGTERM:\n{container.logs(name)}"
+
+
 def test_images_run_as_non_root_without_build_tools(built_images):
     from lupita_dev.cluster import images
 

@@ -45,3 +45,19 @@ def test_profiles_name_existing_values_files():
         for patch in profile.get("patches", []):
             if patch["path"].endswith("/valuesFiles"):
                 assert all((ROOT / f).is_file() for f in patch["value"]), (profile["name"], patch)
+
+
+def test_the_no_loadgen_profile_removes_the_load_generator_and_only_it():
+    """The profile removes an artifact by index: adding an image before it would silently drop
+    another one from production builds."""
+    artifacts = _config()["build"]["artifacts"]
+    (profile,) = [p for p in _config()["profiles"] if p["name"] == "no-loadgen"]
+    removed = [int(patch["path"].rsplit("/", 1)[1]) for patch in profile["patches"] if patch["op"] == "remove"]
+    assert [artifacts[i]["image"] for i in removed] == ["lupita-loadgen"]
+
+
+def test_every_service_dockerfile_is_built():
+    """Each services/<name>/Dockerfile is an artifact (a new service's image is not forgotten)."""
+    built = {a["docker"]["dockerfile"] for a in _config()["build"]["artifacts"]}
+    dockerfiles = {str(p.relative_to(ROOT)) for p in (ROOT / "services").glob("*/Dockerfile")}
+    assert dockerfiles - built == set()

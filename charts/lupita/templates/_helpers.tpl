@@ -208,7 +208,7 @@ Postgres and Weaviate are given only to the workloads that use them (see each te
 {{- end }}
 {{- end }}
 
-{{/* lupita.weaviateEnv: the Weaviate service's HTTP and gRPC endpoints. */}}
+{{/* lupita.weaviateEnv: the Weaviate service's HTTP and gRPC endpoints (gRPC host only when it differs). */}}
 {{- define "lupita.weaviateEnv" -}}
 - name: LUPITA_WEAVIATE_HOST
   value: {{ .Values.weaviate.host | quote }}
@@ -216,6 +216,10 @@ Postgres and Weaviate are given only to the workloads that use them (see each te
   value: {{ .Values.weaviate.httpPort | quote }}
 - name: LUPITA_WEAVIATE_GRPC_PORT
   value: {{ .Values.weaviate.grpcPort | quote }}
+{{- with .Values.weaviate.grpcHost }}
+- name: LUPITA_WEAVIATE_GRPC_HOST
+  value: {{ . | quote }}
+{{- end }}
 {{- end }}
 
 {{/* lupita.secretEnv (dict "env" "LUPITA_X" "secret" <name> "key" <key> "optional" bool). */}}
@@ -266,4 +270,25 @@ nodes (whenUnsatisfiable from values; ScheduleAnyway never blocks a single-node 
 - name: tmp
   emptyDir:
     sizeLimit: {{ .Values.tmpVolume.sizeLimit }}
+{{- end }}
+
+{{/*
+lupita.hostBindEnv (dict "root" $ "names" (list "LUPITA_GRPC_HOST") "settings" <the workload's settings>):
+under hostNetwork, each listen-address setting of `names` is the node's address (status.hostIP,
+downward API): the kubelet probes the pod IP, which is the node's, and a real kubelet refuses a
+loopback node IP. A name the workload's `settings` set is left to them. Nothing without hostNetwork
+(the images listen on 0.0.0.0 in their own network namespace).
+*/}}
+{{- define "lupita.hostBindEnv" -}}
+{{- if .root.Values.hostNetwork }}
+{{- $settings := .settings | default dict }}
+{{- range $name := .names }}
+{{- if not (hasKey $settings $name) }}
+- name: {{ $name }}
+  valueFrom:
+    fieldRef:
+      fieldPath: status.hostIP
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end }}

@@ -55,6 +55,7 @@ SERVICES = (
     Image("lupita-stream-processor", "services/stream_processor/Dockerfile", _FROM_BASE),
     Image("lupita-context-api", "services/context_api/Dockerfile", _FROM_BASE),
     Image("lupita-loadgen", "services/loadgen/Dockerfile", _FROM_BASE),
+    Image("lupita-telephony-gateway", "services/telephony_gateway/Dockerfile", _FROM_BASE),
 )
 IMAGES = {img.name: img for img in (LUPITA_BASE, *SERVICES)}
 
@@ -79,7 +80,7 @@ def ensure_debian_tools() -> None:
     if os.geteuid() != 0:
         raise RuntimeError(f"missing Debian packages {missing}: run `sudo apt-get install {' '.join(missing)}`")
     say(f"installing Debian packages: {', '.join(missing)}")
-    subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", *missing], check=True,
+    subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=900", "install", "-y", "--no-install-recommends", *missing], check=True,
                    env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"), stdout=subprocess.DEVNULL)
 
 
@@ -175,15 +176,18 @@ def build(names: tuple[str, ...] | None = None) -> list[BuildResult]:
             and not image_exists(LUPITA_BASE.ref):
         wanted.insert(0, LUPITA_BASE)
     results = []
-    for img in wanted:
-        log = tools.log_dir() / f"image-{img.name}.log"
-        say(f"building {img.ref} from {img.dockerfile} (log: {log})")
-        started = time.monotonic()
-        args = ["build", "--network", "host", "--layers", "-f", img.dockerfile, "-t", img.ref]
-        for key, value in img.build_args:
-            args += ["--build-arg", f"{key}={value}"]
-        tools._run_logged(["podman", *args, str(ROOT)], log, what=f"building {img.name}", env=podman_env(),
-                          cwd=ROOT)
-        results.append(BuildResult(img.ref, time.monotonic() - started, image_size(img.ref)))
-        say(f"{img.ref}: {results[-1].seconds:.0f}s, {results[-1].size_bytes / 1e6:.0f} MB")
+    # one build at a time per machine (the background prebuild, a test, a second checkout): the
+    # later one waits, then finds every layer in podman's cache
+    with tools._locked("images"):
+        for img in wanted:
+            log = tools.log_dir() / f"image-{img.name}.log"
+            say(f"building {img.ref} from {img.dockerfile} (log: {log})")
+            started = time.monotonic()
+            args = ["build", "--network", "host", "--layers", "-f", img.dockerfile, "-t", img.ref]
+            for key, value in img.build_args:
+                args += ["--build-arg", f"{key}={value}"]
+            tools._run_logged(["podman", *args, str(ROOT)], log, what=f"building {img.name}",
+                              env=podman_env(), cwd=ROOT)
+            results.append(BuildResult(img.ref, time.monotonic() - started, image_size(img.ref)))
+            say(f"{img.ref}: {results[-1].seconds:.0f}s, {results[-1].size_bytes / 1e6:.0f} MB")
     return results

@@ -29,6 +29,10 @@ class SinkSettings(CommonSettings):
     sink_retry_max_delay_seconds: float = Field(default=5.0, ge=0)
     # Postgres connect timeout (libpq connect_timeout, whole seconds).
     sink_postgres_connect_timeout_seconds: int = Field(default=5, ge=1, le=300)
+    # Weaviate's gRPC endpoint host, when it is not LUPITA_WEAVIATE_HOST (the Weaviate Helm chart
+    # serves gRPC through its own Service, "weaviate-grpc"); empty = LUPITA_WEAVIATE_HOST. The port
+    # is LUPITA_WEAVIATE_GRPC_PORT.
+    weaviate_grpc_host: str = ""
     # Weaviate client timeouts: start-up checks, and each query / insert call.
     weaviate_init_timeout_seconds: float = Field(default=5.0, gt=0)
     weaviate_timeout_seconds: float = Field(default=30.0, gt=0)

@@ -260,6 +260,7 @@ class WeaviateSink:
         host: str = "127.0.0.1",
         http_port: int = 8080,
         grpc_port: int = 50051,
+        grpc_host: str = "",
         init_timeout_s: float = 5.0,
         timeout_s: float = 30.0,
         conversation_collection: str = "LupitaConversation",
@@ -272,6 +273,7 @@ class WeaviateSink:
         self.host = host
         self.http_port = http_port
         self.grpc_port = grpc_port
+        self.grpc_host = grpc_host or host  # empty: gRPC on the HTTP host
         self.conversation_collection = conversation_collection
         self.utterance_collection = utterance_collection
         self._timeouts = Timeout(init=init_timeout_s, query=timeout_s, insert=timeout_s)
@@ -288,6 +290,7 @@ class WeaviateSink:
             host=settings.weaviate_host,
             http_port=settings.weaviate_http_port,
             grpc_port=settings.weaviate_grpc_port,
+            grpc_host=settings.weaviate_grpc_host,
             init_timeout_s=settings.weaviate_init_timeout_seconds,
             timeout_s=settings.weaviate_timeout_seconds,
             conversation_collection=settings.weaviate_conversation_collection,
@@ -312,7 +315,7 @@ class WeaviateSink:
                     http_host=self.host,
                     http_port=self.http_port,
                     http_secure=False,
-                    grpc_host=self.host,
+                    grpc_host=self.grpc_host,
                     grpc_port=self.grpc_port,
                     grpc_secure=False,
                     additional_config=AdditionalConfig(timeout=self._timeouts),
