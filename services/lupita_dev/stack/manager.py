@@ -279,7 +279,8 @@ def _start_kafka(libs: Path) -> None:
     if not (data / "meta.properties").exists():
         say("formatting Kafka storage (KRaft)")
         out = subprocess.run(
-            [*java, "kafka.tools.StorageTool", "format", "-t", _secrets()["kafka_cluster_id"],
+            # "--cluster-id=<id>": an id that starts with "-" (urlsafe base64 can) is not read as an option
+            [*java, "kafka.tools.StorageTool", "format", f"--cluster-id={_secrets()['kafka_cluster_id']}",
              "-c", str(props), "--ignore-formatted"],
             capture_output=True, text=True,
         )
