@@ -1,17 +1,26 @@
-"""Encoder window: Whisper's full 30 s encoder window vs the window trimmed to the segment (+ margin),
-on real segments of the understanding corpus, every mode in the same run, segment by segment.
+"""Decoding modes of the local Whisper on real segments of the understanding corpus, every mode in
+the same run, segment by segment: the encoder window (Whisper's full 30 s window vs the window
+trimmed to the segment + margin) and the temperature-fallback ladder (temperatures, samples per
+temperature, thresholds), the cost that remains once the window is trimmed.
 
 Segments: the person-leg VAD segments of the corpus calls (``bench/corpus``, 8 kHz telephone audio,
 10 espeak-ng voices, noise, mu-law), as the transcriber stage gets them: their times come from the
 transcript cache ``bench/understanding.py`` wrote (``~/.cache/lupita/understanding-corpus/asr``, the
 worker's VAD settings), the audio from the cached rendering. Truth of a segment: the person's
 scripted pieces whose speech overlaps it most (a piece no segment overlaps is a VAD miss, counted
-and left out of both modes alike).
+and left out of both modes alike). ``--segments pieces`` (or ``auto`` when a call has no cached
+transcripts) takes each person piece's own span (+ 0.3 s each side) from the rendering instead:
+no VAD run needed.
 
 Modes (``--modes``): ``full`` (what runs today: features padded to 3,000 frames) and
 ``trimmed:MARGIN[:MIN_WINDOW]`` (``encoder_window="trimmed"``, margin and minimum window in
-seconds). One ``WhisperLocal`` per mode, one CTranslate2 thread each (fair CPU), beam 5 finals with
-word timings as the transcriber runs them; the modes take turns on each segment so load from the
+seconds), each optionally followed by ``,KEY=VALUE`` decoding options: ``temps=0+0.4+0.8``
+(fallback ladder), ``best_of=N`` (samples per fallback temperature), ``lp=-1.0`` (log-probability
+threshold), ``cr=2.4`` (compression-ratio threshold), ``vad=0|1`` (faster-whisper's own VAD
+filter), e.g. ``trimmed:1.0,temps=0+0.6,best_of=2``. The decode passes per segment (one per
+temperature tried) are counted, so the share of the fallback in the cost shows.
+One ``WhisperLocal`` per mode, one CTranslate2 thread each (fair CPU), beam 5 finals with word
+timings as the transcriber runs them; the modes take turns on each segment so load from the
 shared machine falls on all of them alike. Per mode: CPU-s per segment (process CPU time, p50 and
 mean), RTF by CPU and by wall clock, WER overall and per voice, the empty-transcript rate on voiced
 segments, segments worse / better than ``full``, and word-timestamp sanity (every word inside the
@@ -19,6 +28,8 @@ segment, monotonic).
 
     .venv/bin/python bench/asr_encode.py                                   # 40 calls, full + 3 margins
     .venv/bin/python bench/asr_encode.py --calls 8 --modes full trimmed:1.0 --json
+    .venv/bin/python bench/asr_encode.py --segments pieces --calls 12 --max-segments 30 \\
+        --modes full full,temps=0 trimmed:1.0,temps=0+0.6,best_of=2
     .venv/bin/python bench/asr_encode.py --device cuda --compute-type float16   # on a GPU machine
 """
 
@@ -42,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpus  # noqa: E402  (bench/corpus)
 from corpus import PERSON, RATE, word_edits  # noqa: E402
 
+from stream_processor.models.asr.vocabulary import HEALTH_LEXICON_ES_MX as HEALTH_LEXICON  # noqa: E402
 from stream_processor.models.asr.whisper_local import WhisperLocal, WhisperOptions, load_model_files  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -57,6 +69,7 @@ class Segment:
     end_s: float
     audio: np.ndarray  # float32, RATE
     truth: str
+    call: corpus.Call | None = None
 
 
 @dataclass
@@ -73,16 +86,92 @@ class Stats:
     non_monotonic: int = 0
     per_voice: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
     per_segment_edits: list[int] = field(default_factory=list)
+    passes: list[int] = field(default_factory=list)  # decoder passes (windows x temperatures tried) per segment
+    fallbacks: list[int] = field(default_factory=list)  # of which at a fallback temperature
+    empties: list[str] = field(default_factory=list)  # voiced segments with no text, and why
+    terms_said: int = 0  # names and medication words in the truth
+    terms_heard: int = 0  # of those, in the transcript
+    vocab_leaks: int = 0  # vocabulary terms in the transcript that the truth does not say
+
+
+_OPTION_KEYS = {"vocab": "", "temps": "temperatures", "best_of": "best_of", "lp": "log_prob_threshold",
+                "cr": "compression_ratio_threshold", "vad": "vad_filter", "nst": "no_speech_threshold"}
+
+
+def parse_vocab(spec: str) -> str:
+    """The ``vocab=`` option of a mode: none (default), facts, lexicon or both."""
+    for item in spec.split(",")[1:]:
+        key, _, value = item.partition("=")
+        if key == "vocab":
+            if value not in ("none", "facts", "lexicon", "both"):
+                raise SystemExit(f"mode {spec!r}: vocab must be none, facts, lexicon or both")
+            return value
+    return "none"
+
+
+def segment_vocabulary(seg: Segment, kind: str) -> tuple[str, ...]:
+    """What the worker would give the decoder for this segment's call: the call's own facts as the
+    person's memory (a returning caller), the lexicon, both, or nothing."""
+    from stream_processor.models.asr.vocabulary import call_vocabulary
+
+    if kind == "none":
+        return ()
+    facts = list(seg.call.facts) if seg.call is not None and kind in ("facts", "both") else []
+    return call_vocabulary(facts, lexicon=() if kind == "facts" else HEALTH_LEXICON)
+
+
+def said_terms(seg: Segment) -> list[str]:
+    """The names and medication words of the call that this segment's truth says (folded)."""
+    if seg.call is None:
+        return []
+    truth = f" {corpus.fold(seg.truth)} "
+    return [t for t in {corpus.fold(x) for x in [*seg.call.names, *seg.call.meds]} if t and f" {t} " in truth]
 
 
 def parse_mode(spec: str) -> WhisperOptions:
-    if spec == "full":
-        return WhisperOptions(encoder_window="full")
-    kind, *nums = spec.split(":")
-    if kind != "trimmed" or not 1 <= len(nums) <= 2:
-        raise SystemExit(f"mode {spec!r}: expected full or trimmed:MARGIN[:MIN_WINDOW]")
-    return WhisperOptions(encoder_window="trimmed", encoder_margin_s=float(nums[0]),
-                          encoder_min_window_s=float(nums[1]) if len(nums) > 1 else 0.0)
+    window, *extra = spec.split(",")
+    if window == "full":
+        kw: dict = {"encoder_window": "full"}
+    else:
+        kind, *nums = window.split(":")
+        if kind != "trimmed" or not 1 <= len(nums) <= 2:
+            raise SystemExit(f"mode {spec!r}: expected full or trimmed:MARGIN[:MIN_WINDOW][,KEY=VALUE...]")
+        kw = {"encoder_window": "trimmed", "encoder_margin_s": float(nums[0]),
+              "encoder_min_window_s": float(nums[1]) if len(nums) > 1 else 0.0}
+    for item in extra:
+        key, _, value = item.partition("=")
+        if key not in _OPTION_KEYS or not value:
+            raise SystemExit(f"mode {spec!r}: option {item!r} is not one of {sorted(_OPTION_KEYS)}=VALUE")
+        if key == "vocab":
+            continue
+        if key == "temps":
+            kw["temperatures"] = tuple(float(t) for t in value.split("+"))
+        elif key == "best_of":
+            kw["best_of"] = int(value)
+        elif key == "vad":
+            kw["vad_filter"] = value not in ("0", "false", "off")
+        else:
+            kw[_OPTION_KEYS[key]] = float(value)
+    return WhisperOptions(**kw)
+
+
+def count_passes(model: WhisperLocal) -> list[int]:
+    """Count the decoder passes of ``model``: ``[passes, fallback passes]``, one pass per window
+    (Whisper may decode a segment in several seek steps) and per fallback temperature tried; the
+    fallback passes are those at a temperature above the first."""
+    inner = model._model.generate_with_fallback
+    counter = [0, 0]
+
+    def wrapped(encoder_output, prompt, tokenizer, options):
+        out = inner(encoder_output, prompt, tokenizer, options)
+        temps = list(options.temperatures)
+        tried = temps.index(out[2]) + 1 if out[2] in temps else len(temps)
+        counter[0] += tried
+        counter[1] += tried - 1
+        return out
+
+    model._model.generate_with_fallback = wrapped
+    return counter
 
 
 def cached_segments(call_id: str) -> list[tuple[float, float]] | None:
@@ -94,14 +183,33 @@ def cached_segments(call_id: str) -> list[tuple[float, float]] | None:
     return [(f["start_s"], f["end_s"]) for f in finals if f["leg"] == PERSON]
 
 
-def load_segments(calls: list[corpus.Call]) -> tuple[list[Segment], int, list[str]]:
+PIECE_PAD_S = 0.3
+
+
+def piece_segments(call: corpus.Call) -> list[Segment]:
+    """The person's scripted pieces as segments: each piece's span + PIECE_PAD_S each side."""
+    rendered = corpus.render(call)
+    leg = rendered.stereo[:, 1].astype(np.float32) / 32768.0
+    out = []
+    for p, (a, b) in zip(call.pieces, rendered.piece_times):
+        if p.leg != PERSON or b <= a:
+            continue
+        s, e = max(0.0, a - PIECE_PAD_S), min(leg.size / RATE, b + PIECE_PAD_S)
+        out.append(Segment(call.call_id, call.person_voice[0], s, e, leg[int(s * RATE): int(e * RATE)], p.text, call))
+    return out
+
+
+def load_segments(calls: list[corpus.Call], source: str = "auto") -> tuple[list[Segment], int, list[str]]:
     out: list[Segment] = []
     missed = 0
     skipped: list[str] = []
     for call in calls:
-        times = cached_segments(call.call_id)
+        times = cached_segments(call.call_id) if source != "pieces" else None
         if times is None:
-            skipped.append(call.call_id)
+            if source == "vad":
+                skipped.append(call.call_id)
+            else:
+                out.extend(piece_segments(call))
             continue
         rendered = corpus.render(call)
         leg = rendered.stereo[:, 1].astype(np.float32) / 32768.0
@@ -118,7 +226,7 @@ def load_segments(calls: list[corpus.Call]) -> tuple[list[Segment], int, list[st
         for k, (s, e) in enumerate(times):
             audio = leg[int(s * RATE): int(e * RATE)]
             if audio.size:
-                out.append(Segment(call.call_id, call.person_voice[0], s, e, audio, " ".join(texts.get(k, []))))
+                out.append(Segment(call.call_id, call.person_voice[0], s, e, audio, " ".join(texts.get(k, [])), call))
     return out, missed, skipped
 
 
@@ -136,40 +244,46 @@ def pct(x: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--calls", type=int, default=40, help="the first N calls of the corpus")
+    p.add_argument("--skip", type=int, default=0, help="leave out the first N of those calls (a second sample)")
     p.add_argument("--max-segments", type=int, default=0, help="at most this many segments, spread over the calls")
     p.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES))
     p.add_argument("--beam", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--compute-type", default="int8")
+    p.add_argument("--segments", choices=("auto", "vad", "pieces"), default="auto",
+                   help="vad: the cached VAD segments; pieces: the scripted pieces; auto: vad where cached")
     p.add_argument("--json", action="store_true", help=f"also write the results to {RESULTS_DIR}/")
     args = p.parse_args(argv)
     import logging
 
     logging.disable(logging.WARNING)
 
-    calls = corpus.build_corpus(args.calls)
-    segs, missed, skipped = load_segments(calls)
+    calls = corpus.build_corpus(args.calls)[args.skip:]
+    segs, missed, skipped = load_segments(calls, args.segments)
     if args.max_segments and len(segs) > args.max_segments:
         idx = np.linspace(0, len(segs) - 1, args.max_segments).round().astype(int)
         segs = [segs[i] for i in sorted(set(idx.tolist()))]
     if not segs:
-        print("no segments: run bench/understanding.py once to fill the transcript cache", file=sys.stderr)
+        print("no segments: run bench/understanding.py once to fill the transcript cache, or use --segments pieces",
+              file=sys.stderr)
         return 1
     durations = [s.audio.size / RATE for s in segs]
-    print(f"encoder window benchmark: {len(segs)} person-leg VAD segments of {len(calls) - len(skipped)} corpus calls "
+    print(f"decoding modes benchmark: {len(segs)} person-leg segments ({args.segments}) of {len(calls) - len(skipped)} corpus calls "
           f"({sum(durations):.0f} s, {min(durations):.1f}-{max(durations):.1f} s, median {statistics.median(durations):.1f} s;"
           f" {missed} scripted pieces missed by the VAD; calls without cached segments: {skipped or 'none'})")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared; load average "
-          f"{os.getloadavg()[0]:.1f}; {args.device} {args.compute_type}, {args.threads} thread(s), beam {args.beam}")
+          f"{os.getloadavg()[0]:.1f} (1 min) {os.getloadavg()[1]:.1f} (5 min); {args.device} {args.compute_type}, {args.threads} thread(s), beam {args.beam}")
 
     files = load_model_files()
     models: dict[str, WhisperLocal] = {}
+    passes: dict[str, list[int]] = {}
     for spec in args.modes:
         o = parse_mode(spec)
         o = WhisperOptions(**{**o.__dict__, "beam_size": args.beam})
         models[spec] = WhisperLocal(threads=args.threads, device=args.device, compute_type=args.compute_type,
                                     options=o, files=files)
+        passes[spec] = count_passes(models[spec])
     # warm-up (first-call allocations) outside the measurement
     for m in models.values():
         m.transcribe(segs[0].audio, RATE)
@@ -181,11 +295,20 @@ def main(argv: list[str] | None = None) -> int:
         order = list(models) if i % 2 == 0 else list(reversed(models))  # alternate who goes first
         for spec in order:
             st = stats[spec]
-            c, w = time.process_time(), time.perf_counter()
-            r = models[spec].transcribe(seg.audio, RATE)
+            c, w, (n0, f0) = time.process_time(), time.perf_counter(), list(passes[spec])
+            vocab = segment_vocabulary(seg, parse_vocab(spec))
+            r = models[spec].transcribe(seg.audio, RATE, vocabulary=vocab)
+            st.passes.append(passes[spec][0] - n0)
+            st.fallbacks.append(passes[spec][1] - f0)
             st.cpu.append(time.process_time() - c)
             st.wall.append(time.perf_counter() - w)
             st.audio_s += duration
+            said, heard = said_terms(seg), f" {corpus.fold(r.text)} "
+            st.terms_said += len(said)
+            st.terms_heard += sum(f" {t} " in heard for t in said)
+            truth = f" {corpus.fold(seg.truth)} "
+            st.vocab_leaks += sum(1 for t in {corpus.fold(v) for v in vocab}
+                                  if t and f" {t} " in heard and f" {t} " not in truth)
             e, n = word_edits(seg.truth, r.text)
             st.edits += e
             st.words += n
@@ -195,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
             if n:
                 st.voiced += 1
                 st.empty += r.is_empty
+                if r.is_empty:
+                    st.empties.append(f"{seg.call_id}@{seg.start_s:.1f}s ({duration:.1f} s, "
+                                      f"{st.passes[-1]} passes): {','.join(r.guard_actions) or 'no segment decoded'}")
             check_words(r, duration, st)
         if (i + 1) % 10 == 0:
             print(f"  {i + 1}/{len(segs)} segments, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
@@ -212,28 +338,40 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_p95_s": float(np.percentile(st.cpu, 95)),
             "rtf_cpu": sum(st.cpu) / st.audio_s, "rtf_wall": sum(st.wall) / st.audio_s,
             "wer": st.edits / max(1, st.words), "empty_rate": st.empty / max(1, st.voiced), "voiced": st.voiced,
+            "passes_mean": statistics.fmean(st.passes), "fallback_segments": sum(n > 0 for n in st.fallbacks),
+            "fallback_passes_mean": statistics.fmean(st.fallbacks),
+            "empties": st.empties,
+            "name_recall": st.terms_heard / max(1, st.terms_said), "terms_said": st.terms_said,
+            "vocab_leaks": st.vocab_leaks,
             "worse_than_full": worse, "better_than_full": better,
             "words": st.n_words, "words_outside_segment": st.words_outside, "non_monotonic": st.non_monotonic,
             "wer_by_voice": {v: e / max(1, n) for v, (e, n) in sorted(st.per_voice.items())},
-            "per_segment": [{"call": g.call_id, "start_s": g.start_s, "cpu_s": round(c, 3), "edits": e}
-                            for g, c, e in zip(segs, st.cpu, st.per_segment_edits)],
+            "per_segment": [{"call": g.call_id, "start_s": g.start_s, "cpu_s": round(c, 3), "edits": e, "passes": n}
+                            for g, c, e, n in zip(segs, st.cpu, st.per_segment_edits, st.passes)],
         })
 
-    print(f"\n{'mode':<16} {'CPU-s/seg p50':>13} {'mean':>6} {'p95':>6} {'x full':>7} {'RTF cpu':>8} {'RTF wall':>8} "
-          f"{'WER':>6} {'empty':>6} {'worse/better':>12} {'words out':>10}")
+    width = max(16, *(len(r["mode"]) for r in rows))
+    print(f"\n{'mode':<{width}} {'CPU-s/seg p50':>13} {'mean':>6} {'p95':>6} {'x full':>7} {'RTF cpu':>8} {'RTF wall':>8} "
+          f"{'WER':>6} {'empty':>6} {'worse/better':>12} {'words out':>10} {'passes':>6} {'fallb.':>6}")
     full_mean = rows[0]["cpu_mean_s"] if rows and rows[0]["mode"] == "full" else None
     for r in rows:
         speed = f"{full_mean / r['cpu_mean_s']:.2f}" if full_mean else "-"
         wb = f"{r['worse_than_full']}/{r['better_than_full']}" if r["mode"] != "full" else "-"
-        print(f"{r['mode']:<16} {r['cpu_p50_s']:>13.3f} {r['cpu_mean_s']:>6.3f} {r['cpu_p95_s']:>6.3f} {speed:>7} "
+        print(f"{r['mode']:<{width}} {r['cpu_p50_s']:>13.3f} {r['cpu_mean_s']:>6.3f} {r['cpu_p95_s']:>6.3f} {speed:>7} "
               f"{r['rtf_cpu']:>8.3f} {r['rtf_wall']:>8.3f} {pct(r['wer']):>6} {pct(r['empty_rate']):>6} {wb:>12} "
-              f"{r['words_outside_segment']:>4}/{r['words']:<5}")
+              f"{r['words_outside_segment']:>4}/{r['words']:<5} {r['passes_mean']:>6.2f} {r['fallback_segments']:>6}")
     voices = sorted({v for r in rows for v in r["wer_by_voice"]})
     print("\nWER by person voice:")
     print(f"{'voice':<12} " + " ".join(f"{r['mode']:>12}" for r in rows))
     for v in voices:
         print(f"{v:<12} " + " ".join(f"{pct(r['wer_by_voice'].get(v, 0.0)):>12}" for r in rows))
     print(f"{'words':<12} " + " ".join(f"{stats[r['mode']].words:>12}" for r in rows))
+    print("\nnames and medication words heard (recall), and vocabulary terms written that were not said:")
+    for r in rows:
+        print(f"  {r['mode']:<{width}} {pct(r['name_recall'])} of {r['terms_said']}; {r['vocab_leaks']} not said")
+    for r in rows:
+        for e in r["empties"]:
+            print(f"empty on a voiced segment, {r['mode']}: {e}")
     print("\nnon-monotonic word pairs: " + ", ".join(f"{r['mode']} {r['non_monotonic']}" for r in rows)
           + f"; wall {time.perf_counter() - t0:.0f} s")
     if args.json:

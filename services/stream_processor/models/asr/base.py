@@ -149,20 +149,24 @@ class Transcriber(ABC):
     model: str = "?"
 
     @abstractmethod
-    def transcribe(self, pcm: np.ndarray, sample_rate: int) -> TranscriptResult:
-        """Final transcript of a closed speech segment (word timings where the backend has them)."""
+    def transcribe(self, pcm: np.ndarray, sample_rate: int, *, vocabulary: tuple[str, ...] = ()) -> TranscriptResult:
+        """Final transcript of a closed speech segment (word timings where the backend has them).
 
-    def transcribe_partial(self, pcm: np.ndarray, sample_rate: int) -> TranscriptResult:
+        ``vocabulary``: terms of this call to bias the decoding toward (names, places,
+        medications; :mod:`stream_processor.models.asr.vocabulary`); backends without a biasing
+        mechanism ignore it."""
+
+    def transcribe_partial(self, pcm: np.ndarray, sample_rate: int, *, vocabulary: tuple[str, ...] = ()) -> TranscriptResult:
         """Cheaper hypothesis for a segment that is still open; ``is_partial`` is True.
 
         Backends without a cheaper mode transcribe normally and mark the result partial.
         """
-        return replace(self.transcribe(pcm, sample_rate), is_partial=True)
+        return replace(self.transcribe(pcm, sample_rate, vocabulary=vocabulary), is_partial=True)
 
-    def transcribe_many(self, items: list[tuple[np.ndarray, int]]) -> list[TranscriptResult]:
+    def transcribe_many(self, items: list[tuple[np.ndarray, int]], *, vocabulary: tuple[str, ...] = ()) -> list[TranscriptResult]:
         """Finals of several closed segments (``(pcm, sample_rate)`` each), in order. One by one
         here; the local backend packs them into shared windows when configured to."""
-        return [self.transcribe(pcm, rate) for pcm, rate in items]
+        return [self.transcribe(pcm, rate, vocabulary=vocabulary) for pcm, rate in items]
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release clients and models."""

@@ -32,24 +32,24 @@ class FallbackTranscriber(Transcriber):
         self.name = primary.name
         self.model = primary.model
 
-    def transcribe(self, pcm: np.ndarray, sample_rate: int) -> TranscriptResult:
+    def transcribe(self, pcm: np.ndarray, sample_rate: int, *, vocabulary: tuple[str, ...] = ()) -> TranscriptResult:
         try:
-            return self.primary.transcribe(pcm, sample_rate)
+            return self.primary.transcribe(pcm, sample_rate, vocabulary=vocabulary)
         except AsrBackendError as exc:
             level = logging.ERROR if isinstance(exc, AsrAuthError) else logging.WARNING
             log.log(level, "asr backend failed, using the fallback", extra={
                 "stage": "transcriber", "backend": self.primary.name, "fallback": self.fallback.name,
                 "status": exc.status, "error": type(exc).__name__, "reason": str(exc)})
-            result = self.fallback.transcribe(pcm, sample_rate)
+            result = self.fallback.transcribe(pcm, sample_rate, vocabulary=vocabulary)
             return replace(result, fallback_from=self.primary.name, fallback_reason=str(exc))
 
-    def transcribe_partial(self, pcm: np.ndarray, sample_rate: int) -> TranscriptResult:
+    def transcribe_partial(self, pcm: np.ndarray, sample_rate: int, *, vocabulary: tuple[str, ...] = ()) -> TranscriptResult:
         if self.partials_local:
-            return self.fallback.transcribe_partial(pcm, sample_rate)
+            return self.fallback.transcribe_partial(pcm, sample_rate, vocabulary=vocabulary)
         try:
-            return self.primary.transcribe_partial(pcm, sample_rate)
+            return self.primary.transcribe_partial(pcm, sample_rate, vocabulary=vocabulary)
         except AsrBackendError as exc:
-            result = self.fallback.transcribe_partial(pcm, sample_rate)
+            result = self.fallback.transcribe_partial(pcm, sample_rate, vocabulary=vocabulary)
             return replace(result, fallback_from=self.primary.name, fallback_reason=str(exc))
 
     def close(self) -> None:

@@ -84,7 +84,7 @@ class OpenAITranscriber(Transcriber):
     def close(self) -> None:
         self._client.close()
 
-    def transcribe(self, pcm: np.ndarray, sample_rate: int) -> TranscriptResult:
+    def transcribe(self, pcm: np.ndarray, sample_rate: int, *, vocabulary: tuple[str, ...] = ()) -> TranscriptResult:
         x = as_mono_float32(pcm, sample_rate)
         duration = x.size / int(sample_rate)
         wav = encode_wav(x, sample_rate)

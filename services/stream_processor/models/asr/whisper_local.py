@@ -66,6 +66,7 @@ from stream_processor.models.asr.base import (
     to_whisper_input,
 )
 from stream_processor.models.asr.guards import GuardConfig, guard_segments
+from stream_processor.models.asr.vocabulary import hotwords_text
 
 log = logging.getLogger("stream_processor.models.asr")
 
@@ -231,13 +232,13 @@ class WhisperLocal(Transcriber):
 
     # -- public API ----------------------------------------------------------------------------
 
-    def transcribe(self, pcm: np.ndarray, sample_rate: int) -> TranscriptResult:
-        return self._run(pcm, sample_rate, partial=False)
+    def transcribe(self, pcm: np.ndarray, sample_rate: int, *, vocabulary: tuple[str, ...] = ()) -> TranscriptResult:
+        return self._run(pcm, sample_rate, partial=False, vocabulary=vocabulary)
 
-    def transcribe_partial(self, pcm: np.ndarray, sample_rate: int) -> TranscriptResult:
-        return self._run(pcm, sample_rate, partial=True)
+    def transcribe_partial(self, pcm: np.ndarray, sample_rate: int, *, vocabulary: tuple[str, ...] = ()) -> TranscriptResult:
+        return self._run(pcm, sample_rate, partial=True, vocabulary=vocabulary)
 
-    def transcribe_many(self, items: list[tuple[np.ndarray, int]]) -> list[TranscriptResult]:
+    def transcribe_many(self, items: list[tuple[np.ndarray, int]], *, vocabulary: tuple[str, ...] = ()) -> list[TranscriptResult]:
         """Finals of several closed segments (of one leg), in order: packed into as few windows of
         at most ``pack_max_seconds`` as fit (see the module docstring), or one by one when packing
         is off. A segment too long to share a window, or too quiet, is handled on its own."""
@@ -251,7 +252,7 @@ class WhisperLocal(Transcriber):
             seconds = x.size / WHISPER_RATE
             if not o.pack_max_seconds or x.size == 0 or rms_dbfs(x) < o.min_rms_dbfs \
                     or seconds + o.pack_gap_s > o.pack_max_seconds:
-                out[i] = self._run_prepared(x, partial=False)
+                out[i] = self._run_prepared(x, partial=False, vocabulary=vocabulary)
                 continue
             if group and length + o.pack_gap_s + seconds > o.pack_max_seconds:
                 groups.append(group)
@@ -262,15 +263,15 @@ class WhisperLocal(Transcriber):
             groups.append(group)
         for g in groups:
             if len(g) == 1:
-                out[g[0]] = self._run_prepared(prepared[g[0]], partial=False)
+                out[g[0]] = self._run_prepared(prepared[g[0]], partial=False, vocabulary=vocabulary)
             else:
-                for i, r in zip(g, self._run_packed([prepared[i] for i in g])):
+                for i, r in zip(g, self._run_packed([prepared[i] for i in g], vocabulary=vocabulary)):
                     out[i] = r
         return [r for r in out if r is not None]
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _decode_kwargs(self, partial: bool) -> dict[str, Any]:
+    def _decode_kwargs(self, partial: bool, vocabulary: tuple[str, ...] = ()) -> dict[str, Any]:
         o = self.options
         common: dict[str, Any] = dict(
             language=o.language,
@@ -280,6 +281,8 @@ class WhisperLocal(Transcriber):
             log_prob_threshold=o.log_prob_threshold,
             no_speech_threshold=o.no_speech_threshold,
             vad_filter=o.vad_filter,
+            # this call's words, in the decoder's context on every window (None: no bias)
+            hotwords=hotwords_text(vocabulary),
         )
         if partial:
             return {**common, "beam_size": o.partial_beam_size, "best_of": 1, "temperature": o.temperatures[:1],
@@ -287,15 +290,15 @@ class WhisperLocal(Transcriber):
         return {**common, "beam_size": o.beam_size, "best_of": o.best_of, "temperature": list(o.temperatures),
                 "word_timestamps": True}
 
-    def _run(self, pcm: np.ndarray, sample_rate: int, *, partial: bool) -> TranscriptResult:
-        return self._run_prepared(to_whisper_input(pcm, sample_rate), partial=partial)
+    def _run(self, pcm: np.ndarray, sample_rate: int, *, partial: bool, vocabulary: tuple[str, ...] = ()) -> TranscriptResult:
+        return self._run_prepared(to_whisper_input(pcm, sample_rate), partial=partial, vocabulary=vocabulary)
 
-    def _run_prepared(self, x: np.ndarray, *, partial: bool) -> TranscriptResult:
+    def _run_prepared(self, x: np.ndarray, *, partial: bool, vocabulary: tuple[str, ...] = ()) -> TranscriptResult:
         duration = x.size / WHISPER_RATE
         if x.size == 0 or rms_dbfs(x) < self.options.min_rms_dbfs:
             return TranscriptResult((), self.options.language, partial, self.name, self.model, duration,
                                     guard_actions=("quiet_audio",))
-        kwargs = self._decode_kwargs(partial)
+        kwargs = self._decode_kwargs(partial, vocabulary)
         raw, language = self._decode(x, kwargs)
         retried: tuple[str, ...] = ()
         if not raw and kwargs["vad_filter"] and not partial:
@@ -308,7 +311,7 @@ class WhisperLocal(Transcriber):
         return TranscriptResult(kept, language or self.options.language, partial, self.name, self.model,
                                 duration, guard_actions=retried + actions)
 
-    def _run_packed(self, parts: list[np.ndarray]) -> list[TranscriptResult]:
+    def _run_packed(self, parts: list[np.ndarray], *, vocabulary: tuple[str, ...] = ()) -> list[TranscriptResult]:
         """One decode of ``parts`` laid out with ``pack_gap_s`` of silence between them; each word
         back to the part its midpoint falls in (in the part's own time), gap words dropped."""
         gap = np.zeros(int(round(self.options.pack_gap_s * WHISPER_RATE)), np.float32)
@@ -323,7 +326,7 @@ class WhisperLocal(Transcriber):
             pieces.append(x)
             pos += x.size
         window = np.concatenate(pieces)
-        raw, language = self._decode(window, {**self._decode_kwargs(False), "vad_filter": False})
+        raw, language = self._decode(window, {**self._decode_kwargs(False, vocabulary), "vad_filter": False})
         per_part: list[list[TranscriptSegment]] = [[] for _ in parts]
         dropped = [0] * len(parts)
         for seg in raw:

@@ -16,6 +16,10 @@ The pure parts are in :mod:`.core`; this is the thin Faust wrapper (:class:`Tran
   at most one partial per leg decodes at a time, and a partial is skipped when a newer record of
   the leg already waits (``transcriber_skip_stale_partials``: under load partials go first), when
   any final waits for a decode, or (still queued) once its final has been published;
+- packs (``LUPITA_ASR_PACK_MAX_SECONDS`` > 0): when several finals of a leg wait, they are taken
+  together (stale partials between them skipped as usual) and decoded in one window
+  (:meth:`~stream_processor.models.asr.base.Transcriber.transcribe_many`), then published one by
+  one in order as before; a packed decode that fails falls back to one decode per segment;
 - deduplicates redelivered segments (a vad replay after a restart, or its own redelivery):
   per (call, leg) the highest :func:`order_key` done is kept in the changelog-backed table
   ``transcriber_progress``, written only after the transcript was delivered; a record at or
@@ -38,14 +42,17 @@ from lupita.v1 import events_pb2
 
 from stream_processor import faust_kit, records
 from stream_processor.models.asr.base import AsrError, AudioInputError, Transcriber, TranscriptResult
-from stream_processor.records import KIND_END, KIND_NAMES, KIND_PARTIAL, LEG_BY_NAME, LEG_NAMES
+from stream_processor.records import KIND_END, KIND_FINAL, KIND_NAMES, KIND_PARTIAL, LEG_BY_NAME, LEG_NAMES
 from stream_processor.stages.transcriber.core import (
-    leg_complete_event, order_key, parse_segment, segment_audio,
+    empty_reason, leg_complete_event, order_key, parse_segment, segment_audio, segment_seconds,
     stale_partial, stream_key, transcript_event,
 )
 from stream_processor.stages.transcriber.scheduler import DecodeScheduler, job_class
 from stream_processor.stages.transcriber.settings import TranscriberSettings
-from stream_processor.stages.transcriber.metrics import BAD_RECORDS, DECISIONS, DECODE_SECONDS, IN_FLIGHT, LAG_SECONDS, SEGMENTS
+from stream_processor.stages.transcriber.metrics import (
+    BAD_RECORDS, DECISIONS, DECODE_SECONDS, EMPTY_FINALS, GAP_WORDS, IN_FLIGHT, LAG_SECONDS, PACKED, SEGMENTS,
+    VOICED_FINALS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -126,34 +133,101 @@ class TranscriberAgent:
         queue = self._queues[sid]
         try:
             while queue:
-                item = queue.popleft()
-                detached = False
-                try:
-                    # a broker error the publishing did not retry itself (a table write before the
-                    # changelog's metadata is known) is retried, never dead-lettered
-                    detached = await faust_kit.deliver(
-                        lambda: self._handle(sid, item, list(s.seg for s in queue)), stage="transcriber",
-                        what="record", stopped=lambda: item.generation != self._generation)
-                except faust_kit.Abandoned:
-                    pass  # revoked: the new owner redoes it (acknowledging a revoked record is a no-op)
-                except Exception as exc:  # a bug: never leave a leg stuck, never lose the record
-                    SEGMENTS.labels(KIND_NAMES[item.seg.kind], "error").inc()
-                    log.exception("segment failed; dead-lettered", extra={
-                        "stage": "transcriber", "call_id": item.seg.call_id, "leg": LEG_NAMES[item.seg.leg],
-                        "seq": item.seg.seq, "error": type(exc).__name__})
-                    with contextlib.suppress(faust_kit.Abandoned):
-                        await faust_kit.dead_letter(
-                            self.dead_letters, item.event.message, item.event.key, item.event.value, "error",
-                            stage="transcriber", stopped=lambda: item.generation != self._generation)
-                finally:
-                    if not detached:
-                        self._done(item)
+                batch = [queue.popleft()]
+                batch += self._take_pack(batch[0], queue)
+                decoded: dict[int, tuple[TranscriptResult | None, str | None]] = {}
+                if len(batch) > 1:
+                    try:
+                        decoded = await self._decode_pack(sid, batch)
+                    except Exception:  # never leave the batch's records undone: one by one instead
+                        log.exception("packing failed", extra={"stage": "transcriber"})
+                for n, item in enumerate(batch):
+                    later = [s.seg for s in batch[n + 1:]] + [s.seg for s in queue]
+                    await self._work_one(sid, item, later, decoded.get(id(item)))
         finally:
             # No await between the last `while queue` check and here: a record that arrives
             # later finds no worker for its leg and starts one.
             self._workers.pop(sid, None)
             if not queue:
                 self._queues.pop(sid, None)
+
+    async def _work_one(self, sid: str, item: _Item, later: list[events_pb2.SpeechSegment],
+                        decoded: tuple[TranscriptResult | None, str | None] | None) -> None:
+        detached = False
+        try:
+            # a broker error the publishing did not retry itself (a table write before the
+            # changelog's metadata is known) is retried, never dead-lettered
+            detached = await faust_kit.deliver(
+                lambda: self._handle(sid, item, later, decoded), stage="transcriber",
+                what="record", stopped=lambda: item.generation != self._generation)
+        except faust_kit.Abandoned:
+            pass  # revoked: the new owner redoes it (acknowledging a revoked record is a no-op)
+        except Exception as exc:  # a bug: never leave a leg stuck, never lose the record
+            SEGMENTS.labels(KIND_NAMES[item.seg.kind], "error").inc()
+            log.exception("segment failed; dead-lettered", extra={
+                "stage": "transcriber", "call_id": item.seg.call_id, "leg": LEG_NAMES[item.seg.leg],
+                "seq": item.seg.seq, "error": type(exc).__name__})
+            with contextlib.suppress(faust_kit.Abandoned):
+                await faust_kit.dead_letter(
+                    self.dead_letters, item.event.message, item.event.key, item.event.value, "error",
+                    stage="transcriber", stopped=lambda: item.generation != self._generation)
+        finally:
+            if not detached:
+                self._done(item)
+
+    def _take_pack(self, first: _Item, queue: deque[_Item]) -> list[_Item]:
+        """More records of the leg to handle with ``first`` (a final) so their finals share one
+        decode: the finals that wait right behind it while they fit ``asr_pack_max_seconds``, and
+        the stale partials between them (skipped as usual). Nothing when packing is off."""
+        limit, gap = self.settings.asr_pack_max_seconds, self.settings.asr_pack_gap_seconds
+        if not limit or first.seg.kind != KIND_FINAL:
+            return []
+        seconds = segment_seconds(first.seg)
+        taken: list[_Item] = []
+        while queue:
+            nxt = queue[0]
+            if nxt.seg.kind == KIND_PARTIAL and len(queue) > 1 and self.settings.transcriber_skip_stale_partials:
+                taken.append(queue.popleft())  # stale: a newer record of the leg waits behind it
+                continue
+            if nxt.seg.kind != KIND_FINAL or seconds + gap + segment_seconds(nxt.seg) > limit:
+                break
+            seconds += gap + segment_seconds(nxt.seg)
+            taken.append(queue.popleft())
+        while taken and taken[-1].seg.kind != KIND_FINAL:
+            queue.appendleft(taken.pop())  # only finals end a pack
+        return taken
+
+    async def _decode_pack(self, sid: str, batch: list[_Item]
+                           ) -> dict[int, tuple[TranscriptResult | None, str | None]]:
+        """One decode of the batch's finals (not yet done, of this generation); id(item) -> (result,
+        None). Empty when fewer than two remain or the packed decode fails (each is then decoded
+        on its own by _handle)."""
+        done = self.progress.get(sid)
+        finals = [it for it in batch if it.seg.kind == KIND_FINAL and it.generation == self._generation
+                  and (done is None or tuple(done["key"]) < order_key(it.seg))]
+        if len(finals) < 2:
+            return {}
+        first = finals[0].seg
+        t0 = time.perf_counter()
+        cf = self.scheduler.submit(job_class(person=first.leg == LEG_BY_NAME["person"], final=True),
+                                   self.asr.transcribe_many,
+                                   [(segment_audio(it.seg), it.seg.sample_rate_hz) for it in finals])
+        try:
+            results = await asyncio.wrap_future(cf)  # type: ignore[arg-type]  # a final is never refused
+        except Exception as exc:  # bad audio in one of them, a backend error: one by one instead
+            log.warning("packed decode failed; decoding the segments one by one", extra={
+                "stage": "transcriber", "call_id": first.call_id, "segments": len(finals),
+                "error": type(exc).__name__})
+            return {}
+        finally:
+            DECODE_SECONDS.labels("packed").observe(time.perf_counter() - t0)
+        if len(results) != len(finals):
+            return {}
+        for r in results:
+            if "packed" in r.guard_actions:
+                PACKED.inc()
+            GAP_WORDS.inc(r.guard_actions.count("pack_gap_word"))
+        return {id(it): (r, None) for it, r in zip(finals, results)}
 
     def _done(self, item: _Item) -> None:
         faust_kit.acknowledge(item.event, stage="transcriber")  # once its progress is on the broker
@@ -163,9 +237,10 @@ class TranscriberAgent:
 
     # -- one record --------------------------------------------------------------------------------------
 
-    async def _handle(self, sid: str, item: _Item, waiting: list[events_pb2.SpeechSegment]) -> bool:
+    async def _handle(self, sid: str, item: _Item, waiting: list[events_pb2.SpeechSegment],
+                      decoded: tuple[TranscriptResult | None, str | None] | None = None) -> bool:
         """Handle one record in the leg's order; True when a partial decode was detached (its own
-        task acknowledges the record)."""
+        task acknowledges the record). ``decoded``: a final's result from a packed decode."""
         seg = item.seg
         kind = KIND_NAMES[seg.kind]
         if item.generation != self._generation:
@@ -194,12 +269,16 @@ class TranscriberAgent:
             out = leg_complete_event(seg, emitted_at_us=time.time_ns() // 1000)
             outcome = "end"
         else:
-            result, error = await self._transcribe(seg)
+            result, error = decoded if decoded is not None else await self._transcribe(seg)
             out = transcript_event(seg, result, emitted_at_us=time.time_ns() // 1000, error=error)
             outcome = "error" if error else ("transcribed" if out.text else "empty")
         if not await self._publish(sid, item, out):
             return False
         SEGMENTS.labels(kind, outcome).inc()
+        if seg.kind == KIND_FINAL:  # the vad called every final's audio speech
+            VOICED_FINALS.labels(LEG_NAMES[seg.leg]).inc()
+            if outcome != "transcribed":
+                EMPTY_FINALS.labels(LEG_NAMES[seg.leg], empty_reason(out)).inc()
         if seg.kind != KIND_END and seg.leg != LEG_BY_NAME["person"]:
             person = self.progress.get(f"{seg.call_id}:person")
             if person is not None and person.get("done_at"):

@@ -103,11 +103,30 @@ def transcript_event(seg: events_pb2.SpeechSegment, result: TranscriptResult | N
     return ev
 
 
+def empty_reason(ev: events_pb2.TranscriptEvent) -> str:
+    """Why a final came out without text, from its guard actions: ``error``, ``quiet_audio``
+    (below the level decoded at all), ``silence`` / ``hallucination`` / ``repetition`` (a guard
+    removed what Whisper wrote), ``pack_gap`` (every word of a packed decode fell in a gap), or
+    ``no_speech_decoded`` (Whisper wrote nothing). For the empty-final rate on voiced segments."""
+    actions = list(ev.guard_actions)
+    for prefix, reason in (("error:", "error"), ("quiet_audio", "quiet_audio"), ("silence", "silence"),
+                           ("hallucination", "hallucination"), ("repetition", "repetition"),
+                           ("compression", "repetition"), ("pack_gap_word", "pack_gap")):
+        if any(a.startswith(prefix) for a in actions):
+            return reason
+    return "no_speech_decoded"
+
+
 def leg_complete_event(seg: events_pb2.SpeechSegment, *, emitted_at_us: int) -> events_pb2.TranscriptEvent:
     return events_pb2.TranscriptEvent(
         call_id=seg.call_id, leg=seg.leg, seq=seg.seq, leg_complete=True, emitted_at_us=emitted_at_us,
         segment_start_us=seg.start_us, segment_end_us=seg.end_us, call_started_at_us=seg.call_started_at_us,
     )
+
+
+def segment_seconds(seg: events_pb2.SpeechSegment) -> float:
+    """Seconds of audio a segment record carries (0 for END_OF_LEG)."""
+    return len(seg.pcm16) / 2 / seg.sample_rate_hz if seg.sample_rate_hz else 0.0
 
 
 def segment_audio(seg: events_pb2.SpeechSegment) -> np.ndarray:

@@ -34,3 +34,17 @@ QUEUE_SECONDS = Histogram(
     "lupita_transcriber_queue_seconds", "Time a decode waited for a worker, by class", ["cls"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128),
 )
+PACKED = Counter("lupita_transcriber_packed_segments_total",
+                 "Finals decoded together with other segments of their leg in one window")
+GAP_WORDS = Counter(
+    "lupita_transcriber_pack_gap_words_total",
+    "Words a packed decode put in the silence between two segments: dropped, never given to either",
+)
+VOICED_FINALS = Counter("lupita_transcriber_voiced_finals_total",
+                        "Final segments (audio the vad called speech) published, by leg", ["leg"])
+EMPTY_FINALS = Counter(
+    "lupita_transcriber_empty_finals_total",
+    "Finals of voiced segments published without text, by leg and reason (error, quiet_audio, silence, "
+    "hallucination, repetition, pack_gap, no_speech_decoded); / voiced_finals = the empty-final rate",
+    ["leg", "reason"],
+)

@@ -100,3 +100,25 @@ def test_a_segment_that_could_not_be_transcribed_still_gets_an_empty_final():
     assert ev.text == "" and not ev.HasField("confidence") and list(ev.guard_actions) == ["error:AsrBackendError"]
     done = leg_complete_event(segment(kind=END, seq=4), emitted_at_us=8)
     assert done.leg_complete and done.seq == 4 and done.text == ""
+
+
+def test_an_empty_final_says_why():
+    from stream_processor.stages.transcriber.core import empty_reason
+
+    def ev(*actions):
+        return events_pb2.TranscriptEvent(call_id="call-1", guard_actions=list(actions))
+
+    assert empty_reason(ev("error:AsrBackendError")) == "error"
+    assert empty_reason(ev("quiet_audio")) == "quiet_audio"
+    assert empty_reason(ev("vad_filter_empty", "silence")) == "silence"
+    assert empty_reason(ev("hallucination:amara")) == "hallucination"
+    assert empty_reason(ev("packed", "pack_gap_word", "pack_gap_word")) == "pack_gap"
+    assert empty_reason(ev("packed")) == "no_speech_decoded"
+    assert empty_reason(ev()) == "no_speech_decoded"
+
+
+def test_segment_seconds_is_the_audio_carried():
+    from stream_processor.stages.transcriber.core import segment_seconds
+
+    assert segment_seconds(segment()) == pytest.approx(2.0)  # 16000 samples at 8 kHz
+    assert segment_seconds(segment(kind=END, pcm16=b"", sample_rate_hz=0)) == 0.0
