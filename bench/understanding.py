@@ -258,7 +258,7 @@ def understand(models: Models, call_id: str, utts: list[Any],
 
     svc = models.services
     alerts: dict[str, list[Any]] = {}
-    cu = None
+    cu = with_words = None
     for name, det in models.detectors.items():
         if isinstance(det, WordsDetector):
             det.words = words or {}
@@ -266,10 +266,18 @@ def understand(models: Models, call_id: str, utts: list[Any],
         cu.start(started_at_us=1, phone_hash=None, region=None, consent=True, detector=det)
         hits: list[Any] = []
         for u in utts:
-            hits.extend(cu.on_final(u, det, svc.sentiment_of))
+            # the worker's path: the final's words reach the detector and the conversation state
+            # (the analyzer reads them from there); WordsDetector stands in for the detector given
+            # none, the "catalogue" column
+            given = (words or {}).get((u.leg, u.seq)) if isinstance(det, WordsDetector) else None
+            hits.extend(cu.on_final(u, det, svc.sentiment_of, words=given))
         alerts[name] = hits
-    assert cu is not None
-    analysis = svc.analyzer.analyze(call_id, cu.utterances())
+        if isinstance(det, WordsDetector):
+            with_words = cu
+    cu = with_words or cu
+    assert cu is not None and cu.conversation is not None
+    # as finish_call does: the utterances and their words from the call's state
+    analysis = svc.analyzer.analyze(call_id, cu.utterances(), words=cu.conversation.words())
     return {"alerts": alerts, "analysis": analysis, "blank": cu.blank_finals}
 
 

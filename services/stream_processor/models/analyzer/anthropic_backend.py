@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Sequence
+from dataclasses import replace
+from typing import Any, Mapping, Sequence
 
 from pydantic import SecretStr
 
@@ -46,6 +47,7 @@ from stream_processor.models.analyzer.base import (
     prepare_utterances,
 )
 from stream_processor.models.analyzer.catalog import Catalogues, load_catalogues
+from stream_processor.models.analyzer.facts import calibrate_facts
 from stream_processor.models.analyzer.schema import FACT_TYPES, analysis_schema, to_call_analysis
 from stream_processor.models.cloud import json_object, translate_sdk_error
 from stream_processor.contracts import CallAnalysis, Utterance
@@ -76,13 +78,28 @@ Record your analysis with the {TOOL_NAME} tool:
 - behavioral_codes: ids of the codes below that occurred (each code belongs to the leg named):
 {codes}
 - facts: durable facts about the person themself, stated affirmatively (a negated statement such as
-  "no tengo diabetes" is not a fact; a relative's illness is not the person's condition). type is one of
-  {", ".join(FACT_TYPES)}; key is snake_case English. For things a person can have several of
-  (medication, condition, <relative>_name, <animal>_name, pet, likes, dislikes) append a dot and a
-  snake_case ASCII slug of the value: medication.metformina, condition.diabetes, daughter_name.rosa,
-  dog_name.canelo, likes.cafe_de_olla. Single-valued keys have no slug: wake_up_time, bedtime,
-  breakfast_time, lunch_time, dinner_time (value "HH:MM"), walk, mass_attendance. value in Spanish as
-  said; confidence in [0, 1]; evidence cites the line (leg, seq) and quotes the exact words.
+  "no tengo diabetes" is not a fact; a question is not a fact; a relative's illness is not the person's
+  condition). type is one of {", ".join(FACT_TYPES)}; key is snake_case English from this list:
+  * health: medication, condition, allergy (protected: only from the person's own clear words;
+    a medication value is the generic name, spelled correctly), next_appointment (value: what and
+    when, e.g. "cita con el doctor el martes");
+  * family: <relative>_name (daughter, son, granddaughter, grandson, sister, brother, wife, husband,
+    niece, nephew, ...: "mi nieto Rodrigo" -> grandson_name, value "Rodrigo"), <relative>_lives_in
+    (where that relative lives or went: "mi hijo se fue a Chicago" -> son_lives_in, value "Chicago");
+  * pet: <animal>_name (dog_name, cat_name, ...), pet;
+  * routine: wake_up_time, bedtime, breakfast_time, lunch_time, dinner_time (value "HH:MM", 24 h),
+    walk, mass_attendance;
+  * preference: likes, dislikes (value: the thing, without the article);
+  * other: lives_in (the person's own town) and anything durable not listed.
+  For things a person can have several of (medication, condition, allergy, every <relative>_name,
+  <relative>_lives_in, <animal>_name, pet, likes, dislikes) append a dot and a snake_case ASCII slug
+  of the value: medication.metformina, condition.diabetes, grandson_name.rodrigo,
+  son_lives_in.chicago, dog_name.canelo, likes.cafe_de_olla. Single-valued keys have no slug.
+  The transcript comes from speech recognition of telephone audio and has errors: a misheard
+  medication or name ("metformía", "Beronica") is given in its correct spelling in value
+  (metformina, Verónica) when the reading is clear; when you cannot tell what was said, leave the
+  fact out. confidence in [0, 1]: how sure you are of the fact as read. evidence cites the line
+  (leg, seq) and quotes its words exactly as transcribed (the quote is located in the line).
 - summary: two or three sentences in Spanish.
 Do not invent anything that is not in the transcript."""
 
@@ -118,6 +135,7 @@ class AnthropicAnalyzer(Analyzer):
         timeout_s: float = 60.0,
         max_transcript_chars: int = 60000,
         retry: RetryPolicy = RetryPolicy(),
+        min_fact_confidence: float = 0.0,
     ) -> None:
         import anthropic  # imported here: only deployments that select this backend need it loaded
 
@@ -129,6 +147,7 @@ class AnthropicAnalyzer(Analyzer):
         self.temperature = temperature
         self.max_transcript_chars = max_transcript_chars
         self.retry = retry
+        self.min_fact_confidence = min_fact_confidence
         self.schema = analysis_schema(self.catalogues)
         self.system = system_prompt(self.catalogues)
         # The client logs every request's JSON (the transcript) at DEBUG: hold its logger at INFO
@@ -155,7 +174,8 @@ class AnthropicAnalyzer(Analyzer):
             messages=[{"role": "user", "content": "Transcripción de la llamada:\n" + transcript}],
         )
 
-    def analyze(self, call_id: str, utterances: Sequence[Utterance]) -> CallAnalysis:
+    def analyze(self, call_id: str, utterances: Sequence[Utterance], *,
+                words: Mapping[tuple[str, int], Sequence[tuple[str, float | None]]] | None = None) -> CallAnalysis:
         utts = prepare_utterances(call_id, utterances)
         transcript, sent = transcript_text(utts, self.max_transcript_chars)
         if not transcript:
@@ -170,6 +190,10 @@ class AnthropicAnalyzer(Analyzer):
         tool_input = self._tool_input(payload)
         result = to_call_analysis(call_id, tool_input, utts, self.catalogues, analyzer=self.name,
                                   schema=self.schema, backend=self.name, notes=notes)
+        # the rules the local analyzer's facts follow too: canonical keys, protected classes only
+        # from the person's words, confidence weighed by the quoted words' transcription
+        facts, dropped = calibrate_facts(result.facts, words, min_confidence=self.min_fact_confidence)
+        result = replace(result, facts=tuple(facts), notes=result.notes + tuple(dropped))
         usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
         log.info("call analyzed", extra={
             "call_id": call_id, "stage": "analyzer", "backend": self.name, "model": self.model,

@@ -17,7 +17,7 @@ import logging
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from stream_processor.models import cloud
 from stream_processor.models.cloud import BackendError, is_retryable_status  # noqa: F401
@@ -76,8 +76,13 @@ class Analyzer(ABC):
     name: str = "?"
 
     @abstractmethod
-    def analyze(self, call_id: str, utterances: Sequence[Utterance]) -> CallAnalysis:
-        """Topics, primary emotion and trend, behavioral codes, user facts and a short summary."""
+    def analyze(self, call_id: str, utterances: Sequence[Utterance], *,
+                words: Mapping[tuple[str, int], Sequence[tuple[str, float | None]]] | None = None) -> CallAnalysis:
+        """Topics, primary emotion and trend, behavioral codes, user facts and a short summary.
+
+        ``words``: the transcript words of each utterance with their recognition probabilities
+        (``TranscriptEvent.words``), by ``(leg, seq)``; a fact's confidence follows the
+        probabilities of the words it came from. Without them the utterance's confidence counts."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release clients."""
@@ -162,13 +167,14 @@ class FallbackAnalyzer(Analyzer):
         self.fallback = fallback
         self.name = primary.name
 
-    def analyze(self, call_id: str, utterances: Sequence[Utterance]) -> CallAnalysis:
+    def analyze(self, call_id: str, utterances: Sequence[Utterance], *,
+                words: Mapping[tuple[str, int], Sequence[tuple[str, float | None]]] | None = None) -> CallAnalysis:
         utts = prepare_utterances(call_id, utterances)
         if not any(u.text.strip() for u in utts):
-            result = self.fallback.analyze(call_id, utts)
+            result = self.fallback.analyze(call_id, utts, words=words)
             return replace(result, notes=result.notes + (f"{self.primary.name} not called: no transcript text",))
         try:
-            return self.primary.analyze(call_id, utts)
+            return self.primary.analyze(call_id, utts, words=words)
         except AnalyzerInputError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure of the cloud path falls back
@@ -183,7 +189,7 @@ class FallbackAnalyzer(Analyzer):
                 "call_id": call_id, "stage": "analyzer", "backend": self.primary.name,
                 "fallback": self.fallback.name, "status": status, "error": type(exc).__name__,
                 "reason": reason if isinstance(exc, AnalyzerBackendError) else None})
-            result = self.fallback.analyze(call_id, utts)
+            result = self.fallback.analyze(call_id, utts, words=words)
             return replace(result, analyzer=f"{self.primary.name}->{self.fallback.name}",
                            notes=result.notes + (f"fallback: {reason}",))
 

@@ -22,7 +22,8 @@ def build_local(s: AnalyzerSettings, *, catalogues: Catalogues | None = None,
                 embedder: Embedder | None = None) -> LocalAnalyzer:
     return LocalAnalyzer(catalogues or catalogues_from(s), embedder=embedder, max_topics=s.analyzer_max_topics,
                          embedding_threshold=s.analyzer_embedding_threshold,
-                         summary_sentences=s.analyzer_summary_sentences)
+                         summary_sentences=s.analyzer_summary_sentences,
+                         min_fact_confidence=s.analyzer_fact_min_confidence)
 
 
 def build_analyzer(s: AnalyzerSettings, *, embedder: Embedder | None = None, retry: RetryPolicy | None = None,
@@ -39,7 +40,8 @@ def build_analyzer(s: AnalyzerSettings, *, embedder: Embedder | None = None, ret
             api_key=s.analyzer_anthropic_api_key, catalogues=cat, base_url=s.analyzer_anthropic_base_url or None,
             model=s.analyzer_anthropic_model, max_tokens=s.analyzer_max_tokens,
             temperature=s.analyzer_temperature, timeout_s=s.analyzer_timeout_seconds,
-            max_transcript_chars=s.analyzer_max_transcript_chars, retry=retry or retry_policy(s))
+            max_transcript_chars=s.analyzer_max_transcript_chars, retry=retry or retry_policy(s),
+            min_fact_confidence=s.analyzer_fact_min_confidence)
         if s.analyzer_fallback == "local":
             return FallbackAnalyzer(cloud, build_local(s, catalogues=cat, embedder=embedder))
         return cloud

@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
+from rapidfuzz import fuzz, process
 
 from stream_processor.models.analyzer.base import Analyzer, prepare_utterances
 from stream_processor.models.analyzer.catalog import (
@@ -48,10 +49,18 @@ from stream_processor.models.analyzer.catalog import (
     load_catalogues,
 )
 from stream_processor.models.analyzer.facts import extract_facts
+from stream_processor.models.analyzer.lexicon import Lexicons, load_lexicons, sound
 from stream_processor.models.analyzer.text import fold, is_negated, sentences, tokens
 from stream_processor.contracts import CallAnalysis, EvidenceSpan, UserFact, Utterance
 
 log = logging.getLogger("stream_processor.models.analyzer")
+
+# a transcript word that sounds like a topic keyword (or is one misheard) counts this share of it
+APPROX_KEYWORD_FACTOR = 0.8
+APPROX_KEYWORD_CUTOFF = 88.0
+# a call in which the person said this many words or more is never left without a topic
+WEAK_TOPIC_MIN_WORDS = 8
+WEAK_TOPIC_MIN_COSINE = 0.3
 
 
 class Embedder(Protocol):
@@ -103,6 +112,8 @@ class LocalAnalyzer(Analyzer):
         embedding_weight: float = 1.0,
         summary_sentences: int = 3,
         quote_max_chars: int = 160,
+        min_fact_confidence: float = 0.0,
+        lexicons: Lexicons | None = None,
     ) -> None:
         if max_topics < 1:
             raise ValueError(f"max_topics must be >= 1, got {max_topics}")
@@ -117,19 +128,29 @@ class LocalAnalyzer(Analyzer):
         self.embedding_weight = embedding_weight
         self.summary_sentences = summary_sentences
         self.quote_max_chars = quote_max_chars
+        if not 0.0 <= min_fact_confidence <= 1.0:
+            raise ValueError(f"min_fact_confidence must be in [0, 1], got {min_fact_confidence}")
+        self.min_fact_confidence = min_fact_confidence
+        self.lexicons = lexicons or load_lexicons()
         self._prototypes: list[tuple[str, np.ndarray]] | None = None
+        self._approx: dict[str, list[tuple[str, float]]] | None = None
+        self._approx_keys: list[str] = []
 
     # -- the whole analysis -------------------------------------------------------------------
 
-    def analyze(self, call_id: str, utterances: Sequence[Utterance]) -> CallAnalysis:
+    def analyze(self, call_id: str, utterances: Sequence[Utterance], *,
+                words: Mapping[tuple[str, int], Sequence[tuple[str, float | None]]] | None = None) -> CallAnalysis:
         utts = prepare_utterances(call_id, utterances)
         notes: list[str] = []
-        scores = self.topic_scores(utts, notes=notes)
+        sims: dict[str, float] = {}
+        scores = self.topic_scores(utts, notes=notes, sims=sims)
         topics = self.select_topics(scores)
+        if not topics:
+            topics = self.weak_topic(utts, scores, sims, notes)
         primary, trend = self.emotions(utts)
         hits = self.code_hits(utts)
         codes = tuple(dict.fromkeys(h.code_id for h in hits))
-        facts = tuple(extract_facts(utts))
+        facts = tuple(extract_facts(utts, words, lexicons=self.lexicons, min_confidence=self.min_fact_confidence))
         summary = self.summarize(utts, topics, primary, facts, hits)
         if not any(u.leg == "person" and u.text.strip() for u in utts):
             notes.append("no speech from the person: emotion and facts not assessed")
@@ -142,8 +163,10 @@ class LocalAnalyzer(Analyzer):
 
     # -- topics -------------------------------------------------------------------------------
 
-    def topic_scores(self, utts: Sequence[Utterance], *, notes: list[str] | None = None) -> dict[str, float]:
-        """Score of every topic of the catalogue (0.0 when nothing was found)."""
+    def topic_scores(self, utts: Sequence[Utterance], *, notes: list[str] | None = None,
+                     sims: dict[str, float] | None = None) -> dict[str, float]:
+        """Score of every topic of the catalogue (0.0 when nothing was found); ``sims`` (if given)
+        receives the best prototype cosine of each topic."""
         cat = self.catalogues.topics
         scores = {t.id: 0.0 for t in cat.topics}
         for u in utts:
@@ -154,6 +177,8 @@ class LocalAnalyzer(Analyzer):
         if self.embedder is not None:
             try:
                 for topic_id, sim in self.embedding_similarities(utts).items():
+                    if sims is not None:
+                        sims[topic_id] = sim
                     if sim >= self.embedding_threshold:
                         scores[topic_id] += self.embedding_weight
             except Exception as exc:  # noqa: BLE001 - the embedding signal is optional
@@ -164,16 +189,70 @@ class LocalAnalyzer(Analyzer):
         return scores
 
     def keyword_scores(self, text: str) -> dict[str, float]:
-        """Keyword score of each topic in one piece of text (weights summed over matches)."""
+        """Keyword score of each topic in one piece of text (weights summed over matches). A word
+        that is no keyword but sounds like one of 5+ letters, or is one misheard (similarity >=
+        ``APPROX_KEYWORD_CUTOFF`` for 7+ letters: "preción", "medisina"), counts
+        ``APPROX_KEYWORD_FACTOR`` of its weight."""
         f = fold(text)
         out: dict[str, float] = {}
-        if f.strip():
-            for t in self.catalogues.topics.topics:
-                for rx, weight in t.matchers:
-                    n = len(rx.findall(f))
-                    if n:
-                        out[t.id] = out.get(t.id, 0.0) + n * weight
+        if not f.strip():
+            return out
+        exact_spans: list[tuple[int, int]] = []
+        for t in self.catalogues.topics.topics:
+            for rx, weight in t.matchers:
+                for m in rx.finditer(f):
+                    out[t.id] = out.get(t.id, 0.0) + weight
+                    exact_spans.append((m.start(), m.end()))
+        approx = self._approx_keywords()
+        for tok in tokens(f):
+            if len(tok.text) < 5 or any(a <= tok.start < b for a, b in exact_spans):
+                continue
+            hit = approx.get(sound(tok.text))
+            if hit is None and len(tok.text) >= 7:
+                best = process.extractOne(sound(tok.text), self._approx_keys, scorer=fuzz.ratio,
+                                          score_cutoff=APPROX_KEYWORD_CUTOFF)
+                hit = approx[best[0]] if best is not None else None
+            if hit is not None:
+                for topic_id, weight in hit:
+                    out[topic_id] = out.get(topic_id, 0.0) + weight * APPROX_KEYWORD_FACTOR
         return out
+
+    def _approx_keywords(self) -> dict[str, list[tuple[str, float]]]:
+        """Sound key of every one-word keyword of 5+ letters (a ``stem*`` keyword: of its stem
+        plus the common endings) -> [(topic, weight)]."""
+        if self._approx is None:
+            index: dict[str, list[tuple[str, float]]] = {}
+            for t in self.catalogues.topics.topics:
+                for k in t.keywords:
+                    term, weight = (k, 1.0) if isinstance(k, str) else (k.term, k.weight)
+                    term = fold(term).strip()
+                    if " " in term:
+                        continue
+                    forms = [term[:-1] + e for e in ("", "a", "o", "as", "os", "es", "s")] if term.endswith("*") \
+                        else [term]
+                    for form in forms:
+                        if len(form) >= 5:
+                            index.setdefault(sound(form), []).append((t.id, weight))
+            self._approx = {k: list(dict.fromkeys(v)) for k, v in index.items()}
+            self._approx_keys = list(self._approx)
+        return self._approx
+
+    def weak_topic(self, utts: Sequence[Utterance], scores: dict[str, float], sims: dict[str, float],
+                   notes: list[str]) -> tuple[str, ...]:
+        """When no topic reached its minimum but the person did talk (``WEAK_TOPIC_MIN_WORDS``
+        words or more): the topic with the most evidence, so that a conversation is never filed
+        under no topic. Evidence: the keyword score (any), else the best prototype cosine if it
+        reaches ``WEAK_TOPIC_MIN_COSINE``. A note says the topic rests on weak evidence."""
+        said = sum(len(tokens(fold(u.text))) for u in utts if u.leg == "person")
+        if said < WEAK_TOPIC_MIN_WORDS:
+            return ()
+        order = {t.id: i for i, t in enumerate(self.catalogues.topics.topics)}
+        best = max(scores, key=lambda t: (scores[t], sims.get(t, -1.0), -order[t]), default=None)
+        if best is None or (scores[best] <= 0 and sims.get(best, -1.0) < WEAK_TOPIC_MIN_COSINE):
+            return ()
+        notes.append(f"topic {best} from weak evidence (keyword score {scores[best]:.2f}, "
+                     f"best prototype cosine {sims.get(best, float('nan')):.2f})")
+        return (best,)
 
     def select_topics(self, scores: dict[str, float]) -> tuple[str, ...]:
         cat = self.catalogues.topics

@@ -39,6 +39,10 @@ class AnalyzerSettings(CommonSettings):
     # (only when an embedder is passed in).
     analyzer_embedding_threshold: float = Field(default=0.45, ge=-1, le=1)
     analyzer_summary_sentences: int = Field(default=3, ge=1, le=5)
+    # Facts (either backend) whose confidence, after weighing the transcription probability of
+    # the words they came from, is below this are not kept: a value the recogniser was unsure of
+    # is not written to a person's memory.
+    analyzer_fact_min_confidence: float = Field(default=0.5, ge=0, le=1)
 
     # --- anthropic ---
     analyzer_anthropic_api_key: SecretStr = SecretStr("")

@@ -7,7 +7,9 @@ What it tracks, all in call time (seconds from the call's start):
 - overlaps (total seconds both legs speak at once, and how many times the person is cut in on),
 - the longest silence (no leg speaking) between the first and the last utterance,
 - words per minute of each leg (words / talk minutes),
-- the transcript so far (ordered by start time, one line per utterance),
+- the transcript so far (ordered by start time, one line per utterance), and each utterance's
+  transcript words with their recognition probabilities when the ASR gave them (the analyzer
+  weighs a fact by the probabilities of the words it came from),
 - a running sentiment of the person's leg (exponential moving average of a scorer's output in
   [-1, 1]; the scorer is injected so the state does not depend on one analyzer).
 
@@ -18,7 +20,7 @@ sorted set, so the result does not depend on arrival order or duplicates.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,8 +39,10 @@ class ConversationState:
 
     # ------------------------------------------------------------------ updates
 
-    def add(self, utt: Utterance, sentiment_of: Callable[[str], float] | None = None) -> bool:
-        """Add a final utterance; False (and no change) when (leg, seq) was already seen."""
+    def add(self, utt: Utterance, sentiment_of: Callable[[str], float] | None = None, *,
+            words: Sequence[tuple[str, float | None]] | None = None) -> bool:
+        """Add a final utterance (and its ``(word, probability)`` pairs, if any); False (and no
+        change) when (leg, seq) was already seen."""
         if utt.call_id != self.call_id:
             raise ValueError(f"utterance of call {utt.call_id!r} offered to call {self.call_id!r}")
         if utt.leg not in LEGS:
@@ -52,6 +56,8 @@ class ConversationState:
             "leg": utt.leg, "seq": utt.seq, "start_s": utt.start_s, "end_s": utt.end_s,
             "text": utt.text, "confidence": utt.confidence,
         }
+        if words:
+            self.utterances[key]["words"] = [[str(w), None if p is None else round(float(p), 4)] for w, p in words]
         if utt.leg == "person" and sentiment_of is not None and utt.text.strip():
             score = max(-1.0, min(1.0, float(sentiment_of(utt.text))))
             if self.sentiment_samples == 0:
@@ -62,6 +68,12 @@ class ConversationState:
         return True
 
     # ------------------------------------------------------------------ derived figures
+
+    def words(self) -> dict[tuple[str, int], list[tuple[str, float | None]]]:
+        """Each utterance's transcript words with their probabilities, by (leg, seq) (only
+        utterances whose ASR gave words)."""
+        return {(u["leg"], int(u["seq"])): [(w, p) for w, p in u["words"]]
+                for u in self.utterances.values() if u.get("words")}
 
     def ordered(self) -> list[dict[str, Any]]:
         return sorted(self.utterances.values(), key=lambda u: (u["start_s"], u["leg"], u["seq"]))

@@ -195,7 +195,7 @@ class CallUnderstanding:
             self.blank_finals += 1
             return []
         assert self.conversation is not None
-        if not self.conversation.add(utt, sentiment_of):
+        if not self.conversation.add(utt, sentiment_of, words=words):
             return []
         if self.consent is None or utt.leg != PERSON:
             return []
@@ -260,7 +260,8 @@ def finish_call(cu: CallUnderstanding, services: UnderstandingServices) -> Finis
     if cu.consent is False:
         raise ValueError(f"call {cu.call_id}: no recording consent, nothing may be derived")
     utts = cu.utterances()
-    analysis = services.analyzer.analyze(cu.call_id, utts)
+    assert cu.conversation is not None
+    analysis = services.analyzer.analyze(cu.call_id, utts, words=cu.conversation.words())
     uri = cu.s3_uri(services.legal_bucket)
     started = _utc(cu.started_at_us)
     weaviate_id: str | None = None
