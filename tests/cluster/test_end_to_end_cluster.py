@@ -2,8 +2,9 @@
 with the local values against the local stack; every pod passes its probes (the telephony
 gateway's /readyz only once it reaches the bridge pod); one simulated call through the bridge
 pod ends as a WAV locked in COMPLIANCE mode in the legal bucket and an analysed
-``companion_calls`` row; ``helm uninstall`` leaves nothing of the release behind, in the API or
-in the node's runtime.
+``companion_calls`` row; a Twilio Media Streams call through the gateway pod is recorded and
+locked too; ``helm uninstall`` leaves nothing of the release behind, in the API or in the node's
+runtime.
 
 The pods use the host network (they reach the stack on 127.0.0.1) and listen on the node's
 address, 10.245.0.1 (the chart's status.hostIP under hostNetwork: values-local.yaml as it is,
@@ -108,6 +109,45 @@ def test_a_call_through_the_chart_on_the_real_node_is_recorded_locked_and_analys
     head = s3.head_object(Bucket=legal, Key=row["s3_legal_key"])
     assert head["ObjectLockMode"] == "COMPLIANCE" and head["ContentLength"] > 44
     assert row["s3_legal_key"].endswith(f"/{call_id}/audio-full.wav")
+
+
+def test_a_twilio_stream_through_the_gateway_pod_is_recorded_and_locked(release, stack_env):
+    """Twilio's side (the documented Media Streams messages, telephony_gateway.twilio_sim) into the
+    gateway pod on the node's address: the gateway streams it into the bridge pod, the recorder pod
+    writes the WAV to the legal bucket under COMPLIANCE lock and records the call in Postgres."""
+    import asyncio
+
+    import boto3
+    import numpy as np
+
+    from lupita_dev.cluster import node
+    from telephony_gateway import twilio_sim
+
+    gateway = yaml.safe_load((CHART / "values-local.yaml").read_text())["telephonyGateway"]["ports"]["websocket"]
+    call_id = f"cluster-e2e-twilio-{uuid.uuid4().hex[:8]}"
+    t = np.arange(8000 * 4) / 8000  # 4 s of two tones, one per leg (8 kHz, as Twilio sends)
+    stereo = np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 660 * t)], axis=1) * 8000
+    call = twilio_sim.build_call(stereo.astype(np.int16), {
+        "lupitaCallId": call_id, "phone": "+52 951 555 0142", "consent": "true",
+        "consentSource": "ivr_prompt_v2", "language": "es-MX"})
+    result = asyncio.run(twilio_sim.stream(f"ws://{node.NODE_IP}:{gateway}/twilio", call.messages))
+    assert result.close_code == 1000, (result.close_code, result.close_reason)
+
+    def recorded():
+        with psycopg.connect(stack_env["LUPITA_POSTGRES_DSN"]) as db:
+            cur = db.execute("SELECT recording_status, s3_legal_key FROM companion_calls "
+                             "WHERE call_id = %s AND recording_status IS NOT NULL", (call_id,))
+            return cur.fetchone()
+
+    status, key = wait_for(f"the recording of {call_id}", recorded, timeout=PROCESS_TIMEOUT_S, interval=2)
+    assert status == "recorded" and key.endswith(f"/{call_id}/audio-full.wav"), (status, key)
+    s3 = boto3.client("s3", endpoint_url=stack_env["LUPITA_S3_ENDPOINT"], region_name=stack_env["LUPITA_S3_REGION"],
+                      aws_access_key_id=stack_env["LUPITA_S3_ACCESS_KEY"],
+                      aws_secret_access_key=stack_env["LUPITA_S3_SECRET_KEY"])
+    legal = yaml.safe_load((CHART / "values-local.yaml").read_text())["s3"]["legalBucket"]
+    head = s3.head_object(Bucket=legal, Key=key)
+    # at least 4 s of 16-bit 8 kHz audio (the recorder's layout and rate may hold more)
+    assert head["ObjectLockMode"] == "COMPLIANCE" and head["ContentLength"] >= 44 + 4 * 8000 * 2
 
 
 def test_helm_uninstall_leaves_nothing_in_the_api_or_the_node(release, kubectl, helm):
