@@ -20,6 +20,10 @@ The pure parts are in :mod:`.core`; this is the thin Faust wrapper (:class:`Tran
   together (stale partials between them skipped as usual) and decoded in one window
   (:meth:`~stream_processor.models.asr.base.Transcriber.transcribe_many`), then published one by
   one in order as before; a packed decode that fails falls back to one decode per segment;
+- vocabulary (``LUPITA_TRANSCRIBER_VOCABULARY``): a second agent reads ``call.lifecycle``; at a
+  call's start the person's facts are read once by phone hash and every decode of the call is
+  biased toward their names, places and medications plus a health lexicon (:mod:`.vocabulary`),
+  passed with the decode, never kept in the shared model;
 - deduplicates redelivered segments (a vad replay after a restart, or its own redelivery):
   per (call, leg) the highest :func:`order_key` done is kept in the changelog-backed table
   ``transcriber_progress``, written only after the transcript was delivered; a record at or
@@ -31,13 +35,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from lupita.topics import SPEECH_SEGMENTS, TRANSCRIPTS
+from lupita.topics import CALL_LIFECYCLE, SPEECH_SEGMENTS, TRANSCRIPTS
 from lupita.v1 import events_pb2
 
 from stream_processor import faust_kit, records
@@ -49,9 +54,10 @@ from stream_processor.stages.transcriber.core import (
 )
 from stream_processor.stages.transcriber.scheduler import DecodeScheduler, job_class
 from stream_processor.stages.transcriber.settings import TranscriberSettings
+from stream_processor.stages.transcriber.vocabulary import CallVocabularies, read_person_facts
 from stream_processor.stages.transcriber.metrics import (
     BAD_RECORDS, DECISIONS, DECODE_SECONDS, EMPTY_FINALS, GAP_WORDS, IN_FLIGHT, LAG_SECONDS, PACKED, SEGMENTS,
-    VOICED_FINALS,
+    VOCABULARIES, VOICED_FINALS,
 )
 
 log = logging.getLogger(__name__)
@@ -101,6 +107,11 @@ class TranscriberAgent:
         # "call_id:leg" -> {"key": order_key done, "partition": p, "done_at": unix s once ended}
         self.progress = app.Table(PROGRESS_TABLE, key_type=str, partitions=settings.topic_partitions)
         app.agent(self.source, name="transcriber")(self._agent)
+        self.vocabularies = CallVocabularies(max_terms=settings.transcriber_vocabulary_max_terms)
+        self._facts_store: Any = None
+        if settings.transcriber_vocabulary:
+            self.lifecycle = app.topic(settings.topic(CALL_LIFECYCLE), **raw)
+            app.agent(self.lifecycle, name="transcriber-vocabulary")(self._vocabulary_agent)
         app.on_partitions_revoked.connect(self._on_partitions_revoked)
         app.on_before_shutdown.connect(self._on_before_shutdown)
 
@@ -210,7 +221,7 @@ class TranscriberAgent:
         first = finals[0].seg
         t0 = time.perf_counter()
         cf = self.scheduler.submit(job_class(person=first.leg == LEG_BY_NAME["person"], final=True),
-                                   self.asr.transcribe_many,
+                                   functools.partial(self.asr.transcribe_many, vocabulary=self.vocabulary(first.call_id)),
                                    [(segment_audio(it.seg), it.seg.sample_rate_hz) for it in finals])
         try:
             results = await asyncio.wrap_future(cf)  # type: ignore[arg-type]  # a final is never refused
@@ -234,6 +245,46 @@ class TranscriberAgent:
         IN_FLIGHT.dec()
         assert self._slots is not None
         self._slots.release()
+
+    # -- vocabulary ----------------------------------------------------------------------------------------
+
+    def vocabulary(self, call_id: str) -> tuple[str, ...]:
+        """What a decode of the call is biased toward (nothing when the setting is off)."""
+        return self.vocabularies.get(call_id) if self.settings.transcriber_vocabulary else ()
+
+    async def _vocabulary_agent(self, stream: Any) -> Any:
+        """call.lifecycle -> the call's vocabulary at its start (the person's facts read once)."""
+        async for event in stream.events():
+            try:
+                life = records.parse_lifecycle(event.key, event.value)
+            except records.BadRecord:
+                continue  # the recorder dead-letters bad lifecycle records; nothing to learn here
+            if life.WhichOneof("event") != "started" or self.vocabularies.known(life.call_id):
+                continue
+            facts: list[tuple[str, str, str]] = []
+            outcome = "lexicon_only"
+            if life.started.phone_hash:
+                facts, outcome = await self._read_facts(life.started.phone_hash)
+            terms = self.vocabularies.start(life.call_id, facts)
+            VOCABULARIES.labels(outcome).inc()
+            log.info("call vocabulary", extra={"stage": "transcriber", "call_id": life.call_id,
+                                               "terms": len(terms), "facts": len(facts), "outcome": outcome})
+
+    async def _read_facts(self, phone_hash: str) -> tuple[list[tuple[str, str, str]], str]:
+        """The person's facts (one read, retried once); on failure none (the lexicon alone)."""
+        from stream_processor.stores.calls_db import CallStore
+
+        if self._facts_store is None:
+            self._facts_store = CallStore(self.settings.postgres_dsn.get_secret_value(), connect_timeout=5)
+        loop = asyncio.get_running_loop()
+        for attempt in (1, 2):
+            try:
+                facts = await loop.run_in_executor(None, read_person_facts, self._facts_store.run, phone_hash)
+                return facts, ("facts" if facts else "no_facts")
+            except Exception as exc:  # the vocabulary is a hint: decoding never waits for it
+                log.warning("facts for the call vocabulary could not be read", extra={
+                    "stage": "transcriber", "attempt": attempt, "error": type(exc).__name__})
+        return [], "read_failed"
 
     # -- one record --------------------------------------------------------------------------------------
 
@@ -268,6 +319,7 @@ class TranscriberAgent:
         if seg.kind == KIND_END:
             out = leg_complete_event(seg, emitted_at_us=time.time_ns() // 1000)
             outcome = "end"
+            self.vocabularies.leg_ended(seg.call_id, LEG_NAMES[seg.leg])
         else:
             result, error = decoded if decoded is not None else await self._transcribe(seg)
             out = transcript_event(seg, result, emitted_at_us=time.time_ns() // 1000, error=error)
@@ -356,7 +408,8 @@ class TranscriberAgent:
         partial = seg.kind == KIND_PARTIAL
         fn = self.asr.transcribe_partial if partial else self.asr.transcribe
         cf = self.scheduler.submit(job_class(person=seg.leg == LEG_BY_NAME["person"], final=not partial),
-                                   fn, segment_audio(seg), seg.sample_rate_hz, wanted=wanted)
+                                   functools.partial(fn, vocabulary=self.vocabulary(seg.call_id)),
+                                   segment_audio(seg), seg.sample_rate_hz, wanted=wanted)
         if cf is None:
             return None
         return asyncio.wrap_future(cf), time.perf_counter()
@@ -421,3 +474,6 @@ class TranscriberAgent:
         self.scheduler.shutdown(cancel_futures=True)
         with contextlib.suppress(Exception):
             self.asr.close()
+        if self._facts_store is not None:
+            with contextlib.suppress(Exception):
+                self._facts_store.close()

@@ -48,3 +48,9 @@ EMPTY_FINALS = Counter(
     "hallucination, repetition, pack_gap, no_speech_decoded); / voiced_finals = the empty-final rate",
     ["leg", "reason"],
 )
+VOCABULARIES = Counter(
+    "lupita_transcriber_call_vocabularies_total",
+    "Call vocabularies built at a call's start, by outcome: facts (the person's facts + lexicon), no_facts, "
+    "lexicon_only (no phone hash), read_failed (Postgres unreadable: lexicon alone)",
+    ["outcome"],
+)

@@ -20,3 +20,9 @@ class TranscriberSettings(AsrSettings):
     transcriber_skip_stale_partials: bool = True
     # How long the per-leg dedupe progress is kept after the leg's end (redeliveries).
     transcriber_state_retention_seconds: float = Field(default=3600.0, gt=0)
+    # Per-call vocabulary biasing (local backend): at a call's start the person's facts are read
+    # once by phone hash (Postgres) and their names, places and medications, with a Mexican-Spanish
+    # health lexicon, bias every decode of that call (faster-whisper hotwords). See
+    # stages/transcriber/vocabulary.py; measured by bench/asr_encode.py (vocab= modes).
+    transcriber_vocabulary: bool = False
+    transcriber_vocabulary_max_terms: int = Field(default=48, ge=1, le=200)
