@@ -21,6 +21,7 @@ rate of empty finals on voiced segments, alert recall and false alerts per 100 c
     .venv/bin/python bench/understanding.py                     # 40 calls (~40-60 min on 2 shared cores)
     .venv/bin/python bench/understanding.py --calls 8 --json
     .venv/bin/python bench/understanding.py --asr-cache         # reuse cached transcripts (same audio, same ASR settings)
+    .venv/bin/python bench/understanding.py --claude-standin    # + the Claude path against a local Messages API server
 
 The audio is rendered once and cached under ``~/.cache/lupita/understanding-corpus``; with
 ``--asr-cache`` the transcripts are too (only what follows ASR is recomputed: for catalogue work).
@@ -91,9 +92,103 @@ class Models:
     services: Any
     detectors: dict[str, Any]
     asr_key: str
+    # more analyzers measured on the same utterances (name -> analyzer), e.g. the Claude path
+    analyzers: dict[str, Any] = field(default_factory=dict)
 
 
-def load_models(detectors: dict[str, Callable[[], Any]] | None = None) -> Models:
+_LINE = re.compile(r"^\[(lupita|person) (\d+) \| ([\d.]+)-([\d.]+) s\] (.*)$")
+
+
+class MessagesStandIn:
+    """A local server speaking Anthropic's Messages wire format (``POST /v1/messages``), for the
+    Claude path of the analyzer (``--analyzer anthropic-standin``) through the official client.
+
+    It checks each request as the API would need it (model, max_tokens, system, the forced
+    ``record_call_analysis`` tool with its input_schema, the transcript lines) and answers a
+    ``tool_use`` block whose input is what the local rules read in the transcript lines it was
+    sent (parsed back from the request, words and all: no other channel), in the schema's shape
+    and with quotes of the transcript. So the figures measure the Claude path end to end, request
+    to fact store: prompt and schema, the client, validation, evidence quotes located in the
+    utterances, canonical keys, protected classes, the transcription calibration of confidences.
+    They do not measure Claude's reading, which needs the real API."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from stream_processor.contracts import Utterance
+        from stream_processor.models.analyzer.local import LocalAnalyzer
+        from stream_processor.models.analyzer.schema import to_payload
+
+        reader = LocalAnalyzer()
+        stand_in = self
+        self.requests = 0
+        self.problems: list[str] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # no transcript in the bench output
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+                stand_in.requests += 1
+                problems = []
+                if self.path != "/v1/messages":
+                    problems.append(f"path {self.path}")
+                if not self.headers.get("x-api-key") or not self.headers.get("anthropic-version"):
+                    problems.append("x-api-key / anthropic-version headers")
+                tools = body.get("tools") or [{}]
+                if body.get("tool_choice", {}).get("name") != tools[0].get("name") or "input_schema" not in tools[0]:
+                    problems.append("forced tool with its input_schema")
+                system = body.get("system") or ""
+                for word in ("evidence", "protected", "medication", "_lives_in", "next_appointment"):
+                    if word not in system:
+                        problems.append(f"system prompt lacks {word!r}")
+                stand_in.problems.extend(problems)
+                text = body["messages"][0]["content"]
+                utts = []
+                for line in text.splitlines():
+                    m = _LINE.match(line)
+                    if m:
+                        utts.append(Utterance("standin", m.group(1), int(m.group(2)), float(m.group(3)),
+                                              float(m.group(4)), m.group(5), 1.0))
+                payload = to_payload(reader.analyze("standin", utts), utts) if utts else None
+                answer = {"id": f"msg_{stand_in.requests}", "type": "message", "role": "assistant",
+                          "model": body.get("model"), "stop_reason": "tool_use", "stop_sequence": None,
+                          "content": [{"type": "tool_use", "id": f"toolu_{stand_in.requests}",
+                                       "name": tools[0].get("name"), "input": payload}],
+                          "usage": {"input_tokens": len(text) // 4, "output_tokens": 100}}
+                data = json.dumps(answer).encode()
+                self.send_response(200 if payload is not None and not problems else 400)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def anthropic_standin_analyzer(settings: Any, embedder: Any) -> tuple[Any, MessagesStandIn]:
+    """The configured analyzer with ``LUPITA_ANALYZER_BACKEND=anthropic`` pointed at a
+    :class:`MessagesStandIn` (fallback to local as configured: a fallback shows in the figures)."""
+    from pydantic import SecretStr
+
+    from stream_processor.models.analyzer.factory import build_analyzer
+
+    server = MessagesStandIn()
+    s = settings.model_copy(update={"analyzer_backend": "anthropic", "analyzer_anthropic_base_url": server.url,
+                                    "analyzer_anthropic_api_key": SecretStr("bench-stand-in"),
+                                    "analyzer_max_attempts": 1})
+    return build_analyzer(s, embedder=embedder), server
+
+
+def load_models(detectors: dict[str, Callable[[], Any]] | None = None, *, claude_standin: bool = False) -> Models:
     """The worker's models, from the worker's settings (``.stack/env`` / ``LUPITA_*``)."""
     from stream_processor.models.analyzer.factory import build_analyzer
     from stream_processor.models.embeddings.factory import build_embedder
@@ -122,7 +217,10 @@ def load_models(detectors: dict[str, Callable[[], Any]] | None = None) -> Models
     asr_fields = {k: str(v) for k, v in settings.model_dump().items() if k.startswith(("asr_", "vad_"))
                   and "key" not in k and not (k.startswith("asr_encoder_") and v == defaults[k].default)}
     asr_key = hashlib.sha256(json.dumps(asr_fields, sort_keys=True).encode()).hexdigest()[:16]
-    return Models(settings, replayer, services, built, asr_key)
+    analyzers: dict[str, Any] = {}
+    if claude_standin:
+        analyzers["anthropic (stand-in)"], _server = anthropic_standin_analyzer(settings, emb)
+    return Models(settings, replayer, services, built, asr_key, analyzers)
 
 
 class WordsDetector:
@@ -278,7 +376,9 @@ def understand(models: Models, call_id: str, utts: list[Any],
     assert cu is not None and cu.conversation is not None
     # as finish_call does: the utterances and their words from the call's state
     analysis = svc.analyzer.analyze(call_id, cu.utterances(), words=cu.conversation.words())
-    return {"alerts": alerts, "analysis": analysis, "blank": cu.blank_finals}
+    more = {name: a.analyze(call_id, cu.utterances(), words=cu.conversation.words())
+            for name, a in models.analyzers.items()}
+    return {"alerts": alerts, "analysis": analysis, "blank": cu.blank_finals, "analyses": more}
 
 
 # ------------------------------------------------------------------------------------------ scoring
@@ -331,6 +431,8 @@ class Score:
     topics_empty: int = 0
     codes: Counter = field(default_factory=Counter)  # tp, truth, pred, exact calls
     scripted_legs: set = field(default_factory=set)  # legs given the script's words instead of ASR
+    more: dict = field(default_factory=dict)  # analyzer name -> Score of its analyses (facts, topics, codes)
+    fallbacks: int = 0  # analyses answered by the fallback analyzer
 
 
 def score_call(s: Score, call: Call, res: dict[str, Any], *, utts: list[Any], finals: list[Final] | None,
@@ -377,8 +479,18 @@ def score_call(s: Score, call: Call, res: dict[str, Any], *, utts: list[Any], fi
         s.missed[name] += [f"{call.call_id}:{x}" for x in sorted(truth_alerts - got)]
         s.false[name] += [f"{call.call_id}:{h.cue_id} «{h.evidence.text[h.evidence.char_start:h.evidence.char_end]}»"
                           for h in hits if h.cue_id not in truth_alerts]
-    a = res["analysis"]
-    truth_facts = [fact_tuple(*f) for f in call.facts]
+    score_analysis(s, call, res["analysis"])
+    for name, analysis in res.get("analyses", {}).items():
+        sub = s.more.setdefault(name, Score())
+        sub.calls += 1
+        sub.calm_calls += call.kind == CALM
+        sub.fallbacks += "->" in analysis.analyzer
+        score_analysis(sub, call, analysis)
+
+
+def score_analysis(s: Score, call: Call, a: Any) -> None:
+    """Facts, topics and codes of one call's analysis against its truth."""
+    truth_facts = [fact_tuple(*f) for f in call.all_facts]
     got_facts = [fact_tuple(f.fact_type, f.key, f.value) for f in a.facts]
     s.facts["truth"] += len(truth_facts)
     s.facts["pred"] += len(got_facts)
@@ -424,6 +536,9 @@ def summary(s: Score) -> dict[str, Any]:
         "code_precision": ratio(s.codes["tp"], s.codes["pred"]), "code_recall": ratio(s.codes["tp"], s.codes["truth"]),
         "code_exact_calls": ratio(s.codes["exact"], s.calls),
         "alerts": {},
+        "analyzers": {name: {k: v for k, v in summary(sub).items()
+                             if k.startswith(("fact_", "facts_", "topic", "code_"))} | {"fallbacks": sub.fallbacks}
+                      for name, sub in s.more.items()},
     }
     for name, c in s.alerts.items():
         out["alerts"][name] = {
@@ -510,6 +625,12 @@ def print_report(r: dict[str, Any], path: str) -> None:
               f"{aa['false_per_100_calm_calls']:>9.1f}")
         if aa["to_verify"] or ab["to_verify"]:
             print(f"{'alerts':<9} {labels[3]:<50} {ab['to_verify']:>11} {aa['to_verify']:>9}")
+    for name in a.get("analyzers", {}):
+        ab, aa = b["analyzers"][name], a["analyzers"][name]
+        for label, k in (("fact precision", "fact_precision"), ("fact recall", "fact_recall"),
+                         ("topic accuracy", "topic_accuracy"), ("calls with no topic", "topics_empty_calls"),
+                         ("code recall", "code_recall"), ("fallbacks to local", "fallbacks")):
+            print(f"{'analyzer':<9} {f'[{name}] {label}':<50} {_fmt(ab[k]):>11} {_fmt(aa[k]):>9}")
     print("\nperson-leg WER by voice: " + ", ".join(f"{v} {w:.0%}" for v, w in r["person_wer_by_voice"].items()))
     for name in a["alerts"]:
         for col, x in (("clean text", b["alerts"][name]), ("audio", a["alerts"][name])):
@@ -531,6 +652,9 @@ def main(argv: list[str] | None = None) -> int:
                         "transcribed: half the Whisper time; her leg's WER is then not measured")
     p.add_argument("--reverse", action="store_true",
                    help="last call first (a second process filling the ASR cache from the other end)")
+    p.add_argument("--claude-standin", action="store_true",
+                   help="also run the Claude path (LUPITA_ANALYZER_BACKEND=anthropic through the official client) "
+                        "against a local server speaking the Messages wire format, on the same utterances")
     p.add_argument("--json", action="store_true", help=f"also write the results to {RESULTS_DIR}/")
     args = p.parse_args(argv)
     import logging
@@ -546,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared; "
           f"load average {os.getloadavg()[0]:.1f}")
     t = time.perf_counter()
-    models = load_models()
+    models = load_models(claude_standin=args.claude_standin)
     print(f"models loaded in {time.perf_counter() - t:.1f} s; ASR settings key {models.asr_key}")
     if args.lupita_leg == "script":
         print("Lupita's leg: VAD only; her segments carry the script's words (not transcribed)")

@@ -62,12 +62,21 @@ class Call:
     codes: list[str] = field(default_factory=list)  # behavioral codes, both legs
     names: list[str] = field(default_factory=list)  # names the person says
     meds: list[str] = field(default_factory=list)  # medication words the person says
+    # facts of the truth added after version 1's audio (where a relative lives): not in spec(),
+    # so the rendering (and its noise, seeded by the spec) and the cached transcripts stay the same
+    extra_facts: list[tuple[str, str, str]] = field(default_factory=list)
+
+    @property
+    def all_facts(self) -> list[tuple[str, str, str]]:
+        return list(self.facts) + list(self.extra_facts)
 
     def text(self, leg: str) -> str:
         return " ".join(p.text for p in self.pieces if p.leg == leg)
 
     def spec(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("extra_facts")
+        return d
 
     def describe(self) -> str:
         v = self.person_voice
@@ -146,7 +155,7 @@ def make_call(i: int, *, short: bool = False) -> Call:
             slots = {"rel": rel, "relkey": relkey, "name": name, "city": rng.choice(S.CITIES),
                      "med": rng.choice(S.MEDICATIONS), "dish": dish, "dish_bare": dish.split(" ", 1)[1],
                      "pet": pet, "pet_key": pet_key, "pet_name": pet_name, "hour": hour, "hour_value": hour_value,
-                     "person": person}
+                     "person": person, "rel_lives_in": relkey.replace("_name", "_lives_in")}
             k = rng.randrange(len(b["say"]))
             _add_lupita(call, rng, b["ask"])
             say = _fill(b["say"][k], slots)
@@ -157,6 +166,7 @@ def make_call(i: int, *, short: bool = False) -> Call:
                 _add_lupita(call, rng, b["react"])
             facts = b["facts_by_say"][k] if "facts_by_say" in b else b["facts"]
             call.facts += [tuple(_fill(x, slots) for x in f) for f in facts]  # type: ignore[misc]
+            call.extra_facts += [tuple(_fill(x, slots) for x in f) for f in b.get("facts_extra", ())]  # type: ignore[misc]
             call.topics += list(b.get("topics", ()))
             call.codes += list(b.get("codes_person", ())) + list(b.get("codes_lupita", ()))
             call.names += [_fill(x, slots) for x in b.get("names", ())]

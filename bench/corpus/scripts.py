@@ -73,6 +73,9 @@ FACT_BLOCKS = (
              "Mi {rel} {name} está en Estados Unidos, trabaja allá en {city}. Ya casi no viene.",
              "Pues mi {rel} {name} se fue a {city} a trabajar, y nomás me llama los domingos."),
      "facts": (("family", "{relkey}", "{name}"),), "topics": ("familia", "migracion"),
+     # truth added after the audio of corpus version 1 (not part of its rendering key): where the
+     # relative lives
+     "facts_extra": (("family", "{rel_lives_in}", "{city}"),),
      "codes_person": ("duelo_migratorio",), "names": ("{name}",)},
     {"id": "medication", "ask": "¿Ya se tomó su medicina hoy?",
      "say": ("Sí, tomo {med} dos veces al día, en la mañana y en la noche.",

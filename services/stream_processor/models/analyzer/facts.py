@@ -51,9 +51,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterable, Mapping, Sequence
 
-from stream_processor.models.analyzer.lexicon import Lexicons, load_lexicons
+from stream_processor.models.analyzer.lexicon import Lexicons, _Index, load_lexicons
 from stream_processor.models.analyzer.text import clause_start, fold, is_hedged, is_negated, is_question_at
 from stream_processor.contracts import EvidenceSpan, UserFact, Utterance
 
@@ -144,6 +145,16 @@ COND_RX = _rx(r"\b(?:tengo|padezco(?:\s+de)?|sufro(?:\s+de)?|me\s+diagnosticaron
               r"me\s+encontraron|ando\s+con|estoy\s+enferm[ao]\s+de|soy\s+enferm[ao]\s+de)\s+"
               r"(?:(?:un|una|de|del)\s+)?"
               rf"(?P<v>{_alt(CONDITIONS)})\b")
+COND_VERB_RX = _rx(r"\b(?:tengo|padezco(?:\s+de)?|sufro(?:\s+de)?|me\s+diagnosticaron|me\s+detectaron|me\s+salio|"
+                   r"me\s+encontraron|ando\s+con)\b")
+COND_FUZZY = 85.0
+
+
+@lru_cache(maxsize=1)
+def _condition_index() -> _Index:
+    return _Index({" ".join(k.split()): v for k, v in CONDITIONS.items() if len(k) >= 5}, min_len_fuzzy=6)
+
+
 COND_ADJ_RX = _rx(r"\bsoy\s+(?P<v>diabetic[oa]|hipertens[oa]|asmatic[oa])\b")
 RELATION_RX = _rx(rf"\b(?:mi|mis)\s+(?P<rel>{_alt(RELATIONS)})s?\b")
 MIJO_RX = _rx(r"\bmij[oa]\b")
@@ -310,6 +321,21 @@ def _scan(text: str, lex: Lexicons | None = None) -> list[_Found]:
             value = CONDITIONS[" ".join(m.group("v").split())]
             found.append(_Found("health", "condition", value, conf(0.85, m.start()), m.start(), m.end(),
                                 m.start("v"), m.end("v")))
+    # a condition heard slightly wrong ("tengo la preción alta", "diabetis"): the phrases of
+    # CONDITIONS approximately, right after a verb of having one
+    exact = [(x.start, x.end) for x in found if x.key == "condition"]
+    for c in _condition_index().find_all(f, COND_FUZZY):
+        if c.score >= 100 and any(a <= c.start < b for a, b in exact):
+            continue
+        verb = None
+        for v in COND_VERB_RX.finditer(f, clause_start(f, c.start), c.start):
+            verb = v
+        if verb is None or len(f[verb.end():c.start].split()) > 2 or any(a <= c.start < b for a, b in exact):
+            continue
+        if ok(verb.start()):
+            base = 0.85 * c.score / 100.0
+            found.append(_Found("health", "condition", c.value, conf(base, verb.start()), verb.start(), c.end,
+                                c.start, c.end))
     for m in COND_ADJ_RX.finditer(f):
         if ok(m.start()):
             value = ADJ_CONDITIONS[m.group("v")[:-1]]  # "diabetica" -> "diabetic"
