@@ -15,7 +15,10 @@ no VAD run needed.
 Modes (``--modes``): ``full`` (what runs today: features padded to 3,000 frames) and
 ``trimmed:MARGIN[:MIN_WINDOW]`` (``encoder_window="trimmed"``, margin and minimum window in
 seconds), each optionally followed by ``,KEY=VALUE`` decoding options: ``temps=0+0.4+0.8``
-(fallback ladder), ``best_of=N`` (samples per fallback temperature), ``lp=-1.0`` (log-probability
+(fallback ladder), ``best_of=N`` (samples per fallback temperature), ``pack=SECONDS`` (the segments
+of a call wait together and are packed into windows of at most that length, ``transcribe_many``;
+a window's CPU is shared by its segments by audio length), ``vocab=none|facts|lexicon|both`` (the
+call's own facts as the person's memory, the health lexicon, both: name recall is printed), ``lp=-1.0`` (log-probability
 threshold), ``cr=2.4`` (compression-ratio threshold), ``vad=0|1`` (faster-whisper's own VAD
 filter), e.g. ``trimmed:1.0,temps=0+0.6,best_of=2``. The decode passes per segment (one per
 temperature tried) are counted, so the share of the fallback in the cost shows.
@@ -92,9 +95,10 @@ class Stats:
     terms_said: int = 0  # names and medication words in the truth
     terms_heard: int = 0  # of those, in the transcript
     vocab_leaks: int = 0  # vocabulary terms in the transcript that the truth does not say
+    gap_words: int = 0  # packed modes: words dropped because they fell between two segments
 
 
-_OPTION_KEYS = {"vocab": "", "temps": "temperatures", "best_of": "best_of", "lp": "log_prob_threshold",
+_OPTION_KEYS = {"pack": "pack_max_seconds", "vocab": "", "temps": "temperatures", "best_of": "best_of", "lp": "log_prob_threshold",
                 "cr": "compression_ratio_threshold", "vad": "vad_filter", "nst": "no_speech_threshold"}
 
 
@@ -290,46 +294,75 @@ def main(argv: list[str] | None = None) -> int:
 
     stats = {spec: Stats() for spec in models}
     t0 = time.perf_counter()
-    for i, seg in enumerate(segs):
+    def account(spec: str, seg: Segment, r, vocab: tuple[str, ...], cpu: float, wall: float,
+                n_passes: int, n_fallbacks: int) -> None:
+        st = stats[spec]
         duration = seg.audio.size / RATE
-        order = list(models) if i % 2 == 0 else list(reversed(models))  # alternate who goes first
+        st.passes.append(n_passes)
+        st.fallbacks.append(n_fallbacks)
+        st.cpu.append(cpu)
+        st.wall.append(wall)
+        st.audio_s += duration
+        said, heard = said_terms(seg), f" {corpus.fold(r.text)} "
+        st.terms_said += len(said)
+        st.terms_heard += sum(f" {t} " in heard for t in said)
+        truth = f" {corpus.fold(seg.truth)} "
+        st.vocab_leaks += sum(1 for t in {corpus.fold(v) for v in vocab}
+                              if t and f" {t} " in heard and f" {t} " not in truth)
+        e, n = word_edits(seg.truth, r.text)
+        st.edits += e
+        st.words += n
+        st.per_segment_edits.append(e)
+        st.per_voice[seg.voice][0] += e
+        st.per_voice[seg.voice][1] += n
+        if n:
+            st.voiced += 1
+            st.empty += r.is_empty
+            if r.is_empty:
+                st.empties.append(f"{seg.call_id}@{seg.start_s:.1f}s ({duration:.1f} s, "
+                                  f"{n_passes} passes): {','.join(r.guard_actions) or 'no segment decoded'}")
+        st.gap_words += r.guard_actions.count("pack_gap_word")
+        check_words(r, duration, st)
+
+    single = [m for m in models if not models[m].options.pack_max_seconds]
+    packed = [m for m in models if models[m].options.pack_max_seconds]
+    for i, seg in enumerate(segs):
+        order = single if i % 2 == 0 else list(reversed(single))  # alternate who goes first
         for spec in order:
-            st = stats[spec]
             c, w, (n0, f0) = time.process_time(), time.perf_counter(), list(passes[spec])
             vocab = segment_vocabulary(seg, parse_vocab(spec))
             r = models[spec].transcribe(seg.audio, RATE, vocabulary=vocab)
-            st.passes.append(passes[spec][0] - n0)
-            st.fallbacks.append(passes[spec][1] - f0)
-            st.cpu.append(time.process_time() - c)
-            st.wall.append(time.perf_counter() - w)
-            st.audio_s += duration
-            said, heard = said_terms(seg), f" {corpus.fold(r.text)} "
-            st.terms_said += len(said)
-            st.terms_heard += sum(f" {t} " in heard for t in said)
-            truth = f" {corpus.fold(seg.truth)} "
-            st.vocab_leaks += sum(1 for t in {corpus.fold(v) for v in vocab}
-                                  if t and f" {t} " in heard and f" {t} " not in truth)
-            e, n = word_edits(seg.truth, r.text)
-            st.edits += e
-            st.words += n
-            st.per_segment_edits.append(e)
-            st.per_voice[seg.voice][0] += e
-            st.per_voice[seg.voice][1] += n
-            if n:
-                st.voiced += 1
-                st.empty += r.is_empty
-                if r.is_empty:
-                    st.empties.append(f"{seg.call_id}@{seg.start_s:.1f}s ({duration:.1f} s, "
-                                      f"{st.passes[-1]} passes): {','.join(r.guard_actions) or 'no segment decoded'}")
-            check_words(r, duration, st)
+            account(spec, seg, r, vocab, time.process_time() - c, time.perf_counter() - w,
+                    passes[spec][0] - n0, passes[spec][1] - f0)
         if (i + 1) % 10 == 0:
             print(f"  {i + 1}/{len(segs)} segments, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    # packed modes: the segments of one call wait together (a backlog) and go to transcribe_many;
+    # a window's CPU is shared by its segments in proportion to their audio
+    groups: list[list[Segment]] = []
+    for seg in segs:
+        if groups and groups[-1][0].call_id == seg.call_id:
+            groups[-1].append(seg)
+        else:
+            groups.append([seg])
+    for spec in packed:
+        for group in groups:
+            vocab = segment_vocabulary(group[0], parse_vocab(spec))
+            c, w, (n0, f0) = time.process_time(), time.perf_counter(), list(passes[spec])
+            results = models[spec].transcribe_many([(g.audio, RATE) for g in group], vocabulary=vocab)
+            cpu, wall = time.process_time() - c, time.perf_counter() - w
+            total = sum(g.audio.size for g in group)
+            for g, r in zip(group, results):
+                share = g.audio.size / total
+                account(spec, g, r, vocab, cpu * share, wall * share, passes[spec][0] - n0 if g is group[0] else 0,
+                        passes[spec][1] - f0 if g is group[0] else 0)
+    segs_by_mode = {m: segs if m in single else [g for group in groups for g in group] for m in models}
 
     base = stats.get("full")
     rows = []
     for spec, st in stats.items():
         worse = better = 0
         if base is not None and spec != "full":
+            # the same segments in the same order (packed modes keep the segments' order)
             worse = sum(a > b for a, b in zip(st.per_segment_edits, base.per_segment_edits))
             better = sum(a < b for a, b in zip(st.per_segment_edits, base.per_segment_edits))
         rows.append({
@@ -342,12 +375,12 @@ def main(argv: list[str] | None = None) -> int:
             "fallback_passes_mean": statistics.fmean(st.fallbacks),
             "empties": st.empties,
             "name_recall": st.terms_heard / max(1, st.terms_said), "terms_said": st.terms_said,
-            "vocab_leaks": st.vocab_leaks,
+            "vocab_leaks": st.vocab_leaks, "gap_words_dropped": st.gap_words,
             "worse_than_full": worse, "better_than_full": better,
             "words": st.n_words, "words_outside_segment": st.words_outside, "non_monotonic": st.non_monotonic,
             "wer_by_voice": {v: e / max(1, n) for v, (e, n) in sorted(st.per_voice.items())},
             "per_segment": [{"call": g.call_id, "start_s": g.start_s, "cpu_s": round(c, 3), "edits": e, "passes": n}
-                            for g, c, e, n in zip(segs, st.cpu, st.per_segment_edits, st.passes)],
+                            for g, c, e, n in zip(segs_by_mode[spec], st.cpu, st.per_segment_edits, st.passes)],
         })
 
     width = max(16, *(len(r["mode"]) for r in rows))
@@ -368,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'words':<12} " + " ".join(f"{stats[r['mode']].words:>12}" for r in rows))
     print("\nnames and medication words heard (recall), and vocabulary terms written that were not said:")
     for r in rows:
-        print(f"  {r['mode']:<{width}} {pct(r['name_recall'])} of {r['terms_said']}; {r['vocab_leaks']} not said")
+        print(f"  {r['mode']:<{width}} {pct(r['name_recall'])} of {r['terms_said']}; {r['vocab_leaks']} not said"
+              + (f"; {r['gap_words_dropped']} words dropped in gaps" if models[r['mode']].options.pack_max_seconds else ""))
     for r in rows:
         for e in r["empties"]:
             print(f"empty on a voiced segment, {r['mode']}: {e}")

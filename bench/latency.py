@@ -21,6 +21,15 @@ Latencies, per FINAL segment:
 
 The worker process's CPU (utime + stime) over the level is reported as cores busy. The machine's
 cores are shared with Kafka and this script (which paces the calls), so read the load average.
+Finals are reported for both legs together and per leg (the person's and the agent's: the
+transcriber schedules the person's first).
+
+Configurations (``--config NAME=KEY=VALUE;KEY=VALUE``, repeatable): each gets its own worker with
+those extra environment variables, run over the same levels one after the other in the same run
+(e.g. today's per-segment path against trimmed windows + a short fallback ladder + packing):
+
+    .venv/bin/python bench/latency.py --calls 1,4,10 --config today= \\
+        --config new="LUPITA_ASR_ENCODER_WINDOW=trimmed;LUPITA_ASR_TEMPERATURES=[0.0,0.5];LUPITA_ASR_BEST_OF=2"
 
     .venv/bin/python bench/latency.py                        # 1 and 10 calls x 20 s (~2 min)
     .venv/bin/python bench/latency.py --calls 1,10,50 --json  # 50 overloads 2 cores: minutes
@@ -72,6 +81,9 @@ class Level:
     calls_done: int = 0
     vad_ms: list[float] = field(default_factory=list)
     final_ms: list[float] = field(default_factory=list)
+    person_ms: list[float] = field(default_factory=list)
+    agent_ms: list[float] = field(default_factory=list)
+    config: str = "default"
     partials: int = 0
     wall_s: float = 0.0
     worker_cpu_s: float = 0.0
@@ -92,6 +104,9 @@ class Level:
             "vad_p50_ms": self.pct(self.vad_ms, 50), "vad_p95_ms": self.pct(self.vad_ms, 95),
             "final_p50_ms": self.pct(self.final_ms, 50), "final_p95_ms": self.pct(self.final_ms, 95),
             "final_max_ms": max(self.final_ms) if self.final_ms else None,
+            "person_p50_ms": self.pct(self.person_ms, 50), "person_p95_ms": self.pct(self.person_ms, 95),
+            "agent_p50_ms": self.pct(self.agent_ms, 50), "agent_p95_ms": self.pct(self.agent_ms, 95),
+            "config": self.config,
             "wall_s": round(self.wall_s, 1), "worker_cores_busy": round(self.worker_cpu_s / self.wall_s, 2)
             if self.wall_s else None,
             "worker_cpu_s_per_call_minute": round(self.worker_cpu_s / (self.audio_s / 60), 2) if self.audio_s else None,
@@ -112,6 +127,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--asr-threads", type=int, default=1, help="LUPITA_ASR_THREADS: CPU threads per decode (default 1)")
     p.add_argument("--timeout", type=float, default=600.0, help="per level, after the last call ends (default 600)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--config", action="append", default=[],
+                   help="NAME=KEY=VALUE;KEY=VALUE: a worker configuration (repeatable; default: one, as is)")
     p.add_argument("--json", action="store_true", help=f"also write the results to {RESULTS_DIR}/")
     p.add_argument("--keep-topics", action="store_true", help="do not delete the run's Kafka topics")
     args = p.parse_args(argv)
@@ -141,8 +158,19 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def parse_config(text: str) -> tuple[str, dict[str, str]]:
+    name, _, rest = text.partition("=")
+    env = {}
+    for item in filter(None, (x.strip() for x in rest.split(";"))):
+        key, _, value = item.partition("=")
+        if not key.startswith("LUPITA_") or not _:
+            raise SystemExit(f"--config {text!r}: {item!r} is not LUPITA_KEY=VALUE")
+        env[key] = value
+    return name or "default", env
+
+
 def start_worker(prefix: str, app_id: str, workdir: Path, threads: int, asr_threads: int,
-                 vad_only: bool = False) -> subprocess.Popen:
+                 vad_only: bool = False, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     port = free_port()
     env = dict(os.environ, **WORKER_ENV, LUPITA_TOPIC_PREFIX=prefix, LUPITA_APP_ID=app_id,
                LUPITA_METRICS_PORT=str(port), LUPITA_METRICS_HOST="127.0.0.1",
@@ -151,6 +179,7 @@ def start_worker(prefix: str, app_id: str, workdir: Path, threads: int, asr_thre
                LUPITA_ASR_THREADS=str(asr_threads))
     if vad_only:
         env["LUPITA_STAGES"] = "vad"
+    env.update(extra_env or {})
     log = open(workdir / "worker.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "stream_processor"], env=env, cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT)
@@ -313,6 +342,7 @@ async def run_level(n: int, args, settings, bridge_settings, stereo: np.ndarray,
             continue  # no speech above -40 dBFS in it (never happens with this script)
         speech_end_us = ev.call_started_at_us + (a + idx[-1] + 1) * 1_000_000 // rate
         level.final_ms.append((ev.emitted_at_us - speech_end_us) / 1000)
+        (level.person_ms if ev.leg == audio_pb2.LEG_PERSON else level.agent_ms).append(level.final_ms[-1])
         emitted = seg_emitted.get((ev.call_id, ev.leg, ev.seq))
         if emitted:
             level.vad_ms.append((emitted - speech_end_us) / 1000)
@@ -336,7 +366,8 @@ def fmt(v: float | None, digits: int = 0) -> str:
 
 
 def format_table(levels: list[Level]) -> str:
-    rows = [("concurrent calls", lambda s: str(s["calls"])),
+    rows = [("configuration", lambda s: s["config"]),
+            ("concurrent calls", lambda s: str(s["calls"])),
             ("calls completed", lambda s: f"{s['calls_done']}/{s['calls']}" + (" (timeout)" if s["timed_out"] else "")),
             ("final segments", lambda s: str(s["finals"])),
             ("partials published", lambda s: str(s["partials"])),
@@ -344,6 +375,8 @@ def format_table(levels: list[Level]) -> str:
             ("speech end -> final transcript p50 / p95 (ms)",
              lambda s: f"{fmt(s['final_p50_ms'])} / {fmt(s['final_p95_ms'])}"),
             ("speech end -> final transcript max (ms)", lambda s: fmt(s["final_max_ms"])),
+            ("  person leg p50 / p95 (ms)", lambda s: f"{fmt(s['person_p50_ms'])} / {fmt(s['person_p95_ms'])}"),
+            ("  agent leg p50 / p95 (ms)", lambda s: f"{fmt(s['agent_p50_ms'])} / {fmt(s['agent_p95_ms'])}"),
             ("worker cores busy", lambda s: fmt(s["worker_cores_busy"], 2)),
             ("worker CPU-s / call-minute", lambda s: fmt(s["worker_cpu_s_per_call_minute"], 1)),
             ("load average before / after", lambda s: f"{s['load_before']:.2f} / {s['load_after']:.2f}")]
@@ -393,29 +426,43 @@ def main(argv: list[str] | None = None) -> int:
                           args.rate, args.seconds)
     loud = {c: np.abs(stereo[:, c].astype(np.int32)) > SPEECH_FLOOR for c in (0, 1)}
     levels: list[Level] = []
+    configs = [parse_config(c) for c in args.config] or [("default", {})]
+    stale = 0.0
+    batch = (0.0, 0.0)
+    stages = "vad" if args.vad_only else "vad + transcriber"
     with tempfile.TemporaryDirectory(prefix="lupita-latency-") as tmp:
-        workdir = Path(tmp)
-        stages = "vad" if args.vad_only else "vad + transcriber"
-        print(f"starting the worker ({stages}) ...", file=sys.stderr, flush=True)
-        worker = start_worker(prefix, f"latency-{run_id}", workdir, args.transcriber_threads, args.asr_threads,
-                              args.vad_only)
         try:
-            print("warm-up call ...", file=sys.stderr, flush=True)
-            asyncio.run(run_level(1, argparse.Namespace(**{**vars(args), "ramp": 0}), settings, bridge_settings,
-                                  stereo[: 8 * args.rate], loud, worker, "warm"))
-            for n in args.calls:
-                print(f"{n} concurrent call(s) x {args.seconds:g} s ...", file=sys.stderr, flush=True)
-                level = asyncio.run(run_level(n, args, settings, bridge_settings, stereo, loud, worker, "run"))
-                levels.append(level)
-                print(json.dumps(level.summary()), file=sys.stderr, flush=True)
-            stale = metric(worker, "lupita_transcriber_segments_total", kind="partial", outcome="stale")
-            batch = (metric(worker, "lupita_vad_batch_streams_sum"), metric(worker, "lupita_vad_batch_streams_count"))
+            for k, (name, extra) in enumerate(configs):
+                workdir = Path(tmp) / f"config-{k}"
+                workdir.mkdir()
+                # topics of its own: a new worker (consumer group) would otherwise redo the calls before
+                cfg_settings = CommonSettings(topic_prefix=f"{prefix}{k}.")
+                ensure_topics(cfg_settings)
+                print(f"starting the worker ({stages}, configuration {name}: {extra or 'as is'}) ...",
+                      file=sys.stderr, flush=True)
+                worker = start_worker(cfg_settings.topic_prefix, f"latency-{run_id}-{k}", workdir, args.transcriber_threads,
+                                      args.asr_threads, args.vad_only, extra)
+                try:
+                    print("warm-up call ...", file=sys.stderr, flush=True)
+                    asyncio.run(run_level(1, argparse.Namespace(**{**vars(args), "ramp": 0}), cfg_settings,
+                                          bridge_settings, stereo[: 8 * args.rate], loud, worker, f"warm{k}"))
+                    for n in args.calls:
+                        print(f"{name}: {n} concurrent call(s) x {args.seconds:g} s ...", file=sys.stderr, flush=True)
+                        level = asyncio.run(run_level(n, args, cfg_settings, bridge_settings, stereo, loud, worker,
+                                                      f"run{k}"))
+                        level.config = name
+                        levels.append(level)
+                        print(json.dumps(level.summary()), file=sys.stderr, flush=True)
+                    stale += metric(worker, "lupita_transcriber_segments_total", kind="partial", outcome="stale")
+                    b = (metric(worker, "lupita_vad_batch_streams_sum"), metric(worker, "lupita_vad_batch_streams_count"))
+                    batch = (batch[0] + b[0], batch[1] + b[1])
+                finally:
+                    worker.send_signal(signal.SIGTERM)
+                    try:
+                        worker.wait(timeout=60)
+                    except subprocess.TimeoutExpired:
+                        worker.kill()
         finally:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                worker.kill()
             if not args.keep_topics:
                 delete_topics(settings, prefix)
     print(f"latency benchmark: speech end -> {'segments' if args.vad_only else 'transcripts'}, {args.seconds:g} s calls (DEFAULT_SCRIPT), "
