@@ -66,6 +66,28 @@ def stack_dir() -> Path:
 # --------------------------------------------------------------------------- secrets / env
 
 
+def _new_kafka_cluster_id() -> str:
+    """A KRaft cluster id as Kafka's own ``Uuid.randomUuid`` makes them: urlsafe base64 of 16 random
+    bytes, drawn again when it starts with "-" (kafka-storage's argument parser reads such an id as
+    an option, even as ``--cluster-id=-…``, and refuses to format)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
+def _kafka_cluster_id() -> str:
+    """This stack's cluster id; one written by an older version that starts with "-" (it could
+    never format the storage) is replaced before the first format."""
+    values = _secrets()
+    if values["kafka_cluster_id"].startswith("-"):
+        values["kafka_cluster_id"] = _new_kafka_cluster_id()
+        path = stack_dir() / "secrets.json"
+        path.write_text(json.dumps(values, indent=2))
+        path.chmod(0o600)
+    return values["kafka_cluster_id"]
+
+
 def _secrets() -> dict[str, str]:
     """Dev-only secrets, generated once per stack dir (mode 0600), never committed."""
     path = stack_dir() / "secrets.json"
@@ -79,7 +101,7 @@ def _secrets() -> dict[str, str]:
         "phone_hmac_key": base64.b64encode(secrets.token_bytes(32)).decode(),
         "phone_encryption_key": base64.b64encode(secrets.token_bytes(32)).decode(),
         "bridge_token": secrets.token_urlsafe(32),
-        "kafka_cluster_id": base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="),
+        "kafka_cluster_id": _new_kafka_cluster_id(),
     }
     path.write_text(json.dumps(values, indent=2))
     path.chmod(0o600)
@@ -279,8 +301,7 @@ def _start_kafka(libs: Path) -> None:
     if not (data / "meta.properties").exists():
         say("formatting Kafka storage (KRaft)")
         out = subprocess.run(
-            # "--cluster-id=<id>": an id that starts with "-" (urlsafe base64 can) is not read as an option
-            [*java, "kafka.tools.StorageTool", "format", f"--cluster-id={_secrets()['kafka_cluster_id']}",
+            [*java, "kafka.tools.StorageTool", "format", f"--cluster-id={_kafka_cluster_id()}",
              "-c", str(props), "--ignore-formatted"],
             capture_output=True, text=True,
         )
