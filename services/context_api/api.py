@@ -183,7 +183,9 @@ class CallbackWritten(BaseModel):
 
 class Context(BaseModel):
     person_id: str
-    context: dict[str, Any] = Field(description="known, facts, to_confirm, last_calls, alerts, pending_callbacks")
+    context: dict[str, Any] = Field(description="known, facts, to_confirm, last_calls, alerts, pending_callbacks, "
+                                                "recurring_topics, behavioral_hints, past_conversations, "
+                                                "this_call_alerts, degraded")
     brief: str = Field(description="the compact Spanish brief the voice agent gets")
 
 
@@ -208,6 +210,9 @@ class ErasureReport(BaseModel):
     erased_at: datetime
     removed: dict[str, Any] = Field(description="rows / objects removed per table, S3 and Weaviate collection")
     retained: list[RetainedObject] = Field(description="kept by law, queued for deletion when the retention ends")
+    kafka: list[dict[str, Any]] = Field(default_factory=list, description=(
+        "topics carrying the person's voice or words: the retention the broker has configured and until when "
+        "records written before the erasure may remain (Kafka records expire, they are not deleted one by one)"))
     not_linked: str
 
 
@@ -321,13 +326,26 @@ def install(app: FastAPI, settings: ContextApiSettings, pool: Pool, tools: Tools
             metrics.API_REQUESTS.labels(endpoint, status).inc()
             metrics.API_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
 
+    async def run_async(endpoint: str, work: Any) -> Any:
+        """:func:`run` for a coroutine (the context: Postgres in a thread, then Weaviate)."""
+        started = time.perf_counter()
+        status = "ok"
+        try:
+            return await asyncio.wait_for(work, wait_s)
+        except (asyncio.TimeoutError, StoreUnavailable):
+            status = "unavailable"
+            raise ApiError(503, "store unavailable, try again") from None
+        finally:
+            metrics.API_REQUESTS.labels(endpoint, status).inc()
+            metrics.API_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
+
     def conn():
         return pool.connection(wait_s)
 
     @router.post("/context", response_model=Context, summary="A person's context (structured and the brief)")
     async def context(body: ContextRequest) -> Context:
         person = person_of(body)
-        ctx, brief = await run("context", lambda: tools.context(person))
+        ctx, brief = await run_async("context", tools.context_async(person, budget_s=wait_s))
         return Context(person_id=person, context=ctx, brief=brief)
 
     @router.post("/facts/list", response_model=FactList, summary="A person's facts, with history and provenance")

@@ -9,6 +9,8 @@ authentication over those exact bytes (401, nothing done), parses the JSON (400 
   within the budget; a slower (or failing) store gives the minimal context, counted;
 - ``tool-calls``: 200 with one result per call, in order; a failing call is an ``error`` result;
 - ``end-of-call-report`` (kept once per VAPI call id) and ``status-update``: a ``vapi_calls`` row;
+  a ``status-update`` ``in-progress`` also asks the telephony gateway to listen to the call, in the
+  background (:mod:`context_api.gateway`);
 - anything else (``transcript``, ``conversation-update``, ``speech-update``, unknown): 200, counted.
 
 Store work runs in worker threads; nothing here blocks the event loop.
@@ -28,6 +30,7 @@ from fastapi.responses import JSONResponse
 
 from context_api import api, auth, metrics
 from context_api.context import one_line
+from context_api.gateway import GatewayStarter
 from context_api.settings import ContextApiSettings
 from context_api.store import Pool, StoreUnavailable, record_report, record_status
 from context_api.tools import TOOL_NAMES, Caller, ToolCall, ToolError, Tools, minimal_context, parse_tool_calls
@@ -76,9 +79,11 @@ def create_app(settings: ContextApiSettings, pool: Pool | None = None) -> FastAP
     pool = pool or Pool(settings.postgres_dsn.get_secret_value(), settings.context_api_db_pool_size,
                         settings.context_api_db_timeout_ms)
     tools = Tools(settings, pool)
+    gateway = GatewayStarter(settings, pool)
     app = FastAPI(title="Lupita context API", version="0.1.0", docs_url=None, redoc_url=None)
     app.state.pool = pool
     app.state.tools = tools
+    app.state.gateway = gateway
     api.install(app, settings, pool, tools)  # the JSON API, /v1
 
     @app.get("/livez")
@@ -139,8 +144,8 @@ def create_app(settings: ContextApiSettings, pool: Pool | None = None) -> FastAP
             degraded = "no_phone"
         else:
             try:
-                ctx, text = await asyncio.wait_for(
-                    asyncio.to_thread(tools.context, caller.person, wait_s=budget), budget)
+                # at call start nothing of the call is stored yet: no live alerts to read
+                ctx, text = await asyncio.wait_for(tools.context_async(caller.person, budget_s=budget), budget)
             except asyncio.TimeoutError:
                 ctx, text = minimal_context()
                 degraded = "timeout"
@@ -183,7 +188,7 @@ def create_app(settings: ContextApiSettings, pool: Pool | None = None) -> FastAP
         timeout = settings.context_api_tool_timeout_ms / 1000
         outcome = "ok"
         try:
-            result = await asyncio.wait_for(asyncio.to_thread(tools.run, call, caller), timeout)
+            result = await asyncio.wait_for(tools.run_async(call, caller, timeout), timeout)
             out = {"toolCallId": call.id, "name": call.name, "result": one_line(result)}
         except ToolError as exc:
             outcome = "error"
@@ -218,6 +223,8 @@ def create_app(settings: ContextApiSettings, pool: Pool | None = None) -> FastAP
         if kind == "status-update":
             status = message.get("status")
             row["status"] = one_line(status, 64) if isinstance(status, str) else None
+            if status == "in-progress":
+                gateway.start(message, caller.person, caller.vapi_call_id)  # in the background
 
             def work() -> bool:
                 with pool.connection(timeout) as conn:

@@ -1,11 +1,13 @@
 """A person's context for the voice agent: structured (JSON) and a compact Spanish brief.
 
 :func:`build` turns a :class:`~context_api.store.Snapshot` into ``{"known", "facts", "to_confirm",
-"last_calls", "alerts", "pending_callbacks"}`` and the brief, a single line that never exceeds the
-character budget: sections go in order of use to the agent (alerts to follow up, facts to confirm
-— "¿Sigue tomando la metformina?" —, facts with the protected ones first, pending callbacks, last
-calls) and whatever does not fit is cut at an item boundary. An unknown person gets a well-formed
-empty context and a brief that says so.
+"last_calls", "alerts", "pending_callbacks", "recurring_topics", "behavioral_hints",
+"past_conversations", "this_call_alerts", "degraded"}`` and the brief, a single line that never
+exceeds the character budget: sections go in order of use to the agent (what THIS call has raised
+so far, alerts of recent calls to follow up, facts to confirm — "¿Sigue tomando la metformina?" —,
+facts with the protected ones first, what worked and what to treat with care, recurring topics,
+pending callbacks, last calls, similar past conversations) and whatever does not fit is cut at an
+item boundary. An unknown person gets a well-formed empty context and a brief that says so.
 """
 
 from __future__ import annotations
@@ -26,6 +28,18 @@ _SEVERITY_ES = {"critical": "crítica", "high": "alta", "medium": "media", "low"
 _FACT_TYPE_ES = {"health": "salud", "family": "familia", "pet": "mascota", "routine": "rutina",
                  "preference": "gusto", "other": "otro"}
 _SPACE = re.compile(r"\s+")
+# the analyzer's catalogues (stream_processor/data/{behavioral_codes,topics}.json) as the brief says
+# them; a code or topic not listed here is said by its id
+CODE_ES = {
+    "echo_open_question": "preguntas abiertas que retoman sus palabras",
+    "validacion_emocional": "validar lo que siente",
+    "reminiscencia": "invitarle a recordar su pasado",
+    "recordatorio_medicamento": "recordarle sus medicinas",
+    "compromiso_seguimiento": "quedar en volver a llamar",
+    "duelo_migratorio": "hablar de sus familiares que migraron",
+    "expresion_soledad": "hablar de su soledad",
+}
+TOPIC_ES = {"sueno": "sueño", "migracion": "migración", "religion": "religión"}
 
 
 def one_line(text: Any, limit: int | None = None) -> str:
@@ -36,7 +50,17 @@ def one_line(text: Any, limit: int | None = None) -> str:
 
 
 def empty() -> dict[str, Any]:
-    return {"known": False, "facts": [], "to_confirm": [], "last_calls": [], "alerts": [], "pending_callbacks": []}
+    return {"known": False, "facts": [], "to_confirm": [], "last_calls": [], "alerts": [], "pending_callbacks": [],
+            "recurring_topics": [], "behavioral_hints": {"worked": [], "sensitive_topics": []},
+            "past_conversations": [], "this_call_alerts": [], "degraded": {}}
+
+
+def topic_es(topic: str) -> str:
+    return TOPIC_ES.get(topic, topic.replace("_", " "))
+
+
+def code_es(code: str) -> str:
+    return CODE_ES.get(code, code.replace("_", " "))
 
 
 def _item(key: str) -> str:
@@ -99,7 +123,35 @@ def build(snap: Snapshot, now: datetime, tz: ZoneInfo, max_chars: int) -> tuple[
              "reason": cb["reason"] or ""}
             for cb in snap.callbacks
         ],
+        "recurring_topics": [
+            {"topic": t["topic"], "label": topic_es(t["topic"]), "calls": int(t["calls"]),
+             "last_when": say_ago(t["last_at"], now, tz) if t.get("last_at") else ""}
+            for t in snap.recurring_topics
+        ],
+        "behavioral_hints": {
+            "worked": [{"code": h["code"], "label": code_es(h["code"]), "calls": int(h["calls"]),
+                        "good": int(h["good"])} for h in (snap.hints or {}).get("worked") or []],
+            "sensitive_topics": [{"topic": h["topic"], "label": topic_es(h["topic"]), "calls": int(h["calls"]),
+                                  "bad": int(h["bad"])} for h in (snap.hints or {}).get("sensitive_topics") or []],
+        },
+        "past_conversations": [
+            {"call_id": c["call_id"], "started_at": c["started_at"].isoformat(),
+             "when": say_ago(c["started_at"], now, tz), "summary": c["summary"], "topics": c["topics"],
+             "emotion": c["emotion"], "similarity": c["similarity"]}
+            for c in snap.past
+        ],
+        "this_call_alerts": [
+            {"call_id": a["call_id"], "cue": a["cue_id"], "severity": a["severity"], "said": a["text"] or "",
+             "raised_at": a["raised_at"].isoformat(), "to_verify": bool(a.get("to_verify")),
+             "verification": a.get("verification") or ""}
+            for a in snap.live_alerts
+        ],
+        "degraded": dict(snap.degraded),
     }
+    # an alert of the live call is said once, as this call's
+    live = {(a["call_id"], a["cue"]) for a in ctx["this_call_alerts"]}
+    ctx["alerts"] = [a for a in ctx["alerts"] if (a["call_id"], a["cue"]) not in live]
+    ctx["known"] = ctx["known"] or bool(ctx["this_call_alerts"])
     return ctx, brief(ctx, max_chars)
 
 
@@ -107,6 +159,12 @@ def brief(ctx: dict[str, Any], max_chars: int) -> str:
     if not ctx["known"]:
         return one_line(UNKNOWN_BRIEF, max_chars)
     sections: list[tuple[str, list[str]]] = []
+    if ctx.get("this_call_alerts"):
+        sections.append(("En esta llamada ya dijo", [
+            f"{a['cue'].replace('_', ' ')} (gravedad {_SEVERITY_ES.get(a['severity'], a['severity'])}"
+            + (", por verificar" if a["to_verify"] else "") + ")"
+            + (f": «{one_line(a['said'], 120)}»" if a["said"] else "") + "; atiéndelo ahora"
+            for a in ctx["this_call_alerts"]]))
     if ctx["alerts"]:
         sections.append(("Pendiente de seguimiento", [
             f"{a['when']}: {a['cue'].replace('_', ' ')} (gravedad {_SEVERITY_ES.get(a['severity'], a['severity'])})"
@@ -118,6 +176,14 @@ def brief(ctx: dict[str, Any], max_chars: int) -> str:
         sections.append(("Lo que sabemos", [
             f"{_FACT_TYPE_ES.get(f['type'], f['type'])}, {f['key'].replace('_', ' ')}: {one_line(f['value'], 120)}"
             for f in ctx["facts"]]))
+    hints = ctx.get("behavioral_hints") or {}
+    if hints.get("worked"):
+        sections.append(("Le ha funcionado", [h["label"] for h in hints["worked"]]))
+    if hints.get("sensitive_topics"):
+        sections.append(("Temas con tacto (le afectaron)", [
+            f"{h['label']} ({h['bad']} de {h['calls']} llamadas)" for h in hints["sensitive_topics"]]))
+    if ctx.get("recurring_topics"):
+        sections.append(("Temas frecuentes", [f"{t['label']} ({t['calls']} llamadas)" for t in ctx["recurring_topics"]]))
     if ctx["pending_callbacks"]:
         sections.append(("Llamadas agendadas", [
             f"{cb['when']}" + (f" ({one_line(cb['reason'], 80)})" if cb["reason"] else "")
@@ -129,6 +195,9 @@ def brief(ctx: dict[str, Any], max_chars: int) -> str:
             f"{c['when']}" + (f", ánimo {c['emotion']}" if c["emotion"] else "")
             + (f": {one_line(c['summary'], 240).rstrip('.')}" if c["summary"] else "")
             for c in described] or [f"la más reciente {ctx['last_calls'][0]['when']}, aún sin resumen"]))
+    if ctx.get("past_conversations"):
+        sections.append(("Conversaciones parecidas", [
+            f"{c['when']}: {one_line(c['summary'], 200).rstrip('.')}" for c in ctx["past_conversations"] if c["summary"]]))
     out = ""
     for title, items in sections:
         head = (" " if out else "") + f"{title}: "

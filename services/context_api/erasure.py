@@ -10,9 +10,15 @@ Order, each step idempotent (a failed erasure is simply asked again):
    not even us, can delete it earlier) and queued (``erasure_retained_objects``) for the sweeper;
    versions whose retention has ended are deleted now.
 3. **Postgres**, one transaction: facts and their observations, callbacks, utterances, alerts,
-   VAPI call rows, consent records, and the calls — deleted; a call whose recording is retained
-   keeps only a stub (ids, times, S3 keys, consent flag) with no phone number (encrypted or hashed),
-   no summary, analysis or transcript. An ``erasures`` row records the counts (not who).
+   VAPI call rows, consent records, the calls and the person's profile (``person_profiles``, which
+   the database's own triggers also drop once nothing of the person is left) — deleted; a call
+   whose recording is retained keeps only a stub (ids, times, S3 keys, consent flag) with no phone
+   number (encrypted or hashed), no summary, analysis or transcript. An ``erasures`` row records
+   the counts (not who).
+4. **Kafka** is an append-only log: records of a person cannot be deleted one by one, they expire
+   with their topic's retention. The answer states, for each topic that carries their voice or
+   words, the retention the broker has configured (read from the broker at erasure time) and the
+   date by which every record written before the erasure is gone (``kafka``).
 
 Weaviate and S3 go first: if either is unreachable nothing in Postgres is touched yet, and the
 person can still be found to try again.
@@ -25,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
@@ -41,6 +47,14 @@ LEGAL_REASON = ("Grabación de la llamada en el archivo legal, bajo retención S
                 "COMPLIANCE (obligación de conservación): no puede borrarse antes de la fecha; se borra "
                 "automáticamente al terminar la retención.")
 CALL_FILES = ("audio-full.wav", "consent.json", "metadata.json")
+# what each topic's records hold of a person (the erasure answer says it)
+KAFKA_CONTENT = {
+    "audio.chunks": "audio de la llamada", "speech.segments": "audio de los segmentos de voz",
+    "transcripts": "transcripción", "call.analysis": "resumen, temas y datos de la llamada",
+    "alerts": "alertas con la frase dicha", "call.lifecycle": "inicio y fin de la llamada (teléfono cifrado)",
+}
+KAFKA_NOTE = ("Kafka es un registro de solo añadir: los mensajes no se borran uno a uno; caducan con la "
+              "retención del tema, a más tardar en la fecha indicada.")
 
 
 class ErasureFailed(RuntimeError):
@@ -179,6 +193,8 @@ class Eraser:
                 # a call of the person was stored meanwhile (its recording and vectors were not handled)
                 raise ErasureFailed("a new call of this person arrived during the erasure; ask again")
             gone = [c for c in calls if c not in kept]
+            profiles = conn.execute("SELECT count(*) FROM person_profiles WHERE phone_number_hash = %s",
+                                    (person,)).fetchone()[0]
             r["user_fact_observations"] = conn.execute(
                 "DELETE FROM user_fact_observations WHERE fact_id IN "
                 "(SELECT id FROM user_facts WHERE phone_number_hash = %s)", (person,)).rowcount
@@ -204,6 +220,9 @@ class Eraser:
                 "topics = NULL, emotion_primary = NULL, behavioral_codes_triggered = NULL, transcript = NULL, "
                 "analysis = NULL, weaviate_id = NULL, s3_active_key = NULL, updated_at = now() "
                 "WHERE call_id = ANY(%s)", (kept,)).rowcount
+            # the triggers dropped it with the person's last call and fact; said and made sure of here
+            conn.execute("DELETE FROM person_profiles WHERE phone_number_hash = %s", (person,))
+            r["person_profiles"] = profiles
             erasure_id = conn.execute(
                 "INSERT INTO erasures (removed, retained_count) VALUES (%s, %s) RETURNING id",
                 (Jsonb(r), len(report.retained))).fetchone()[0]
@@ -254,6 +273,53 @@ class Eraser:
         log.info("erasure sweep", extra={"stage": "erasure-sweep", **out})
         return out
 
+    # -- Kafka
+
+    def kafka_retention(self, erased_at: datetime, timeout_s: float = 5.0) -> list[dict[str, Any]]:
+        """Each topic that carries the person's voice or words, its retention as the broker has it,
+        and until when records written before ``erased_at`` may still be there. A broker that cannot
+        be asked is said (``retention_ms`` None), it does not fail the erasure."""
+        from lupita import topics
+
+        names = [(t, KAFKA_CONTENT[t]) for t in (topics.AUDIO_CHUNKS, topics.SPEECH_SEGMENTS, topics.TRANSCRIPTS,
+                                                  topics.CALL_ANALYSIS, topics.ALERTS, topics.CALL_LIFECYCLE)]
+        found: dict[str, dict[str, Any]] = {}
+        problem = None
+        try:
+            from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+            admin = KafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap, client_id="lupita-context-api-erasure",
+                                     request_timeout_ms=int(timeout_s * 1000), bootstrap_timeout_ms=int(timeout_s * 1000))
+            try:
+                resources = [ConfigResource(ConfigResourceType.TOPIC, self.settings.topic(t),
+                                            configs={"retention.ms": None, "cleanup.policy": None}) for t, _ in names]
+                described = admin.describe_configs(resources, config_filter="all").get("topic", {})
+                for name, configs in described.items():
+                    if configs:  # a topic the broker does not have answers with no configs
+                        found[name] = {k: v for k, v in configs.items() if isinstance(v, dict)}
+            finally:
+                admin.close()
+        except Exception as exc:  # noqa: BLE001 - said in the answer
+            problem = f"broker not asked ({type(exc).__name__})"
+        out = []
+        for topic, carries in names:
+            name = self.settings.topic(topic)
+            conf = found.get(name)
+            item: dict[str, Any] = {"topic": name, "carries": carries}
+            if conf is None:
+                item.update(retention_ms=None, until=None, note=problem or "topic not found on the broker")
+            else:
+                retention = conf.get("retention.ms") or {}
+                ms = int(retention["value"]) if retention.get("value") not in (None, "") else None
+                limited = ms is not None and ms >= 0
+                item.update(retention_ms=ms, cleanup_policy=(conf.get("cleanup.policy") or {}).get("value"),
+                            # TOPIC_CONFIG: set on the topic; DEFAULT_CONFIG / STATIC_BROKER_CONFIG: the broker's
+                            retention_source=retention.get("config_source"),
+                            until=(erased_at + timedelta(milliseconds=ms)).isoformat() if limited else None,
+                            note=KAFKA_NOTE if limited else "no time limit configured (retention.ms -1)")
+            out.append(item)
+        return out
+
     def erase(self, pool: Any, person: str, wait_s: float) -> dict[str, Any]:
         now = datetime.now(timezone.utc)
         with pool.connection(wait_s) as conn:
@@ -265,6 +331,7 @@ class Eraser:
         kept = sorted({o["call_id"] for o in report.retained})
         with pool.connection(wait_s) as conn:
             erasure_id = self._postgres(conn, person, call_ids, kept, report)
+        kafka = self.kafka_retention(now)
         log.info("person erased", extra={"stage": "erasure", "erasure_id": erasure_id,
                                          "retained": len(report.retained)})
         return {
@@ -273,6 +340,7 @@ class Eraser:
             "removed": report.removed,
             "retained": [{**o, "until": o["until"].isoformat(),
                           "then": "borrado por el barrido de retención al terminar"} for o in report.retained],
+            "kafka": kafka,
             "not_linked": ("Lo conservado ya no está ligado a la persona: sin teléfono (cifrado ni hash), sin "
                            "resumen, análisis ni transcripción."),
         }

@@ -43,6 +43,18 @@ API_SECONDS = Histogram("lupita_context_api_api_request_seconds", "Time of a JSO
 API_REJECTED = Counter("lupita_context_api_api_rejected_total",
                        "JSON API (/v1) requests refused before any handling (401, 413, 422), by reason", ["reason"])
 
+PAST_OUTCOMES = ("ok", "timeout", "error", "no_anchor", "foreign")
+PAST = Counter("lupita_context_api_past_conversations_total",
+               "Weaviate reads of a caller's relevant past conversations, by outcome (timeout/error: the context "
+               "went without them; no_anchor: no analysed call to compare with; foreign: an object of another "
+               "person dropped)", ["outcome"])
+LIVE_ALERTS = Counter("lupita_context_api_live_alerts_total",
+                      "Alerts of the live call included in a context (call_alerts of its call id)")
+GATEWAY_OUTCOMES = ("started", "already", "refused", "error", "no_consent", "no_listen_url")
+GATEWAY = Counter("lupita_context_api_gateway_listen_total",
+                  "Requests to the telephony gateway to listen to a call (status-update in-progress), by outcome",
+                  ["outcome"])
+
 CALLBACK_RETRY_REASONS = ("kafka", "store")
 CALLBACKS_PUBLISHED = Counter("lupita_context_api_callbacks_published_total",
                               "Due callbacks published to callbacks.due and marked dispatched")
@@ -55,6 +67,10 @@ CALLBACKS_LAG = Histogram("lupita_context_api_callbacks_publish_lag_seconds",
                           "From a callback's due time to its record's ack by the broker",
                           buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600))
 
+for _o in PAST_OUTCOMES:
+    PAST.labels(_o)
+for _o in GATEWAY_OUTCOMES:
+    GATEWAY.labels(_o)
 for _r in CALLBACK_RETRY_REASONS:
     CALLBACKS_RETRIES.labels(_r)
 for _e in API_ENDPOINTS:

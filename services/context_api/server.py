@@ -70,6 +70,8 @@ async def serve(settings: ContextApiSettings) -> int:
             dispatching.cancel()
             await asyncio.gather(dispatching, return_exceptions=True)
             await asyncio.to_thread(dispatcher.close)  # waits for a round in flight
+        await app.state.gateway.close()
+        await app.state.tools.past.close()
         app.state.pool.close()
     if not server.started:
         log.error("context api did not start", extra={"stage": "startup"})

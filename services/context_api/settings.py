@@ -67,6 +67,25 @@ class ContextApiSettings(CommonSettings):
     context_api_recent_calls: int = Field(default=3, ge=0, le=50)
     context_api_alert_days: int = Field(default=14, ge=0, le=365)
 
+    # Where the context is read from: "profile" (person_profiles, two indexed reads) or "fanout"
+    # (the same computed from the base tables per request: the benchmark's baseline).
+    context_api_context_source: Literal["profile", "fanout"] = "profile"
+
+    # Relevant past conversations (Weaviate, the caller's own only): how many (0 = off), the half-life
+    # of the recency weight, the time the context may wait for them (tool calls and /v1; an
+    # assistant-request gives them what is left of its own budget, at most this), and the HTTP timeout.
+    context_api_past_conversations: int = Field(default=3, ge=0, le=10)
+    context_api_past_half_life_days: float = Field(default=60.0, gt=0, le=3650)
+    context_api_past_budget_ms: int = Field(default=150, ge=1, le=5000)
+    context_api_weaviate_timeout_ms: int = Field(default=2000, ge=10, le=30000)
+
+    # The telephony gateway's control API (services/telephony_gateway/control.py): on a VAPI
+    # status-update "in-progress" the webhook asks it (POST /vapi/calls) to listen to the call, in
+    # the background. Off when the URL is empty. Its bearer token, and how long one request may take.
+    context_api_gateway_url: str = Field(default="", max_length=300, pattern=r"^(https?://[^\s/?#]+)?$")
+    context_api_gateway_token: SecretStr = SecretStr("")
+    context_api_gateway_timeout_ms: int = Field(default=3000, ge=10, le=30000)
+
     # The person's time zone (callbacks, "hace 3 días") and phone regions.
     context_api_timezone: str = "America/Mexico_City"
     context_api_default_region: str = Field(default="MX", pattern=r"^[A-Z]{2}$")
@@ -110,6 +129,8 @@ class ContextApiSettings(CommonSettings):
             raise ValueError("LUPITA_CONTEXT_API_ASSISTANT_ID is empty: the VAPI assistant to answer with")
         if self.context_api_auth_mode == "bearer" and not self.bearer_tokens():
             raise ValueError("LUPITA_CONTEXT_API_BEARER_TOKENS is empty (auth mode bearer)")
+        if self.context_api_gateway_url and not self.context_api_gateway_token.get_secret_value():
+            raise ValueError("LUPITA_CONTEXT_API_GATEWAY_TOKEN is empty (LUPITA_CONTEXT_API_GATEWAY_URL is set)")
         if self.context_api_auth_mode == "hmac" and len(self.context_api_hmac_secret.get_secret_value()) < 16:
             raise ValueError("LUPITA_CONTEXT_API_HMAC_SECRET must have at least 16 characters (auth mode hmac)")
         return self

@@ -1,7 +1,13 @@
 """Postgres access of the context API: a small pool of synchronous psycopg connections used from
 worker threads (never on the event loop), and every read and write the webhook needs.
 
-Reads are by ``phone_number_hash`` on indexed columns. Facts are read and written through
+A person's context is :func:`read_profile`: the ``person_profiles`` row (migration 0008: kept
+current by the database in the same transaction as every fact, call and alert write) and the
+pending callbacks — two indexed reads in one round trip — plus, during a call, the alerts that
+call has raised so far (``call_alerts`` by call id: the understanding stage writes them live).
+:func:`read_fanout` computes the same from the base tables per request (the baseline the
+benchmark compares with, and what the profile replaced). Reads are by ``phone_number_hash`` on
+indexed columns. Facts are read and written through
 :mod:`lupita.facts`, the one fact store the stream processor's analyzer writes through too. Each connection carries a statement timeout, so a slow store costs a
 bounded time; a connection that saw an error is closed instead of returned.
 """
@@ -11,8 +17,8 @@ from __future__ import annotations
 import queue
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
 import psycopg
@@ -108,6 +114,18 @@ class Snapshot:
     calls: list[dict[str, Any]]
     alerts: list[dict[str, Any]]
     callbacks: list[dict[str, Any]]
+    # [{topic, calls, last_at}] topics of >= 2 of the person's last 50 calls
+    recurring_topics: list[dict[str, Any]] = field(default_factory=list)
+    # {"worked": [{code, calls, good}], "sensitive_topics": [{topic, calls, bad}]}
+    hints: dict[str, Any] = field(default_factory=dict)
+    # alerts the LIVE call has raised so far (call_alerts of its call id)
+    live_alerts: list[dict[str, Any]] = field(default_factory=list)
+    # relevant past conversations (Weaviate, this person's only): [{call_id, started_at, summary, ...}]
+    past: list[dict[str, Any]] = field(default_factory=list)
+    # the Weaviate object of the person's latest analysed call (the similarity query's anchor)
+    anchor: str | None = None
+    # parts that could not be had in time ({"past_conversations": "timeout"}): said in the context
+    degraded: dict[str, str] = field(default_factory=dict)
 
 
 _CALLS = """
@@ -141,6 +159,81 @@ def read_person(conn: psycopg.Connection, person: str, *, max_facts: int, recent
         cursors = [conn.cursor(row_factory=dict_row).execute(*q) if q else None for q in queries]
     facts, calls, alerts, callbacks = (c.fetchall() if c is not None else [] for c in cursors)
     return Snapshot(facts, calls, alerts, callbacks)
+
+
+# --------------------------------------------------------------------------- the profile
+
+_PROFILE = """
+SELECT facts, last_calls, recurring_topics, behavioral_hints, alerts
+FROM person_profiles WHERE phone_number_hash = %s
+"""
+# the fan-out: the profile's own functions evaluated over the base tables, per request
+_FANOUT = """
+SELECT lupita_profile_facts(%(p)s) AS facts, c -> 'last_calls' AS last_calls,
+       c -> 'recurring_topics' AS recurring_topics, c -> 'behavioral_hints' AS behavioral_hints,
+       lupita_profile_alerts(%(p)s) AS alerts
+FROM lupita_profile_calls(%(p)s) AS c
+"""
+# the live call's alerts; a call row that belongs to someone else never shows (a wrong call id)
+_LIVE_ALERTS = """
+SELECT a.call_id, a.cue_id, a.severity, a.evidence ->> 'text' AS text, a.raised_at, a.to_verify, a.verification
+FROM call_alerts a LEFT JOIN companion_calls c ON c.call_id = a.call_id
+WHERE a.call_id = ANY(%s) AND (c.phone_number_hash IS NULL OR c.phone_number_hash = %s)
+ORDER BY a.raised_at, a.cue_id LIMIT 20
+"""
+
+
+def _ts(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value)
+
+
+def _dated(rows: Any, *names: str) -> list[dict[str, Any]]:
+    out = []
+    for r in rows or ():
+        r = dict(r)
+        for n in names:
+            r[n] = _ts(r.get(n))
+        out.append(r)
+    return out
+
+
+def snapshot_of(row: dict[str, Any] | None, callbacks: list[dict[str, Any]], live: list[dict[str, Any]], *,
+                max_facts: int, recent_calls: int, alert_days: int, now: datetime) -> Snapshot:
+    """The :class:`Snapshot` of a profile row (None: the person has no profile)."""
+    if row is None:
+        return Snapshot([], [], [], callbacks, live_alerts=live)
+    facts = _dated(row["facts"], "observed_at")[:max_facts]
+    calls = _dated(row["last_calls"], "started_at", "ended_at")
+    since = now - timedelta(days=alert_days)
+    alerts = [a for a in _dated(row["alerts"], "raised_at") if alert_days and a["raised_at"] >= since][:10]
+    anchor = next((c["weaviate_id"] for c in calls if c.get("weaviate_id")), None)
+    return Snapshot(facts, calls[:recent_calls], alerts, callbacks,
+                    recurring_topics=_dated(row["recurring_topics"], "last_at"),
+                    hints=dict(row["behavioral_hints"] or {}), live_alerts=live, anchor=anchor)
+
+
+def read_profile(conn: psycopg.Connection, person: str, *, max_facts: int, recent_calls: int, alert_days: int,
+                 live_call_ids: tuple[str, ...] = (), fanout: bool = False) -> Snapshot:
+    """The person's snapshot from the profile row and the pending callbacks (two indexed reads),
+    with the live call's alerts when ``live_call_ids`` are given — one round trip (libpq pipeline).
+    ``fanout``: compute the profile from the base tables instead (the baseline)."""
+    with conn.pipeline():
+        profile = conn.cursor(row_factory=dict_row).execute(*((_FANOUT, {"p": person}) if fanout else
+                                                              (_PROFILE, (person,))))
+        cbs = conn.cursor(row_factory=dict_row).execute(_CALLBACKS, (person,))
+        live = conn.cursor(row_factory=dict_row).execute(_LIVE_ALERTS, (list(live_call_ids), person)) \
+            if live_call_ids else None
+    row = profile.fetchone()
+    if fanout and row is not None and not row["facts"] and not row["last_calls"]:
+        row = None
+    return snapshot_of(row, cbs.fetchall(), live.fetchall() if live is not None else [], max_facts=max_facts,
+                       recent_calls=recent_calls, alert_days=alert_days, now=datetime.now(timezone.utc))
+
+
+def with_past(snap: Snapshot, past: list[dict[str, Any]], degraded: dict[str, str]) -> Snapshot:
+    return replace(snap, past=past, degraded={**snap.degraded, **degraded})
 
 
 # --------------------------------------------------------------------------- callbacks

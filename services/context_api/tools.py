@@ -8,9 +8,11 @@ sentence the agent can use; it never holds the phone number or an argument's val
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -18,7 +20,9 @@ from typing import Any
 from context_api.context import build, empty, one_line
 from context_api.phones import InvalidPhone, person_hash
 from context_api.settings import ContextApiSettings
-from context_api.store import Pool, read_person, schedule_callback
+from context_api import metrics
+from context_api.past import PastConversations
+from context_api.store import Pool, Snapshot, read_profile, schedule_callback, with_past
 from context_api.when import MAX_WHEN_CHARS, check_horizon, parse_when, say_datetime
 
 # the one fact store (shared with the stream processor's analyzer), and its vocabulary: one set of
@@ -153,6 +157,7 @@ class Tools:
         self.key = settings.hmac_key_bytes
         self.tz = settings.tz
         self.wait_s = settings.context_api_tool_timeout_ms / 1000
+        self.past = PastConversations(settings)
 
     # -- who is calling
 
@@ -180,12 +185,58 @@ class Tools:
 
     # -- context
 
-    def context(self, person: str, *, wait_s: float | None = None) -> tuple[dict[str, Any], str]:
+    @staticmethod
+    def live_call_ids(caller: Caller) -> tuple[str, ...]:
+        """The ids the live call may have in ``call_alerts``: ours from the call's metadata, and the
+        one the telephony gateway gives a VAPI call it listens to (``vapi-<VAPI call id>``)."""
+        ids = [caller.call_id] if caller.call_id else []
+        if caller.vapi_call_id and CALL_ID_RE.match(f"vapi-{caller.vapi_call_id}"):
+            ids.append(f"vapi-{caller.vapi_call_id}")
+        return tuple(dict.fromkeys(ids))
+
+    def read(self, person: str, *, live_call_ids: tuple[str, ...] = (), wait_s: float | None = None,
+             fanout: bool | None = None) -> Snapshot:
+        """The person's snapshot from Postgres (the profile, or the base tables with ``fanout``)."""
         s = self.settings
+        fanout = s.context_api_context_source == "fanout" if fanout is None else fanout
         with self.pool.connection(self.wait_s if wait_s is None else wait_s) as conn:
-            snap = read_person(conn, person, max_facts=s.context_api_max_facts,
-                               recent_calls=s.context_api_recent_calls, alert_days=s.context_api_alert_days)
-        return build(snap, datetime.now(timezone.utc), self.tz, s.context_api_brief_max_chars)
+            return read_profile(conn, person, max_facts=s.context_api_max_facts,
+                                recent_calls=s.context_api_recent_calls, alert_days=s.context_api_alert_days,
+                                live_call_ids=live_call_ids, fanout=fanout)
+
+    def context(self, person: str, *, wait_s: float | None = None) -> tuple[dict[str, Any], str]:
+        """The context from Postgres alone (no Weaviate part), synchronous."""
+        return build(self.read(person, wait_s=wait_s), datetime.now(timezone.utc), self.tz,
+                     self.settings.context_api_brief_max_chars)
+
+    async def context_async(self, person: str, *, live_call_ids: tuple[str, ...] = (),
+                            budget_s: float | None = None) -> tuple[dict[str, Any], str]:
+        """The whole context within ``budget_s``: Postgres (a worker thread), then the relevant past
+        conversations from Weaviate with what is left of the budget (at most
+        ``context_api_past_budget_ms``); a slow or failing Weaviate leaves them out, said in
+        ``degraded`` and counted — never a wait past the budget. A slow Postgres raises
+        ``asyncio.TimeoutError`` (the caller degrades)."""
+        budget = self.wait_s if budget_s is None else budget_s
+        started = time.perf_counter()
+        snap = await asyncio.wait_for(
+            asyncio.to_thread(self.read, person, live_call_ids=live_call_ids, wait_s=budget), budget)
+        now = datetime.now(timezone.utc)
+        if self.settings.context_api_past_conversations:
+            left = min(self.settings.context_api_past_budget_ms / 1000, budget - (time.perf_counter() - started))
+            past, why = await self.past.find(person, snap.anchor, {c["call_id"] for c in snap.calls}, now, left)
+            snap = with_past(snap, past, {"past_conversations": why} if why in ("timeout", "error") else {})
+        if snap.live_alerts:
+            metrics.LIVE_ALERTS.inc(len(snap.live_alerts))
+        return build(snap, now, self.tz, self.settings.context_api_brief_max_chars)
+
+    async def run_async(self, call: ToolCall, caller: Caller, timeout_s: float) -> str:
+        """One tool call: getUserContext on the event loop (its Weaviate part is async), the others
+        in a worker thread."""
+        if call.name == "getUserContext":
+            person = self.user_context_person(call, caller)  # arguments and a hash: no I/O
+            ctx, text = await self.context_async(person, live_call_ids=self.live_call_ids(caller), budget_s=timeout_s)
+            return json.dumps({"brief": text, "context": ctx}, ensure_ascii=False, separators=(",", ":"))
+        return await asyncio.to_thread(self.run, call, caller)
 
     def run(self, call: ToolCall, caller: Caller) -> str:
         """The result string of one tool call, or :class:`ToolError`."""
@@ -205,6 +256,12 @@ class Tools:
         return caller.person
 
     def get_user_context(self, call: ToolCall, caller: Caller) -> str:
+        """getUserContext without the Weaviate part (synchronous callers)."""
+        ctx, text = self.context(self.user_context_person(call, caller))
+        return json.dumps({"brief": text, "context": ctx}, ensure_ascii=False, separators=(",", ":"))
+
+    def user_context_person(self, call: ToolCall, caller: Caller) -> str:
+        """The caller's person hash after checking getUserContext's arguments (ToolError if bad)."""
         args = arguments(call, (), ("phone",))
         person = self._person(caller)
         if args.get("phone") is not None:
@@ -216,8 +273,7 @@ class Tools:
                 raise ToolError("El número indicado no es válido.") from None
             if asked != person:
                 raise ToolError("Solo puedo dar el contexto de la persona que está en la llamada.")
-        ctx, text = self.context(person)
-        return json.dumps({"brief": text, "context": ctx}, ensure_ascii=False, separators=(",", ":"))
+        return person
 
     def save_user_fact(self, call: ToolCall, caller: Caller) -> str:
         args = arguments(call, ("type", "key", "value"), ("confidence",))

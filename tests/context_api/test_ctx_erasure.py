@@ -128,6 +128,20 @@ def weaviate_count(collection: str, **match) -> int:
         return len(res.objects)
 
 
+def broker_retention_ms(topic: str) -> int:
+    """The topic's retention.ms as the broker says it (kcat-free: kafka-python's admin client)."""
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+    from lupita.config import CommonSettings
+
+    admin = KafkaAdminClient(bootstrap_servers=CommonSettings().kafka_bootstrap)
+    try:
+        got = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs={"retention.ms": None})],
+                                     config_filter="all")
+    finally:
+        admin.close()
+    return int(got["topic"][topic]["retention.ms"]["value"])
+
+
 def linked_rows(person: str, calls: list[str]) -> dict[str, int]:
     checks = {
         "user_facts": ("SELECT count(*) FROM user_facts WHERE phone_number_hash = %s", (person,)),
@@ -149,6 +163,10 @@ def test_erasure_removes_everything_but_the_locked_recording_and_says_so(api, si
     person, (recorded, unrecorded) = seeded_a["person"], seeded_a["calls"]
     assert all(linked_rows(person, seeded_a["calls"]).values())
     assert weaviate_count(conv, phone_number_hash=person) == 2 and weaviate_count(utt, phone_number_hash=person) == 2
+    # the profile the database keeps of the person (migration 0008) holds their calls, fact and alerts
+    profile = query("SELECT jsonb_array_length(last_calls), jsonb_array_length(facts), jsonb_array_length(alerts) "
+                    "FROM person_profiles WHERE phone_number_hash = %s", (person,))
+    assert profile == [(2, 1, 2)]
 
     headers = {"authorization": f"Bearer {api.token}"}
     assert api.client.post("/v1/erasure", json={"phone": a}, headers=headers).status_code == 422  # no confirm
@@ -164,6 +182,19 @@ def test_erasure_removes_everything_but_the_locked_recording_and_says_so(api, si
     assert (removed["companion_calls"], removed["companion_calls_reduced_to_stub"], removed["phone_encrypted"]) == \
         (1, 1, 2)
     assert removed["consent_records"] == 1  # the recorded call's consent stays with its recording
+    assert removed["person_profiles"] == 1
+    # Kafka: the topics that carry the person's voice or words, with the retention the broker has
+    from lupita.config import CommonSettings
+
+    common = CommonSettings()
+    by_topic = {k["topic"]: k for k in out["kafka"]}
+    for topic in ("transcripts", "call.analysis", "alerts", "audio.chunks", "speech.segments"):
+        item = by_topic[common.topic(topic)]  # the session's topics exist: the broker is asked and answers
+        assert item["carries"] and item["retention_source"] and item["cleanup_policy"] == "delete"
+        assert item["retention_ms"] == broker_retention_ms(item["topic"]) > 0
+        until = datetime.fromisoformat(item["until"])
+        assert until == datetime.fromisoformat(out["erased_at"]) + timedelta(milliseconds=item["retention_ms"])
+    assert len(by_topic) == 6  # audio, segments, transcripts, analysis, alerts, lifecycle
     # retained: the three locked objects of the recorded call, with the date S3 reports
     settings, client = s3()
     retained = sorted(out["retained"], key=lambda o: o["key"])
@@ -178,8 +209,10 @@ def test_erasure_removes_everything_but_the_locked_recording_and_says_so(api, si
                    (out["erasure_id"],))
     assert queued == [(3,)]
 
-    # nothing linked to the person is left anywhere
+    # nothing linked to the person is left anywhere, the profile neither
     assert linked_rows(person, seeded_a["calls"]) == dict.fromkeys(linked_rows(person, []), 0)
+    assert query("SELECT count(*) FROM person_profiles WHERE phone_number_hash = %s", (person,)) == [(0,)]
+    assert query("SELECT count(*) FROM person_profiles WHERE phone_number_hash = %s", (seeded_b["person"],)) == [(1,)]
     assert weaviate_count(conv, phone_number_hash=person) == 0 and weaviate_count(utt, phone_number_hash=person) == 0
     stub = query("SELECT phone_encrypted, phone_number_hash, summary, transcript, analysis, s3_legal_key "
                  "FROM companion_calls WHERE call_id = %s", (recorded,))

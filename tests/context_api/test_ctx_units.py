@@ -159,3 +159,81 @@ def test_facts_go_through_the_one_fact_store_without_the_stream_processors_store
                           "sys.modules if m.startswith(('weaviate', 'stream_processor', 'faust', 'boto3'))}))"],
                          capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+def _full_snapshot() -> Snapshot:
+    at = datetime(2026, 11, 28, 10, 0, tzinfo=timezone.utc)
+    fact = {"id": 1, "fact_type": "health", "fact_key": "medication.metformina", "fact_value": "metformina 850",
+            "confidence": 0.9, "source": "agent", "observed_at": at, "protected": True, "observation_count": 2,
+            "status": "current"}
+    call = {"call_id": "c1", "started_at": at, "ended_at": at, "summary": "Habló de su hijo en el norte.",
+            "emotion_primary": "tristeza", "topics": ["migracion"]}
+    live = {"call_id": "vapi-x", "cue_id": "fall", "severity": "high", "text": "me caí", "raised_at": at,
+            "to_verify": True, "verification": "negador dudoso"}
+    past = {"call_id": "c0", "started_at": at - timedelta(days=30), "summary": "Extraña a su hijo.",
+            "topics": ["migracion"], "emotion": "tristeza", "similarity": 0.93, "score": 0.6}
+    return Snapshot([fact], [call], [dict(live, call_id="c1", cue_id="dizziness")], [],
+                    recurring_topics=[{"topic": "migracion", "calls": 3, "last_at": at}],
+                    hints={"worked": [{"code": "reminiscencia", "calls": 2, "good": 2}, {"code": "nuevo_codigo",
+                                                                                          "calls": 1, "good": 1}],
+                           "sensitive_topics": [{"topic": "migracion", "calls": 3, "bad": 2}]},
+                    live_alerts=[live], past=[past], degraded={})
+
+
+def test_the_brief_says_this_calls_alerts_first_then_hints_topics_and_similar_conversations():
+    ctx, text = build(_full_snapshot(), NOW, TZ, 1200)
+    assert [a["cue"] for a in ctx["this_call_alerts"]] == ["fall"] and ctx["this_call_alerts"][0]["to_verify"]
+    assert [h["label"] for h in ctx["behavioral_hints"]["worked"]] == ["invitarle a recordar su pasado", "nuevo codigo"]
+    assert ctx["recurring_topics"] == [{"topic": "migracion", "label": "migración", "calls": 3, "last_when": "hace 4 días (sábado)"}]
+    assert text.startswith("En esta llamada ya dijo: fall (gravedad alta, por verificar): «me caí»; atiéndelo ahora.")
+    order = ["En esta llamada", "Pendiente de seguimiento", "Lo que sabemos", "Le ha funcionado",
+             "Temas con tacto (le afectaron): migración (2 de 3 llamadas)", "Temas frecuentes: migración (3 llamadas)",
+             "Últimas llamadas", "Conversaciones parecidas: hace un mes: Extraña a su hijo"]
+    positions = [text.index(part) for part in order]
+    assert positions == sorted(positions), text
+
+
+@pytest.mark.parametrize("budget", [200, 260, 400, 700])
+def test_every_section_respects_the_budget(budget):
+    _, text = build(_full_snapshot(), NOW, TZ, budget)
+    assert len(text) <= budget and "\n" not in text
+    assert text.startswith("En esta llamada ya dijo")  # the most urgent part survives the cut
+
+
+def test_an_empty_context_has_every_key_of_a_full_one():
+    ctx, _ = build(_full_snapshot(), NOW, TZ, 1200)
+    assert set(empty()) == set(ctx)
+
+
+def test_consent_for_the_gateway_comes_from_the_calls_metadata_when_it_says_so():
+    from context_api.gateway import consent_of_call
+
+    assert consent_of_call({"metadata": {"recordingConsent": True, "consentSource": "ivr_v2"}}) == (True, "ivr_v2")
+    assert consent_of_call({"metadata": {"recordingConsent": False}}) == (False, "vapi_call_metadata")
+    assert consent_of_call({"metadata": {"recordingConsent": "yes"}}) is None  # only a boolean counts
+    assert consent_of_call({}) is None
+
+
+def test_the_weaviate_query_takes_only_a_hash_and_a_uuid():
+    from context_api.past import PastConversations
+    from context_api.settings import ContextApiSettings
+
+    past = PastConversations(ContextApiSettings(context_api_assistant_id="t", context_api_bearer_tokens="t"))
+    q = past.query("ab" * 32, "6f1c1b8e-3a52-5d6e-9a43-1f0e4a0b7c11", 10)
+    assert '{path: ["phone_number_hash"], operator: Equal, valueText: "' + "ab" * 32 + '"}' in q
+    for person, anchor in (('x" } } { Get', "6f1c1b8e-3a52-5d6e-9a43-1f0e4a0b7c11"),
+                           ("ab" * 32, '6f1c1b8e") { x } #')):
+        with pytest.raises(ValueError):
+            past.query(person, anchor, 10)
+
+
+def test_a_gateway_url_needs_its_token():
+    from pydantic import ValidationError
+
+    from context_api.settings import ContextApiSettings
+
+    with pytest.raises(ValidationError, match="GATEWAY_TOKEN"):
+        ContextApiSettings(context_api_assistant_id="t", context_api_bearer_tokens="t",
+                           context_api_gateway_url="http://127.0.0.1:8766")
+    with pytest.raises(ValidationError):
+        ContextApiSettings(context_api_assistant_id="t", context_api_bearer_tokens="t",
+                           context_api_gateway_url="http://127.0.0.1:8766/x?phone=1", context_api_gateway_token="k")

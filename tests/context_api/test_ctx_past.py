@@ -1,0 +1,160 @@
+"""Relevant past conversations in the context, from the real Weaviate (collections of this module,
+written by the stream processor's own Weaviate sink): only the caller's own objects — two people
+with the same conversations never see each other's, also under concurrent requests —, ranked by
+similarity to the latest conversation and by recency, the last calls already listed left out; and
+a Weaviate that does not answer in time costs the context nothing but that part (said, counted)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from ctxkit import ContextApi, message, person_of, random_phone, results, tool_call, tool_calls
+from profkit import write_call
+
+pytestmark = pytest.mark.stack
+
+DIM = 4
+NEAR, FAR = [1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]
+ALMOST = [0.96, 0.04, 0.0, 0.0]
+
+
+@pytest.fixture(scope="module")
+def collections(migrated):
+    tag = uuid.uuid4().hex[:10]
+    return f"TestPastConv{tag}", f"TestPastUtt{tag}"
+
+
+@pytest.fixture(scope="module")
+def sink(collections):
+    from lupita.config import CommonSettings
+    from stream_processor.stores.weaviate import WeaviateSink
+
+    s = CommonSettings()
+    conv, utt = collections
+    sink = WeaviateSink(host=s.weaviate_host, http_port=s.weaviate_http_port, grpc_port=s.weaviate_grpc_port,
+                        conversation_collection=conv, utterance_collection=utt)
+    sink.ensure_collections(DIM)
+    yield sink
+    import weaviate
+
+    with weaviate.connect_to_custom(http_host=s.weaviate_host, http_port=s.weaviate_http_port, http_secure=False,
+                                    grpc_host=s.weaviate_host, grpc_port=s.weaviate_grpc_port,
+                                    grpc_secure=False) as client:
+        client.collections.delete([conv, utt])
+    sink.close()
+
+
+@pytest.fixture(scope="module")
+def api(collections, sink):
+    conv, utt = collections
+    with ContextApi("context-api-past", {"LUPITA_WEAVIATE_CONVERSATION_COLLECTION": conv,
+                                         "LUPITA_WEAVIATE_UTTERANCE_COLLECTION": utt,
+                                         # generous: the machine is shared; the degrade test has its own server
+                                         "LUPITA_CONTEXT_API_PAST_BUDGET_MS": "3000"}) as server:
+        yield server
+
+
+def analysed_call(sink, person: str, days_ago: float, vector: list[float], summary: str) -> str:
+    """A call as the platform leaves it: Postgres rows (recorder + analysis, naming its Weaviate
+    object) and the conversation object with its vector in Weaviate."""
+    from stream_processor.contracts import Utterance
+    from stream_processor.stores.weaviate import ConversationDoc, conversation_uuid
+
+    call_id = f"test-past-{uuid.uuid4().hex[:10]}"
+    write_call(person, days_ago=days_ago, topics=("familia",), summary=summary, weaviate_id=conversation_uuid(call_id),
+               call_id=call_id)
+    started = datetime.now(timezone.utc) - timedelta(days=days_ago)
+    sink.write_call(ConversationDoc(call_id=call_id, s3_uri=None, phone_number_hash=person, topics=("familia",),
+                                    started_at=started, summary=summary),
+                    vector, [Utterance(call_id, "person", 0, 0.0, 2.0, summary, 0.9)], [vector])
+    return call_id
+
+
+def history(sink, person: str, who: str) -> dict[str, str]:
+    """Six calls: three old ones (one like the latest 30 days ago, one as like it 90 days ago, one
+    unlike it) and the three most recent (the last calls the context lists anyway)."""
+    return {
+        "like_90d": analysed_call(sink, person, 90, ALMOST, f"{who}: habló de su hijo en el norte (hace mucho)."),
+        "unlike_40d": analysed_call(sink, person, 40, FAR, f"{who}: habló de la cosecha de maíz."),
+        "like_30d": analysed_call(sink, person, 30, ALMOST, f"{who}: extraña a su hijo que se fue al norte."),
+        "recent_3": analysed_call(sink, person, 3, FAR, f"{who}: fue al mercado."),
+        "recent_2": analysed_call(sink, person, 2, FAR, f"{who}: le dolió la rodilla."),
+        "latest": analysed_call(sink, person, 1, NEAR, f"{who}: su hijo no le ha llamado desde el norte."),
+    }
+
+
+def _ctx(api, phone: str) -> dict:
+    out = results(api.post(tool_calls(phone, tool_call("getUserContext", {}))))
+    assert "result" in out[0], out[0]
+    return json.loads(out[0]["result"])["context"]
+
+
+def test_past_conversations_are_the_callers_own_ranked_by_similarity_and_recency(api, sink):
+    a, b = random_phone(), random_phone()
+    calls_a = history(sink, person_of(a), "A")
+    calls_b = history(sink, person_of(b), "B")  # the same conversations, vectors and dates: another person
+
+    ctx_a, ctx_b = _ctx(api, a), _ctx(api, b)
+    for ctx, calls, other in ((ctx_a, calls_a, calls_b), (ctx_b, calls_b, calls_a)):
+        past = [c["call_id"] for c in ctx["past_conversations"]]
+        # most similar to the latest conversation first, the more recent of two equally similar first;
+        # the latest itself and the last calls (already in last_calls) are not repeated
+        assert past == [calls["like_30d"], calls["like_90d"], calls["unlike_40d"]], ctx["past_conversations"]
+        assert not set(past) & set(other.values())
+        assert [c["call_id"] for c in ctx["last_calls"]] == [calls["latest"], calls["recent_2"], calls["recent_3"]]
+        assert ctx["degraded"] == {}
+    assert ctx_a["past_conversations"][0]["summary"].startswith("A: ")
+    assert ctx_a["past_conversations"][0]["similarity"] > 0.9 > ctx_a["past_conversations"][2]["similarity"]
+
+    # concurrent requests of both never cross
+    phones = [a, b] * 12
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda p: (p, _ctx(api, p)), phones))
+    for phone, ctx in got:
+        own, other = (calls_a, calls_b) if phone == a else (calls_b, calls_a)
+        ids = {c["call_id"] for c in ctx["past_conversations"]} | {c["call_id"] for c in ctx["last_calls"]}
+        assert ids <= set(own.values()) and not ids & set(other.values())
+    assert api.metric("lupita_context_api_past_conversations_total", outcome="foreign") == 0
+
+
+def test_the_brief_names_a_similar_past_conversation(api, sink):
+    phone = random_phone()
+    calls = history(sink, person_of(phone), "C")
+    out = results(api.post(tool_calls(phone, tool_call("getUserContext", {}))))
+    brief = json.loads(out[0]["result"])["brief"]
+    assert "Conversaciones parecidas: hace 4 semanas: C: extraña a su hijo que se fue al norte" in brief, brief
+    assert calls
+
+
+def test_a_weaviate_that_does_not_answer_costs_only_the_past_conversations(collections, sink):
+    """Weaviate's HTTP port replaced by a socket that accepts and never answers: the context comes
+    with everything Postgres has, without past conversations, says so, and the read is counted."""
+    conv, utt = collections
+    stalled = socket.socket()
+    stalled.bind(("127.0.0.1", 0))
+    stalled.listen(64)  # connections complete in the kernel; nothing is ever read or answered
+    phone = random_phone()
+    calls = history(sink, person_of(phone), "D")
+    try:
+        with ContextApi("context-api-past-stalled", {
+                "LUPITA_WEAVIATE_CONVERSATION_COLLECTION": conv, "LUPITA_WEAVIATE_UTTERANCE_COLLECTION": utt,
+                "LUPITA_WEAVIATE_HTTP_PORT": str(stalled.getsockname()[1]),
+                "LUPITA_CONTEXT_API_PAST_BUDGET_MS": "100"}) as api:
+            ctx = _ctx(api, phone)
+            assert ctx["known"] and ctx["past_conversations"] == []
+            assert ctx["degraded"] == {"past_conversations": "timeout"}
+            assert [c["call_id"] for c in ctx["last_calls"]][0] == calls["latest"]
+            # the assistant-request too: the full Postgres context, not the minimal one
+            r = api.post(message("assistant-request", phone))
+            assert r.status_code == 200
+            text = r.json()["assistantOverrides"]["variableValues"]["user_context"]
+            assert "su hijo no le ha llamado" in text
+            assert api.metric("lupita_context_api_past_conversations_total", outcome="timeout") >= 2
+            assert api.metric("lupita_context_api_assistant_request_degraded_total", reason="timeout") == 0
+    finally:
+        stalled.close()
