@@ -124,27 +124,40 @@ def test_segments_that_do_not_fit_one_window_go_to_the_next(segments):
     assert all(n <= 2 for n in calls)
 
 
-def test_a_final_emptied_by_whispers_own_vad_filter_is_decoded_without_it(model, segments, monkeypatch):
-    """The vad stage called the audio speech; when faster-whisper's filter keeps nothing of it, the
-    final is decoded again without the filter instead of coming out empty (#11 §4)."""
-    seen: list[bool] = []
+def test_a_voiced_final_decoded_to_nothing_is_decoded_again(model, segments, monkeypatch):
+    """The vad stage called the audio speech; when faster-whisper gives no segment at all (its
+    filter kept nothing, or its no-speech rule skipped the window), the final is decoded again
+    without both instead of coming out empty (#11 §4)."""
+    seen: list[tuple] = []
     inner = model._decode
 
     def decode(x, kwargs):
-        seen.append(kwargs["vad_filter"])
+        seen.append((kwargs["vad_filter"], kwargs["no_speech_threshold"]))
         if kwargs["vad_filter"]:
-            return [], "es"  # what faster-whisper gives when its Silero VAD finds no speech
+            return [], "es"  # what faster-whisper gives when it drops the window
         return inner(x, kwargs)
 
     monkeypatch.setattr(model, "_decode", decode)
-    audio = segments[0][0]
-    r = model.transcribe(audio.astype(np.float32) / 32768, RATE)
-    assert seen == [True, False]
-    assert r.text and "vad_filter_empty" in r.guard_actions
+    audio = segments[0][0].astype(np.float32) / 32768
+    r = model.transcribe(audio, RATE)
+    assert seen == [(True, 0.6), (False, None)]
+    assert r.text and "empty_retry" in r.guard_actions
     seen.clear()
     # a partial is only a hint: no second decode
-    assert model.transcribe_partial(audio.astype(np.float32) / 32768, RATE).is_empty
-    assert seen == [True]
+    assert model.transcribe_partial(audio, RATE).is_empty
+    assert seen == [(True, 0.6)]
+
+
+def test_line_noise_decoded_to_nothing_is_not_decoded_again(model, monkeypatch):
+    from loadgen.synth import band_limit
+
+    rng = np.random.default_rng(5)
+    white = np.clip(rng.normal(0, 1, RATE * 3) * 8000, -32768, 32767).astype(np.int16)
+    noise = band_limit(white, RATE, RATE).astype(np.float32) / 32768 * 0.05
+    seen: list[bool] = []
+    monkeypatch.setattr(model, "_decode", lambda x, kwargs: (seen.append(kwargs["vad_filter"]), ([], "es"))[1])
+    r = model.transcribe(noise, RATE)
+    assert r.is_empty and seen == [True] and "empty_retry" not in r.guard_actions
 
 
 def test_the_packing_and_fallback_settings_reach_the_local_model(monkeypatch):
@@ -155,8 +168,10 @@ def test_the_packing_and_fallback_settings_reach_the_local_model(monkeypatch):
     monkeypatch.setenv("LUPITA_ASR_PACK_GAP_SECONDS", "1.5")
     monkeypatch.setenv("LUPITA_ASR_BEST_OF", "2")
     monkeypatch.setenv("LUPITA_ASR_TEMPERATURES", "[0.0, 0.6]")
+    monkeypatch.setenv("LUPITA_ASR_EMPTY_RETRY_MIN_SPEECH_SECONDS", "0")
     o = build_local(AsrSettings(_env_file=None)).options
     assert (o.pack_max_seconds, o.pack_gap_s, o.best_of, o.temperatures) == (24.0, 1.5, 2, (0.0, 0.6))
+    assert o.empty_retry_min_speech_s == 0.0
     with pytest.raises(ValueError, match="pack_gap_s"):
         WhisperOptions(pack_gap_s=0.0)
     with pytest.raises(ValueError, match="best_of"):

@@ -91,6 +91,7 @@ def build_local(s: AsrSettings) -> Transcriber:
         encoder_min_window_s=s.asr_encoder_min_window_seconds,
         pack_max_seconds=s.asr_pack_max_seconds,
         pack_gap_s=s.asr_pack_gap_seconds,
+        empty_retry_min_speech_s=s.asr_empty_retry_min_speech_seconds,
     )
     return WhisperLocal(threads=s.asr_threads, num_workers=s.asr_num_workers, device=s.asr_device,
                         compute_type=s.asr_compute_type, options=options, guard=guard_config(s))

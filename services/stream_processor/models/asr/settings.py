@@ -58,6 +58,9 @@ class AsrSettings(CommonSettings):
     # most this many seconds (0 = every segment on its own), this much silence between two.
     asr_pack_max_seconds: float = Field(default=0.0, ge=0, le=30)
     asr_pack_gap_seconds: float = Field(default=1.0, ge=0.2, le=5)
+    # A final that decodes to nothing although faster-whisper's Silero hears at least this much
+    # speech in it is decoded again without the VAD filter and the no-speech skip (0 = never).
+    asr_empty_retry_min_speech_seconds: float = Field(default=0.5, ge=0, le=30)
 
     # --- guards (see stream_processor.models.asr.guards) ---
     asr_no_speech_threshold: float = Field(default=0.6, ge=0, le=1)

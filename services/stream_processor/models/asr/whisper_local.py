@@ -29,11 +29,15 @@ least ``encoder_min_window_s``): CTranslate2 >= 4 accepts encoder inputs shorter
 content's frame count, which the trimmed encoder output still covers) and the guards are unchanged.
 
 Empty finals on voiced audio (issue #11 §4): the segment was already judged speech by the vad
-stage, but faster-whisper's own Silero filter (tuned for 16 kHz wide-band audio) sometimes finds no
-speech in a quiet or band-limited telephone segment and hands Whisper nothing, so the final came
-out empty. When the filter kept nothing of audio above ``min_rms_dbfs``, the final is decoded again
-without it (guard action ``vad_filter_empty``); the silence and hallucination guards still judge
-what that decode says.
+stage, yet a final could come out with no segment at all. Two mechanisms inside faster-whisper do
+that silently: its Silero filter may keep nothing of a quiet or band-limited telephone segment,
+and its no-speech rule skips a whole window whose ``no_speech_prob`` is above
+``no_speech_threshold`` while its mean log-probability is below ``log_prob_threshold`` — which
+mis-heard 8 kHz speech often is. When a final decodes to nothing and Silero hears at least
+``empty_retry_min_speech_s`` of speech in it, it is decoded once more without the filter and
+without the no-speech skip (guard action ``empty_retry``); the hallucination and repetition guards
+still judge that text (the silence guard not: two VADs heard speech). Line noise and silence have
+no Silero speech, so they still give nothing.
 
 Packing (:meth:`WhisperLocal.transcribe_many`, ``pack_max_seconds`` > 0): several closed segments
 are laid out in one window, ``pack_gap_s`` of digital silence between them, and decoded once
@@ -49,7 +53,7 @@ import hashlib
 import importlib.resources
 import importlib.util
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -129,6 +133,9 @@ class WhisperOptions:
     # (0 = never pack) and the silence laid between two segments
     pack_max_seconds: float = 0.0
     pack_gap_s: float = 1.0
+    # an empty final is decoded again (no VAD filter, no no-speech skip) when Silero hears at least
+    # this much speech in it (0 = never)
+    empty_retry_min_speech_s: float = 0.5
     vad_filter: bool = True
     # below this RMS level the audio is not decoded at all (digital silence, line hum)
     min_rms_dbfs: float = -60.0
@@ -174,6 +181,13 @@ def trim_features(features: np.ndarray, *, margin_s: float, min_window_s: float 
     keep = max(keep, round(min_window_s * FRAMES_PER_SECOND), 2)
     keep = min(total, keep + keep % 2)
     return features if keep >= total else np.ascontiguousarray(features[..., :keep])
+
+
+def speech_seconds(x: np.ndarray) -> float:
+    """Seconds of speech faster-whisper's Silero VAD hears in 16 kHz audio."""
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    return sum(c["end"] - c["start"] for c in get_speech_timestamps(x, VadOptions())) / WHISPER_RATE
 
 
 class WhisperLocal(Transcriber):
@@ -301,11 +315,14 @@ class WhisperLocal(Transcriber):
         kwargs = self._decode_kwargs(partial, vocabulary)
         raw, language = self._decode(x, kwargs)
         retried: tuple[str, ...] = ()
-        if not raw and kwargs["vad_filter"] and not partial:
-            # the vad stage called this speech; Whisper's own filter kept nothing of it (#11 §4)
-            raw, language = self._decode(x, {**kwargs, "vad_filter": False})
-            retried = ("vad_filter_empty",)
-        kept, actions = guard_segments(raw, self.guard)
+        guard = self.guard
+        if not raw and not partial and self.options.empty_retry_min_speech_s \
+                and speech_seconds(x) >= self.options.empty_retry_min_speech_s:
+            # the vad stage and Silero call this speech; Whisper's filter or no-speech skip dropped it
+            raw, language = self._decode(x, {**kwargs, "vad_filter": False, "no_speech_threshold": None})
+            retried = ("empty_retry",)
+            guard = replace(self.guard, no_speech_threshold=1.0)
+        kept, actions = guard_segments(raw, guard)
         if actions:
             log.debug("asr guards removed text", extra={"stage": "transcriber", "actions": list(actions)})
         return TranscriptResult(kept, language or self.options.language, partial, self.name, self.model,
