@@ -105,6 +105,7 @@ def test_facts_with_evidence_spans(analyzer):
                                                           "me tomo mi pastilla de la presión"),
         ("health", "condition.diabetes"): ("diabetes", 2, "tengo diabetes"),
         ("family", "son_name.miguel"): ("Miguel", 0, "Mi hijo Miguel"),
+        ("family", "son_lives_in.estados_unidos"): ("Estados Unidos", 0, "Mi hijo Miguel se fue al norte"),
         ("family", "daughter_name.rosa"): ("Rosa", 1, "Mi hija Rosa"),
         ("routine", "wake_up_time"): ("06:00", 3, "Me levanto a las seis"),
         ("preference", "likes.cafe_de_olla_con_pan_dulce"): ("café de olla con pan dulce", 3,
@@ -142,7 +143,9 @@ def test_calm_script_is_neutral_and_invents_no_facts(analyzer):
     assert a.facts == ()
     assert a.behavioral_codes == ()
     assert "salud" not in a.topics and "soledad" not in a.topics
-    assert a.summary.startswith("Conversación breve sin un tema claro; el ánimo de la persona fue neutral.")
+    # a trip to the market to buy food is about food (issue 11: such a call got no topic)
+    assert a.topics == ("comida",)
+    assert a.summary.startswith("Se habló de comida; el ánimo predominante de la persona fue neutral.")
 
 
 @pytest.mark.parametrize("text", [
@@ -198,7 +201,8 @@ def test_asr_confidence_scales_fact_confidence():
                                             ("family", "grandson_name.pedro", "Pedro")}),
     ("No me gustan las tortillas frías.", {("preference", "dislikes.tortillas_frias", "tortillas frías")}),
     ("Soy diabética desde hace años.", {("health", "condition.diabetes", "diabetes")}),
-    ("Mi hijo se fue al norte.", set()),  # no name: no family fact invented
+    # no name: no name invented; where he went is a fact (issue 11 §3: places)
+    ("Mi hijo se fue al norte.", {("family", "son_lives_in.estados_unidos", "Estados Unidos")}),
     ("Voy a misa los domingos.", {("routine", "mass_attendance", "los domingos")}),
     ("No me gusta el frío pero me gusta el sol.", {("preference", "dislikes.frio", "frío"),
                                                   ("preference", "likes.sol", "sol")}),

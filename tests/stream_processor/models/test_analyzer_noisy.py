@@ -80,6 +80,20 @@ def test_where_a_relative_lives_is_the_most_specific_place_said():
     assert sum(f[1].endswith("_lives_in.chicago") for f in got) == 1  # no relative, no fact
 
 
+def test_a_relative_carried_over_a_pause_inside_the_sentence():
+    """An elderly pause splits "mi nieta se fue al norte, ... vive en Houston" in two segments:
+    the place still belongs to the granddaughter; the country gives way to the city. Not after a
+    finished sentence, nor after Lupita spoke."""
+    assert facts_of("Mi nieta Sofía se fue al norte,", "vive en Houston con su esposo.")[1:] == \
+        [("family", "granddaughter_lives_in.houston", "Houston")]
+    assert facts_of("Mi nieta Sofía ya está grande.", "Vive en Houston mucha gente.") == \
+        [("family", "granddaughter_name.sofia", "Sofía")]
+    lupita_between = utts("Mi nieta Sofía se fue al norte,", "vive en Houston.")
+    lupita_between.insert(1, Utterance(CALL, "lupita", 0, 1.6, 1.9, "¿Ah, sí?", 1.0))
+    assert [f.key for f in extract_facts(lupita_between)] == ["granddaughter_name.sofia",
+                                                             "granddaughter_lives_in.estados_unidos"]
+
+
 def test_next_appointment_affirmative_only():
     assert ("health", "next_appointment", "cita con el doctor el martes") in \
         facts_of("Tengo cita con el doctor el martes.")

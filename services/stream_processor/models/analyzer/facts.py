@@ -286,7 +286,10 @@ APPT_WHEN_RX = _rx(r"\b(?:el\s+)?(?:lunes|martes|miercoles|jueves|viernes|sabado
                    r"\bhoy\b|\ben\s+\w+\s+dias\b|\ba\s+las?\s+\w+")
 
 
-def _scan(text: str, lex: Lexicons | None = None) -> list[_Found]:
+def _scan(text: str, lex: Lexicons | None = None, *, carried_relation: str | None = None) -> list[_Found]:
+    """The facts of one utterance. ``carried_relation``: the relative the person was talking
+    about at the end of her previous utterance, when this one continues it (an elderly pause in
+    the middle of "mi hijo se fue al norte, ... vive en Chicago")."""
     lex = lex or load_lexicons()
     f = fold(text)
     found: list[_Found] = []
@@ -359,6 +362,8 @@ def _scan(text: str, lex: Lexicons | None = None) -> list[_Found]:
     places: dict[str, _Found] = {}
     for m in PLACE_VERB_RX.finditer(f):
         before = [r for r in relations if r[1] <= m.start() and not re.search(r"[.!?]", f[r[1]:m.start()])]
+        if not before and carried_relation and not relations and not re.search(r"[.!?]", f[:m.start()]):
+            before = [(0, 0, carried_relation)]
         if not before or not ok(m.start()):
             continue
         rel_start, _rel_end, rel = before[-1]
@@ -514,12 +519,19 @@ def extract_facts(utterances: Iterable[Utterance], words: Mapping[tuple[str, int
     lex = lexicons or load_lexicons()
     best: dict[tuple[str, str, str], UserFact] = {}
     order: list[tuple[str, str, str]] = []
-    for u in utterances:
-        if u.leg != "person" or not u.text.strip():
+    carried: str | None = None  # the relative the person's last utterance ended on
+    for u in sorted(utterances, key=lambda u: u.start_s):
+        if u.leg != "person":
+            if u.text.strip():
+                carried = None  # Lupita spoke: the person's next words start anew
+            continue
+        if not u.text.strip():
             continue
         asr = 1.0 if u.confidence is None else min(1.0, max(0.0, float(u.confidence)))
         spans = word_spans(u.text, (words or {}).get((u.leg, u.seq)))
-        for x in _scan(u.text, lex):
+        scanned = _scan(u.text, lex, carried_relation=carried)
+        carried = _last_relation(u.text)
+        for x in scanned:
             vs, ve = (x.value_start, x.value_end) if x.value_start >= 0 else (x.start, x.end)
             p = span_probability(spans, vs, ve)
             confidence = round(min(1.0, x.confidence * transcription_factor(asr if p is None else p)), 3)
@@ -536,7 +548,24 @@ def extract_facts(utterances: Iterable[Utterance], words: Mapping[tuple[str, int
                 best[k] = fact
             elif confidence > best[k].confidence:
                 best[k] = fact
-    return [best[k] for k in order]
+    # "se fue al norte" then "vive en Chicago": the country is implied by the city
+    specific = {k[1].split(".")[0] for k in order if "_lives_in." in k[1] and best[k].value != "Estados Unidos"}
+    return [best[k] for k in order
+            if not ("_lives_in." in k[1] and best[k].value == "Estados Unidos" and k[1].split(".")[0] in specific)]
+
+
+def _last_relation(text: str) -> str | None:
+    """The relation of the last "mi hija"/"mi nieto" of ``text`` when the utterance ends inside
+    the sentence about that relative (it ends on a comma, "...", or no punctuation), else None."""
+    f = fold(text).rstrip()
+    last = None
+    for m in RELATION_RX.finditer(f):
+        last = m
+    if last is None or re.search(r"[.!?]", f[last.end():].rstrip(" .!?…")):
+        return None
+    if f.endswith((".", "!", "?")) and not f.endswith(("...", "…")):
+        return None  # the sentence ended with the segment ("Mi nieta ya está grande.")
+    return RELATIONS[last.group("rel")]
 
 
 def calibrate_facts(facts: Iterable[UserFact], words: Mapping[tuple[str, int], Words] | None = None, *,
