@@ -375,10 +375,12 @@ def understand(models: Models, call_id: str, utts: list[Any],
     cu = with_words or cu
     assert cu is not None and cu.conversation is not None
     # as finish_call does: the utterances and their words from the call's state
+    t = time.thread_time()
     analysis = svc.analyzer.analyze(call_id, cu.utterances(), words=cu.conversation.words())
+    cpu = time.thread_time() - t
     more = {name: a.analyze(call_id, cu.utterances(), words=cu.conversation.words())
             for name, a in models.analyzers.items()}
-    return {"alerts": alerts, "analysis": analysis, "blank": cu.blank_finals, "analyses": more}
+    return {"alerts": alerts, "analysis": analysis, "blank": cu.blank_finals, "analyses": more, "analyzer_cpu_s": cpu}
 
 
 # ------------------------------------------------------------------------------------------ scoring
@@ -433,6 +435,7 @@ class Score:
     scripted_legs: set = field(default_factory=set)  # legs given the script's words instead of ASR
     more: dict = field(default_factory=dict)  # analyzer name -> Score of its analyses (facts, topics, codes)
     fallbacks: int = 0  # analyses answered by the fallback analyzer
+    analyzer_cpu_s: list = field(default_factory=list)  # CPU seconds of the configured analyzer, per call
 
 
 def score_call(s: Score, call: Call, res: dict[str, Any], *, utts: list[Any], finals: list[Final] | None,
@@ -480,6 +483,7 @@ def score_call(s: Score, call: Call, res: dict[str, Any], *, utts: list[Any], fi
         s.false[name] += [f"{call.call_id}:{h.cue_id} «{h.evidence.text[h.evidence.char_start:h.evidence.char_end]}»"
                           for h in hits if h.cue_id not in truth_alerts]
     score_analysis(s, call, res["analysis"])
+    s.analyzer_cpu_s.append(res.get("analyzer_cpu_s", 0.0))
     for name, analysis in res.get("analyses", {}).items():
         sub = s.more.setdefault(name, Score())
         sub.calls += 1
@@ -535,6 +539,8 @@ def summary(s: Score) -> dict[str, Any]:
         "topics_empty_calls": s.topics_empty,
         "code_precision": ratio(s.codes["tp"], s.codes["pred"]), "code_recall": ratio(s.codes["tp"], s.codes["truth"]),
         "code_exact_calls": ratio(s.codes["exact"], s.calls),
+        "analyzer_cpu_s_p50": float(np.median(s.analyzer_cpu_s)) if s.analyzer_cpu_s else None,
+        "analyzer_cpu_s_max": float(np.max(s.analyzer_cpu_s)) if s.analyzer_cpu_s else None,
         "alerts": {},
         "analyzers": {name: {k: v for k, v in summary(sub).items()
                              if k.startswith(("fact_", "facts_", "topic", "code_"))} | {"fallbacks": sub.fallbacks}
@@ -607,6 +613,8 @@ def print_report(r: dict[str, Any], path: str) -> None:
         ("analyzer", "code precision", "code_precision", False),
         ("analyzer", "code recall", "code_recall", False),
         ("analyzer", "code accuracy (calls with the exact code set)", "code_exact_calls", False),
+        ("analyzer", "analyzer CPU s per call, p50 (thread time)", "analyzer_cpu_s_p50", False),
+        ("analyzer", "analyzer CPU s per call, max", "analyzer_cpu_s_max", False),
     ]
     print(f"\npath: {path}; {a['calls']} calls ({a['calls'] - a['calm_calls']} with an alert cue, "
           f"{a['calm_calls']} calm); ASR from cache for {r['asr_cached_calls']} calls; {r['wall_s']:.0f} s")
