@@ -47,6 +47,7 @@ def test_sound_keys_make_spanish_spellings_of_one_sound_equal():
     ("Tomo omeprasol en ayunas.", "omeprazol"),
     ("Me tomé un tempra para el dolor.", "paracetamol"),  # a brand name: the generic is stored
     ("Estoy tomando insulina glargina.", "insulina"),
+    ("Ya me tomé la atorva statina.", "atorvastatina"),  # a long name split in two words
 ])
 def test_misheard_and_brand_medications_are_the_lexicons_generic(said, generic):
     assert ("health", f"medication.{fact_key('medication', generic).split('.')[1]}", generic) in facts_of(said)
@@ -57,6 +58,7 @@ def test_misheard_and_brand_medications_are_the_lexicons_generic(said, generic):
     "¿Usted toma metformina?",  # a question
     "Se me inclina la cabeza cuando camino.",  # "inclina" is near "insulina", no medication context
     "Me gusta el camino del pueblo.",
+    "Tomo la combi en la esquina para ir al centro.",  # words joined are no medication
 ])
 def test_no_medication_without_an_affirmative_reading(said):
     assert [f for f in facts_of(said) if f[0] == "health" and f[1].startswith("medication")] == []

@@ -64,6 +64,8 @@ WORD_FLOOR = 0.25
 # approximate matches: similarity (0-100) needed with / without a medication word nearby
 MED_FUZZY_WITH_CONTEXT = 80.0
 MED_FUZZY_ALONE = 95.0
+# a long name the recogniser split into words ("tomo libre en clamina"): after a taking verb only
+MED_JOINED = 85.0
 # words that make a medication reading likely in the same sentence
 MED_CONTEXT_RX = re.compile(r"\b(?:tom[oaeé]\w*|pastill\w*|medicin\w*|medicament\w*|tableta\w*|capsula\w*|jarabe|"
                             r"gotas|receta\w*|recet[oóe]\w*|inyect\w*|me\s+pongo|dosis|doctor\w*|medic[oa]s?|"
@@ -302,13 +304,15 @@ def _scan(text: str, lex: Lexicons | None = None, *, carried_relation: str | Non
 
     # medications: the lexicon, approximately; a taking verb before it in the clause is where a
     # negation is looked for ("ya no tomo la metformina")
-    for med in lex.medications_in(f, cutoff=MED_FUZZY_WITH_CONTEXT):
+    for med in lex.medications_in(f, cutoff=MED_FUZZY_WITH_CONTEXT, joined_cutoff=MED_JOINED):
         cs = clause_start(f, med.start)
         sentence = f[max(f.rfind(".", 0, med.start), f.rfind("?", 0, med.start), 0):med.end + 60]
         verbs = list(MED_VERB_RX.finditer(f, cs, med.start))
         context = bool(verbs) or MED_CONTEXT_RX.search(sentence) is not None
         if med.score < MED_FUZZY_ALONE and not context:
             continue
+        if " " in f[med.start:med.end] and not verbs and fold(med.value) != f[med.start:med.end]:
+            continue  # a name split in words by the recogniser: only right after "tomo"
         at = verbs[-1].start() if verbs else med.start
         if not ok(at) or not ok(med.start):
             continue

@@ -31,6 +31,8 @@ from stream_processor.models.analyzer.catalog import _load, _Model
 from stream_processor.models.analyzer.text import fold
 
 WORD_RX = re.compile(r"[a-zñ0-9]+")
+_GLUE = frozenset({"la", "el", "los", "las", "de", "del", "en", "con", "que", "por", "para", "un", "una", "y", "mi",
+                   "me", "se", "le", "lo", "su", "al", "ya", "no", "si", "muy", "mas"})
 
 # Spanish spellings of one sound, made one (Mexican Spanish: b/v, s/z/ce/ci, y/ll, silent h,
 # k/qu/c): Whisper writes what it hears, so "Beronica" and "Verónica" must compare as equal.
@@ -100,6 +102,9 @@ class _Index:
         self.forms = forms
         self.by_sound = {sound(k): k for k in forms}
         self.keys = list(self.by_sound)
+        self.keys_by_words: dict[int, list[str]] = {}
+        for k in self.keys:
+            self.keys_by_words.setdefault(len(k.split()), []).append(k)
         self.max_words = max(len(k.split()) for k in self.keys)
         self.min_len_fuzzy = min_len_fuzzy
 
@@ -112,7 +117,9 @@ class _Index:
         if len(folded_words) < self.min_len_fuzzy or cutoff >= 100:
             return None
         said = sound(folded_words)
-        best = process.extractOne(said, self.keys, scorer=fuzz.ratio, score_cutoff=cutoff)
+        # as many words as the entry: "combi en" is not a misheard "combivent"
+        best = process.extractOne(said, self.keys_by_words.get(len(said.split()), []), scorer=fuzz.ratio,
+                                  score_cutoff=cutoff)
         if best is None:
             return None
         key, score, _ = best
@@ -123,12 +130,35 @@ class _Index:
             return None
         return self.forms[self.by_sound[key]], float(score)
 
-    def find_all(self, folded: str, cutoff: float, start: int = 0, end: int | None = None) -> list[Match]:
-        """Non-overlapping matches in folded[start:end], longest and best first."""
+    def joined(self, words: str, cutoff: float) -> tuple[str, float] | None:
+        """A long entry the recogniser split into words ("libre en clamina" for glibenclamida):
+        the words joined, compared with the entry and with the entry less its first sound (often
+        lost at a word boundary); 9+ letters only."""
+        parts = words.split()
+        if any(len(p) < 3 or p in _GLUE for p in (parts[0], parts[-1])):
+            return None  # "combi en la": a window ending on a little word is no split name
+        said = sound("".join(parts))
+        if len(said) < 9:
+            return None
+        best: tuple[str, float] | None = None
+        for key in self.keys:
+            if len(key) < 9 or abs(len(key) - len(said)) > 2:
+                continue
+            score = max(fuzz.ratio(said, key), fuzz.ratio(said, key[1:]) if said[0] != key[0] else 0.0)
+            if score >= cutoff and (best is None or score > best[1]):
+                best = (self.forms[self.by_sound[key]], float(score))
+        return best
+
+    def find_all(self, folded: str, cutoff: float, start: int = 0, end: int | None = None, *,
+                 joined_cutoff: float | None = None) -> list[Match]:
+        """Non-overlapping matches in folded[start:end], longest and best first (``joined_cutoff``:
+        also entries split into 2-3 words by the recogniser, see :meth:`joined`)."""
         end = len(folded) if end is None else end
         cands: list[Match] = []
-        for s, e, words in _windows(folded, start, end, self.max_words):
-            hit = self.lookup(words, cutoff)
+        for s, e, words in _windows(folded, start, end, max(self.max_words, 3 if joined_cutoff else 1)):
+            hit = self.lookup(words, cutoff) if len(words.split()) <= self.max_words else None
+            if hit is None and joined_cutoff is not None and " " in words:
+                hit = self.joined(words, joined_cutoff)
             if hit is not None:
                 cands.append(Match(hit[0], s, e, hit[1]))
         cands.sort(key=lambda m: (-m.score, -(m.end - m.start), m.start))
@@ -171,8 +201,9 @@ class Lexicons:
             forms[" ".join(fold(alias).split())] = place
         return _Index(forms, min_len_fuzzy=6)
 
-    def medications_in(self, folded: str, cutoff: float = 80.0, start: int = 0, end: int | None = None) -> list[Match]:
-        return self.medication_index.find_all(folded, cutoff, start, end)
+    def medications_in(self, folded: str, cutoff: float = 80.0, start: int = 0, end: int | None = None, *,
+                       joined_cutoff: float | None = None) -> list[Match]:
+        return self.medication_index.find_all(folded, cutoff, start, end, joined_cutoff=joined_cutoff)
 
     def name(self, word: str, cutoff: float = 85.0) -> tuple[str, float] | None:
         """The listed given name a single word is (or is a slight misspelling of)."""
