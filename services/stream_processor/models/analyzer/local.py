@@ -190,8 +190,8 @@ class LocalAnalyzer(Analyzer):
 
     def keyword_scores(self, text: str) -> dict[str, float]:
         """Keyword score of each topic in one piece of text (weights summed over matches). A word
-        that is no keyword but sounds like one of 5+ letters, or is one misheard (similarity >=
-        ``APPROX_KEYWORD_CUTOFF`` for 7+ letters: "preción", "medisina"), counts
+        that is no keyword but sounds like one of 5+ letters ("preción", "medisina") counts as
+        the keyword; one misheard (similarity >= ``APPROX_KEYWORD_CUTOFF``, 7+ letters) counts
         ``APPROX_KEYWORD_FACTOR`` of its weight."""
         f = fold(text)
         out: dict[str, float] = {}
@@ -207,14 +207,14 @@ class LocalAnalyzer(Analyzer):
         for tok in tokens(f):
             if len(tok.text) < 5 or any(a <= tok.start < b for a, b in exact_spans):
                 continue
-            hit = approx.get(sound(tok.text))
+            hit, factor = approx.get(sound(tok.text)), 1.0  # spelt otherwise, sounds the same: the keyword
             if hit is None and len(tok.text) >= 7:
                 best = process.extractOne(sound(tok.text), self._approx_keys, scorer=fuzz.ratio,
                                           score_cutoff=APPROX_KEYWORD_CUTOFF)
-                hit = approx[best[0]] if best is not None else None
+                hit, factor = (approx[best[0]] if best is not None else None), APPROX_KEYWORD_FACTOR
             if hit is not None:
                 for topic_id, weight in hit:
-                    out[topic_id] = out.get(topic_id, 0.0) + weight * APPROX_KEYWORD_FACTOR
+                    out[topic_id] = out.get(topic_id, 0.0) + weight * factor
         return out
 
     def _approx_keywords(self) -> dict[str, list[tuple[str, float]]]:
@@ -231,7 +231,7 @@ class LocalAnalyzer(Analyzer):
                     forms = [term[:-1] + e for e in ("", "a", "o", "as", "os", "es", "s")] if term.endswith("*") \
                         else [term]
                     for form in forms:
-                        if len(form) >= 5:
+                        if len(form) >= 5 and len(sound(form)) >= 5:  # "ahorr*" sounds "aor": too short
                             index.setdefault(sound(form), []).append((t.id, weight))
             self._approx = {k: list(dict.fromkeys(v)) for k, v in index.items()}
             self._approx_keys = list(self._approx)
