@@ -196,3 +196,15 @@ def test_a_call_with_talk_is_never_left_without_a_topic():
     assert result.topics == ("salud",)
     assert any(n.startswith("topic salud from weak evidence") for n in result.notes)
     assert a.analyze(CALL, utts("Sí, bueno.")).topics == ()
+
+
+def test_a_topic_lupita_asked_about_and_the_person_answered_counts_fully():
+    """Lupita's keywords count half (asking is weaker evidence), in full when the person answered
+    with a few words: the recogniser may have lost the words of the answer, not its topic."""
+    a = LocalAnalyzer()
+    ask = Utterance(CALL, "lupita", 0, 0.0, 2.0, "¿Ya se tomó su medicina hoy?", 1.0)
+    answered = [ask, Utterance(CALL, "person", 0, 2.5, 5.0, "Sí, mija, ya me la tomé temprano con el cafecito.", 0.6)]
+    unanswered = [ask, Utterance(CALL, "person", 0, 2.5, 3.0, "Sí.", 0.6)]
+    assert a.topic_scores(answered)["salud"] == pytest.approx(1.0)
+    assert a.topic_scores(unanswered)["salud"] == pytest.approx(0.5)
+    assert "salud" in a.analyze(CALL, answered).topics

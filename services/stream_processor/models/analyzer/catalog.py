@@ -100,6 +100,11 @@ class TopicCatalogue(_Model):
     # A keyword in Lupita's leg counts this much (asking about a topic is weaker evidence than the
     # person talking about it); the person's leg counts 1.
     lupita_leg_weight: float = Field(default=0.5, ge=0, le=1)
+    # ... and this much when the person answered it (her next turn has ``answer_min_words`` words
+    # or more): a topic asked about and answered is a topic of the conversation, even when the
+    # recogniser lost the words of the answer.
+    lupita_answered_weight: float = Field(default=0.5, ge=0, le=1)
+    answer_min_words: int = Field(default=4, ge=1)
     default_min_score: float = Field(default=1.0, gt=0)
     topics: tuple[Topic, ...] = Field(min_length=1)
 

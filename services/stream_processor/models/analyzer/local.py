@@ -169,8 +169,10 @@ class LocalAnalyzer(Analyzer):
         receives the best prototype cosine of each topic."""
         cat = self.catalogues.topics
         scores = {t.id: 0.0 for t in cat.topics}
-        for u in utts:
-            leg_weight = 1.0 if u.leg == "person" else cat.lupita_leg_weight
+        answered = self._answered(utts, cat.answer_min_words)
+        for i, u in enumerate(utts):
+            leg_weight = 1.0 if u.leg == "person" else \
+                (cat.lupita_answered_weight if i in answered else cat.lupita_leg_weight)
             if leg_weight:
                 for tid, v in self.keyword_scores(u.text).items():
                     scores[tid] += v * leg_weight
@@ -187,6 +189,24 @@ class LocalAnalyzer(Analyzer):
                 if notes is not None:
                     notes.append(f"topic embeddings unavailable ({type(exc).__name__}); keywords only")
         return scores
+
+    @staticmethod
+    def _answered(utts: Sequence[Utterance], min_words: int) -> set[int]:
+        """Indexes of Lupita's utterances that the person's next turn (her utterances before
+        Lupita speaks again) answered with ``min_words`` words or more."""
+        out: set[int] = set()
+        pending: int | None = None
+        words = 0
+        for i, u in enumerate(utts):
+            if u.leg == "lupita" and u.text.strip():
+                if pending is not None and words >= min_words:
+                    out.add(pending)
+                pending, words = i, 0
+            elif u.leg == "person":
+                words += len(tokens(fold(u.text)))
+        if pending is not None and words >= min_words:
+            out.add(pending)
+        return out
 
     def keyword_scores(self, text: str) -> dict[str, float]:
         """Keyword score of each topic in one piece of text (weights summed over matches). A word
