@@ -248,6 +248,8 @@ def pct(x: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--calls", type=int, default=40, help="the first N calls of the corpus")
+    p.add_argument("--terms-only", action="store_true",
+                   help="only segments whose truth says a name or medication word of the call (name recall)")
     p.add_argument("--skip", type=int, default=0, help="leave out the first N of those calls (a second sample)")
     p.add_argument("--max-segments", type=int, default=0, help="at most this many segments, spread over the calls")
     p.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES))
@@ -265,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
 
     calls = corpus.build_corpus(args.calls)[args.skip:]
     segs, missed, skipped = load_segments(calls, args.segments)
+    if args.terms_only:
+        segs = [s for s in segs if said_terms(s)]
     if args.max_segments and len(segs) > args.max_segments:
         idx = np.linspace(0, len(segs) - 1, args.max_segments).round().astype(int)
         segs = [segs[i] for i in sorted(set(idx.tolist()))]

@@ -22,7 +22,8 @@ The pure parts are in :mod:`.core`; this is the thin Faust wrapper (:class:`Tran
   one in order as before; a packed decode that fails falls back to one decode per segment;
 - vocabulary (``LUPITA_TRANSCRIBER_VOCABULARY``): a second agent reads ``call.lifecycle``; at a
   call's start the person's facts are read once by phone hash and every decode of the call is
-  biased toward their names, places and medications plus a health lexicon (:mod:`.vocabulary`),
+  biased toward their names, places and medications (plus, if configured, a health lexicon:
+  :mod:`.vocabulary`),
   passed with the decode, never kept in the shared model;
 - deduplicates redelivered segments (a vad replay after a restart, or its own redelivery):
   per (call, leg) the highest :func:`order_key` done is kept in the changelog-backed table
@@ -107,7 +108,8 @@ class TranscriberAgent:
         # "call_id:leg" -> {"key": order_key done, "partition": p, "done_at": unix s once ended}
         self.progress = app.Table(PROGRESS_TABLE, key_type=str, partitions=settings.topic_partitions)
         app.agent(self.source, name="transcriber")(self._agent)
-        self.vocabularies = CallVocabularies(max_terms=settings.transcriber_vocabulary_max_terms)
+        self.vocabularies = CallVocabularies(max_terms=settings.transcriber_vocabulary_max_terms,
+                                             lexicon=settings.transcriber_vocabulary_lexicon)
         self._facts_store: Any = None
         if settings.transcriber_vocabulary:
             self.lifecycle = app.topic(settings.topic(CALL_LIFECYCLE), **raw)

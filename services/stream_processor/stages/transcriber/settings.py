@@ -26,3 +26,6 @@ class TranscriberSettings(AsrSettings):
     # stages/transcriber/vocabulary.py; measured by bench/asr_encode.py (vocab= modes).
     transcriber_vocabulary: bool = False
     transcriber_vocabulary_max_terms: int = Field(default=48, ge=1, le=200)
+    # Also the Mexican-Spanish health lexicon (models/asr/vocabulary.py) in every call's vocabulary.
+    # Off: measured on the corpus, the lexicon as hotwords raised WER and wrote unsaid terms.
+    transcriber_vocabulary_lexicon: bool = False

@@ -3,12 +3,14 @@
 When a call starts (``call.lifecycle`` ``started``), the person's current facts are read ONCE by
 the phone hash (:func:`read_person_facts`, ``lupita.facts.live``: one indexed read) and turned into
 the call's decoding vocabulary (:func:`stream_processor.models.asr.vocabulary.call_vocabulary`:
-the person's names, places and medications, then the health lexicon). :class:`CallVocabularies`
+the person's names, places and medications, then the health lexicon when
+``LUPITA_TRANSCRIBER_VOCABULARY_LEXICON`` is on — off by default: measured, the 43-term lexicon as
+hotwords made Whisper base worse, see bench/README.md). :class:`CallVocabularies`
 holds it by call id until both legs have ended; every decode of the call passes it as an
 argument, so one caller's words never reach another caller's decode. A call whose start was not
-seen here (another worker, or a restart) or whose caller has no facts gets the lexicon alone; a
-failed read is retried once and then also falls back to the lexicon (the vocabulary is a hint:
-decoding never waits for it and nothing is lost without it).
+seen here (another worker, or a restart) or whose caller has no facts gets the lexicon alone (or
+nothing); a failed read is retried once and then falls back the same way (the vocabulary is a
+hint: decoding never waits for it and nothing is lost without it).
 """
 
 from __future__ import annotations
@@ -35,15 +37,16 @@ class CallVocabularies:
     """call id -> its vocabulary, from the call's start until both legs ended; at most
     ``max_calls`` (the oldest dropped first, for calls whose end never comes)."""
 
-    def __init__(self, *, max_terms: int = 48, max_calls: int = 10000) -> None:
+    def __init__(self, *, max_terms: int = 48, max_calls: int = 10000, lexicon: bool = False) -> None:
         self.max_terms = max_terms
         self.max_calls = max_calls
-        self.lexicon_only = call_vocabulary((), max_terms=max_terms)
+        self.lexicon = HEALTH_LEXICON_ES_MX if lexicon else ()
+        self.lexicon_only = call_vocabulary((), lexicon=self.lexicon, max_terms=max_terms)
         self._calls: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self._ended: dict[str, set[str]] = {}
 
     def start(self, call_id: str, facts: Iterable[tuple[str, str, str]] = ()) -> tuple[str, ...]:
-        terms = call_vocabulary(facts, lexicon=HEALTH_LEXICON_ES_MX, max_terms=self.max_terms)
+        terms = call_vocabulary(facts, lexicon=self.lexicon, max_terms=self.max_terms)
         self._calls[call_id] = terms
         self._calls.move_to_end(call_id)
         while len(self._calls) > self.max_calls:
@@ -52,7 +55,7 @@ class CallVocabularies:
         return terms
 
     def get(self, call_id: str) -> tuple[str, ...]:
-        """The call's vocabulary; the lexicon alone when its start was not seen here."""
+        """The call's vocabulary; the lexicon alone (or nothing) when its start was not seen here."""
         return self._calls.get(call_id, self.lexicon_only)
 
     def known(self, call_id: str) -> bool:
