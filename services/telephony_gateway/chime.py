@@ -274,8 +274,11 @@ class KvsLeg:
         try:
             resp = self._client().get_media(StreamARN=self.arn, StartSelector=selector)
             self._body = body = resp["Payload"]
+            # what has arrived, not a full buffer: StreamingBody.read(n) waits for n bytes, which a
+            # live stream's tail may never bring (urllib3 >= 2's read1 returns what is there)
+            read = getattr(getattr(body, "_raw_stream", None), "read1", None) or body.read
             while not self._stop.is_set():
-                data = body.read(READ_BYTES)
+                data = read(READ_BYTES)
                 if not data:
                     break
                 if not self._put(data):
@@ -370,7 +373,7 @@ class ChimeSession(SessionBase):
             return
         if self._phone_enc is None:
             try:
-                self._phone_enc = base64.b64encode(encrypt_phone(self._phone, self.settings.encryption_key_bytes())).decode()
+                self._phone_enc = base64.b64encode(encrypt_phone(self._phone, self.settings.encryption_key_bytes)).decode()
             except ValueError:
                 log.warning("no checkpoint: LUPITA_PHONE_ENCRYPTION_KEY is not set (a clear number is never written)",
                             extra=self.extra())
@@ -550,22 +553,25 @@ class _Leg:
                 if out:
                     return out
                 continue
-            try:
-                events = self.reader.feed(item)
-            except mkv.MalformedMkv as exc:
-                s.bad(BadInput("malformed_mkv", f"{self.plan.name} stream: {exc}; skipped to the next fragment"))
-                events = exc.events
-                out = self._parse(events)
-                self.reader.resync()
-                more = self._parse(self.reader.feed(b""))
-                if out or more:
-                    return out + more
-                continue
-            out = self._parse(events)
+            out = self._parse(self._feed(item))
             if out:
                 return out
 
     pending_end = False
+
+    def _feed(self, data: bytes) -> list:
+        """MKV events of these bytes; damage is counted (once per damaged stretch) and skipped up
+        to the next chunk, whose events follow."""
+        events: list = []
+        for _ in range(64):  # bounded: each round consumes bytes
+            try:
+                return events + self.reader.feed(data)
+            except mkv.MalformedMkv as exc:
+                self.s.bad(BadInput("malformed_mkv", f"{self.plan.name} stream: {exc}; skipped to the next fragment"))
+                events += exc.events
+                self.reader.resync()
+                data = b""
+        return events
 
     def _parse(self, events: list) -> list:
         out = []
@@ -764,7 +770,7 @@ class ChimeCalls:
         n = 0
         for key, state in self.store.load_all().items():
             try:
-                phone = decrypt_phone(base64.b64decode(state["phone"]), self.settings.encryption_key_bytes())
+                phone = decrypt_phone(base64.b64decode(state["phone"]), self.settings.encryption_key_bytes)
                 legs, done = [], {}
                 for leg in state["legs"]:
                     legs.append(ce.StreamingEvent(

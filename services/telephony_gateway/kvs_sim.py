@@ -106,11 +106,17 @@ class KvsStream:
     speed: float = 0.0  # 0 = as fast as the reader takes; 1 = one fragment per its duration
     pieces: int = 1  # with speed: each fragment written in this many pieces spread over its duration
     fragment_ms: int = 1000
+    hold_at: int | None = None  # item index before which a body waits for release() (a producer pausing)
     requests: list[dict] = field(default_factory=list)
     _closed: asyncio.Event = field(default_factory=asyncio.Event)
+    _released: asyncio.Event = field(default_factory=asyncio.Event)
 
     def close(self) -> None:
         self._closed.set()
+        self._released.set()
+
+    def release(self) -> None:
+        self._released.set()
 
 
 class KvsServer:
@@ -178,7 +184,9 @@ class KvsServer:
         await response.prepare(request)
         sent = 0
         try:
-            for number, data in stream.items[start:]:
+            for index, (number, data) in enumerate(stream.items[start:], start):
+                if stream.hold_at is not None and index == stream.hold_at:
+                    await stream._released.wait()
                 if stream.stall_after is not None and sent >= stream.stall_after:
                     await stream._closed.wait()  # stalled: nothing more, the body never ends
                     return response

@@ -123,6 +123,7 @@ class MkvStreamReader:
         self._pos = 0  # stream offset of the next unread element
         self._open: list[_Open] = []
         self._segment_at: int | None = None  # stream offset of the open Segment (resync restarts after it)
+        self._hunting = False  # after a resync that found no EBML header yet: skip until one comes
 
     @property
     def buffered(self) -> int:
@@ -164,6 +165,7 @@ class MkvStreamReader:
             skipped = max(0, skipped - (len(EBML_MAGIC) - 1))
         self._pos = anchor + skipped
         self._segment_at = None
+        self._hunting = at < 0
         self._open.clear()
         self._compact()
         return skipped
@@ -180,7 +182,7 @@ class MkvStreamReader:
         cut = keep_from - self._base
         if cut > 65536 or cut == len(self._buf):
             del self._buf[:cut]
-            self._base = self._pos
+            self._base = keep_from
 
     def _view(self, start: int, n: int) -> bytes:
         i = start - self._base
@@ -207,11 +209,24 @@ class MkvStreamReader:
             if avail < _HEAD_MAX:
                 return None  # maybe only truncated: wait for more bytes
             raise MalformedMkv(f"undecodable element header ({type(exc).__name__})") from None
-        if head.tell() > avail:
+        if idlen + sizelen > avail:  # ebmlite decoded past the bytes here (a header cut by the network)
             return None
         return eid, size, idlen + sizelen
 
+    def _hunt(self) -> bool:
+        """While hunting: skip to the next EBML header; False when none is here yet."""
+        start = self._pos - self._base
+        at = self._buf.find(EBML_MAGIC, start)
+        if at < 0:
+            self._pos += max(0, len(self._buf) - start - (len(EBML_MAGIC) - 1))
+            return False
+        self._pos += at - start
+        self._hunting = False
+        return True
+
     def _drain(self, events: list[Event]) -> None:
+        if self._hunting and not self._hunt():
+            return
         while True:
             self._close_done(events)
             head = self._head()

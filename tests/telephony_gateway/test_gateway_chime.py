@@ -101,10 +101,11 @@ async def test_the_ended_event_ends_a_live_call_after_its_tail(bridge, kvs):
 
 async def test_a_gateway_restart_resumes_the_call_after_the_checkpointed_fragment(bridge, kvs, tmp_path):
     person, lupita = mono(6.0, 5), mono(6.0, 6)
-    # one fragment per 1 s of audio, served at real time: the first process is cut mid-call
-    call = build_call(kvs, lupita, person, lupita_fragment_ms=1000, speed=1.0, fragment_ms=1000)
-    overrides = chime_settings(kvs, gateway_chime_checkpoint_dir=str(tmp_path))
+    call = build_call(kvs, lupita, person, lupita_fragment_ms=1000, hold_at=3)  # 1 s fragments; KVS pauses after 3
+    overrides = chime_settings(kvs, gateway_chime_checkpoint_dir=str(tmp_path), gateway_chime_idle_seconds=30)
     checkpoint = tmp_path / f"{call.key}.json"
+    first_person = int(call.events[0]["detail"]["startFragmentNumber"])
+    first_lupita = int(call.events[1]["detail"]["startFragmentNumber"])
 
     def done_through() -> dict:
         try:
@@ -115,31 +116,33 @@ async def test_a_gateway_restart_resumes_the_call_after_the_checkpointed_fragmen
 
     async with running_gateway(bridge, bridge.token, **overrides) as gw:
         await post_events(gw, call.events)
+        # fragments 0 and 1 of each leg are done (2 is open: its end shows only when 3 begins)
         await await_for("two fragments of each leg checkpointed",
-                        lambda: len(done_through()) == 2 and all(
-                            n - int(call.events[0 if caller else 1]["detail"]["startFragmentNumber"]) >= 1
-                            for caller, n in done_through().items()), timeout=30)
+                        lambda: done_through() == {True: first_person + 1, False: first_lupita + 1}, timeout=30)
     # the process is gone (close() cuts the call like a crash): the checkpoint stays
-    cut = done_through()
     state = json.loads(checkpoint.read_text())
     assert "+52" not in checkpoint.read_text() and state["phone"]  # the number is stored encrypted only
+    call.person.hold_at = call.lupita.hold_at = None
     async with running_gateway(bridge, bridge.token, **overrides) as gw2:
-        reports = await ended(gw2, call)
-    assert reports[-1].outcome == "completed" and reports[-1].call_id == f"{call.key}-p2"
+        [report] = await ended(gw2, call)
+    assert report.outcome == "completed" and report.call_id == f"{call.key}-p2", report
     assert not checkpoint.exists()  # over: nothing left to resume
+    # the new process asked for the streams after the checkpointed fragments
+    assert call.person.requests[-2]["StartSelector"] == {"StartSelectorType": "FRAGMENT_NUMBER",
+                                                         "AfterFragmentNumber": str(first_person + 1)}
     part2 = await read_call(CommonSettings(), f"{call.key}-p2")
-    first_person = int(call.events[0]["detail"]["startFragmentNumber"])
-    first_lupita = int(call.events[1]["detail"]["startFragmentNumber"])
     # part 2 holds exactly the fragments after the checkpointed ones, on the same clock
-    person_from = (cut[True] - first_person + 1) * 8000
-    lupita_from = (cut[False] - first_lupita + 1) * 8000
-    assert part2.leg_payload(PERSON) == pcm_bytes(person[person_from:])
-    assert part2.leg_payload(LUPITA) == pcm_bytes(lupita[lupita_from:])
-    assert part2.leg_chunks(PERSON)[0].start_ts_us == (T0_MS + person_from // 8) * 1000
-    # part 1 (ended by the cut) holds at least everything through the checkpoint, in order
+    assert part2.leg_payload(PERSON) == pcm_bytes(person[16000:])
+    assert part2.leg_payload(LUPITA) == pcm_bytes(lupita[16000:])
+    assert part2.leg_chunks(PERSON)[0].start_ts_us == (T0_MS + 2000) * 1000
+    assert part2.leg_chunks(LUPITA)[0].start_ts_us == (T0_MS + 2000) * 1000
+    # part 1 (ended by the cut) holds everything through the checkpoint, in order, and at most
+    # the fragment that was open at the cut beyond it
     part1 = await read_call(CommonSettings(), call.key)
-    assert part1.leg_payload(PERSON)[: person_from * 2] == pcm_bytes(person[:person_from])
     assert part1.ended().reason == "disconnect"
+    for leg, audio in ((PERSON, person), (LUPITA, lupita)):
+        got = part1.leg_payload(leg)
+        assert got[:32000] == pcm_bytes(audio[:16000]) and len(got) <= 48000
 
 
 async def test_a_recycled_stream_ends_that_leg_and_no_other_calls_audio_is_forwarded(bridge, kvs):

@@ -96,6 +96,34 @@ def test_the_reader_gives_the_same_blocks_whatever_the_byte_split(step):
     assert (track.codec_id, track.sampling_hz, track.channels, track.bit_depth) == ("A_PCM/INT/LIT", 8000.0, 1, 16)
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_network_sized_reads_split_anywhere_give_every_block_once(seed):
+    """Reads of a few KB cut elements and headers anywhere (as a socket does); every fragment's
+    blocks come out exactly once, whatever the buffer keeps for a resync."""
+    audio = pcm(6.0, seed=seed)
+    data = b"".join(d for _, d in kvs_sim.fragments_of(audio, first_number=1, start_ms=T0_MS, tags=TAGS))
+    rng = np.random.default_rng(seed)
+    reader, events, pos = mkv.MkvStreamReader(), [], 0
+    while pos < len(data):
+        n = int(rng.integers(1, 20000))
+        events += reader.feed(data[pos:pos + n])
+        pos += n
+    tail, partial = reader.finish()
+    events += tail
+    assert partial == 0
+    per_segment, count = [], 0
+    for e in events:
+        if isinstance(e, mkv.SegmentStart):
+            count = 0
+        elif isinstance(e, mkv.Block):
+            count += 1
+        elif isinstance(e, mkv.SegmentEnd):
+            per_segment.append(count)
+    assert per_segment == [50] * 6
+    blocks = b"".join(e.data for e in events if isinstance(e, mkv.Block))
+    assert np.array_equal(np.frombuffer(blocks, "<i2"), audio)
+
+
 def test_blocks_come_out_as_they_arrive_not_when_the_fragment_ends():
     data = kvs_sim.fragment(pcm(1.0), fragment_number="1", producer_ts_ms=T0_MS, tags=TAGS)
     reader = mkv.MkvStreamReader()
