@@ -15,6 +15,13 @@ vector already stored, so no model is loaded and the query costs one HNSW search
   the calls already listed as the last calls and the anchor itself are left out.
 - **Time budget**: the caller gives the seconds left; the HTTP request is cancelled when they run
   out and the context goes without this part (``outcome="timeout"``), never waits.
+- **Cache**: the answer depends only on the person, the anchor and the calls left out, so it is
+  kept per (person, anchor, left out) for ``context_api_past_cache_seconds`` (a call's
+  assistant-request and its getUserContext calls ask the same question; a new analysed call changes
+  the anchor, hence the key). In memory, per process, at most ``context_api_past_cache_size``
+  entries (least recently used first out); only answers Weaviate gave are kept, never a timeout.
+  After an erasure the person has no profile, so no anchor, and their entries are never read again
+  (they age out).
 
 Plain HTTP (Weaviate's GraphQL endpoint, httpx's async client on the event loop): importing the
 weaviate client costs seconds at start and its sync client would hold a worker thread per query.
@@ -27,7 +34,9 @@ import asyncio
 import json
 import logging
 import re
+import time
 import uuid
+from collections import OrderedDict
 from datetime import datetime
 from typing import Any
 
@@ -52,6 +61,9 @@ class PastConversations:
         self.half_life_days = settings.context_api_past_half_life_days
         self.url = f"http://{settings.weaviate_host}:{settings.weaviate_http_port}/v1/graphql"
         self._client: httpx.AsyncClient | None = None
+        self.cache_s = settings.context_api_past_cache_seconds
+        self.cache_size = settings.context_api_past_cache_size
+        self._cache: OrderedDict[tuple, tuple[float, list[dict[str, Any]]]] = OrderedDict()
 
     def query(self, person: str, anchor: str, limit: int) -> str:
         if not _HASH_RE.match(person):
@@ -69,6 +81,12 @@ class PastConversations:
         if not anchor:
             metrics.PAST.labels("no_anchor").inc()
             return [], "no_anchor"
+        key = (person, anchor, frozenset(exclude))
+        hit = self._cache.get(key) if self.cache_s > 0 else None
+        if hit is not None and hit[0] > time.monotonic():
+            self._cache.move_to_end(key)
+            metrics.PAST.labels("cached").inc()
+            return list(hit[1]), None
         if budget_s <= 0:
             metrics.PAST.labels("timeout").inc()
             return [], "timeout"
@@ -114,6 +132,11 @@ class PastConversations:
                         "similarity": round(similarity, 3), "score": round(score, 4)})
         out.sort(key=lambda c: (-c["score"], c["call_id"] or ""))
         metrics.PAST.labels("ok").inc()
+        if self.cache_s > 0:
+            self._cache[key] = (time.monotonic() + self.cache_s, out[: self.k])
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
         return out[: self.k], None
 
     async def close(self) -> None:

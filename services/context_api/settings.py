@@ -78,6 +78,9 @@ class ContextApiSettings(CommonSettings):
     context_api_past_half_life_days: float = Field(default=60.0, gt=0, le=3650)
     context_api_past_budget_ms: int = Field(default=150, ge=1, le=5000)
     context_api_weaviate_timeout_ms: int = Field(default=2000, ge=10, le=30000)
+    # Answers kept per (person, latest call, calls left out) for this long (0 = no cache), at most this many.
+    context_api_past_cache_seconds: float = Field(default=300.0, ge=0, le=86400)
+    context_api_past_cache_size: int = Field(default=10000, ge=1, le=1_000_000)
 
     # The telephony gateway's control API (services/telephony_gateway/control.py): on a VAPI
     # status-update "in-progress" the webhook asks it (POST /vapi/calls) to listen to the call, in

@@ -24,7 +24,6 @@ from typing import Any, Iterator
 import psycopg
 from psycopg.rows import dict_row
 
-from lupita.facts import LIVE_SQL
 
 
 class StoreUnavailable(RuntimeError):
@@ -128,37 +127,11 @@ class Snapshot:
     degraded: dict[str, str] = field(default_factory=dict)
 
 
-_CALLS = """
-SELECT call_id, started_at, ended_at, summary, emotion_primary, topics
-FROM companion_calls
-WHERE phone_number_hash = %s AND started_at IS NOT NULL
-ORDER BY started_at DESC LIMIT %s
-"""
-_ALERTS = """
-SELECT a.call_id, a.cue_id, a.severity, a.evidence ->> 'text' AS text, a.raised_at
-FROM call_alerts a JOIN companion_calls c ON c.call_id = a.call_id
-WHERE c.phone_number_hash = %s AND a.raised_at >= now() - make_interval(days => %s)
-ORDER BY a.raised_at DESC LIMIT 10
-"""
 _CALLBACKS = """
 SELECT id, scheduled_for, reason FROM scheduled_callbacks
 WHERE phone_number_hash = %s AND status = 'pending' AND scheduled_for >= now()
 ORDER BY scheduled_for LIMIT 5
 """
-
-
-def read_person(conn: psycopg.Connection, person: str, *, max_facts: int, recent_calls: int,
-                alert_days: int) -> Snapshot:
-    """The person's snapshot: four indexed reads sent in ONE round trip (libpq pipeline mode)."""
-    queries = [(LIVE_SQL, (person, max_facts))]
-    queries.append((_CALLS, (person, recent_calls)) if recent_calls else None)
-    queries.append((_ALERTS, (person, alert_days)) if alert_days else None)
-    queries.append((_CALLBACKS, (person,)))
-    # the connection keeps tuple rows (lupita.facts reads them so): dict rows per cursor
-    with conn.pipeline():
-        cursors = [conn.cursor(row_factory=dict_row).execute(*q) if q else None for q in queries]
-    facts, calls, alerts, callbacks = (c.fetchall() if c is not None else [] for c in cursors)
-    return Snapshot(facts, calls, alerts, callbacks)
 
 
 # --------------------------------------------------------------------------- the profile

@@ -158,3 +158,24 @@ def test_a_weaviate_that_does_not_answer_costs_only_the_past_conversations(colle
             assert api.metric("lupita_context_api_assistant_request_degraded_total", reason="timeout") == 0
     finally:
         stalled.close()
+
+
+def test_the_same_question_is_answered_from_the_cache_and_a_new_call_asks_a_new_one(api, sink):
+    """A call's assistant-request and its getUserContext calls ask the same question: the second is
+    answered from the process's cache. A newly analysed call is the new anchor: a new question,
+    never the cached answer to the old one."""
+    phone = random_phone()
+    person = person_of(phone)
+    calls = history(sink, person, "E")
+    cached = api.metric("lupita_context_api_past_conversations_total", outcome="cached")
+    first, again = _ctx(api, phone), _ctx(api, phone)
+    assert first["past_conversations"] == again["past_conversations"]
+    assert [c["call_id"] for c in first["past_conversations"]] == [calls["like_30d"], calls["like_90d"], calls["unlike_40d"]]
+    assert api.metric("lupita_context_api_past_conversations_total", outcome="cached") == cached + 1
+
+    newest = analysed_call(sink, person, 0.1, FAR, "E: habló de la milpa y la lluvia.")
+    after = _ctx(api, phone)
+    assert [c["call_id"] for c in after["last_calls"]] == [newest, calls["latest"], calls["recent_2"]]
+    # like the newest (FAR): the market trip 3 days ago, then the harvest 40 days ago, then the rest
+    assert [c["call_id"] for c in after["past_conversations"]] == \
+        [calls["recent_3"], calls["unlike_40d"], calls["like_30d"]]
