@@ -15,6 +15,14 @@ same run:
   tables whole (every fact row and its observations, every call, every alert, every callback of the
   person) and a Weaviate near-vector query filtered to the person, then building the same context.
 
+and a third, ``context-api fanout``: the same service with ``LUPITA_CONTEXT_API_CONTEXT_SOURCE=fanout``,
+which computes the person's profile from the base tables per request (the database functions the
+profile triggers use) instead of reading the ``person_profiles`` row — the same answer, so the pair
+measures exactly what the profile saves. Both context-api children read relevant past conversations
+from the bench's Weaviate collection (``nearObject`` on the latest call, the person's objects only).
+The seed fills the tables with the profile triggers off and then builds every profile in one pass
+(as migration 0008's backfill does), timed as ``profile_backfill_s``.
+
 Requests are drawn from the people that have Weaviate objects, so the baseline does its full work.
 Goal (issue #8): p99 ≤ 25 ms at 300 rps on the 2-core machine; the table shows the highest rate
 tested with p99 ≤ 50 ms. The machine's cores are shared by both servers, Postgres and this driver.
@@ -111,8 +119,41 @@ def seed_postgres(dsn: str, hashes: list[str], args: argparse.Namespace) -> floa
             for i, h in enumerate(hashes):
                 copy.write_row((i, h))
         with conn.transaction():
+            # bulk rows without the profile triggers (one refresh per person afterwards, as the backfill)
+            for table in PROFILE_TABLES:
+                conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
             conn.execute(SEED_SQL.replace(":CALLS:", str(int(args.calls))).replace(":FACTS:", str(int(args.facts))))
+            for table in PROFILE_TABLES:
+                conn.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
         conn.execute("ANALYZE")
+    return time.perf_counter() - started
+
+
+PROFILE_TABLES = ("companion_calls", "user_facts", "call_alerts")
+
+
+def link_weaviate_and_build_profiles(dsn: str, hashes: list[str], calls: int) -> float:
+    """Name each seeded call's Weaviate object in its row (as the sink does), then build every
+    person's profile (``lupita_profile_refresh``, migration 0008's backfill); returns the seconds
+    the profiles took."""
+    import psycopg
+    from weaviate.util import generate_uuid5
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TEMP TABLE bench_wv (call_id text PRIMARY KEY, id uuid NOT NULL)")
+        with conn.cursor().copy("COPY bench_wv (call_id, id) FROM STDIN") as copy:
+            for i in range(len(hashes)):
+                for c in range(1, calls + 1):
+                    copy.write_row((f"bench-{i}-{c}", generate_uuid5(f"bench-{i}-{c}")))
+        with conn.transaction():
+            for table in PROFILE_TABLES:
+                conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+            conn.execute("UPDATE companion_calls c SET weaviate_id = w.id FROM bench_wv w WHERE w.call_id = c.call_id")
+            for table in PROFILE_TABLES:
+                conn.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
+        started = time.perf_counter()
+        conn.execute("SELECT count(lupita_profile_refresh(h, 'all')) FROM bench_people")
+        conn.execute("ANALYZE person_profiles")
     return time.perf_counter() - started
 
 
@@ -126,22 +167,32 @@ def weaviate_client():
 
 
 def seed_weaviate(collection: str, hashes: list[str], calls: int) -> float:
+    from datetime import datetime, timedelta, timezone
+
     from weaviate.classes.config import Configure, DataType, Property, Tokenization
     from weaviate.classes.data import DataObject
+    from weaviate.util import generate_uuid5
 
     started = time.perf_counter()
     rnd = random.Random(7)
+    now = datetime.now(timezone.utc)
     with weaviate_client() as client:
         coll = client.collections.create(
             collection, vector_config=Configure.Vectors.self_provided(),
             properties=[Property(name="call_id", data_type=DataType.TEXT, tokenization=Tokenization.FIELD),
                         Property(name="phone_number_hash", data_type=DataType.TEXT, tokenization=Tokenization.FIELD),
+                        Property(name="topics", data_type=DataType.TEXT_ARRAY, tokenization=Tokenization.FIELD),
+                        Property(name="emotion", data_type=DataType.TEXT, tokenization=Tokenization.FIELD),
+                        Property(name="started_at", data_type=DataType.DATE),
                         Property(name="summary", data_type=DataType.TEXT)])
         batch: list = []
         for i, h in enumerate(hashes):
             for c in range(1, calls + 1):
                 batch.append(DataObject(properties={"call_id": f"bench-{i}-{c}", "phone_number_hash": h,
+                                                    "topics": ["familia", "salud"], "emotion": "neutral",
+                                                    "started_at": now - timedelta(days=c, hours=i % 24),
                                                     "summary": f"Llamada {c}: familia y salud."},
+                                        uuid=generate_uuid5(f"bench-{i}-{c}"),
                                         vector=[rnd.uniform(-1, 1) for _ in range(DIM)]))
                 if len(batch) == 1000:
                     res = coll.data.insert_many(batch)
@@ -151,6 +202,44 @@ def seed_weaviate(collection: str, hashes: list[str], calls: int) -> float:
         if batch:
             coll.data.insert_many(batch)
     return time.perf_counter() - started
+
+
+def write_cost(dsn: str, hashes: list[str], n: int) -> dict:
+    """What the profile costs a writer: ``lupita.facts.record`` of a new value of a single-valued key
+    (the superseding path: the old row closed, a new row and its observation, then the profile's
+    facts section) for random people, with the profile triggers on and off, in alternating blocks
+    of 25 (same people, same run). Milliseconds per write."""
+    from datetime import datetime, timezone
+
+    import psycopg
+    from lupita import facts
+
+    rnd = random.Random(5)
+    lat: dict[str, list[float]] = {"triggers_on": [], "triggers_off": []}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for block in range(2 * max(1, n // 25)):
+            state = "triggers_off" if block % 2 else "triggers_on"
+            conn.execute(f"ALTER TABLE user_facts {'DISABLE' if block % 2 else 'ENABLE'} TRIGGER USER")
+            for _ in range(25):
+                obs = facts.Observation(fact_type="routine", key="bench_wake_up_time",
+                                        value=f"{rnd.randrange(5, 10)}:{rnd.randrange(60):02d}", confidence=0.7,
+                                        observed_at=datetime.now(timezone.utc), source="agent")
+                t = time.perf_counter()
+                facts.record(conn, rnd.choice(hashes), obs)
+                lat[state].append(time.perf_counter() - t)
+        conn.execute("ALTER TABLE user_facts ENABLE TRIGGER USER")
+        stale = conn.execute("SELECT count(*) FROM bench_people p JOIN person_profiles pp ON pp.phone_number_hash = p.h "
+                             "WHERE pp.facts IS DISTINCT FROM lupita_profile_facts(p.h)").fetchone()[0]
+    out = {}
+    for state, xs in lat.items():
+        xs.sort()
+        out[state] = {"writes": len(xs), "p50_ms": round(xs[len(xs) // 2] * 1000, 2),
+                      "p99_ms": round(xs[min(len(xs) - 1, int(0.99 * len(xs)))] * 1000, 2)}
+    # the writes made with the triggers off left those people's profiles behind: said, then rebuilt
+    out["profiles_behind_after_off_writes"] = stale
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT count(lupita_profile_refresh(h, 'facts')) FROM bench_people")
+    return out
 
 
 # --------------------------------------------------------------------------- the fan-out baseline server
@@ -278,6 +367,31 @@ async def drive(url: str, callers: list[str], rate: float, seconds: float, warmu
             "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99), "max_ms": pct(1.0)}
 
 
+async def sequential(url: str, callers: list[str], n: int) -> dict:
+    """``n`` requests one after another (no queue: each request's own service time)."""
+    import aiohttp
+
+    headers = {"authorization": f"Bearer {TOKEN}", "content-type": "application/json"}
+    rnd = random.Random(13)
+    lat, errors = [], 0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        for i in range(n + 20):
+            t = time.perf_counter()
+            async with session.post(url, data=message(rnd.choice(callers)), headers=headers) as r:
+                body = await r.read()
+            if i < 20:
+                continue  # warm-up
+            if r.status == 200 and b'\\"known\\":true' in body:
+                lat.append(time.perf_counter() - t)
+            else:
+                errors += 1
+    lat.sort()
+    k = len(lat)
+    return {"sequential": n, "ok": k, "errors": errors,
+            "p50_ms": round(lat[k // 2] * 1000, 2) if k else None,
+            "p99_ms": round(lat[min(k - 1, int(0.99 * k))] * 1000, 2) if k else None}
+
+
 def wait_http(url: str, timeout: float = 90) -> None:
     import urllib.error
     import urllib.request
@@ -305,6 +419,13 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the schema and the Weaviate collection")
+    ap.add_argument("--write-cost", type=int, default=200, metavar="N",
+                    help="fact writes per trigger state to measure what the profile costs a writer (0 = skip)")
+    ap.add_argument("--sequential", type=int, default=0, metavar="N",
+                    help="first N requests one at a time per server (service time without a queue)")
+    ap.add_argument("--past", type=int, default=3,
+                    help="past conversations the context-api children read from Weaviate (0 = off: Postgres only)")
+    ap.add_argument("--servers", default="", help="comma-separated subset of: context-api, context-api fanout, fan-out")
     ap.add_argument("--serve-fanout", nargs=3, metavar=("PORT", "DSN_ENV", "COLLECTION"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_fanout:
@@ -332,39 +453,66 @@ def main() -> int:
     procs: list[subprocess.Popen] = []
     fan_log = None
     results: dict = {"people": args.people, "facts": args.facts, "calls": args.calls,
-                     "weaviate_people": args.weaviate_people, "levels": []}
+                     "weaviate_people": args.weaviate_people, "past_conversations": args.past, "levels": []}
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
     try:
         migrate(dsn)
         results["seed_postgres_s"] = round(seed_postgres(dsn, hashes, args), 1)
         results["seed_weaviate_s"] = round(seed_weaviate(collection, hashes[: args.weaviate_people], args.calls), 1)
+        results["profile_backfill_s"] = round(
+            link_weaviate_and_build_profiles(dsn, hashes[: args.weaviate_people], args.calls), 1)
         print(f"seeded {args.people} people x {args.facts} facts x {args.calls} calls in "
               f"{results['seed_postgres_s']} s; Weaviate {args.weaviate_people} x {args.calls} in "
-              f"{results['seed_weaviate_s']} s", flush=True)
+              f"{results['seed_weaviate_s']} s; {args.people} profiles built in {results['profile_backfill_s']} s",
+              flush=True)
+        if args.write_cost:
+            results["write_cost"] = write_cost(dsn, hashes, args.write_cost)
+            wc = results["write_cost"]
+            print(f"fact write (facts.record, supersede): profile triggers on p50 {wc['triggers_on']['p50_ms']} ms "
+                  f"p99 {wc['triggers_on']['p99_ms']} ms; off p50 {wc['triggers_off']['p50_ms']} ms "
+                  f"p99 {wc['triggers_off']['p99_ms']} ms ({wc['triggers_on']['writes']} writes each); load "
+                  f"{Path('/proc/loadavg').read_text().split()[0]}", flush=True)
         env = dict(os.environ, LUPITA_POSTGRES_DSN=dsn, LUPITA_CONTEXT_API_ASSISTANT_ID="bench",
                    LUPITA_CONTEXT_API_BEARER_TOKENS=TOKEN, LUPITA_LOG_LEVEL="WARNING", BENCH_DSN=dsn,
-                   PYTHONPATH=str(ROOT / "services"))
-        api_port, fan_port = free_port(), free_port()
+                   PYTHONPATH=str(ROOT / "services"), LUPITA_WEAVIATE_CONVERSATION_COLLECTION=collection,
+                   LUPITA_CONTEXT_API_CALLBACKS_ENABLED="false",
+                   LUPITA_CONTEXT_API_ERASURE_SWEEP_INTERVAL_SECONDS="0",
+                   LUPITA_CONTEXT_API_PAST_CONVERSATIONS=str(args.past))
+        api_port, sql_port, fan_port = free_port(), free_port(), free_port()
         devnull = subprocess.DEVNULL
-        procs.append(subprocess.Popen([sys.executable, "-m", "context_api", "--host", "127.0.0.1", "--port",
-                                       str(api_port), "--metrics-port", "0"], env=env, cwd=ROOT, stdout=devnull,
-                                      stderr=devnull))
+        for port, source in ((api_port, "profile"), (sql_port, "fanout")):
+            procs.append(subprocess.Popen([sys.executable, "-m", "context_api", "--host", "127.0.0.1", "--port",
+                                           str(port), "--metrics-port", "0"],
+                                          env=dict(env, LUPITA_CONTEXT_API_CONTEXT_SOURCE=source), cwd=ROOT,
+                                          stdout=devnull, stderr=devnull))
         fan_log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-context-fanout-{tag}.log", "wb")
         procs.append(subprocess.Popen([sys.executable, __file__, "--serve-fanout", str(fan_port), "BENCH_DSN",
                                        collection], env=env, cwd=ROOT, stdout=fan_log, stderr=subprocess.STDOUT))
         wait_http(f"http://127.0.0.1:{api_port}/livez")
+        wait_http(f"http://127.0.0.1:{sql_port}/livez")
         wait_http(f"http://127.0.0.1:{fan_port}/vapi/webhook")
         servers = [("context-api", f"http://127.0.0.1:{api_port}/vapi/webhook"),
+                   ("context-api fanout", f"http://127.0.0.1:{sql_port}/vapi/webhook"),
                    ("fan-out", f"http://127.0.0.1:{fan_port}/vapi/webhook")]
-        for rate in [float(r) for r in args.rates.split(",")]:
+        only = {n.strip() for n in args.servers.split(",")} if args.servers else None
+        servers = [s for s in servers if only is None or s[0] in only]
+        if args.sequential:
+            for name, url in servers:
+                seq = asyncio.run(sequential(url, callers, args.sequential))
+                seq["server"] = name
+                seq["load_average_1m"] = float(Path("/proc/loadavg").read_text().split()[0])
+                results.setdefault("sequential", []).append(seq)
+                print(f"{name:18s} sequential x{args.sequential}  ok {seq['ok']}  errors {seq['errors']}  "
+                      f"p50 {seq['p50_ms']} ms  p99 {seq['p99_ms']} ms  load {seq['load_average_1m']}", flush=True)
+        for rate in [float(r) for r in args.rates.split(",") if r.strip()]:
             for name, url in servers:
                 level = asyncio.run(drive(url, callers, rate, args.seconds, args.warmup))
                 level["server"] = name
                 level["load_average_1m"] = float(Path("/proc/loadavg").read_text().split()[0])
                 results["levels"].append(level)
                 e = level["errors"]
-                print(f"{name:12s} {rate:7.0f} rps  achieved {level['achieved_rps']:7.1f}  ok {level['ok']:6d}  "
+                print(f"{name:18s} {rate:7.0f} rps  achieved {level['achieved_rps']:7.1f}  ok {level['ok']:6d}  "
                       f"errors {sum(e.values()):5d}  p50 {level['p50_ms']} ms  p95 {level['p95_ms']} ms  "
                       f"p99 {level['p99_ms']} ms  max {level['max_ms']} ms  load {level['load_average_1m']}  "
                       f"{e if sum(e.values()) else ''}", flush=True)
