@@ -4,8 +4,11 @@ with the local Whisper base model: a synthesised two-leg Spanish call in, ``tran
 Whisper work is kept small: 8 kHz, short turns, the AsrSettings defaults (beam 5 for finals,
 beam 1 for partials), one snapshot per long segment (``LUPITA_VAD_PARTIAL_AFTER_S=3``,
 ``..._EVERY_S=10``). Stale partials are not skipped here (``LUPITA_TRANSCRIBER_SKIP_STALE_PARTIALS
-=false``): the test publishes a whole call at once, far faster than real time, and must see the
-partial that a live call gives the transcriber time for.
+=false``). The whole call is published at once, far faster than real time, so its finals wait as a
+backlog and the scheduler (person finals, agent finals, partials only while no final waits) may
+refuse its partials: the partial -> final contract is checked on it (a partial, if any, precedes
+its final), and a partial's publication on a lone segment whose final comes later, as in a live
+call.
 
 What is asserted holds for any voice: every voiced segment gets a non-empty final transcript in
 its own leg and segment, with monotonic word timings in call time inside the segment. Which words
@@ -124,20 +127,60 @@ def test_every_voiced_segment_has_a_final_in_its_leg_with_word_timings_in_call_t
             assert_final_of_the_region(e, t_start, t_end)
 
 
-def test_partials_precede_the_final_of_a_long_segment(calls, readers):
+def test_partials_precede_the_final_of_a_long_segment(calls, readers, worker):
     talk, _ = calls
-    _, trans = readers
+    segs, trans = readers
     events = transcripts_of(trans, talk.call_id)  # one call = one partition: in publication order
     long_leg, long_seq = sim.LUPITA, 1  # "Ya se tomó la pastilla ... esta mañana", ~4.6 s
+    segs.poll()
+    snapshots = [s for s in segments_of(segs, talk.call_id) if (s.leg, s.seq, s.kind) == (long_leg, long_seq, PARTIAL)]
+    assert snapshots  # the vad took a snapshot of the open segment
     mine = [(i, e) for i, e in enumerate(events) if (e.leg, e.seq) == (long_leg, long_seq)]
     partials = [(i, e) for i, e in mine if e.is_partial]
     final = [(i, e) for i, e in mine if not e.is_partial]
-    assert partials and len(final) == 1
-    assert max(i for i, _ in partials) < final[0][0]
-    assert all(e.text and not e.words for _, e in partials)  # a hypothesis, without word timings
-    assert final[0][1].revision > max(e.revision for _, e in partials)
+    assert len(final) == 1
+    if partials:  # published only if it was decoded before its final (no final waited)
+        assert max(i for i, _ in partials) < final[0][0]
+        assert all(e.text and not e.words for _, e in partials)  # a hypothesis, without word timings
+        assert final[0][1].revision > max(e.revision for _, e in partials)
+    else:  # refused or dropped by the scheduler, and counted
+        refused = sum(worker.metric("lupita_transcriber_schedule_decisions_total", decision=d)
+                      for d in ("partial_skipped", "partial_cancelled"))
+        assert refused + worker.metric("lupita_transcriber_segments_total", kind="partial", outcome="stale") >= 1
     # the greetings (2-2.6 s) were never open long enough for a snapshot
     assert not [e for e in events if e.is_partial and e.seq == 0]
+
+
+def test_a_partial_is_published_before_its_final_when_no_final_waits(calls, readers, settings):
+    """As in a live call: the snapshot of an open segment arrives, nothing final waits, so it is
+    decoded and published; the segment's final, which comes later, follows it."""
+    from lupita.topics import SPEECH_SEGMENTS
+
+    talk, _ = calls  # the backlog of the first calls is done (the fixture waited for it)
+    segs, trans = readers
+    segs.poll()
+    source = {(s.kind): s for s in segments_of(segs, talk.call_id) if (s.leg, s.seq) == (sim.LUPITA, 1)}
+    call_id = f"asr-live-{uuid.uuid4().hex[:8]}"
+
+    def moved(seg, **kw):
+        out = events_pb2.SpeechSegment()
+        out.CopyFrom(seg)
+        out.call_id = call_id
+        out.seq = 0
+        for k, v in kw.items():
+            setattr(out, k, v)
+        return (settings.topic(SPEECH_SEGMENTS), call_id.encode(), out.SerializeToString())
+
+    produce(settings.kafka_bootstrap, [moved(source[PARTIAL])])
+    trans.wait("the partial", lambda: [e for e in transcripts_of(trans, call_id) if e.is_partial], timeout=240)
+    end = events_pb2.SpeechSegment(call_id=call_id, leg=sim.LUPITA, seq=1, kind=END,
+                                   call_started_at_us=source[FINAL].call_started_at_us)
+    produce(settings.kafka_bootstrap, [moved(source[FINAL]),
+                                       (settings.topic(SPEECH_SEGMENTS), call_id.encode(), end.SerializeToString())])
+    trans.wait("the final", lambda: [e for e in transcripts_of(trans, call_id) if e.leg_complete], timeout=240)
+    events = [e for e in transcripts_of(trans, call_id) if not e.leg_complete]
+    assert [e.is_partial for e in events] == [True, False]
+    assert events[0].text and not events[0].words and events[1].text and events[1].words
 
 
 def test_a_silent_leg_yields_no_transcript(calls, readers):
