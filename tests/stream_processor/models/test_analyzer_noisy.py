@@ -71,6 +71,9 @@ def test_relatives_names_in_lower_case_or_misspelled_are_read_with_the_names_lis
     assert ("family", "daughter_name.veronica", "Verónica") in got
     assert not any(f[1].startswith("daughter_name.dolores") for f in got)  # a plain word in lower case
     assert not any(f[2].lower() == "ya" for f in got)
+    # a listed name the recogniser split in two words; words that join into no name give nothing
+    assert ("family", "grandson_name.alejandro", "Alejandro") in facts_of("Mi nieto, ale jandro, me visitó.")
+    assert facts_of("Mi hija mi casa es tuya.") == []
 
 
 def test_where_a_relative_lives_is_the_most_specific_place_said():

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable, Mapping, Sequence
 
-from stream_processor.models.analyzer.lexicon import Lexicons, _Index, load_lexicons
+from stream_processor.models.analyzer.lexicon import Lexicons, _Index, load_lexicons, sound
 from stream_processor.models.analyzer.text import clause_start, fold, is_hedged, is_negated, is_question_at
 from stream_processor.contracts import EvidenceSpan, UserFact, Utterance
 
@@ -238,6 +238,12 @@ def _name_at(text: str, at: int, lex: Lexicons, *, named: bool) -> tuple[str, in
         return None
     word = m.group(0)
     folded = fold(word)
+    # a listed name the recogniser split in two words ("mi gel" for Miguel): sounds the same only
+    second = re.compile(r"\s+(" + NAME_ANY + ")").match(text, m.end())
+    if second is not None and len(word) + len(second.group(1)) >= 5:
+        joined = lex.name_index.by_sound.get(sound(fold(word + second.group(1))))
+        if joined is not None:
+            return lex.name_index.forms[joined], m.start(), second.end(), 0.7
     if folded in FUNCTION_WORDS or folded in NOT_NAMES:
         return None
     listed = lex.name(word)
@@ -439,7 +445,9 @@ def _scan(text: str, lex: Lexicons | None = None, *, carried_relation: str | Non
         if not value or fold(value) in LIKE_EMPTY:
             continue
         key = "dislikes" if is_negated(f, m.start()) else "likes"
-        base = 0.8 if m.group("verb").startswith("encant") else 0.75
+        # an open value (no list to check it against): a doubtful transcription of it falls
+        # under the minimum sooner than a listed medication or name
+        base = 0.75 if m.group("verb").startswith("encant") else 0.7
         end = v_start + len(text[v_start:v_end].rstrip())
         found.append(_Found("preference", key, value, conf(base, m.start()), m.start(), end, v_start, end))
     return found
