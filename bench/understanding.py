@@ -94,6 +94,8 @@ class Models:
     asr_key: str
     # more analyzers measured on the same utterances (name -> analyzer), e.g. the Claude path
     analyzers: dict[str, Any] = field(default_factory=dict)
+    # the key new transcripts are saved under (today's settings), when asr_key names an earlier run's
+    save_key: str | None = None
 
 
 _LINE = re.compile(r"^\[(lupita|person) (\d+) \| ([\d.]+)-([\d.]+) s\] (.*)$")
@@ -315,6 +317,9 @@ def transcribe_call(models: Models, rendered: corpus.Rendered, *, use_cache: boo
         conf = ev.confidence if ev.HasField("confidence") else 1.0
         finals.append(Final(LEG_NAMES[ev.leg], int(ev.seq), seg.start_us / 1e6, seg.end_us / 1e6, ev.text,
                             float(conf), ev.SerializeToString()))
+    if models.save_key and models.save_key != models.asr_key:  # today's settings: today's key
+        path = path.with_name(path.name.replace(models.asr_key, models.save_key))
+        person_path = path.with_name(path.stem + "-person.json")
     _save(path if lupita_asr else person_path, finals)
     return (finals if lupita_asr else script_finals(rendered, finals, LUPITA)), False
 
@@ -660,6 +665,9 @@ def main(argv: list[str] | None = None) -> int:
                         "transcribed: half the Whisper time; her leg's WER is then not measured")
     p.add_argument("--reverse", action="store_true",
                    help="last call first (a second process filling the ASR cache from the other end)")
+    p.add_argument("--asr-key", default=None,
+                   help="with --asr-cache: reuse the transcripts cached under this ASR settings key (an earlier "
+                        "run's, printed at its start) instead of today's settings' key; the output says so")
     p.add_argument("--claude-standin", action="store_true",
                    help="also run the Claude path (LUPITA_ANALYZER_BACKEND=anthropic through the official client) "
                         "against a local server speaking the Messages wire format, on the same utterances")
@@ -680,6 +688,10 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     models = load_models(claude_standin=args.claude_standin)
     print(f"models loaded in {time.perf_counter() - t:.1f} s; ASR settings key {models.asr_key}")
+    if args.asr_key and args.asr_key != models.asr_key:
+        print(f"transcripts: reused from ASR settings key {args.asr_key} (an earlier run's settings, not today's "
+              f"{models.asr_key}); calls without them are transcribed with today's settings")
+        models.save_key, models.asr_key = models.asr_key, args.asr_key
     if args.lupita_leg == "script":
         print("Lupita's leg: VAD only; her segments carry the script's words (not transcribed)")
     r = evaluate(calls, models=models, use_asr_cache=args.asr_cache, lupita_asr=args.lupita_leg == "asr",
