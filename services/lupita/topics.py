@@ -26,6 +26,23 @@ ALL = (AUDIO_CHUNKS, CALL_LIFECYCLE, SPEECH_SEGMENTS, TRANSCRIPTS, CALL_ANALYSIS
 CALLBACKS_DUE = "callbacks.due"
 CONTEXT_API = (CALLBACKS_DUE,)
 
+# How long each topic keeps its records (retention.ms; cleanup.policy delete). Records carry
+# people's voice and words (audio, segments, transcripts, the analysis, alerts with the sentence
+# said) and cannot be deleted one by one: an erasure (context-api) states these, read back from the
+# broker. The same values as k8s/kafka/topics.yaml (a test compares them).
+DAY_MS = 24 * 3600 * 1000
+RETENTION_MS = {
+    AUDIO_CHUNKS: 3 * DAY_MS, SPEECH_SEGMENTS: 3 * DAY_MS, CALL_LIFECYCLE: 7 * DAY_MS, TRANSCRIPTS: 7 * DAY_MS,
+    CALL_ANALYSIS: 7 * DAY_MS, ALERTS: 14 * DAY_MS, CALLBACKS_DUE: 7 * DAY_MS,
+}
+
+
+def topic_configs(name: str, configs: dict[str, str] | None = None) -> dict[str, str]:
+    """The configs a topic is created with: its retention (RETENTION_MS) unless ``configs`` says otherwise."""
+    out = {"retention.ms": str(RETENTION_MS[name]), "cleanup.policy": "delete"} if name in RETENTION_MS else {}
+    out.update(configs or {})
+    return out
+
 
 def ensure_topics(settings: CommonSettings, names: tuple[str, ...] = ALL,
                   configs: dict[str, str] | None = None) -> list[str]:
@@ -38,13 +55,13 @@ def ensure_topics(settings: CommonSettings, names: tuple[str, ...] = ALL,
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="lupita-admin")
     try:
         existing = set(admin.list_topics())
-        wanted = [settings.topic(n) for n in names if settings.topic(n) not in existing]
+        wanted = [(settings.topic(n), n) for n in names if settings.topic(n) not in existing]
         created = []
-        for name in wanted:
+        for name, base in wanted:
             try:
                 admin.create_topics(
                     [NewTopic(name, settings.topic_partitions, settings.topic_replication,
-                              topic_configs=dict(configs or {}))]
+                              topic_configs=topic_configs(base, configs))]
                 )
                 created.append(name)
             except TopicAlreadyExistsError:
