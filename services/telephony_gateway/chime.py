@@ -72,6 +72,7 @@ LEG_NAMES = {audio_pb2.LEG_PERSON: "person", audio_pb2.LEG_LUPITA: "lupita"}
 TAG_FRAGMENT = "AWS_KINESISVIDEO_FRAGMENT_NUMBER"
 TAG_PRODUCER = "AWS_KINESISVIDEO_PRODUCER_TIMESTAMP"
 TAG_ERROR = "AWS_KINESISVIDEO_ERROR_CODE"
+TAG_CONTINUATION = "AWS_KINESISVIDEO_CONTINUATION_TOKEN"  # GetMedia writes it after each whole fragment
 READ_BYTES = 16384
 QUEUE_ITEMS = 32
 
@@ -104,6 +105,7 @@ class LegParser:
         self.transaction_id = transaction_id
         self.call_id = call_id
         self.done_through = done_through  # fragments up to this number were forwarded already
+        self.partial: tuple[int, float] | None = None  # (fragment, last block time) of one cut short
         self.ours_seen = False
         self.reconnected()
         self._reset()
@@ -124,6 +126,9 @@ class LegParser:
         self._scale_ns = 1_000_000
         self._audio_track: int | None = None
         self._cluster_seen = False
+        self._complete = False  # the fragment's post-cluster tags (continuation token) came
+        self._skip_until_ms: float | None = None
+        self._last_at: float | None = None
 
     def feed(self, events: list) -> list:
         out: list = []
@@ -136,6 +141,8 @@ class LegParser:
                 self._check_tracks(ev)
             elif isinstance(ev, mkv.Tags):
                 self._tags.update(ev.values)
+                if self._cluster_seen and TAG_CONTINUATION in ev.values:
+                    self._complete = True
                 if TAG_ERROR in ev.values and not self._cluster_seen:
                     out.append(BadInput("invalid_field", "GetMedia reported an error for a fragment (AWS_KINESISVIDEO_ERROR_CODE)"))
             elif isinstance(ev, mkv.ClusterStart):
@@ -150,12 +157,21 @@ class LegParser:
                 if self._first_tc is None:
                     self._first_tc = tc
                 at = self._producer_ms + (tc - self._first_tc) * self._scale_ns / 1e6
+                if self._skip_until_ms is not None and at <= self._skip_until_ms:
+                    continue  # forwarded before the body broke off: not again
+                self._last_at = at
                 out.append(Audio(self._fragment, at, ev.data))
             elif isinstance(ev, mkv.SegmentEnd):
                 if self._fragment is not None and not self._skip:
-                    self.done_through = self._fragment
-                    out.append(FragmentDone(self._fragment))
+                    if self._complete:
+                        self.done_through = self._fragment
+                        self.partial = None
+                        out.append(FragmentDone(self._fragment))
+                    elif self._last_at is not None:
+                        # the body ended inside this fragment: the next body serves it again
+                        self.partial = (self._fragment, self._last_at)
                 self._fragment = None
+        self.new_fragments += sum(isinstance(o, (Audio, FragmentDone)) for o in out)  # progress of this body
         return out
 
     def _check_tracks(self, ev: mkv.Tracks) -> None:
@@ -202,7 +218,8 @@ class LegParser:
             return [BadInput("duplicate", f"fragment {number[-12:]} is not after fragment {str(self.done_through)[-12:]}: dropped")]
         self._fragment = fragment
         self._first_tc = None
-        self.new_fragments += 1
+        if self.partial is not None and self.partial[0] == fragment:
+            self._skip_until_ms = self.partial[1]
         return []
 
 
@@ -211,6 +228,10 @@ class LegParser:
 
 class _Eof:
     pass
+
+
+class _Stop:
+    """stop() was called: not the stream's end (nothing is finished or checkpointed)."""
 
 
 class KvsLeg:
@@ -240,7 +261,7 @@ class KvsLeg:
         # wake a thread blocked on a full queue, and a reader waiting on an empty one
         while not self.queue.empty():
             self.queue.get_nowait()
-        self.queue.put_nowait(_Eof())
+        self.queue.put_nowait(_Stop())
 
     def _put(self, item) -> bool:
         if self._stop.is_set():
@@ -534,6 +555,8 @@ class _Leg:
                 raise _LegEnd("shutdown")
             if s.fatal:
                 raise _LegEnd(s.fatal)
+            if isinstance(item, _Stop):
+                raise _LegEnd("shutdown")
             if isinstance(item, _Eof) or isinstance(item, Exception):
                 if isinstance(item, Exception):
                     s.log.warning("GetMedia failed", extra=s.extra(leg=self.plan.name, error=type(item).__name__,

@@ -239,3 +239,25 @@ def test_another_calls_fragment_before_ours_is_skipped_not_the_end():
     assert [b.kind for b in bad] == ["recycled_stream"] and not bad[0].fatal
     assert not any(isinstance(i, Recycled) for i in items)
     assert {i.fragment for i in items if isinstance(i, Audio)} == {10}
+
+
+def test_a_fragment_cut_short_is_not_done_and_its_rest_follows_when_served_again():
+    audio = pcm(2.0, seed=4)
+    frags = kvs_sim.fragments_of(audio, first_number=20, start_ms=T0_MS, tags=TAGS)
+    parser = LegParser(transaction_id="txn-1", call_id="call-1")
+    # the first body breaks off in the middle of fragment 21 (no post-cluster tags: not whole)
+    cut = frags[0][1] + frags[1][1][: len(frags[1][1]) // 2]
+    reader = mkv.MkvStreamReader()
+    first = parser.feed(reader.feed(cut))
+    tail, _ = reader.finish()
+    first += parser.feed(tail)
+    assert [i.fragment for i in first if isinstance(i, FragmentDone)] == [20]
+    got = [a for a in first if isinstance(a, Audio)]
+    assert 50 < len(got) < 100 and parser.partial is not None
+    # the next body starts at the last whole fragment (served again), then 21 whole
+    parser.reconnected()
+    second = parser.feed(read_all(frags[0][1] + frags[1][1], 4096))
+    assert [i.fragment for i in second if isinstance(i, FragmentDone)] == [21]
+    got += [a for a in second if isinstance(a, Audio)]
+    assert [a.at_ms - T0_MS for a in got] == [20 * i for i in range(100)]  # each block once, in order
+    assert np.array_equal(np.frombuffer(b"".join(a.pcm for a in got), "<i2"), audio)
