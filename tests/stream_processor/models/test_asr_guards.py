@@ -294,10 +294,10 @@ def test_cloud_backend_without_key_fails_at_start(monkeypatch):
 def test_api_key_is_secret_in_settings_repr(monkeypatch):
     monkeypatch.setenv("LUPITA_ASR_BACKEND", "deepgram")
     monkeypatch.setenv("LUPITA_DEEPGRAM_API_KEY", "dg-very-secret-key")
-    monkeypatch.setenv("LUPITA_ASR_TEMPERATURES", "[0.0, 0.5]")
+    monkeypatch.setenv("LUPITA_ASR_TEMPERATURES", "[0.0, 0.4]")  # not the default [0.0, 0.5]
     s = AsrSettings()
     assert s.deepgram_api_key == SecretStr("dg-very-secret-key")
-    assert s.asr_temperatures == (0.0, 0.5)
+    assert s.asr_temperatures == (0.0, 0.4)
     assert "dg-very-secret-key" not in repr(s) and "dg-very-secret-key" not in str(s.model_dump())
 
 

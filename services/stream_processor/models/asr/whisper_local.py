@@ -10,7 +10,8 @@ files to ``WhisperModel(..., files=...)``. Nothing is downloaded at run time.
 Decoding (Spanish, int8 on the CPU by default):
 
 - final (:meth:`WhisperLocal.transcribe`): beam search (``beam_size``), temperature fallback
-  0.0 -> 1.0 when a window's compression ratio or mean log-probability says it failed,
+  (``temperatures``, default one step to 0.5 with ``best_of`` 2 samples) when a window's
+  compression ratio or mean log-probability says it failed,
   ``condition_on_previous_text=False`` (a bad window cannot poison the next one),
   ``word_timestamps=True``, and faster-whisper's own Silero VAD filter so silence inside a
   segment is not decoded;
@@ -126,9 +127,11 @@ class WhisperOptions:
     language: str = "es"
     beam_size: int = 5
     partial_beam_size: int = 1
-    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    # fallback ladder: one step at 0.5 with 2 samples (Whisper's own: 0.0-1.0 by 0.2, 5 samples;
+    # measured, the short ladder cost far less CPU at the same word error rate)
+    temperatures: tuple[float, ...] = (0.0, 0.5)
     # samples drawn at each fallback temperature > 0 (the best one is kept)
-    best_of: int = 5
+    best_of: int = 2
     # packing of several waiting segments into one window (transcribe_many): the longest window
     # (0 = never pack) and the silence laid between two segments
     pack_max_seconds: float = 0.0
