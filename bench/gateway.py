@@ -26,8 +26,10 @@ Both phases use the same bridge child, the same audio (the synthesised Spanish d
 
 ``--chime`` adds a phase of the same calls as Amazon Chime SDK Voice Connector calls: each leg a
 Kinesis Video stream of MKV fragments (1 s, producer timestamps = the wall clock) served in real
-time by the GetMedia stand-in in this process (``telephony_gateway.kvs_sim``, each fragment's bytes
-spread over its second in 50 writes), the streaming events posted to the gateway's control API.
+time by the GetMedia stand-in in this process (``telephony_gateway.kvs_sim``: each fragment's bytes
+in 50 writes, each sent when the producer would have finished it on the wall clock, as KVS serves
+a live stream: a reader that starts late gets the backlog at once), the streaming events posted to
+the gateway's control API.
 Measured: the gateway's and the bridge's CPU per call-minute, frames lost, and capture time ->
 Kafka (the newest audio of each record; includes the stand-in's 20 ms write pacing).
 
@@ -245,7 +247,8 @@ async def chime_phase(args, stereo, control_port: int, kvs_holder: dict) -> list
         legs = []
         for caller, column, first in ((True, 1, 10_000), (False, 0, 20_000)):
             items = kvs_sim.fragments_of(stereo[:, column], first_number=first, start_ms=now_ms, tags=tags)
-            stream = kvs.add(kvs_sim.KvsStream(kvs_sim.stream_arn(f"{txn}-{int(caller)}"), items, speed=1.0, pieces=50))
+            stream = kvs.add(kvs_sim.KvsStream(kvs_sim.stream_arn(f"{txn}-{int(caller)}"), items, speed=1.0, pieces=50,
+                                               wall_t0_ms=now_ms))
             legs.append(kvs_sim.streaming_event("STARTED", transaction_id=txn, call_id=cid, stream_arn=stream.arn,
                                                 is_caller=caller, start_fragment_number=str(first),
                                                 from_number=BENCH_PHONE, to_number="+15555550100"))

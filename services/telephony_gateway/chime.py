@@ -235,13 +235,16 @@ class _Stop:
 
 
 class KvsLeg:
-    """Reads one stream in a thread; :meth:`chunks` yields its bytes (``_Eof`` at the body's end)."""
+    """Reads one stream in a thread; :meth:`get` gives its bytes (``_Eof`` at the body's end, an
+    exception if the request failed, ``_Stop`` after :meth:`stop`). At most ``QUEUE_ITEMS`` reads
+    wait in the queue: then the thread stops reading (backpressure to TCP)."""
 
     def __init__(self, settings: GatewaySettings, stream_arn: str, loop: asyncio.AbstractEventLoop) -> None:
         self.settings = settings
         self.arn = stream_arn
         self.loop = loop
-        self.queue: asyncio.Queue = asyncio.Queue(QUEUE_ITEMS)
+        self.queue: asyncio.Queue = asyncio.Queue()  # bounded by _slots (the thread cannot await)
+        self._slots = threading.BoundedSemaphore(QUEUE_ITEMS)
         self._stop = threading.Event()
         self._body = None
         self._thread: threading.Thread | None = None
@@ -258,25 +261,30 @@ class KvsLeg:
                 body.close()
             except Exception:  # noqa: BLE001 - closing a broken connection
                 pass
-        # wake a thread blocked on a full queue, and a reader waiting on an empty one
+        # what is queued is dropped (the thread sees _stop within 0.5 s); a reader waiting wakes
         while not self.queue.empty():
             self.queue.get_nowait()
         self.queue.put_nowait(_Stop())
 
-    def _put(self, item) -> bool:
-        if self._stop.is_set():
-            return False
-        fut = asyncio.run_coroutine_threadsafe(self.queue.put(item), self.loop)
-        while True:
+    async def get(self, timeout: float):
+        item = await asyncio.wait_for(self.queue.get(), timeout)
+        if not isinstance(item, _Stop):
             try:
-                fut.result(timeout=0.5)
-                return True
-            except TimeoutError:
-                if self._stop.is_set():
-                    fut.cancel()
+                self._slots.release()
+            except ValueError:  # dropped by stop() meanwhile
+                pass
+        return item
+
+    def _put(self, item) -> bool:
+        """From the thread: one handoff (no future per read); blocks while the queue is full."""
+        while not self._stop.is_set():
+            if self._slots.acquire(timeout=0.5):
+                try:
+                    self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+                except RuntimeError:  # the loop is gone
                     return False
-            except Exception:  # noqa: BLE001 - the loop is gone
-                return False
+                return True
+        return False
 
     def _client(self):
         import boto3
@@ -543,7 +551,7 @@ class _Leg:
         while True:
             timeout = settings.gateway_chime_end_grace_seconds if s.ended_status else settings.gateway_chime_idle_seconds
             try:
-                item = await asyncio.wait_for(self.kvs.queue.get(), timeout)
+                item = await self.kvs.get(timeout)
             except asyncio.TimeoutError:
                 if s._shutdown:
                     raise _LegEnd("shutdown") from None

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -105,6 +106,10 @@ class KvsStream:
     live: bool = False  # keep the body open after the last item until close()
     speed: float = 0.0  # 0 = as fast as the reader takes; 1 = one fragment per its duration
     pieces: int = 1  # with speed: each fragment written in this many pieces spread over its duration
+    # with speed 1: the wall-clock time (ms) the producer began the first item; each piece is then
+    # sent when the producer would have finished it (KVS live: a reader that starts late gets the
+    # backlog at once, then keeps pace), instead of pacing from the request
+    wall_t0_ms: float | None = None
     fragment_ms: int = 1000
     hold_at: int | None = None  # item index before which a body waits for release() (a producer pausing)
     requests: list[dict] = field(default_factory=list)
@@ -192,9 +197,16 @@ class KvsServer:
                     return response
                 if stream.speed and number is not None:
                     step = -(-len(data) // stream.pieces)
-                    for at in range(0, len(data), step):  # a live producer's bytes arrive over the fragment
-                        await response.write(data[at:at + step])
-                        await asyncio.sleep(stream.fragment_ms / 1000 / stream.speed / stream.pieces)
+                    for k, at in enumerate(range(0, len(data), step)):  # a live producer's bytes arrive over the fragment
+                        if stream.wall_t0_ms is not None:
+                            due = stream.wall_t0_ms + (index + (k + 1) / stream.pieces) * stream.fragment_ms
+                            delay = (due - time.time() * 1000) / 1000
+                            if delay > 0:
+                                await asyncio.sleep(delay)
+                            await response.write(data[at:at + step])
+                        else:
+                            await response.write(data[at:at + step])
+                            await asyncio.sleep(stream.fragment_ms / 1000 / stream.speed / stream.pieces)
                 else:
                     await response.write(data)
                 sent += 1
