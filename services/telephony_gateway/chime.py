@@ -246,6 +246,7 @@ class KvsLeg:
         self.queue: asyncio.Queue = asyncio.Queue()  # bounded by _slots (the thread cannot await)
         self._slots = threading.BoundedSemaphore(QUEUE_ITEMS)
         self._stop = threading.Event()
+        self.read_bytes = 0  # taken off the connection (what the gateway holds is this minus what it forwarded)
         self._body = None
         self._thread: threading.Thread | None = None
 
@@ -310,6 +311,7 @@ class KvsLeg:
                 data = read(READ_BYTES)
                 if not data:
                     break
+                self.read_bytes += len(data)
                 if not self._put(data):
                     return
             self._put(_Eof())

@@ -113,6 +113,7 @@ class KvsStream:
     fragment_ms: int = 1000
     hold_at: int | None = None  # item index before which a body waits for release() (a producer pausing)
     requests: list[dict] = field(default_factory=list)
+    written: int = 0  # bytes handed to the connection (a write waits while the reader's TCP window is full)
     _closed: asyncio.Event = field(default_factory=asyncio.Event)
     _released: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -207,8 +208,10 @@ class KvsServer:
                         else:
                             await response.write(data[at:at + step])
                             await asyncio.sleep(stream.fragment_ms / 1000 / stream.speed / stream.pieces)
+                        stream.written += min(step, len(data) - at)
                 else:
                     await response.write(data)
+                    stream.written += len(data)
                 sent += 1
             if stream.live:
                 await stream._closed.wait()

@@ -129,6 +129,50 @@ async def test_a_paused_bridge_stops_the_gateway_reading_and_the_call_resumes_wh
     assert recs.leg_payload(PERSON) == pcm_bytes(mulaw_round_trip(stereo[:, 1]))
 
 
+async def test_a_paused_bridge_stops_the_gateway_reading_kvs_and_the_chime_call_resumes_whole(bridge_child):
+    """Chime: the GetMedia threads stop reading once their bounded queues are full, so the backlog
+    stays in KVS (the stand-in's writes wait on TCP), never in the gateway."""
+    from chimekit import aws_env, build_call, chime_settings, ended, post_events, restore_env
+
+    from telephony_gateway import chime as chime_mod, kvs_sim
+
+    rng = np.random.default_rng(23)
+    person, lupita = (rng.integers(-12000, 12000, 8000 * 240, dtype=np.int16) for _ in range(2))
+    saved = aws_env()
+    kvs = await kvs_sim.KvsServer().start()
+    try:
+        call = build_call(kvs, lupita, person, lupita_fragment_ms=1000)  # served as fast as the reader takes
+        total = sum(len(d) for _, d in call.person.items)
+        async with running_gateway(bridge_child, _token(), **chime_settings(kvs, gateway_chime_idle_seconds=60)) as gw:
+            await post_events(gw, call.events)
+            await await_for("frames to flow", lambda: gw.chime.sessions.get(call.key) is not None and
+                            gw.chime.sessions[call.key].report.frames.get("person", 0) > 500, timeout=30)
+            session = gw.chime.sessions[call.key]
+            os.kill(bridge_child.pid, signal.SIGSTOP)
+            try:
+                legs = session._kvs
+                await await_for("the GetMedia reader blocked on a full queue",
+                                lambda: any(k.queue.qsize() >= chime_mod.QUEUE_ITEMS for k in legs), timeout=30)
+                person_legs = [k for k in legs if k.arn == call.person.arn]
+                read = sum(k.read_bytes for k in person_legs)
+                # the gateway stopped taking bytes off the connection well before the stream's end:
+                # the rest waits in KVS (the stand-in) and the kernel's socket buffers
+                assert read < total // 2
+                # what it holds for the leg: at most its queue of reads and the parser's partial element
+                forwarded = session.report.frames["person"] * 320
+                assert read - forwarded <= (chime_mod.QUEUE_ITEMS + 2) * chime_mod.READ_BYTES + 64 * 1024
+            finally:
+                os.kill(bridge_child.pid, signal.SIGCONT)
+            [report] = await ended(gw, call, timeout=180)
+    finally:
+        await kvs.close()
+        restore_env(saved)
+    assert report.outcome == "completed"
+    recs = await read_call(CommonSettings(), call.key)
+    assert recs.leg_payload(PERSON) == pcm_bytes(person)
+    assert recs.leg_payload(LUPITA) == pcm_bytes(lupita)
+
+
 def _token() -> str:
     from loadgen.settings import LoadgenSettings
 
