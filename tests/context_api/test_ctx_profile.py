@@ -186,7 +186,7 @@ def test_the_migration_gives_people_with_earlier_calls_a_profile(migrated, tmp_p
                          "VALUES ('p1', 'pet', 'pet_name.rocky', 'Rocky', 0.9), ('p2', 'other', 'x', 'y', 0.5)")
             conn.execute("UPDATE user_facts SET status = 'superseded', is_active = false, expired_at = now(), "
                          "valid_to = now(), superseded_at = now() WHERE phone_number_hash = 'p2'")
-        assert migrate(scoped) == ["0008_person_profiles.sql"]
+        assert migrate(scoped)[:1] == ["0008_person_profiles.sql"]  # and the later ones
         with psycopg.connect(scoped) as conn:
             rows = conn.execute("SELECT phone_number_hash, last_calls, facts, recurring_topics, behavioral_hints, "
                                 "alerts FROM person_profiles ORDER BY 1").fetchall()

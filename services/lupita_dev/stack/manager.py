@@ -484,10 +484,12 @@ def _start_postgres() -> None:
 
 def _prepare_postgres() -> None:
     password = _secrets()["postgres_password"].replace("'", "''")
+    # CREATEROLE: migration 0009 creates the services' least-privilege group roles (on RDS the
+    # master user, which runs the migrations, has it too); never SUPERUSER
     if _psql("SELECT 1 FROM pg_roles WHERE rolname='lupita'") != "1":
-        _psql(f"CREATE ROLE lupita LOGIN PASSWORD '{password}'")
+        _psql(f"CREATE ROLE lupita LOGIN CREATEROLE PASSWORD '{password}'")
     else:
-        _psql(f"ALTER ROLE lupita PASSWORD '{password}'")
+        _psql(f"ALTER ROLE lupita CREATEROLE PASSWORD '{password}'")
     if _psql("SELECT 1 FROM pg_database WHERE datname='lupita'") != "1":
         _psql("CREATE DATABASE lupita OWNER lupita")
 
