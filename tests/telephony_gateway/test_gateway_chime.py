@@ -280,3 +280,20 @@ async def test_a_leg_whose_partner_never_starts_runs_alone_and_is_counted(bridge
     assert report.outcome == "completed" and d(*bad("unpaired")) == 1
     recs = await read_call(CommonSettings(), call.key)
     assert recs.leg_payload(PERSON) == pcm_bytes(person) and recs.leg_payload(LUPITA) == b""
+
+
+async def test_a_failed_event_ends_a_live_call_as_disconnect_keeping_what_arrived(bridge, kvs):
+    person, lupita = mono(1.0, 24), mono(1.0, 25)
+    call = build_call(kvs, lupita, person, live=True)
+    d = Deltas(outcome("disconnect"), ("lupita_gateway_events_total", {"source": "chime", "event": "failed"}))
+    async with running_gateway(bridge, bridge.token, **chime_settings(kvs)) as gw:
+        await post_events(gw, call.events)
+        await await_for("both legs forwarded", lambda: gw.chime.sessions.get(call.key) is not None and
+                        sum(gw.chime.sessions[call.key].report.frames.values()) == 100)
+        await post_events(gw, call.ended("FAILED"))
+        [report] = await ended(gw, call)
+    assert report.outcome == "disconnect"
+    assert d(*outcome("disconnect")) == 1 and d("lupita_gateway_events_total", source="chime", event="failed") == 1
+    recs = await read_call(CommonSettings(), call.key)
+    assert recs.ended().reason == "disconnect"
+    assert recs.leg_payload(PERSON) == pcm_bytes(person) and recs.leg_payload(LUPITA) == pcm_bytes(lupita)
