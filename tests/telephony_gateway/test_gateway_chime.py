@@ -7,6 +7,7 @@ events EventBridge would deliver are posted to the gateway's control API.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import numpy as np
@@ -297,3 +298,22 @@ async def test_a_failed_event_ends_a_live_call_as_disconnect_keeping_what_arrive
     recs = await read_call(CommonSettings(), call.key)
     assert recs.ended().reason == "disconnect"
     assert recs.leg_payload(PERSON) == pcm_bytes(person) and recs.leg_payload(LUPITA) == pcm_bytes(lupita)
+
+
+async def test_a_drain_ends_a_live_chime_call_with_shutdown_and_keeps_its_checkpoint(bridge, kvs, tmp_path):
+    call = build_call(kvs, mono(1.0, 26), mono(1.0, 27), live=True)
+    d = Deltas(outcome("shutdown"))
+    async with running_gateway(bridge, bridge.token, **chime_settings(
+            kvs, gateway_chime_checkpoint_dir=str(tmp_path), gateway_drain_seconds=0.5)) as gw:
+        await post_events(gw, call.events)
+        await await_for("both legs forwarded", lambda: gw.chime.sessions.get(call.key) is not None and
+                        sum(gw.chime.sessions[call.key].report.frames.values()) == 100)
+        drain = asyncio.create_task(gw.shutdown())  # what SIGTERM runs: the deadline passes with the call live
+        await await_for("draining", lambda: gw.draining)
+        status, _ = await post_events(gw, call.ended())
+        assert status == 503  # draining: EventBridge retries (another replica, or this one restarted)
+        await drain
+        [report] = await ended(gw, call)
+    assert report.outcome == "shutdown" and d(*outcome("shutdown")) == 1
+    assert (tmp_path / f"{call.key}.json").exists()  # the next process resumes it
+    assert (await read_call(CommonSettings(), call.key)).ended().reason == "shutdown"
