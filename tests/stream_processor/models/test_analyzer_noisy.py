@@ -59,6 +59,7 @@ def test_misheard_and_brand_medications_are_the_lexicons_generic(said, generic):
     "Se me inclina la cabeza cuando camino.",  # "inclina" is near "insulina", no medication context
     "Me gusta el camino del pueblo.",
     "Tomo la combi en la esquina para ir al centro.",  # words joined are no medication
+    "En la noche me acuesto bien temprano.",  # "temprano" holds the brand name "tempra": no
 ])
 def test_no_medication_without_an_affirmative_reading(said):
     assert [f for f in facts_of(said) if f[0] == "health" and f[1].startswith("medication")] == []

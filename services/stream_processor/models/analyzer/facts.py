@@ -69,8 +69,7 @@ MED_JOINED = 85.0
 # words that make a medication reading likely in the same sentence
 MED_CONTEXT_RX = re.compile(r"\b(?:tom[oaeé]\w*|pastill\w*|medicin\w*|medicament\w*|tableta\w*|capsula\w*|jarabe|"
                             r"gotas|receta\w*|recet[oóe]\w*|inyect\w*|me\s+pongo|dosis|doctor\w*|medic[oa]s?|"
-                            r"farmacia|veces\s+al\s+dia|cada\s+\w+\s+horas|en\s+ayunas|con\s+el\s+desayuno|"
-                            r"en\s+la\s+(?:mañana|noche))\b")
+                            r"farmacia|veces\s+al\s+dia|cada\s+\w+\s+horas|en\s+ayunas|con\s+el\s+desayuno)\b")
 # lower-case words that are given names too, but far more often plain words: a name only when
 # the transcript capitalises it
 COMMON_WORD_NAMES = frozenset({"luz", "flor", "dolores", "soledad", "esperanza", "socorro", "consuelo", "amparo",

@@ -128,6 +128,8 @@ class _Index:
         # a similar length out
         if abs(len(key) - len(said)) > 3 or key[0] != said[0]:
             return None
+        if said.startswith(key) or key.startswith(said):
+            return None  # a longer or shorter word around the entry ("temprano" is no "tempra")
         return self.forms[self.by_sound[key]], float(score)
 
     def joined(self, words: str, cutoff: float) -> tuple[str, float] | None:
