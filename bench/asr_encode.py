@@ -20,7 +20,10 @@ of a call wait together and are packed into windows of at most that length, ``tr
 a window's CPU is shared by its segments by audio length), ``vocab=none|facts|lexicon|both`` (the
 call's own facts as the person's memory, the health lexicon, both: name recall is printed), ``lp=-1.0`` (log-probability
 threshold), ``cr=2.4`` (compression-ratio threshold), ``vad=0|1`` (faster-whisper's own VAD
-filter), e.g. ``trimmed:1.0,temps=0+0.6,best_of=2``. The decode passes per segment (one per
+filter), ``retry=SECONDS`` (an empty final with that much Silero speech is decoded again; 0 = never,
+as before #11 §4), e.g. ``trimmed:1.0,temps=0+0.6,best_of=2``. Unset options are the
+``WhisperOptions`` defaults of the code being measured (the default ladder is now ``temps=0+0.5,
+best_of=2``; Whisper's own: ``temps=0+0.2+0.4+0.6+0.8+1.0,best_of=5``). The decode passes per segment (one per
 temperature tried) are counted, so the share of the fallback in the cost shows.
 One ``WhisperLocal`` per mode, one CTranslate2 thread each (fair CPU), beam 5 finals with word
 timings as the transcriber runs them; the modes take turns on each segment so load from the
@@ -98,7 +101,7 @@ class Stats:
     gap_words: int = 0  # packed modes: words dropped because they fell between two segments
 
 
-_OPTION_KEYS = {"pack": "pack_max_seconds", "vocab": "", "temps": "temperatures", "best_of": "best_of", "lp": "log_prob_threshold",
+_OPTION_KEYS = {"retry": "empty_retry_min_speech_s", "pack": "pack_max_seconds", "vocab": "", "temps": "temperatures", "best_of": "best_of", "lp": "log_prob_threshold",
                 "cr": "compression_ratio_threshold", "vad": "vad_filter", "nst": "no_speech_threshold"}
 
 
@@ -248,6 +251,7 @@ def pct(x: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--calls", type=int, default=40, help="the first N calls of the corpus")
+    p.add_argument("--call-ids", default="", help="comma-separated: only these calls of the first --calls")
     p.add_argument("--terms-only", action="store_true",
                    help="only segments whose truth says a name or medication word of the call (name recall)")
     p.add_argument("--skip", type=int, default=0, help="leave out the first N of those calls (a second sample)")
@@ -266,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.disable(logging.WARNING)
 
     calls = corpus.build_corpus(args.calls)[args.skip:]
+    if args.call_ids:
+        calls = [c for c in calls if c.call_id in set(args.call_ids.split(","))]
     segs, missed, skipped = load_segments(calls, args.segments)
     if args.terms_only:
         segs = [s for s in segs if said_terms(s)]
