@@ -19,10 +19,12 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("up", "down", "status", "tools", "images", "load", "kubeconfig",
-                                           "kubectl", "helm"),
+    parser.add_argument("action", choices=("up", "down", "status", "tools", "prebuild", "images", "load",
+                                           "kubeconfig", "kubectl", "helm"),
                         help="up/down/status: the cluster; tools: build the cached binaries only "
-                             "(helm, kwok, etcd, Kubernetes); images: build the service images with "
+                             "(helm, kwok, etcd, Kubernetes); prebuild: everything the chart and cluster "
+                             "tests need (tools --all, promtool, Prometheus, images), what CI builds in "
+                             "the background; images: build the service images with "
                              "podman; load: copy the built images into the real node; kubeconfig: "
                              "print its path; kubectl/helm ARGS: run the cached kubectl or helm "
                              "against the cluster")
@@ -47,6 +49,10 @@ def run(args: argparse.Namespace) -> int:
         for name, path in tools.ensure_all(names).items():
             print(f"{name:<24} {path}")
         return 0
+    if args.action == "prebuild":
+        from . import prebuild
+
+        return prebuild.main()
     if args.action == "images":
         from . import images
 

@@ -38,6 +38,8 @@ from .tools import say
 
 
 def _prometheus() -> None:
+    if str(ROOT) not in sys.path:  # observability/ is a top-level folder of the repository
+        sys.path.insert(0, str(ROOT))
     from observability.promtool import ensure_built
 
     ensure_built("promtool")
