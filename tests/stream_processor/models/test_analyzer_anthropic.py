@@ -394,8 +394,8 @@ def test_prompt_asks_for_the_fact_schema_evidence_and_protected_classes(fake, ca
 
 def test_claude_facts_go_through_the_shared_rules(fake, catalogues, local, sleeps):
     """A key without its value slug is made canonical; a protected class quoted from Lupita's leg
-    is dropped (a note says so); a fact on a word the recogniser was unsure of is weighed down
-    by that word's probability, and dropped under the minimum confidence."""
+    is dropped (a note says so); a fact whose value word the recogniser was unsure of ("Miguel",
+    0.1) is weighed down by that word's probability, and dropped under the minimum confidence."""
     tool_input = dict(TOOL_INPUT, facts=[
         {"type": "health", "key": "medication", "value": "Metformina", "confidence": 0.95,
          "evidence": {"leg": "person", "seq": 1, "quote": "Tomo metformina"}},
@@ -408,12 +408,13 @@ def test_claude_facts_go_through_the_shared_rules(fake, catalogues, local, sleep
     retry = RetryPolicy(max_attempts=1, sleep=sleeps.append)
     cloud = AnthropicAnalyzer(api_key=SecretStr(KEY), catalogues=catalogues, base_url=fake.url, retry=retry,
                               min_fact_confidence=0.5)
-    words = {(P, 0): [("Un", 0.9), (" poco", 0.9), (" triste.", 0.9), (" Mi", 0.2), (" hijo", 0.2),
+    words = {(P, 0): [("Un", 0.9), (" poco", 0.9), (" triste.", 0.9), (" Mi", 0.9), (" hijo", 0.9),
                       (" Miguel", 0.1), (" se", 0.9), (" fue", 0.9)],
              (P, 1): [("Lo", 0.9), (" extraño", 0.9), (" mucho.", 0.9), (" Tomo", 0.97), (" metformina", 0.95)]}
     a = FallbackAnalyzer(cloud, local).analyze(CALL, utterances(), words=words)
     assert a.analyzer == "anthropic"
     assert [(f.key, f.value) for f in a.facts] == [("medication.metformina", "Metformina")]
-    assert a.facts[0].confidence == pytest.approx(0.95 * (0.25 + 0.75 * 0.96), abs=1e-3)
+    # weighed by the value's own word ("metformina", 0.95), not the quote's verb
+    assert a.facts[0].confidence == pytest.approx(0.95 * (0.25 + 0.75 * 0.95), abs=1e-3)
     assert "facts dropped (protected class not said by the person): 1" in a.notes
     assert "facts dropped (below the minimum confidence): 1" in a.notes

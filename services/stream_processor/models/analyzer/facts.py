@@ -579,6 +579,18 @@ def _last_relation(text: str) -> str | None:
     return RELATIONS[last.group("rel")]
 
 
+def _value_in(text: str, value: str, start: int, end: int) -> tuple[int, int]:
+    """The characters of ``value`` inside the quote ``text[start:end]`` (folded, or the value's
+    last word: "Miguel" in "Mi hijo Miguel"), else the whole quote: the words a fact rests on."""
+    f = fold(text)
+    for needle in (fold(value).strip(), (fold(value).split() or [""])[-1]):
+        if len(needle) >= 2:
+            i = f.find(needle, start, end)
+            if i >= 0:
+                return i, i + len(needle)
+    return start, end
+
+
 def calibrate_facts(facts: Iterable[UserFact], words: Mapping[tuple[str, int], Words] | None = None, *,
                     min_confidence: float = 0.0) -> tuple[list[UserFact], list[str]]:
     """The rules every backend's facts go through before the fact store (the cloud backend's
@@ -587,7 +599,8 @@ def calibrate_facts(facts: Iterable[UserFact], words: Mapping[tuple[str, int], W
     - the key is canonical (:func:`fact_key`: ``medication`` + "Metformina" -> ``medication.metformina``);
     - a protected class (medication, allergy, condition, diagnosis, emergency contact) is a fact
       only when it rests on the person's own words (evidence on the person's leg);
-    - the confidence is scaled by the transcription probability of the quoted words
+    - the confidence is scaled by the transcription probability of the words of the value inside
+      the quote (the whole quote when the value is not written in it: a corrected spelling)
       (:func:`transcription_factor`), and a fact below ``min_confidence`` is dropped.
 
     Returns the facts kept and one note per kind of fact dropped."""
@@ -602,7 +615,8 @@ def calibrate_facts(facts: Iterable[UserFact], words: Mapping[tuple[str, int], W
         confidence = f.confidence
         if ev is not None:
             spans = word_spans(ev.text, (words or {}).get((ev.leg, ev.seq)))
-            p = span_probability(spans, ev.char_start, ev.char_end)
+            vs, ve = _value_in(ev.text, f.value, ev.char_start, ev.char_end)
+            p = span_probability(spans, vs, ve)
             if p is not None:
                 confidence = round(min(1.0, confidence * transcription_factor(p)), 3)
         if confidence < min_confidence:
