@@ -31,7 +31,7 @@ fi
 # stack's set-up and the other tests leave idle; those tests run last and wait on its file locks
 # (services/lupita_dev/cluster/prebuild.py). Never for the README demo (plain setup.sh).
 if [ "${LUPITA_PREBUILD:-}" = "1" ] || { [ "${CI:-}" = "true" ] && [ "${LUPITA_PREBUILD:-}" != "0" ]; }; then
-    prebuild_log="${LUPITA_CACHE_DIR:-$HOME/.cache/lupita}/logs/prebuild.log"
+    prebuild_log="${LUPITA_CACHE_DIR:-$HOME/.cache/lupita}/k8s/logs/prebuild.log"
     mkdir -p "$(dirname "$prebuild_log")"
     echo "[setup] building the cluster tests' tools and images in the background (log: $prebuild_log)"
     nohup setsid nice -n 19 .venv/bin/python -m lupita_dev.cluster.prebuild >>"$prebuild_log" 2>&1 </dev/null &
