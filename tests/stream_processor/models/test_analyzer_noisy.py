@@ -212,3 +212,13 @@ def test_a_topic_lupita_asked_about_and_the_person_answered_counts_fully():
     assert a.topic_scores(answered)["salud"] == pytest.approx(1.0)
     assert a.topic_scores(unanswered)["salud"] == pytest.approx(0.5)
     assert "salud" in a.analyze(CALL, answered).topics
+
+
+def test_bad_word_probabilities_are_left_out():
+    """A probability that is missing, NaN, out of [0, 1] or not a number, and a word that is not in
+    the text, do not count: the fact keeps a valid confidence."""
+    text = "Mi nieto Rodrigo me llamó."
+    [u] = utts(text)
+    bad = [("Mi", 0.9), (" nieto", None), (" Rodrigo", float("nan")), (" me", 7.0), (" llamó.", "x"), (" zzz", 0.1)]
+    [f] = extract_facts([u], {("person", 0): bad})
+    assert f.confidence == pytest.approx(0.85)  # no valid probability on the value: the utterance's 1.0

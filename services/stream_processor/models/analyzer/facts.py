@@ -492,7 +492,9 @@ Words = Sequence[tuple[str, "float | None"]]
 
 def word_spans(text: str, words: Words | None) -> list[tuple[int, int, float]]:
     """Character range in ``text`` of each transcript word that has a probability, in order
-    (Whisper's words, joined, are the text: each is looked for after the previous one)."""
+    (Whisper's words, joined, are the text: each is looked for after the previous one). A word
+    not found in the text, or whose probability is missing or not a number in [0, 1], is left
+    out (the utterance's confidence then stands for it)."""
     out: list[tuple[int, int, float]] = []
     if not words:
         return out
@@ -505,7 +507,7 @@ def word_spans(text: str, words: Words | None) -> list[tuple[int, int, float]]:
         if i < 0:
             continue
         pos = i + len(w)
-        if p is not None:
+        if isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 <= p <= 1.0:  # NaN fails too
             out.append((i, pos, float(p)))
     return out
 
