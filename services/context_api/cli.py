@@ -15,6 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="HTTP port; 0 = any free port (LUPITA_CONTEXT_API_PORT, default 8090)")
     parser.add_argument("--metrics-port", type=int,
                         help="Prometheus port; 0 = off (LUPITA_CONTEXT_API_METRICS_PORT, default 9103)")
+    parser.add_argument("--workers", type=int,
+                        help="worker processes sharing the port (LUPITA_CONTEXT_API_WORKERS, default 1)")
 
 
 def build_settings(args: argparse.Namespace):
@@ -24,6 +26,7 @@ def build_settings(args: argparse.Namespace):
         "context_api_host": getattr(args, "host", None),
         "context_api_port": getattr(args, "port", None),
         "context_api_metrics_port": getattr(args, "metrics_port", None),
+        "context_api_workers": getattr(args, "workers", None),
     }
     return ContextApiSettings(**{k: v for k, v in overrides.items() if v is not None})
 
@@ -48,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
         log.error("invalid settings", extra={"stage": "startup", "errors": [str(exc)]})
         return 2
     setup_logging("context-api", settings.log_level)
+    if settings.context_api_workers > 1:
+        from context_api.workers import serve_workers
+
+        return serve_workers(settings)
     from context_api.server import serve
 
     return asyncio.run(serve(settings))

@@ -1,5 +1,8 @@
 """Prometheus metrics of the context API (names ``lupita_context_api_<thing>_<unit>``).
 
+With several worker processes (``context_api_workers``) every metric lives in the Prometheus
+multiprocess directory and the parent process serves their sum (:mod:`context_api.workers`).
+
 No label ever holds a phone number, a person hash or a free-form value: message types and tool
 names outside the known ones are counted as ``unknown``.
 """
@@ -63,7 +66,8 @@ CALLBACKS_RETRIES = Counter("lupita_context_api_callbacks_publish_retries_total"
                             "Dispatcher rounds that failed and will be retried after a back-off, by cause",
                             ["reason"])
 CALLBACKS_BACKLOG = Gauge("lupita_context_api_callbacks_due_backlog",
-                          "Pending callbacks whose time has come, not yet published (as of the last round)")
+                          "Pending callbacks whose time has come, not yet published (as of the last round)",
+                          multiprocess_mode="livesum")  # several workers: only worker 0 dispatches
 CALLBACKS_LAG = Histogram("lupita_context_api_callbacks_publish_lag_seconds",
                           "From a callback's due time to its record's ack by the broker",
                           buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600))

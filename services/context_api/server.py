@@ -3,13 +3,18 @@ requests finish (up to ``context_api_drain_seconds``), close the Postgres pool, 
 the erasure sweeper runs every ``context_api_erasure_sweep_interval_seconds``, and (unless
 ``context_api_callbacks_enabled`` is off) the callbacks dispatcher publishes due callbacks to
 ``callbacks.due`` (:mod:`context_api.callbacks_due`); both stop with the server, the dispatcher
-after finishing the round it is in (its transaction commits or rolls back, nothing half-done)."""
+after finishing the round it is in (its transaction commits or rolls back, nothing half-done).
+
+With ``context_api_workers`` > 1, :mod:`context_api.workers` runs :func:`serve` once per worker
+process on a listening socket they share (``sock``); only worker 0 runs the sweeper and the
+dispatcher (``background``), and the parent serves the metrics of all of them (``metrics`` off here)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+import socket
 
 import uvicorn
 
@@ -37,7 +42,8 @@ async def sweep_erasures(app, settings: ContextApiSettings) -> None:
         await asyncio.sleep(interval)  # the schedule itself, not a wait for some other event
 
 
-async def serve(settings: ContextApiSettings) -> int:
+async def serve(settings: ContextApiSettings, *, sock: socket.socket | None = None, worker: int | None = None,
+                background: bool = True, metrics: bool = True) -> int:
     app = create_app(settings)
     config = uvicorn.Config(
         app, host=settings.context_api_host, port=settings.context_api_port,
@@ -50,17 +56,24 @@ async def serve(settings: ContextApiSettings) -> int:
     # these no-op handlers installed first, the re-raise does not kill the process (exit 0).
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    serve_metrics(settings.context_api_metrics_port, settings.context_api_host)
-    task = asyncio.create_task(server.serve())
+    if metrics:
+        serve_metrics(settings.context_api_metrics_port, settings.context_api_host)
+    task = asyncio.create_task(server.serve(sockets=[sock] if sock is not None else None))
     while not server.started and not task.done():
         await asyncio.sleep(0.02)
     if server.started:
         port = server.servers[0].sockets[0].getsockname()[1]
         log.info("context api listening", extra={"stage": "startup", "host": settings.context_api_host,
-                                                  "port": port, "auth_mode": settings.context_api_auth_mode})
-    sweeping = asyncio.create_task(sweep_erasures(app, settings)) if server.started else None
-    dispatcher = Dispatcher(settings, app.state.pool) if server.started and settings.context_api_callbacks_enabled else None
+                                                  "port": port, "auth_mode": settings.context_api_auth_mode,
+                                                  "worker": worker})
+    sweeping = asyncio.create_task(sweep_erasures(app, settings)) if server.started and background else None
+    dispatcher = (Dispatcher(settings, app.state.pool)
+                  if server.started and background and settings.context_api_callbacks_enabled else None)
     dispatching = asyncio.create_task(dispatch_callbacks(dispatcher)) if dispatcher is not None else None
+    if server.started:
+        log.info("context api background tasks", extra={"stage": "startup", "worker": worker,
+                                                         "erasure_sweeper": sweeping is not None,
+                                                         "callbacks_dispatcher": dispatcher is not None})
     try:
         await task
     finally:
@@ -74,7 +87,7 @@ async def serve(settings: ContextApiSettings) -> int:
         await app.state.tools.past.close()
         app.state.pool.close()
     if not server.started:
-        log.error("context api did not start", extra={"stage": "startup"})
+        log.error("context api did not start", extra={"stage": "startup", "worker": worker})
         return 1
-    log.info("context api stopped", extra={"stage": "shutdown"})
+    log.info("context api stopped", extra={"stage": "shutdown", "worker": worker})
     return 0

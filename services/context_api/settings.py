@@ -21,6 +21,12 @@ class ContextApiSettings(CommonSettings):
     context_api_host: str = "0.0.0.0"
     context_api_port: int = Field(default=8090, ge=0, le=65535)
     context_api_metrics_port: int = Field(default=9103, ge=0, le=65535)
+    # Worker processes sharing the HTTP port (one event loop each; one saturates one core). 1 = a
+    # single process (dev, tests, demo); in production about one per core the pod may use, or more
+    # replicas. Each has its own Postgres pool (DB_POOL_SIZE connections) and past-conversations
+    # cache; only worker 0 runs the callbacks dispatcher and the erasure sweeper; the parent
+    # process serves /metrics summed over the workers (Prometheus multiprocess mode).
+    context_api_workers: int = Field(default=1, ge=1, le=64)
 
     # The VAPI assistant answered to every assistant-request.
     context_api_assistant_id: str = Field(default="", max_length=200)
