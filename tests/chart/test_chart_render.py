@@ -121,7 +121,7 @@ def test_each_scenario_renders_every_workload_and_its_objects(scenario):
     for kind in ("Deployment", "Service", "ServiceAccount", "PodDisruptionBudget"):
         assert set(by_component(docs, kind)) == set(WORKLOADS), (name, kind)
     if name != "local":  # local: KEDA cannot run on the local cluster, policies do not bind host-network pods
-        assert set(by_component(docs, "ScaledObject")) == {"media-bridge", *STAGES}
+        assert set(by_component(docs, "ScaledObject")) == {"media-bridge", "telephony-gateway", *STAGES}
         assert set(by_component(docs, "NetworkPolicy")) == set(WORKLOADS)
         assert set(by_component(docs, "HorizontalPodAutoscaler")) == {"context-api"}
 
@@ -154,6 +154,10 @@ def test_each_scenario_renders_every_workload_and_its_objects(scenario):
         (["hostNetwork=true"], "hostNetwork is true and streamProcessor.stages.recorder.ports.metrics and "
                                "streamProcessor.stages.vad.ports.metrics both use port 9102"),
         (["telephonyGateway.publicUrl=https://voice.example.org"], "at '/telephonyGateway/publicUrl'"),
+        (["telephonyGateway.autoscaling.minReplicas=5", "telephonyGateway.autoscaling.maxReplicas=3"],
+         "telephonyGateway.autoscaling.minReplicas (5) is above its maxReplicas (3)"),
+        (["telephonyGateway.autoscaling.targetLiveCallsPerPod=0"],
+         "at '/telephonyGateway/autoscaling/targetLiveCallsPerPod'"),
         (["telephonyGateway.settings.LUPITA_GATEWAY_PORT=9000"],
          "telephonyGateway.settings.LUPITA_GATEWAY_PORT: the chart sets LUPITA_GATEWAY_PORT from "
          "telephonyGateway.ports.websocket"),
@@ -322,7 +326,7 @@ def test_no_stage_scales_beyond_the_partition_count(helm, asked):
 def test_a_scaled_deployment_leaves_its_replicas_to_the_scaler(helm):
     with_keda = by_component(render(helm, keda=True), "Deployment")
     without = by_component(render(helm, keda=False), "Deployment")
-    for comp in ("media-bridge", *STAGES):
+    for comp in ("media-bridge", "telephony-gateway", *STAGES):
         assert "replicas" not in with_keda[comp]["spec"], comp  # an upgrade must not reset the HPA's count
         assert without[comp]["spec"]["replicas"] >= 1, comp  # no KEDA CRDs: fixed replicas, no ScaledObject
     assert not by_component(render(helm, keda=False), "ScaledObject")
@@ -377,6 +381,31 @@ def test_the_bridge_scales_on_its_active_calls_metric_and_scales_down_slowly(hel
     down = so["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
     assert down["stabilizationWindowSeconds"] >= 300
     assert down["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 300}]
+
+
+def test_the_gateway_scales_on_its_live_calls_metric_and_scales_down_slowly(helm):
+    """Like the bridge: live calls summed over the gateway's pods (every source), a target per pod
+    below the gateway's own refusal limit, and a slow scale-down (each removed pod drains)."""
+    from telephony_gateway.metrics import LIVE_CALLS
+
+    for files in ([], [EKS]):
+        docs = render(helm, files)
+        so = by_component(docs, "ScaledObject")["telephony-gateway"]["spec"]
+        dep = by_component(docs, "Deployment")["telephony-gateway"]
+        assert so["scaleTargetRef"]["name"] == dep["metadata"]["name"]
+        (trigger,) = so["triggers"]
+        assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
+        assert trigger["metadata"]["query"] == (
+            f'sum({LIVE_CALLS._name}{{namespace="lupita", service="lupita-telephony-gateway"}})')
+        assert by_component(docs, "Service")["telephony-gateway"]["metadata"]["name"] == "lupita-telephony-gateway"
+        env = literal_env(dep["spec"]["template"]["spec"]["containers"][0])
+        assert 0 < int(trigger["metadata"]["threshold"]) < int(env["LUPITA_GATEWAY_MAX_CALLS"])
+        down = so["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+        assert down["stabilizationWindowSeconds"] >= 600
+        assert down["selectPolicy"] == "Min" and down["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 300}]
+        assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > int(env["LUPITA_GATEWAY_DRAIN_SECONDS"])
+    off = by_component(render(helm, [], ["telephonyGateway.autoscaling.enabled=false"]), "ScaledObject")
+    assert "telephony-gateway" not in off and "media-bridge" in off
 
 
 # --- network policies ----------------------------------------------------------------------------
