@@ -10,7 +10,8 @@ request *i* is due at ``t0 + i / rate`` and its latency runs from that due time 
 server that falls behind pays for the queue (no coordinated omission). Two servers, same requests,
 same run:
 
-- ``context-api``: a real ``lupita context-api`` child (its indexed reads with limits);
+- ``context-api``: a real ``lupita context-api`` child (its indexed reads with limits); with
+  ``--workers 1,2`` also ``context-api x2``, the same with two worker processes;
 - ``fan-out``: the baseline, a child of this script answering the same message by reading the base
   tables whole (every fact row and its observations, every call, every alert, every callback of the
   person) and a Weaviate near-vector query filtered to the person, then building the same context.
@@ -425,7 +426,11 @@ def main() -> int:
                     help="first N requests one at a time per server (service time without a queue)")
     ap.add_argument("--past", type=int, default=3,
                     help="past conversations the context-api children read from Weaviate (0 = off: Postgres only)")
-    ap.add_argument("--servers", default="", help="comma-separated subset of: context-api, context-api fanout, fan-out")
+    ap.add_argument("--servers", default="",
+                    help="comma-separated subset of: context-api, context-api xN, context-api fanout, fan-out")
+    ap.add_argument("--workers", default="1", metavar="N[,N...]",
+                    help="one profile-path context-api per count, with LUPITA_CONTEXT_API_WORKERS=N (named "
+                         "'context-api' for 1, 'context-api xN' otherwise); the fanout-source one keeps 1")
     ap.add_argument("--serve-fanout", nargs=3, metavar=("PORT", "DSN_ENV", "COLLECTION"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_fanout:
@@ -479,21 +484,27 @@ def main() -> int:
                    LUPITA_CONTEXT_API_CALLBACKS_ENABLED="false",
                    LUPITA_CONTEXT_API_ERASURE_SWEEP_INTERVAL_SECONDS="0",
                    LUPITA_CONTEXT_API_PAST_CONVERSATIONS=str(args.past))
-        api_port, sql_port, fan_port = free_port(), free_port(), free_port()
+        worker_counts = [int(w) for w in args.workers.split(",") if w.strip()]
+        api_ports = {w: free_port() for w in worker_counts}
+        sql_port, fan_port = free_port(), free_port()
         devnull = subprocess.DEVNULL
-        for port, source in ((api_port, "profile"), (sql_port, "fanout")):
+        for port, source, workers in [(p, "profile", w) for w, p in api_ports.items()] + [(sql_port, "fanout", 1)]:
             procs.append(subprocess.Popen([sys.executable, "-m", "context_api", "--host", "127.0.0.1", "--port",
                                            str(port), "--metrics-port", "0"],
-                                          env=dict(env, LUPITA_CONTEXT_API_CONTEXT_SOURCE=source), cwd=ROOT,
+                                          env=dict(env, LUPITA_CONTEXT_API_CONTEXT_SOURCE=source,
+                                                   LUPITA_CONTEXT_API_WORKERS=str(workers)), cwd=ROOT,
                                           stdout=devnull, stderr=devnull))
         fan_log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-context-fanout-{tag}.log", "wb")
         procs.append(subprocess.Popen([sys.executable, __file__, "--serve-fanout", str(fan_port), "BENCH_DSN",
                                        collection], env=env, cwd=ROOT, stdout=fan_log, stderr=subprocess.STDOUT))
-        wait_http(f"http://127.0.0.1:{api_port}/livez")
+        for port in api_ports.values():
+            wait_http(f"http://127.0.0.1:{port}/livez")
         wait_http(f"http://127.0.0.1:{sql_port}/livez")
         wait_http(f"http://127.0.0.1:{fan_port}/vapi/webhook")
-        servers = [("context-api", f"http://127.0.0.1:{api_port}/vapi/webhook"),
-                   ("context-api fanout", f"http://127.0.0.1:{sql_port}/vapi/webhook"),
+        results["workers"] = worker_counts
+        servers = [("context-api" if w == 1 else f"context-api x{w}", f"http://127.0.0.1:{p}/vapi/webhook")
+                   for w, p in api_ports.items()]
+        servers += [("context-api fanout", f"http://127.0.0.1:{sql_port}/vapi/webhook"),
                    ("fan-out", f"http://127.0.0.1:{fan_port}/vapi/webhook")]
         only = {n.strip() for n in args.servers.split(",")} if args.servers else None
         servers = [s for s in servers if only is None or s[0] in only]

@@ -112,3 +112,25 @@ def test_a_worker_that_dies_stops_the_service_with_exit_1(migrated):
     assert server.proc.returncode == 1
     assert any(r.get("msg") == "context api worker exited" and r.get("rc") == -9 for r in server.logs())
     assert not any(_alive(pid) for pid in pids)
+
+
+def test_the_shared_listener_makes_tcp_nodelay_connections():
+    """asyncio sets TCP_NODELAY on an accepted socket only when its proto is TCP; the listener is
+    created so (and sets it itself), or every small answer waits for the client's delayed ACK."""
+    import socket
+
+    from context_api.workers import _listen
+
+    sock = _listen("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+        client = socket.create_connection(sock.getsockname())
+        conn, _ = sock.accept()
+        try:
+            assert conn.proto == socket.IPPROTO_TCP
+            assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        finally:
+            conn.close()
+            client.close()
+    finally:
+        sock.close()
