@@ -5,7 +5,8 @@
 "past_conversations", "this_call_alerts", "degraded"}`` and the brief, a single line that never
 exceeds the character budget: sections go in order of use to the agent (what THIS call has raised
 so far, alerts of recent calls to follow up, facts to confirm — "¿Sigue tomando la metformina?" —,
-facts with the protected ones first, what worked and what to treat with care, recurring topics,
+facts with the protected ones first, each under its spoken label ("medicamento: metformina 850",
+"hija: Rosa": :mod:`context_api.labels`), what worked and what to treat with care, recurring topics,
 pending callbacks, last calls, similar past conversations) and whatever does not fit is cut at an
 item boundary. An unknown person gets a well-formed empty context and a brief that says so.
 """
@@ -17,6 +18,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from context_api.labels import fact_label
 from context_api.store import Snapshot
 from context_api.when import say_ago, say_datetime
 
@@ -64,7 +66,17 @@ def code_es(code: str) -> str:
 
 
 def _item(key: str) -> str:
-    return key.partition(".")[0].replace("_", " ")
+    """A fact key as said: its spoken label (:mod:`context_api.labels`), else its base with spaces."""
+    return fact_label(key) or key.partition(".")[0].replace("_", " ")
+
+
+def fact_phrase(f: dict[str, Any]) -> str:
+    """One fact of the brief: "medicamento: metformina 850", "hija: Rosa"; a key without a label
+    keeps its type to place it ("salud, blood type: O+")."""
+    label = fact_label(f["key"])
+    if label is None:
+        label = f"{_FACT_TYPE_ES.get(f['type'], f['type'])}, {_item(f['key'])}"
+    return f"{label}: {one_line(f['value'], 120)}"
 
 
 def question(f: dict[str, Any]) -> str:
@@ -95,8 +107,8 @@ def build(snap: Snapshot, now: datetime, tz: ZoneInfo, max_chars: int) -> tuple[
         "known": bool(snap.facts or snap.calls or snap.callbacks or snap.alerts),
         # current facts, protected (medications, allergies, diagnoses, emergency contacts) first
         "facts": [
-            {"id": f.get("id"), "type": f["fact_type"], "key": f["fact_key"], "value": f["fact_value"],
-             "confidence": round(float(f["confidence"]), 3), "source": f["source"],
+            {"id": f.get("id"), "type": f["fact_type"], "key": f["fact_key"], "label": _item(f["fact_key"]),
+             "value": f["fact_value"], "confidence": round(float(f["confidence"]), 3), "source": f["source"],
              "observed_at": f["observed_at"].isoformat(), "protected": bool(f.get("protected")),
              "observations": int(f.get("observation_count") or 1)}
             for f in snap.facts if f.get("status", "current") == "current"
@@ -173,9 +185,7 @@ def brief(ctx: dict[str, Any], max_chars: int) -> str:
     if ctx["to_confirm"]:
         sections.append(("Por confirmar con tacto", [q["question"] for q in ctx["to_confirm"]]))
     if ctx["facts"]:
-        sections.append(("Lo que sabemos", [
-            f"{_FACT_TYPE_ES.get(f['type'], f['type'])}, {f['key'].replace('_', ' ')}: {one_line(f['value'], 120)}"
-            for f in ctx["facts"]]))
+        sections.append(("Lo que sabemos", [fact_phrase(f) for f in ctx["facts"]]))
     hints = ctx.get("behavioral_hints") or {}
     if hints.get("worked"):
         sections.append(("Le ha funcionado", [h["label"] for h in hints["worked"]]))

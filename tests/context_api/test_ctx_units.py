@@ -237,3 +237,63 @@ def test_a_gateway_url_needs_its_token():
     with pytest.raises(ValidationError):
         ContextApiSettings(context_api_assistant_id="t", context_api_bearer_tokens="t",
                            context_api_gateway_url="http://127.0.0.1:8766/x?phone=1", context_api_gateway_token="k")
+
+
+# --- spoken labels of fact keys ---------------------------------------------------------------------
+
+
+def _fact(i: int, key: str, value: str, fact_type: str = "family", status: str = "current", **kw) -> dict:
+    at = datetime(2026, 11, 28, 10, 0, tzinfo=timezone.utc)
+    return {"id": i, "fact_type": fact_type, "fact_key": key, "fact_value": value, "confidence": 0.9,
+            "source": "analyzer", "observed_at": at, "protected": False, "observation_count": 1,
+            "status": status, **kw}
+
+
+def test_the_brief_says_fact_keys_as_spoken_spanish_labels():
+    from context_api.labels import fact_label
+
+    assert fact_label("medication.metformina") == "medicamento"
+    assert fact_label("daughter_name.rosa") == "hija"
+    assert fact_label("pet_name.firulais") == "mascota"
+    assert fact_label("dog_name.canelo") == "perro"
+    assert fact_label("son_lives_in.chicago") == "hijo vive en"
+    assert fact_label("wake_up_time") == "hora de levantarse"
+    assert fact_label("blood_type") is None and fact_label("martian_name.x") is None  # no label: fallback
+    snap = Snapshot([_fact(1, "medication.metformina", "metformina 850", "health", protected=True),
+                     _fact(2, "daughter_name.rosa", "Rosa"), _fact(3, "dog_name.canelo", "Canelo", "pet"),
+                     _fact(4, "blood_type", "O+", "health")], [], [], [])
+    ctx, text = build(snap, NOW, TZ, 1200)
+    assert text == "Lo que sabemos: medicamento: metformina 850; hija: Rosa; perro: Canelo; salud, blood type: O+."
+    assert [f["label"] for f in ctx["facts"]] == ["medicamento", "hija", "perro", "blood type"]
+    assert "medication" not in text and "daughter" not in text
+
+
+def test_a_question_to_confirm_says_the_keys_label():
+    snap = Snapshot([_fact(1, "wake_up_time", "07:00", "routine", status="to_confirm", current_value="06:00",
+                           proposal="value")], [], [], [])
+    ctx, _ = build(snap, NOW, TZ, 1200)
+    assert ctx["to_confirm"][0]["question"] == "¿Hora de levantarse: sigue siendo 06:00 o ahora es 07:00?"
+
+
+def test_every_key_base_the_fact_store_and_the_analyzer_make_has_a_label():
+    from context_api.labels import fact_label
+    from lupita import facts
+    from stream_processor.models.analyzer import facts as analyzer
+
+    bases = set(facts.MULTI_VALUED_BASES) | set(facts.PROTECTED_BASES)
+    bases |= {f"{rel}_name" for rel in analyzer.RELATIONS.values()} | {f"{rel}_lives_in" for rel in analyzer.RELATIONS.values()}
+    bases |= {f"{animal}_name" for animal in analyzer.ANIMALS.values()}
+    bases |= {"wake_up_time", "bedtime", "breakfast_time", "lunch_time", "dinner_time", "walk", "mass_attendance",
+              "next_appointment"}
+    missing = sorted(b for b in bases if fact_label(b) is None)
+    assert missing == []
+
+
+@pytest.mark.parametrize("budget", [200, 260, 400, 700, 1200])
+def test_labelled_facts_respect_the_budget(budget):
+    keys = ["medication.metformina", "allergy.penicilina", "daughter_name.rosa", "son_lives_in.chicago",
+            "dog_name.canelo", "likes.cafe_de_olla", "wake_up_time", "blood_type"]
+    snap = Snapshot([_fact(i, keys[i % len(keys)], f"valor número {i} " + "x" * (i % 40)) for i in range(40)], [], [], [])
+    _, text = build(snap, NOW, TZ, budget)
+    assert len(text) <= budget and "\n" not in text
+    assert text.startswith("Lo que sabemos: medicamento: valor número 0")
