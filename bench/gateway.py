@@ -251,7 +251,7 @@ async def chime_phase(args, stereo, control_port: int, kvs_holder: dict) -> list
                                                wall_t0_ms=now_ms))
             legs.append(kvs_sim.streaming_event("STARTED", transaction_id=txn, call_id=cid, stream_arn=stream.arn,
                                                 is_caller=caller, start_fragment_number=str(first),
-                                                from_number=BENCH_PHONE, to_number="+15555550100"))
+                                                from_number=BENCH_PHONE, to_number="+15555550100", start_ms=now_ms))
         calls.append(f"chime-{txn}")
         async with aiohttp.ClientSession() as http:
             async with http.post(f"http://127.0.0.1:{control_port}/chime/events", json=legs,

@@ -7,9 +7,14 @@ alone, counted ``unpaired``); the pair becomes a :class:`ChimeSession`. ``ENDED`
 the session the call is over (it still reads each stream's tail).
 
 Per leg, a :class:`KvsLeg` calls ``GetMedia`` (boto3's ``kinesis-video-media`` client, endpoint
-from ``GetDataEndpoint``) starting at the event's ``startFragmentNumber`` — or, after a restart,
-after the checkpointed one — in its own thread (boto3 is blocking; the bytes go through a bounded
-queue, so a slow bridge stops the thread's reads and TCP pushes back on KVS). The bytes go
+from ``GetDataEndpoint``; both clients are built once per process, :func:`aws_client`) in its own
+thread. The first read starts by ``SERVER_TIMESTAMP`` (documented: the chunk *containing* the
+time) at the leg's ``startTime`` less a margin and skips fragments numbered before the event's
+``startFragmentNumber`` (``FRAGMENT_NUMBER`` is documented as the chunk *after* the fragment: it
+would lose the first one; :func:`first_selector`); a reconnection or a restart reads
+``FRAGMENT_NUMBER`` after the last fragment forwarded, where "after" is what is wanted.
+boto3 is blocking: the bytes go through a bounded queue, so a slow bridge stops the thread's
+reads and TCP pushes back on KVS. The bytes go
 through :class:`~telephony_gateway.mkv.MkvStreamReader` and :class:`LegParser` (pure), which checks
 the track (``A_PCM/INT/LIT`` 8 kHz mono 16-bit, else ``media_format``), reads each fragment's
 tags (``AWS_KINESISVIDEO_FRAGMENT_NUMBER``, ``AWS_KINESISVIDEO_PRODUCER_TIMESTAMP``, Chime's
@@ -41,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import logging
 import re
 import threading
@@ -101,10 +107,15 @@ class LegParser:
     """MKV events of one leg's GetMedia body -> :class:`Audio` / :class:`FragmentDone` /
     :class:`Recycled` / :class:`BadInput` (``media_format`` is fatal)."""
 
-    def __init__(self, *, transaction_id: str, call_id: str, done_through: int | None = None) -> None:
+    def __init__(self, *, transaction_id: str, call_id: str, done_through: int | None = None,
+                 start_at: int | None = None) -> None:
         self.transaction_id = transaction_id
         self.call_id = call_id
         self.done_through = done_through  # fragments up to this number were forwarded already
+        # the event's startFragmentNumber: fragments numbered below it precede this call on the
+        # stream (a start by timestamp serves some of them) and are skipped without a count
+        self.start_at = start_at
+        self.before_start = 0
         self.partial: tuple[int, float] | None = None  # (fragment, last block time) of one cut short
         self.ours_seen = False
         self.reconnected()
@@ -198,6 +209,11 @@ class LegParser:
         if self._audio_track is None:
             self._skip = True
             return [BadInput("missing_tag", "a fragment without a Tracks element: skipped")]
+        fragment = int(number)  # fragment numbers are big decimal strings: compared as integers
+        if self.start_at is not None and fragment < self.start_at:
+            self._skip = True
+            self.before_start += 1
+            return []
         call_id, txn = tags.get("CallId"), tags.get("TransactionId")
         if call_id is None and txn is None:
             self._skip = True
@@ -209,7 +225,6 @@ class LegParser:
                                  fatal=True), Recycled()]
             return [BadInput("recycled_stream", "a fragment of another call before this call's first one: skipped")]
         self.ours_seen = True
-        fragment = int(number)
         resume_point, self.resume_point = self.resume_point, None
         if self.done_through is not None and fragment <= self.done_through:
             self._skip = True
@@ -224,6 +239,41 @@ class LegParser:
 
 
 # -- one leg's GetMedia connection -----------------------------------------------------------------
+
+_CLIENTS: dict[tuple, object] = {}
+_CLIENTS_LOCK = threading.Lock()
+_CLIENTS_MAX = 64  # data endpoints are few per region; the cache is bounded all the same
+_SESSION = None
+POOL_CONNECTIONS = 512  # one GetMedia body holds a connection for its whole leg
+
+
+def aws_client(settings: GatewaySettings, service: str, endpoint: str):
+    """The process's boto3 client for ``service`` at ``endpoint`` (empty = AWS's own), built once
+    and shared by every leg's thread: building one costs tens of ms of CPU (the service model is
+    loaded and the endpoint rules resolved) and was the bulk of a call's start. boto3 clients are
+    thread-safe, sessions are not: clients are built from one session under a lock."""
+    import boto3
+    from botocore.config import Config
+
+    key = (service, endpoint or "", settings.gateway_chime_region, settings.gateway_chime_idle_seconds)
+    client = _CLIENTS.get(key)
+    if client is not None:
+        return client
+    global _SESSION
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(key)
+        if client is None:
+            if _SESSION is None:
+                _SESSION = boto3.session.Session()
+            cfg = Config(region_name=settings.gateway_chime_region, connect_timeout=5,
+                         read_timeout=settings.gateway_chime_idle_seconds + 5,
+                         retries={"max_attempts": 3, "mode": "standard"}, max_pool_connections=POOL_CONNECTIONS)
+            client = _SESSION.client(service, config=cfg, endpoint_url=endpoint or None)
+            if len(_CLIENTS) >= _CLIENTS_MAX:
+                _CLIENTS.pop(next(iter(_CLIENTS)))  # the oldest
+            _CLIENTS[key] = client
+    return client
+
 
 
 class _Eof:
@@ -288,17 +338,12 @@ class KvsLeg:
         return False
 
     def _client(self):
-        import boto3
-        from botocore.config import Config
-
         s = self.settings
-        cfg = Config(region_name=s.gateway_chime_region, connect_timeout=5, read_timeout=s.gateway_chime_idle_seconds + 5,
-                     retries={"max_attempts": 3, "mode": "standard"})
         endpoint = s.gateway_chime_get_media_endpoint
         if not endpoint:
-            control = boto3.client("kinesisvideo", config=cfg, endpoint_url=s.gateway_chime_kvs_endpoint or None)
+            control = aws_client(s, "kinesisvideo", s.gateway_chime_kvs_endpoint)
             endpoint = control.get_data_endpoint(StreamARN=self.arn, APIName="GET_MEDIA")["DataEndpoint"]
-        return boto3.client("kinesis-video-media", config=cfg, endpoint_url=endpoint)
+        return aws_client(s, "kinesis-video-media", endpoint)
 
     def _run(self, selector: dict) -> None:
         try:
@@ -337,6 +382,34 @@ class LegPlan:
     @property
     def name(self) -> str:
         return LEG_NAMES[self.leg]
+
+
+def _iso_time(text: str) -> datetime.datetime | None:
+    try:
+        t = datetime.datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return None
+    return t if t.tzinfo is not None else t.replace(tzinfo=datetime.timezone.utc)
+
+
+def first_selector(event: ce.StreamingEvent, margin_s: float) -> dict:
+    """GetMedia's StartSelector for a leg's first read.
+
+    GetMedia's API reference documents ``FRAGMENT_NUMBER`` as "the chunk *after* a specific
+    fragment", so ``AfterFragmentNumber=startFragmentNumber`` would lose the call's first
+    fragment if the service does what it says. ``SERVER_TIMESTAMP`` is documented as "the chunk
+    *containing* a fragment with the specified timestamp": starting at the leg's ``startTime``
+    (else the event's ``time``) minus ``margin_s`` reaches the first fragment whichever reading
+    is true, and the parser skips what precedes ``startFragmentNumber`` (numbers compared as
+    integers) and still checks each fragment's CallId/TransactionId. Server timestamps are
+    KVS's ingestion clock, increasing with the fragment number (producer timestamps are the
+    Voice Connector's and need not be). Without either time: ``FRAGMENT_NUMBER``, the only
+    thing left."""
+    for text in (event.start_time, event.event_time):
+        at = _iso_time(text)
+        if at is not None:
+            return {"StartSelectorType": "SERVER_TIMESTAMP", "StartTimestamp": at - datetime.timedelta(seconds=margin_s)}
+    return {"StartSelectorType": "FRAGMENT_NUMBER", "AfterFragmentNumber": event.start_fragment_number}
 
 
 def call_key(transaction_id: str) -> str:
@@ -417,6 +490,7 @@ class ChimeSession(SessionBase):
             "part": self.part, "phone": enc,
             "legs": [{"isCaller": p.event.is_caller, "streamArn": p.event.stream_arn,
                       "startFragmentNumber": p.event.start_fragment_number, "voiceConnectorId": p.event.voice_connector_id,
+                      "startTime": p.event.start_time, "eventTime": p.event.event_time,
                       "doneThrough": None if p.done_through is None else str(p.done_through)} for p in self.plans],
         })
 
@@ -437,7 +511,7 @@ class ChimeSession(SessionBase):
                 kvs = KvsLeg(self.settings, plan.event.stream_arn, loop)
                 self._kvs.append(kvs)
                 parser = LegParser(transaction_id=self.transaction_id, call_id=self.chime_call_id,
-                                   done_through=plan.done_through)
+                                   done_through=plan.done_through, start_at=int(plan.event.start_fragment_number))
                 legs.append(_Leg(self, plan, kvs, parser))
             for leg in legs:
                 leg.connect()
@@ -535,8 +609,15 @@ class _Leg:
 
     def connect(self, after: int | None = None) -> None:
         if after is None and self.plan.done_through is None:
-            selector = {"StartSelectorType": "FRAGMENT_NUMBER", "AfterFragmentNumber": self.plan.event.start_fragment_number}
+            selector = first_selector(self.plan.event, self.s.settings.gateway_chime_start_margin_seconds)
+            if selector["StartSelectorType"] == "FRAGMENT_NUMBER":
+                self.s.log.warning("the STARTED event has no usable startTime or time: GetMedia starts after "
+                                   "startFragmentNumber, so that fragment is not read",
+                                   extra=self.s.extra(leg=self.plan.name))
         else:
+            # after a fragment this leg has forwarded: FRAGMENT_NUMBER is documented as "the chunk
+            # after" it, which is exactly what is wanted (an inclusive reading serves it again and
+            # the parser skips it silently)
             mark = after if after is not None else self.plan.done_through
             selector = {"StartSelectorType": "FRAGMENT_NUMBER", "AfterFragmentNumber": str(mark)}
         self.parser.reconnected()
@@ -810,7 +891,8 @@ class ChimeCalls:
                         status="STARTED", transaction_id=state["transactionId"], call_id=state["callId"],
                         voice_connector_id=leg.get("voiceConnectorId", ""), direction=state["direction"],
                         is_caller=bool(leg["isCaller"]), stream_arn=leg["streamArn"],
-                        start_fragment_number=leg["startFragmentNumber"]))
+                        start_fragment_number=leg["startFragmentNumber"], start_time=leg.get("startTime") or "",
+                        event_time=leg.get("eventTime") or ""))
                     if leg.get("doneThrough"):
                         done[bool(leg["isCaller"])] = int(leg["doneThrough"])
                 part = int(state.get("part", 1)) + 1

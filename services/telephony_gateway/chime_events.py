@@ -46,7 +46,8 @@ class StreamingEvent:
     is_caller: bool | None = None
     stream_arn: str = ""
     start_fragment_number: str = ""
-    start_time: str = ""
+    start_time: str = ""  # detail.startTime (ISO 8601): when the stream of this leg started
+    event_time: str = ""  # the envelope's time (ISO 8601): when Chime sent the event
     failure_reason: str = ""
     from_number: str = field(default="", repr=False)
     to_number: str = field(default="", repr=False)
@@ -108,6 +109,7 @@ def parse(event: object) -> StreamingEvent:
         stream_arn=_text(detail, "streamArn", pattern=_ARN_RE),
         start_fragment_number=_text(detail, "startFragmentNumber", pattern=_FRAGMENT_RE),
         start_time=_text(detail, "startTime", required=False),
+        event_time=event.get("time") if isinstance(event.get("time"), str) else "",
         from_number=numbers["fromNumber"], to_number=numbers["toNumber"],
     )
 

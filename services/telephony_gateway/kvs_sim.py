@@ -16,16 +16,23 @@ frame), then ``Tags`` with ``AWS_KINESISVIDEO_CONTINUATION_TOKEN`` and
 **The server** (:class:`KvsServer`, aiohttp on 127.0.0.1) speaks the two REST-JSON operations the
 gateway calls through boto3: ``POST /getDataEndpoint`` (answers its own URL) and ``POST
 /getMedia`` (``StreamARN``, ``StartSelector``) answering ``200`` with ``Content-Type:
-video/webm`` and the chunks as a streamed body. ``FRAGMENT_NUMBER`` starts *at* the given
-fragment (what AWS's Chime and Connect samples rely on when they pass the event's
-``startFragmentNumber`` as ``AfterFragmentNumber``; the gateway copes with either reading),
-``EARLIEST`` at the first, ``NOW`` at the end. A stream may hold raw bytes (damage), a stall
+video/webm`` and the chunks as a streamed body. Each ``StartSelectorType`` does what GetMedia's
+API reference says: ``FRAGMENT_NUMBER`` starts with the chunk *after* ``AfterFragmentNumber``
+(numbers compared as integers); ``SERVER_TIMESTAMP`` / ``PRODUCER_TIMESTAMP`` with the chunk
+*containing* ``StartTimestamp`` (epoch seconds, as boto3 sends it), read from each fragment's
+``AWS_KINESISVIDEO_SERVER_TIMESTAMP`` / ``..._PRODUCER_TIMESTAMP`` tag: a fragment contains the
+times from its own timestamp up to the next fragment's, and a time before the first fragment
+starts at the first; ``EARLIEST`` at the first, ``NOW`` at the end. (AWS's Chime and Connect
+samples pass the event's ``startFragmentNumber`` as ``AfterFragmentNumber`` as if it were
+inclusive; under the documented reading that skips the first fragment, which is why the gateway
+starts by timestamp.) A stream may hold raw bytes (damage), a stall
 (the body stops without ending) and a "live" end (the body stays open until :meth:`KvsStream.close`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import time
 from dataclasses import dataclass, field
@@ -33,7 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from aiohttp import web
 
-from .mkv import SCHEMA, simple_block
+from .mkv import SCHEMA, MkvStreamReader, Tags, simple_block
 
 FRAME_MS = 20
 RATE = 8000
@@ -77,6 +84,17 @@ def fragment(pcm: np.ndarray, *, fragment_number: str, producer_ts_ms: int, tags
     after = _tags({"AWS_KINESISVIDEO_CONTINUATION_TOKEN": fragment_number, "AWS_KINESISVIDEO_MILLIS_BEHIND_NOW": "0"})
     return (_ebml_header() + bytes(SCHEMA["Segment"].encode({}, infinite=True)) + info + tracks
             + _tags({**tags, **service}) + cluster + after)
+
+
+def _timestamp(chunk: bytes, tag: str) -> float | None:
+    """A fragment's ``tag`` (seconds) from its leading Tags, None without it."""
+    try:
+        for ev in MkvStreamReader().feed(chunk):
+            if isinstance(ev, Tags) and tag in ev.values:
+                return float(ev.values[tag])
+    except ValueError:
+        return None
+    return None
 
 
 def chime_tags(transaction_id: str, call_id: str, voice_connector_id: str = "vc-sim") -> dict[str, str]:
@@ -179,7 +197,17 @@ class KvsServer:
         numbered = [i for i, (n, _) in enumerate(stream.items) if n is not None]
         if kind == "FRAGMENT_NUMBER":
             after = selector.get("AfterFragmentNumber", "")
-            start = next((i for i in numbered if int(stream.items[i][0]) >= int(after)), len(stream.items))
+            if not str(after).isdigit():
+                return self._error(400, "InvalidArgumentException", "AfterFragmentNumber is required")
+            start = next((i for i in numbered if int(stream.items[i][0]) > int(after)), len(stream.items))
+        elif kind in ("SERVER_TIMESTAMP", "PRODUCER_TIMESTAMP"):
+            at = selector.get("StartTimestamp")
+            if not isinstance(at, (int, float)):
+                return self._error(400, "InvalidArgumentException", "StartTimestamp is required")
+            tag = f"AWS_KINESISVIDEO_{kind}"
+            timed = [(i, _timestamp(stream.items[i][1], tag)) for i in numbered]
+            containing = [i for i, ts in timed if ts is not None and ts <= at]
+            start = containing[-1] if containing else (numbered[0] if numbered else len(stream.items))
         elif kind == "EARLIEST":
             start = 0
         elif kind == "NOW":
@@ -223,13 +251,18 @@ class KvsServer:
 
 def streaming_event(status: str, *, transaction_id: str, call_id: str, stream_arn: str = "", is_caller: bool | None = None,
                     start_fragment_number: str = "", direction: str = "Inbound", from_number: str = "",
-                    to_number: str = "", voice_connector_id: str = "vc-sim", **extra) -> dict:
-    """An EventBridge event as Chime sends it (the documented example's shape)."""
+                    to_number: str = "", voice_connector_id: str = "vc-sim", start_ms: int | None = None, **extra) -> dict:
+    """An EventBridge event as Chime sends it (the documented example's shape). ``start_ms``:
+    the stream's start (epoch ms) as ``startTime`` and the envelope's ``time`` (ISO 8601)."""
+    when = "2026-12-02T15:00:00Z"
+    if start_ms is not None:
+        when = datetime.datetime.fromtimestamp(start_ms / 1000, datetime.timezone.utc).isoformat(timespec="milliseconds")
+        when = when.replace("+00:00", "Z")
     detail = {"streamingStatus": status, "voiceConnectorId": voice_connector_id, "transactionId": transaction_id,
               "callId": call_id, "direction": direction, "version": "0"}
     if status == "STARTED":
         detail.update(mediaType="audio/L16", startFragmentNumber=start_fragment_number,
-                      startTime="2026-12-02T15:00:00Z", streamArn=stream_arn, isCaller=is_caller,
+                      startTime=when, streamArn=stream_arn, isCaller=is_caller,
                       fromNumber=from_number, toNumber=to_number)
     elif status == "ENDED":
         detail.update(endTime="2026-12-02T15:01:00Z")
@@ -238,7 +271,7 @@ def streaming_event(status: str, *, transaction_id: str, call_id: str, stream_ar
     detail.update(extra)
     return {"version": "0", "id": "00000000-0000-0000-0000-000000000000",
             "detail-type": "Chime VoiceConnector Streaming Status", "source": "aws.chime",
-            "account": "111122223333", "time": "2026-12-02T15:00:00Z", "region": "us-east-1",
+            "account": "111122223333", "time": when, "region": "us-east-1",
             "resources": [], "detail": detail}
 
 

@@ -77,6 +77,11 @@ class GatewaySettings(CommonSettings):
     # stream stays open without bytes for the grace period is over (the tail has arrived).
     gateway_chime_idle_seconds: float = Field(default=10.0, gt=0)
     gateway_chime_end_grace_seconds: float = Field(default=2.0, gt=0)
+    # A call's first GetMedia starts at the leg's startTime (else the event's time) minus this
+    # margin, by server timestamp (KVS serves the fragment *containing* that time), and skips
+    # fragments numbered before the event's startFragmentNumber: the margin covers clock skew
+    # between the event and KVS's ingestion clock; a larger one only reads more to skip.
+    gateway_chime_start_margin_seconds: float = Field(default=10.0, ge=0)
     # Directory of the per-call checkpoints (empty = no checkpoints, no resume after a restart).
     gateway_chime_checkpoint_dir: str = ""
 

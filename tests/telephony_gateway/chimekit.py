@@ -63,7 +63,8 @@ class ChimeCall:
 
 def build_call(kvs: kvs_sim.KvsServer, lupita: np.ndarray, person: np.ndarray, *, lupita_offset_ms: int = 0,
                person_fragment_ms: int = 1000, lupita_fragment_ms: int = 700, first_number: int = 91343852333181432000,
-               person_items=None, lupita_items=None, **stream_kw) -> ChimeCall:
+               person_items=None, lupita_items=None, start_numbers: tuple[str, str] | None = None,
+               **stream_kw) -> ChimeCall:
     """An inbound call: the person is the caller (``isCaller`` true). Each leg's samples become
     fragments on the Voice Connector's clock; the Lupita leg may start ``lupita_offset_ms`` later
     (its first sample is then at T0 + offset) and is cut into fragments of another length, so the
@@ -80,9 +81,11 @@ def build_call(kvs: kvs_sim.KvsServer, lupita: np.ndarray, person: np.ndarray, *
     first = lambda items: next(n for n, _ in items if n is not None)  # noqa: E731
     events = [
         kvs_sim.streaming_event("STARTED", transaction_id=txn, call_id=cid, stream_arn=p.arn, is_caller=True,
-                                start_fragment_number=first(p.items), from_number=PHONE, to_number="+15555550100"),
+                                start_fragment_number=start_numbers[0] if start_numbers else first(p.items),
+                                from_number=PHONE, to_number="+15555550100", start_ms=T0_MS),
         kvs_sim.streaming_event("STARTED", transaction_id=txn, call_id=cid, stream_arn=l_.arn, is_caller=False,
-                                start_fragment_number=first(l_.items), from_number=PHONE, to_number="+15555550100"),
+                                start_fragment_number=start_numbers[1] if start_numbers else first(l_.items),
+                                from_number=PHONE, to_number="+15555550100", start_ms=T0_MS + lupita_offset_ms),
     ]
     return ChimeCall(txn, cid, p, l_, events)
 

@@ -8,6 +8,7 @@ events EventBridge would deliver are posted to the gateway's control API.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 
 import numpy as np
@@ -21,7 +22,7 @@ from waits import await_for
 from bridgekit import LUPITA, PERSON, read_call
 from gwkit import Deltas, pcm_bytes, running_gateway, spans
 from lupita.config import CommonSettings
-from telephony_gateway import kvs_sim
+from telephony_gateway import kvs_sim, mkv
 
 pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(180)]
 
@@ -80,9 +81,10 @@ async def test_a_chime_call_reaches_kafka_with_both_legs_exact_and_aligned_by_pr
     assert_contiguous_from(recs, LUPITA, (T0_MS + 200) * 1000)  # 200 ms later, as the producer times say
     assert d(*outcome("completed")) == 1
     assert d("lupita_gateway_events_total", source="chime", event="started") == 2
-    # GetDataEndpoint, then GetMedia from the event's start fragment
-    assert call.person.requests[0]["StartSelector"] == {
-        "StartSelectorType": "FRAGMENT_NUMBER", "AfterFragmentNumber": call.events[0]["detail"]["startFragmentNumber"]}
+    # GetDataEndpoint, then GetMedia from the chunk containing the leg's start time less the margin
+    # (boto3 sends the timestamp as epoch seconds)
+    assert call.person.requests[0]["StartSelector"] == {"StartSelectorType": "SERVER_TIMESTAMP",
+                                                        "StartTimestamp": T0_MS / 1000 - 10}
 
 
 async def test_the_ended_event_ends_a_live_call_after_its_tail(bridge, kvs):
@@ -144,6 +146,61 @@ async def test_a_gateway_restart_resumes_the_call_after_the_checkpointed_fragmen
     for leg, audio in ((PERSON, person), (LUPITA, lupita)):
         got = part1.leg_payload(leg)
         assert got[:32000] == pcm_bytes(audio[:16000]) and len(got) <= 48000
+
+
+async def test_the_stand_in_serves_each_start_selector_as_getmedia_documents_it(kvs):
+    """FRAGMENT_NUMBER: the chunk *after* the fragment; SERVER_/PRODUCER_TIMESTAMP: the chunk
+    *containing* the time — what the gateway's first-fragment guarantee is proved against."""
+    import boto3
+    from botocore.config import Config
+
+    items = kvs_sim.fragments_of(mono(3.0, 30), first_number=500, start_ms=T0_MS, tags=kvs_sim.chime_tags("t", "c"))
+    stream = kvs.add(kvs_sim.KvsStream(kvs_sim.stream_arn("selectors"), items))
+    client = boto3.client("kinesis-video-media", endpoint_url=kvs.url, config=Config(region_name="us-east-1"))
+
+    def first_number(selector: dict) -> str | None:
+        body = client.get_media(StreamARN=stream.arn, StartSelector=selector)["Payload"].read()
+        events = mkv.MkvStreamReader().feed(body)
+        return next((e.values["AWS_KINESISVIDEO_FRAGMENT_NUMBER"] for e in events
+                     if isinstance(e, mkv.Tags) and "AWS_KINESISVIDEO_FRAGMENT_NUMBER" in e.values), None)
+
+    def at(ms: int):
+        return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc)
+
+    cases = [
+        ({"StartSelectorType": "FRAGMENT_NUMBER", "AfterFragmentNumber": "500"}, "501"),
+        ({"StartSelectorType": "FRAGMENT_NUMBER", "AfterFragmentNumber": "499"}, "500"),
+        # server timestamps are producer + 250 ms in the stand-in's fragments
+        ({"StartSelectorType": "SERVER_TIMESTAMP", "StartTimestamp": at(T0_MS + 1250)}, "501"),
+        ({"StartSelectorType": "SERVER_TIMESTAMP", "StartTimestamp": at(T0_MS + 1249)}, "500"),
+        ({"StartSelectorType": "SERVER_TIMESTAMP", "StartTimestamp": at(T0_MS - 10_000)}, "500"),
+        ({"StartSelectorType": "PRODUCER_TIMESTAMP", "StartTimestamp": at(T0_MS + 2500)}, "502"),
+        ({"StartSelectorType": "FRAGMENT_NUMBER", "AfterFragmentNumber": "502"}, None),
+    ]
+    for selector, expected in cases:
+        assert await asyncio.to_thread(first_number, selector) == expected, selector
+
+
+async def test_the_first_fragment_is_read_when_the_start_time_falls_in_the_previous_calls_fragments(bridge, kvs):
+    """A recycled stream: the previous call's last fragments precede ours; the start by server
+    timestamp (10 s before startTime) serves them, they are skipped by number without a count,
+    and our first fragment — the one a FRAGMENT_NUMBER start would skip — arrives whole."""
+    person, lupita = mono(2.0, 31), mono(2.0, 32)
+    call = build_call(kvs, lupita, person)
+    for stream, first in ((call.person, 91343852333181431990), (call.lupita, 91343852333181436990)):
+        previous = kvs_sim.fragments_of(mono(5.0, 33), first_number=first, start_ms=T0_MS - 6000,
+                                        tags=kvs_sim.chime_tags("txn-before", "call-before"))
+        stream.items[:0] = previous
+    d = Deltas(bad("recycled_stream"), bad("duplicate"), outcome("completed"))
+    async with running_gateway(bridge, bridge.token, **chime_settings(kvs)) as gw:
+        await post_events(gw, call.events)
+        [report] = await ended(gw, call)
+    assert report.outcome == "completed", report
+    assert call.person.requests[0]["StartSelector"]["StartSelectorType"] == "SERVER_TIMESTAMP"
+    recs = await read_call(CommonSettings(), call.key)
+    assert recs.leg_payload(PERSON) == pcm_bytes(person) and recs.leg_payload(LUPITA) == pcm_bytes(lupita)
+    assert recs.started().started_at_us == T0_MS * 1000
+    assert d(*bad("recycled_stream")) == 0 and d(*bad("duplicate")) == 0
 
 
 async def test_a_recycled_stream_ends_that_leg_and_no_other_calls_audio_is_forwarded(bridge, kvs):

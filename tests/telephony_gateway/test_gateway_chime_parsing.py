@@ -261,3 +261,54 @@ def test_a_fragment_cut_short_is_not_done_and_its_rest_follows_when_served_again
     got += [a for a in second if isinstance(a, Audio)]
     assert [a.at_ms - T0_MS for a in got] == [20 * i for i in range(100)]  # each block once, in order
     assert np.array_equal(np.frombuffer(b"".join(a.pcm for a in got), "<i2"), audio)
+
+
+# -- the first read's start selector -----------------------------------------------------------------
+
+BIG = 91343852333181432392682062607743920146264485599  # fragment numbers are 47-digit decimals
+
+
+def test_fragments_numbered_before_the_start_fragment_are_skipped_silently_with_big_numbers():
+    # a start by timestamp serves the previous call's tail on a recycled stream, and maybe an
+    # earlier fragment of ours-looking tags (clock skew): all below startFragmentNumber go
+    theirs = kvs_sim.fragment(pcm(0.2, 2), fragment_number=str(BIG - 10**20), producer_ts_ms=T0_MS - 400,
+                              tags=kvs_sim.chime_tags("txn-0", "call-0"))
+    early = kvs_sim.fragment(pcm(0.2, 3), fragment_number=str(BIG - 1), producer_ts_ms=T0_MS - 200, tags=TAGS)
+    first = kvs_sim.fragment(pcm(0.2, 1), fragment_number=str(BIG), producer_ts_ms=T0_MS, tags=TAGS)
+    # a string compare would put this one ("…600" longer by a digit) before BIG
+    later = kvs_sim.fragment(pcm(0.2, 4), fragment_number=str(BIG * 10), producer_ts_ms=T0_MS + 200, tags=TAGS)
+    parser = LegParser(transaction_id="txn-1", call_id="call-1", start_at=BIG)
+    out = parser.feed(read_all(theirs + early + first + later, 4096))
+    assert not [o for o in out if isinstance(o, BadInput)]
+    assert [o.fragment for o in out if isinstance(o, FragmentDone)] == [BIG, BIG * 10]
+    assert parser.before_start == 2
+
+
+def test_another_calls_fragment_at_or_after_the_start_is_still_checked_by_its_call_id():
+    ours = kvs_sim.fragment(pcm(0.2, 1), fragment_number="10", producer_ts_ms=T0_MS, tags=TAGS)
+    theirs = kvs_sim.fragment(pcm(0.2, 2), fragment_number="11", producer_ts_ms=T0_MS + 200,
+                              tags=kvs_sim.chime_tags("txn-2", "call-2"))
+    items, bad = leg(ours + theirs, start_at=10)
+    assert [b.kind for b in bad] == ["recycled_stream"] and bad[0].fatal
+    assert isinstance(items[-1], Recycled)
+
+
+def test_the_first_read_starts_by_server_timestamp_before_the_legs_start_time():
+    import datetime
+
+    from telephony_gateway.chime import first_selector
+
+    ev = ce.parse(started(start_ms=T0_MS))
+    sel = first_selector(ev, 10.0)
+    assert sel["StartSelectorType"] == "SERVER_TIMESTAMP"
+    assert sel["StartTimestamp"].timestamp() == T0_MS / 1000 - 10.0
+    # without startTime: the envelope's time
+    raw = started(start_ms=T0_MS)
+    del raw["detail"]["startTime"]
+    raw["time"] = "2025-11-24T16:00:05Z"
+    sel = first_selector(ce.parse(raw), 2.0)
+    assert sel["StartTimestamp"] == datetime.datetime(2025, 11, 24, 16, 0, 3, tzinfo=datetime.timezone.utc)
+    # neither: after the start fragment (the only selector left)
+    raw["time"] = "not a time"
+    sel = first_selector(ce.parse(raw), 2.0)
+    assert sel == {"StartSelectorType": "FRAGMENT_NUMBER", "AfterFragmentNumber": raw["detail"]["startFragmentNumber"]}
