@@ -40,7 +40,8 @@ DS = cm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 NS = 'namespace="$namespace"'
 STAGES = ("recorder", "vad", "transcriber", "understanding")
 # the job label values (the ServiceMonitors' jobLabel: app.kubernetes.io/component)
-COMPONENTS = ("media-bridge", *STAGES, "context-api")
+COMPONENTS = ("media-bridge", *STAGES, "context-api", "telephony-gateway")
+GATEWAY = f'{NS}, job="telephony-gateway"'
 # kafka_exporter's series carry the exporter's namespace (Kafka's), not the release's: they are told
 # apart by consumer group / topic name (which carry LUPITA_TOPIC_PREFIX), not by $namespace.
 DLQ_OFFSETS = ('kafka_topic_partition_current_offset{topic=~".*stream-processor[.]'
@@ -152,6 +153,28 @@ def overview() -> db.Dashboard:
         .with_panel(ts("Bridge errors", "Streams refused or ended by an error per second, by kind", "ops",
                        q(f"sum by (kind) (rate(lupita_bridge_errors_total{{{bridge}}}[$__rate_interval])) > 0",
                          "{{kind}}")))
+        .with_row(db.Row("Telephony gateway"))
+        .with_panel(ts("Calls in flight per gateway pod", "lupita_gateway_live_calls (every source): the "
+                       "gateway's scaling signal", "none",
+                       q(f"sum by (pod) (lupita_gateway_live_calls{{{GATEWAY}}})", "{{pod}}"),
+                       q(f"sum by (source) (lupita_gateway_live_calls{{{GATEWAY}}})", "all pods {{source}}")))
+        .with_panel(ts("Gateway calls finished", "Per second, by source and outcome", "ops",
+                       q(f"sum by (source, outcome) (rate(lupita_gateway_calls_total{{{GATEWAY}}}"
+                         f"[$__rate_interval])) > 0", "{{source}} {{outcome}}")))
+        .with_panel(ts("Audio frames forwarded", "Frames the gateway handed toward the bridge per second, by "
+                       "source and leg", "ops",
+                       q(f"sum by (source, leg) (rate(lupita_gateway_frames_total{{{GATEWAY}}}[$__rate_interval]))",
+                         "{{source}} {{leg}}")))
+        .with_panel(ts("Gateway bad input", "Input refused or dropped per second, by source and class "
+                       "(services/telephony_gateway/errors.py)", "ops",
+                       q(f"sum by (source, kind) (rate(lupita_gateway_bad_input_total{{{GATEWAY}}}"
+                         f"[$__rate_interval])) > 0", "{{source}} {{kind}}")))
+        .with_panel(ts("Gateway refusals and bridge errors", "Streams refused for their media format, by source; "
+                       "calls the bridge refused or dropped, by gRPC code (per second)", "ops",
+                       q(f"sum by (source) (rate(lupita_gateway_format_mismatches_total{{{GATEWAY}}}"
+                         f"[$__rate_interval])) > 0", "media format {{source}}"),
+                       q(f"sum by (code) (rate(lupita_gateway_bridge_errors_total{{{GATEWAY}}}"
+                         f"[$__rate_interval])) > 0", "bridge {{code}}")))
     )
 
 
@@ -184,6 +207,9 @@ def latency() -> db.Dashboard:
         .with_panel(ts("Bridge -> Kafka acknowledgement", "Time until Kafka acknowledged a chunk the bridge "
                        "published", "s",
                        *quantiles("lupita_bridge_kafka_publish_seconds", f'{NS}, job="media-bridge"')))
+        .with_panel(ts("Gateway -> bridge forwarding", "From a media message read off the source's socket until "
+                       "its audio is handed on to the bridge, by source", "s",
+                       *quantiles("lupita_gateway_forward_seconds", GATEWAY, "source")))
         .with_panel(ts("Store operation time", "One Postgres / Weaviate operation including its retries (p95)",
                        "s", q(f"histogram_quantile(0.95, sum by (le, store, operation) "
                               f"(rate(lupita_sink_write_seconds_bucket{{{NS}}}[$__rate_interval])))",
@@ -234,6 +260,14 @@ def reliability() -> db.Dashboard:
                          "transcriber {{reason}}"),
                        q(f"sum by (reason) (rate(lupita_understanding_bad_records_total{{{NS}}}[$__rate_interval]))",
                          "understanding {{reason}}")))
+        .with_panel(ts("Gateway audio holes", "Holes in a leg's audio (frames lost upstream, marked for the "
+                       "bridge), messages put back in order and sequence numbers given up, per second", "ops",
+                       q(f"sum by (source, leg) (rate(lupita_gateway_gaps_total{{{GATEWAY}}}[$__rate_interval]))",
+                         "holes {{source}} {{leg}}"),
+                       q(f"sum by (source) (rate(lupita_gateway_reordered_total{{{GATEWAY}}}[$__rate_interval]))",
+                         "reordered {{source}}"),
+                       q(f"sum by (source) (rate(lupita_gateway_skipped_sequence_total{{{GATEWAY}}}"
+                         f"[$__rate_interval]))", "skipped {{source}}")))
         .with_row(db.Row("Workers"))
         .with_panel(ts("Workers ready", "Stream workers with partitions assigned and tables recovered, per job",
                        "none", q(f"sum by (job) (lupita_recorder_ready{{{NS}}})", "{{job}}")))

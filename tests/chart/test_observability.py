@@ -149,7 +149,7 @@ def test_the_dashboards_cover_what_the_issue_asks_for():
     for metric in ("lupita_bridge_active_calls", "lupita_bridge_bytes_total", "lupita_vad_batch_seconds_bucket",
                    "lupita_transcriber_decode_seconds_bucket", "lupita_transcriber_lag_seconds_bucket",
                    "lupita:stage_lag:sum", "lupita_sink_writes_total", "lupita_understanding_alerts_total",
-                   "lupita:dead_letters:delta5m"):
+                   "lupita:dead_letters:delta5m", "lupita_gateway_live_calls", "lupita_gateway_bad_input_total"):
         assert metric in named, metric
 
 

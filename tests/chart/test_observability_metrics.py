@@ -49,7 +49,7 @@ def test_the_exported_names_are_read_from_the_code(exported):
     assert "lupita_bridge_calls" not in exported and "lupita_bridge_active_calls_total" not in exported
     modules = metric_names.metric_modules()
     for module in ("media_bridge.metrics", "stream_processor.faust_kit", "stream_processor.stores.metrics",
-                   "stream_processor.stages.transcriber.metrics", "context_api.metrics"):
+                   "stream_processor.stages.transcriber.metrics", "context_api.metrics", "telephony_gateway.metrics"):
         assert module in modules
 
 
@@ -71,6 +71,34 @@ def test_every_metric_a_scaler_names_is_exported(scalers, exported):
     assert scalers, "the chart renders no KEDA prometheus trigger"
     bad = metric_names.unknown_names(scalers, exported)
     assert bad == {}, f"scalers name metrics the code does not export: {bad}"
+
+
+def test_the_gateways_metrics_are_watched_by_rules_dashboards_and_its_scaler(scalers):
+    """The telephony gateway's signals each reach something that acts on them: its live calls scale it,
+    bad input / media-format refusals / bridge errors / up alert, and every one of its metrics is on a
+    dashboard (all read from its own metric module, so a renamed metric fails here)."""
+    from telephony_gateway import metrics
+
+    def named(exprs: dict[str, str]) -> set[str]:
+        return set().union(*(metric_names.names_in(e) for e in exprs.values()))
+
+    assert metrics.LIVE_CALLS._name in named(scalers)
+    alerts = {r["alert"]: metric_names.names_in(r["expr"]) for r in metric_names.rules() if "alert" in r}
+    recorded = {r["record"]: metric_names.names_in(r["expr"]) for r in metric_names.rules() if "record" in r}
+    watched = set()
+    for names in alerts.values():
+        watched |= names
+        for name in names & set(recorded):
+            watched |= recorded[name]
+    for metric in (metrics.BAD_INPUT, metrics.FORMAT_MISMATCHES, metrics.BRIDGE_ERRORS):
+        assert f"{metric._name}_total" in watched, metric._name
+    assert "up" in alerts["LupitaGatewayDown"]
+    on_boards = named(metric_names.dashboard_expressions())
+    for metric in (metrics.LIVE_CALLS, metrics.CALLS, metrics.FRAMES, metrics.GAPS, metrics.REORDERED, metrics.SKIPPED,
+                   metrics.FORMAT_MISMATCHES, metrics.BAD_INPUT, metrics.BRIDGE_ERRORS, metrics.FORWARD_SECONDS):
+        wanted = {"gauge": metric._name, "counter": f"{metric._name}_total",
+                  "histogram": f"{metric._name}_bucket"}[metric._type]
+        assert wanted in on_boards, wanted
 
 
 def test_the_allow_list_holds_only_what_is_used():

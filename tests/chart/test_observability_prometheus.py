@@ -1,6 +1,7 @@
 """The chart's rules and dashboards on a real Prometheus scraping the platform's real processes.
 
-A ``lupita bridge`` and a recorder worker run on the local stack (this session's topics); a real
+A ``lupita bridge``, a ``lupita gateway`` in front of it and a recorder worker run on the local stack
+(this session's topics); a real
 Prometheus (v3.16, built from its Go module: observability/prometheus.py) scrapes their /metrics on
 127.0.0.1 every second, labelled as the chart's ServiceMonitors label them (job = component,
 namespace, pod, service), with the chart's rule files loaded. Then: every rule evaluates without
@@ -13,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import subprocess
 import sys
 import uuid
 import wave
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import logscan
 from procs import bridge_process, free_port, run_lupita, start_worker, stop_worker
 from waits import wait_for
 
@@ -54,13 +57,25 @@ def platform(stack_env, tmp_path_factory):
     bridge.start()
     worker = None
     prom = None
+    gateway = None
     try:
+        # the telephony gateway, streaming into this bridge (no call goes through it: its idle series)
+        gateway_port, gateway_metrics = free_port(), free_port()
+        with open(logscan.log_path("observability-gateway", workdir), "wb") as log:
+            gateway = subprocess.Popen(
+                [sys.executable, "-m", "lupita.cli", "gateway", "--host", "127.0.0.1", "--port", str(gateway_port),
+                 "--metrics-port", str(gateway_metrics), "--drain-seconds", "1"],
+                stdout=log, stderr=subprocess.STDOUT,
+                env=dict(env, LUPITA_BRIDGE_TARGET=bridge.target, LUPITA_GATEWAY_METRICS_HOST="127.0.0.1",
+                         LUPITA_GATEWAY_ALLOW_UNSIGNED="true"))
         worker = start_worker(workdir / "recorder", "stream-processor-recorder", stages="recorder",
                               env_extra={"LUPITA_TOPIC_PREFIX": prefix})
         targets = [
             Target("media-bridge", f"127.0.0.1:{bridge_metrics}", NAMESPACE, "lupita-media-bridge-0",
                    "lupita-media-bridge"),
             Target("recorder", f"127.0.0.1:{worker.port}", NAMESPACE, "lupita-recorder-0", "lupita-recorder"),
+            Target("telephony-gateway", f"127.0.0.1:{gateway_metrics}", NAMESPACE, "lupita-telephony-gateway-0",
+                   "lupita-telephony-gateway"),
         ]
         prom = Prometheus(workdir / "prometheus", free_port(), config(targets, metric_names.rule_files())).start()
         wait_for("Prometheus to be ready", prom.ready, timeout=60, alive=prom.alive)
@@ -70,6 +85,9 @@ def platform(stack_env, tmp_path_factory):
             prom.stop()
         if worker is not None:
             stop_worker(worker)
+        if gateway is not None:
+            gateway.terminate()
+            gateway.wait(30)
         bridge.stop()
 
 
@@ -91,12 +109,13 @@ def test_prometheus_scrapes_each_process_labelled_as_the_service_monitors_do(pla
 
     def all_up():
         targets = prom.api("targets")["activeTargets"]
-        return len(targets) == 2 and all(t["health"] == "up" for t in targets) and targets
+        return len(targets) == 3 and all(t["health"] == "up" for t in targets) and targets
 
-    targets = wait_for("both targets up", all_up, timeout=60, alive=prom.alive)
-    assert {t["labels"]["job"] for t in targets} == {"media-bridge", "recorder"}
+    targets = wait_for("every target up", all_up, timeout=60, alive=prom.alive)
+    assert {t["labels"]["job"] for t in targets} == {"media-bridge", "recorder", "telephony-gateway"}
     up = prom.query(f'up{{namespace="{NAMESPACE}"}}')
-    assert {s["metric"]["job"]: s["value"][1] for s in up} == {"media-bridge": "1", "recorder": "1"}
+    assert {s["metric"]["job"]: s["value"][1] for s in up} == {"media-bridge": "1", "recorder": "1",
+                                                                "telephony-gateway": "1"}
 
 
 def test_every_rule_evaluates_on_the_scraped_data_without_error(platform):
@@ -168,9 +187,9 @@ def test_a_call_through_the_bridge_shows_on_the_dashboards(platform):
     assert recorded >= 1
 
 
-def test_the_bridge_scaler_query_of_the_rendered_chart_finds_the_bridge(platform):
+def test_the_scaler_queries_of_the_rendered_chart_find_the_bridge_and_the_gateway(platform):
     """KEDA's prometheus trigger, as the chart renders it for release "lupita" in namespace "lupita",
-    selects the bridge's series by the labels a ServiceMonitor gives them (namespace, service)."""
+    selects the bridge's and the gateway's series by the labels a ServiceMonitor gives them (namespace, service)."""
     from observability import chart
 
     prom = platform["prometheus"]
@@ -178,5 +197,8 @@ def test_the_bridge_scaler_query_of_the_rendered_chart_finds_the_bridge(platform
                                                            namespace=NAMESPACE, release="lupita"))
     assert queries
     wait_for("a bridge sample", lambda: prom.query("lupita_bridge_active_calls"), timeout=60, alive=prom.alive)
+    wait_for("a gateway sample", lambda: prom.query("lupita_gateway_live_calls"), timeout=60, alive=prom.alive)
+    assert {q.split("{")[0] for q in queries.values()} == {"sum(lupita_bridge_active_calls",
+                                                            "sum(lupita_gateway_live_calls"}
     for where, query in queries.items():
         assert value_of(prom.query(query)) == 0.0, f"{where}: {query}"
