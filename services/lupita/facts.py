@@ -74,7 +74,9 @@ RETRACTED = "retracted"  # the value was closed by an explicit retraction
 NOT_FOUND = "not_found"  # nothing current to retract
 
 # Keys holding several current values. The analyzer's own list (analyzer.facts.MULTI_VALUED) is
-# a subset (a test checks it); every "*_name" key is multi-valued too (three daughters).
+# a subset (a test checks it); every "*_name" and "*_lives_in" key is multi-valued too (three
+# daughters; two sons in two cities), as in the analyzer (analyzer.facts.MULTI_VALUED_SUFFIXES).
+MULTI_VALUED_SUFFIXES = ("_name", "_lives_in")
 MULTI_VALUED_BASES = frozenset({
     "medication", "condition", "diagnosis", "allergy", "likes", "dislikes", "pet", "child", "grandchild",
     "emergency_contact", "hobby", "visitor",
@@ -112,7 +114,7 @@ def base_key(key: str) -> str:
 
 def is_multi_valued(key: str) -> bool:
     base = base_key(key)
-    return "." in key or base in MULTI_VALUED_BASES or base.endswith("_name")
+    return "." in key or base in MULTI_VALUED_BASES or base.endswith(MULTI_VALUED_SUFFIXES)
 
 
 def is_protected(key: str) -> bool:
@@ -125,7 +127,7 @@ def canonical_key(key: str, value: str) -> str:
     (``medication`` + "Metformina" -> ``medication.metformina``), so the agent's and the analyzer's
     writes of one value meet on one row."""
     base, dot, _item = key.partition(".")
-    if not dot and (base in MULTI_VALUED_BASES or base.endswith("_name")):
+    if not dot and (base in MULTI_VALUED_BASES or base.endswith(MULTI_VALUED_SUFFIXES)):
         return f"{base}.{slug(value)}"
     return key
 

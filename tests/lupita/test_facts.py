@@ -73,19 +73,21 @@ def current(db, who: str) -> list[tuple[str, str]]:
 
 
 def test_keys_are_canonical_like_the_analyzers():
-    from stream_processor.models.analyzer.facts import MULTI_VALUED, fact_key
+    from stream_processor.models.analyzer.facts import MULTI_VALUED, MULTI_VALUED_SUFFIXES, fact_key
     from stream_processor.models.analyzer.facts import slug as analyzer_slug
 
     from stream_processor.models.analyzer.schema import FACT_TYPES, KEY_PATTERN
 
     assert (facts.FACT_TYPES, facts.KEY_PATTERN) == (FACT_TYPES, KEY_PATTERN)
     assert MULTI_VALUED <= facts.MULTI_VALUED_BASES
+    assert set(MULTI_VALUED_SUFFIXES) <= set(facts.MULTI_VALUED_SUFFIXES)
     for value in ("Metformina", "Café de olla", "losartán 50 mg", "Ñandú", "  ", "Rosa María"):
         assert facts.slug(value) == analyzer_slug(value)
     for key, value in (("medication", "Metformina"), ("daughter_name", "Rosa"), ("wake_up_time", "6 am"),
-                       ("likes", "el café")):
+                       ("likes", "el café"), ("son_lives_in", "Chicago")):
         assert facts.canonical_key(key, value) == fact_key(key, value)
     assert facts.canonical_key("medication.metformina", "metformina 850") == "medication.metformina"
+    assert facts.canonical_key("son_lives_in", "Chicago") == "son_lives_in.chicago"  # an agent's write meets the analyzer's
     assert facts.is_protected("medication.metformina") and facts.is_protected("allergy")
     assert facts.is_protected("emergency_contact_name.rosa") and facts.is_protected("diagnosis")
     assert not facts.is_protected("wake_up_time") and not facts.is_protected("daughter_name.rosa")
