@@ -78,6 +78,10 @@ def settings_classes(component: str) -> list[type]:
         from telephony_gateway.settings import GatewaySettings
 
         return [GatewaySettings]
+    if component == "migrations":  # `lupita migrate` (lupita/db.py: CommonSettings().postgres_dsn)
+        from lupita.config import CommonSettings
+
+        return [CommonSettings]
     if component == "loadgen":
         from loadgen.settings import LoadgenSettings
 

@@ -156,6 +156,8 @@ def test_each_scenario_renders_every_workload_and_its_objects(scenario):
         (["telephonyGateway.publicUrl=https://voice.example.org"], "at '/telephonyGateway/publicUrl'"),
         (["telephonyGateway.autoscaling.minReplicas=5", "telephonyGateway.autoscaling.maxReplicas=3"],
          "telephonyGateway.autoscaling.minReplicas (5) is above its maxReplicas (3)"),
+        (["migrations.job.enabled=true", "secrets.postgresOwner.name="], "at '/secrets/postgresOwner/name'"),
+        (["migrations.job.activeDeadlineSeconds=5"], "at '/migrations/job/activeDeadlineSeconds'"),
         (["telephonyGateway.autoscaling.targetLiveCallsPerPod=0"],
          "at '/telephonyGateway/autoscaling/targetLiveCallsPerPod'"),
         (["telephonyGateway.settings.LUPITA_GATEWAY_PORT=9000"],
@@ -184,17 +186,17 @@ def test_the_values_given_do_not_leak_into_a_refusal(helm):
 
 
 def all_pod_specs(helm) -> list[tuple[str, str, dict]]:
-    """Pod specs of every scenario, with the load generator's Job turned on."""
+    """Pod specs of every scenario, with the load generator's and the migrations' Jobs turned on."""
     out = []
     for name, values in SCENARIOS.items():
-        for where, spec in pod_specs(render(helm, values, ["loadgen.enabled=true"])):
+        for where, spec in pod_specs(render(helm, values, ["loadgen.enabled=true", "migrations.job.enabled=true"])):
             out.append((name, where, spec))
     return out
 
 
 def test_every_container_runs_non_root_read_only_without_capabilities(helm):
     specs = all_pod_specs(helm)
-    assert len(specs) == 3 * (len(WORKLOADS) + 1)
+    assert len(specs) == 3 * (len(WORKLOADS) + 2)
     for name, where, spec in specs:
         pod = spec["securityContext"]
         assert pod["runAsNonRoot"] is True and pod["runAsUser"] == 10001, (name, where)
@@ -729,3 +731,43 @@ def test_weaviate_grpc_goes_to_its_own_host_when_one_is_named(helm):
     default = literal_env(by_component(render(helm), "Deployment")["understanding"]["spec"]["template"]["spec"]
                           ["containers"][0])
     assert "LUPITA_WEAVIATE_GRPC_HOST" not in default and default["LUPITA_WEAVIATE_HOST"]
+
+
+def test_the_migrations_run_as_the_schema_owner_in_a_hook_job_before_the_workloads(helm):
+    """values-eks: `lupita migrate` in a pre-install/pre-upgrade hook Job with the owner's DSN
+    (secrets.postgresOwner), and no stage migrates on start (their users only hold lupita_processor).
+    Default and local values: no Job, the recorder and understanding migrate on start as before."""
+    eks_values = yaml.safe_load(EKS.read_text())
+    docs = render(helm, [EKS])
+    (job,) = [d for d in docs if d["kind"] == "Job"]
+    assert component(job) == "migrations"
+    notes = job["metadata"]["annotations"]
+    assert notes["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert set(notes["helm.sh/hook-delete-policy"].split(",")) == {"before-hook-creation", "hook-succeeded"}
+    spec = job["spec"]["template"]["spec"]
+    assert spec["restartPolicy"] == "Never" and job["spec"]["activeDeadlineSeconds"] > 0
+    # the chart's ServiceAccounts do not exist yet at pre-install
+    accounts = {d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"}
+    assert spec["serviceAccountName"] == "default" and spec["serviceAccountName"] not in accounts
+    (c,) = spec["containers"]
+    assert c["command"] == ["lupita", "migrate"]
+    assert c["image"].split("/")[-1].startswith("lupita-stream-processor:")
+    owner = eks_values["secrets"]["postgresOwner"]
+    assert env_of(c)["LUPITA_POSTGRES_DSN"]["valueFrom"]["secretKeyRef"] == {"name": owner["name"],
+                                                                            "key": owner["dsnKey"]}
+    assert owner["name"] != eks_values["secrets"]["postgres"]["name"]
+    deps = by_component(docs, "Deployment")
+    for stage in STAGES:
+        env = literal_env(deps[stage]["spec"]["template"]["spec"]["containers"][0])
+        assert env.get("LUPITA_MIGRATE_ON_START", "false") == "false", stage
+    for values in ([], [LOCAL]):
+        docs = render(helm, values)
+        assert not [d for d in docs if d["kind"] == "Job"]
+        deps = by_component(docs, "Deployment")
+        migrating = {s for s in STAGES
+                     if literal_env(deps[s]["spec"]["template"]["spec"]["containers"][0]).get("LUPITA_MIGRATE_ON_START")
+                     == "true"}
+        assert migrating == {"recorder", "understanding"}, values
+    # the pod joins the node's network where the workloads do (the local cluster)
+    local = [d for d in render(helm, [LOCAL], ["migrations.job.enabled=true"]) if d["kind"] == "Job"]
+    assert local[0]["spec"]["template"]["spec"]["hostNetwork"] is True
