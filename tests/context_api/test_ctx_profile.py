@@ -125,10 +125,11 @@ def _waiting_on_a_lock(app: str, timeout: float = 30.0) -> None:
 
 
 def test_two_transactions_of_one_person_never_lose_a_write_in_the_profile(migrated):
-    """Transaction A writes a call and stays open; B writes another call of the same person and must
-    wait (the profile refresh takes the person's lock) until A commits, then recomputes from a
-    snapshot that has A's call. Without the lock B's refresh would not see A's call and, writing
-    the row last, would drop it from the profile."""
+    """Transaction A writes a call, has its profile refreshed (SET CONSTRAINTS ALL IMMEDIATE: what
+    its commit does, migration 0010) and stays open; B writes another call of the same person and
+    commits: B's refresh must wait (it takes the person's lock) until A commits, then recompute
+    from a snapshot that has A's call. Without the lock B's refresh would not see A's call and,
+    writing the row last, would drop it from the profile."""
     person = person_of(random_phone())
     app_b = f"ctx-profile-race-{uuid.uuid4().hex[:8]}"
     insert = ("INSERT INTO companion_calls (call_id, phone_number_hash, recording_status, started_at, summary) "
@@ -146,6 +147,7 @@ def test_two_transactions_of_one_person_never_lose_a_write_in_the_profile(migrat
 
     try:
         a.execute(insert, (f"test-race-a-{uuid.uuid4().hex[:8]}", person, "A"))
+        a.execute("SET CONSTRAINTS ALL IMMEDIATE")
         t = threading.Thread(target=writer_b)
         t.start()
         _waiting_on_a_lock(app_b)
@@ -156,6 +158,72 @@ def test_two_transactions_of_one_person_never_lose_a_write_in_the_profile(migrat
         b.close()
     assert not errors, errors
     assert sorted(c["summary"] for c in _profile(person)["last_calls"]) == ["A", "B"]
+
+
+_XACT_WRITES = ("SELECT n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_xact_user_tables "
+                "WHERE relname = 'person_profiles' AND schemaname = current_schema()")
+
+
+def test_a_superseding_fact_write_refreshes_the_profile_once_at_commit(migrated):
+    """Migration 0010: the 3-4 statements of a superseding ``facts.record`` (close the old value,
+    insert the new one and its observation) mark the person; the profile is refreshed once, at
+    commit, writing exactly what one refresh writes (0008 refreshed after each statement); until
+    then the transaction still sees the old profile; no mark outlives the transaction."""
+    from datetime import datetime, timezone
+
+    from lupita import facts
+
+    person = person_of(random_phone())
+
+    def obs(value: str) -> facts.Observation:
+        return facts.Observation(fact_type="routine", key="wake_up_time", value=value, confidence=0.7,
+                                 observed_at=datetime.now(timezone.utc), source="agent")
+
+    def values(conn) -> list[str]:
+        row = conn.execute("SELECT facts FROM person_profiles WHERE phone_number_hash = %s", (person,)).fetchone()
+        return [f["fact_value"] for f in row[0]] if row else []
+
+    def writes(conn) -> tuple[int, ...]:
+        # this backend's counts not yet flushed to the shared statistics: only a difference taken
+        # inside one transaction is that transaction's own
+        return tuple(conn.execute(_XACT_WRITES).fetchone())
+
+    def delta(after: tuple[int, ...], before: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(a - b for a, b in zip(after, before))
+
+    with psycopg.connect(dsn()) as conn:
+        facts.record(conn, person, obs("06:00"))
+        conn.commit()
+        before = writes(conn)
+        conn.execute("SELECT lupita_profile_refresh(%s, 'facts')", (person,))
+        one_refresh = delta(writes(conn), before)
+        conn.commit()
+        assert sum(one_refresh) >= 1
+        before = writes(conn)
+        facts.record(conn, person, obs("07:00"))
+        assert values(conn) == ["06:00"]  # not refreshed before commit
+        conn.execute("SET CONSTRAINTS ALL IMMEDIATE")  # what the commit runs
+        assert delta(writes(conn), before) == one_refresh
+        assert values(conn) == ["07:00"]
+        conn.commit()
+    assert [f["fact_value"] for f in _profile(person)["facts"]] == ["07:00"]
+    assert query("SELECT count(*) FROM person_profile_pending") == [(0,)]
+
+
+def test_a_rolled_back_write_leaves_no_mark_and_the_profile_as_it_was(migrated):
+    person = person_of(random_phone())
+    insert = ("INSERT INTO companion_calls (call_id, phone_number_hash, recording_status, started_at, summary) "
+              "VALUES (%s, %s, 'recorded', now(), %s)")
+    with psycopg.connect(dsn()) as conn:
+        conn.execute(insert, (f"test-once-{uuid.uuid4().hex[:8]}", person, "kept"))
+        conn.commit()
+        conn.execute(insert, (f"test-once-{uuid.uuid4().hex[:8]}", person, "rolled back"))
+        assert conn.execute("SELECT count(*) FROM person_profile_pending").fetchone() == (1,)
+        conn.rollback()
+        conn.execute(insert, (f"test-once-{uuid.uuid4().hex[:8]}", person, "second"))
+        conn.commit()
+    assert sorted(c["summary"] for c in _profile(person)["last_calls"]) == ["kept", "second"]
+    assert query("SELECT count(*) FROM person_profile_pending") == [(0,)]
 
 
 def test_the_migration_gives_people_with_earlier_calls_a_profile(migrated, tmp_path: Path):
