@@ -48,6 +48,7 @@ import asyncio
 import base64
 import datetime
 import logging
+import random
 import re
 import threading
 import time
@@ -77,7 +78,20 @@ CODEC_ID = "A_PCM/INT/LIT"
 LEG_NAMES = {audio_pb2.LEG_PERSON: "person", audio_pb2.LEG_LUPITA: "lupita"}
 TAG_FRAGMENT = "AWS_KINESISVIDEO_FRAGMENT_NUMBER"
 TAG_PRODUCER = "AWS_KINESISVIDEO_PRODUCER_TIMESTAMP"
-TAG_ERROR = "AWS_KINESISVIDEO_ERROR_CODE"
+TAG_ERROR = "AWS_KINESISVIDEO_ERROR_CODE"  # "String description of an error that caused GetMedia to stop"
+TAG_ERROR_ID = "AWS_KINESISVIDEO_ERROR_ID"  # its integer code
+# GetMedia's documented in-band error codes: 4000 (fragment not found) and the 45xx KMS key
+# faults do not heal by asking again; 3002 (error writing to the stream), 5000 (internal error)
+# and undocumented ones are tried again after the last fragment forwarded.
+KVS_ERROR_IDS = ("3002", "4000", "4500", "4501", "4502", "4503", "4504", "4505", "4506", "5000")
+KVS_FINAL_ERROR_IDS = frozenset(i for i in KVS_ERROR_IDS if i.startswith("4"))
+# GetMedia's documented HTTP errors: throttling is tried again with backoff, the rest ends the leg
+HTTP_RETRY_CODES = frozenset({"ClientLimitExceededException", "ConnectionLimitExceededException"})
+HTTP_FINAL_CODES = frozenset({"ResourceNotFoundException", "NotAuthorizedException", "InvalidEndpointException",
+                              "InvalidArgumentException", "AccessDeniedException"})
+RETRY_ATTEMPTS = 6  # reads in a row that bring no new fragment before a leg gives up ("error")
+RETRY_BASE_SECONDS = 0.2  # backoff: base * 2^(attempt-1), at most RETRY_MAX_SECONDS, jittered down to half
+RETRY_MAX_SECONDS = 5.0
 TAG_CONTINUATION = "AWS_KINESISVIDEO_CONTINUATION_TOKEN"  # GetMedia writes it after each whole fragment
 READ_BYTES = 16384
 QUEUE_ITEMS = 32
@@ -101,6 +115,39 @@ class FragmentDone:
 @dataclass(frozen=True, slots=True)
 class Recycled:
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class KvsError:
+    """GetMedia's in-band error tags: the body stops after them."""
+
+    error_id: str  # AWS_KINESISVIDEO_ERROR_ID as sent (the metric label is bounded by source_error_code)
+
+    @property
+    def final(self) -> bool:
+        return self.error_id in KVS_FINAL_ERROR_IDS
+
+
+def source_error_code(error: BaseException | KvsError) -> tuple[str, bool]:
+    """(bounded metric label, whether asking again may help) for a GetMedia failure."""
+    if isinstance(error, KvsError):
+        return ("kvs_" + error.error_id if error.error_id in KVS_ERROR_IDS else "kvs_other"), not error.final
+    response = getattr(error, "response", None)
+    if isinstance(response, dict):  # botocore ClientError
+        code = str(response.get("Error", {}).get("Code", ""))
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        if code in HTTP_RETRY_CODES:
+            return code, True
+        if code in HTTP_FINAL_CODES:
+            return code, False
+        return ("http_5xx", True) if status >= 500 else ("http_other", False)
+    return "connection", True  # the connection broke, timed out or could not be made
+
+
+def retry_delay(attempt: int, rand: float) -> float:
+    """Seconds before read ``attempt`` (1, 2, ...) after a failure; ``rand`` in [0, 1)."""
+    full = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** (attempt - 1))
+    return full * (0.5 + rand / 2)
 
 
 class LegParser:
@@ -154,8 +201,8 @@ class LegParser:
                 self._tags.update(ev.values)
                 if self._cluster_seen and TAG_CONTINUATION in ev.values:
                     self._complete = True
-                if TAG_ERROR in ev.values and not self._cluster_seen:
-                    out.append(BadInput("invalid_field", "GetMedia reported an error for a fragment (AWS_KINESISVIDEO_ERROR_CODE)"))
+                if TAG_ERROR in ev.values or TAG_ERROR_ID in ev.values:
+                    out.append(KvsError(str(ev.values.get(TAG_ERROR_ID, ""))[:12]))
             elif isinstance(ev, mkv.ClusterStart):
                 self._cluster_seen = True
                 out += self._start_fragment()
@@ -649,20 +696,36 @@ class _Leg:
             if isinstance(item, _Stop):
                 raise _LegEnd("shutdown")
             if isinstance(item, _Eof) or isinstance(item, Exception):
-                if isinstance(item, Exception):
-                    s.log.warning("GetMedia failed", extra=s.extra(leg=self.plan.name, error=type(item).__name__,
-                                                                    detail=str(item)[:200]))
-                    if not self.parser.new_fragments:
+                failure, self.kvs_error = (item if isinstance(item, Exception) else self.kvs_error), None
+                retry = False
+                if failure is not None:  # an HTTP error, a broken connection, or in-band error tags
+                    code, retry = source_error_code(failure)
+                    m.SOURCE_ERRORS.labels(SOURCE, code).inc()
+                    s.log.warning("GetMedia failed", extra=s.extra(leg=self.plan.name, error=code, will_retry=retry,
+                                                                    detail=str(failure)[:200]))
+                    if not retry:
                         raise _LegEnd("error")
                 events, partial = self.reader.finish()
                 out = self._parse(events)
                 if partial:
                     s.bad(BadInput("malformed_mkv", f"{self.plan.name} stream ended inside an element ({partial} bytes)"))
-                if not self.parser.new_fragments or s.ended_status or s._shutdown:
+                if s._shutdown or (not retry and (not self.parser.new_fragments or s.ended_status)):
                     if out:
                         self.pending_end = True
                         return out
                     raise _LegEnd("end")
+                if retry:
+                    self.attempts = 1 if self.parser.new_fragments else self.attempts + 1
+                    if self.attempts > RETRY_ATTEMPTS:
+                        s.log.warning("GetMedia keeps failing: the leg ends", extra=s.extra(leg=self.plan.name))
+                        raise _LegEnd("error")
+                    await asyncio.sleep(retry_delay(self.attempts, random.random()))
+                    if s._shutdown:
+                        raise _LegEnd("shutdown")
+                    if s.fatal:
+                        raise _LegEnd(s.fatal)
+                else:
+                    self.attempts = 0
                 self.connect(after=self.parser.done_through)  # the body ended mid-call: go on after the last fragment
                 if out:
                     return out
@@ -672,6 +735,8 @@ class _Leg:
                 return out
 
     pending_end = False
+    kvs_error: KvsError | None = None  # in-band error tags of the current body (it stops after them)
+    attempts = 0  # failed reads in a row without a new fragment
 
     def _feed(self, data: bytes) -> list:
         """MKV events of these bytes; damage is counted (once per damaged stretch) and skipped up
@@ -690,7 +755,9 @@ class _Leg:
     def _parse(self, events: list) -> list:
         out = []
         for item in self.parser.feed(events):
-            if isinstance(item, BadInput):
+            if isinstance(item, KvsError):
+                self.kvs_error = item
+            elif isinstance(item, BadInput):
                 self.s.bad(item)
                 if item.fatal and item.kind == "media_format":
                     self.s.fail("media_format")

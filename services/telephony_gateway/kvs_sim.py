@@ -86,6 +86,17 @@ def fragment(pcm: np.ndarray, *, fragment_number: str, producer_ts_ms: int, tags
             + _tags({**tags, **service}) + cluster + after)
 
 
+ERROR_TEXT = {"3002": "Error writing to the stream", "4000": "Requested fragment is not found",
+              "5000": "Internal error"}
+
+
+def error_chunk(error_id: str) -> bytes:
+    """GetMedia's in-band error: a chunk whose Tags hold AWS_KINESISVIDEO_ERROR_CODE (text) and
+    AWS_KINESISVIDEO_ERROR_ID (the integer code)."""
+    return (_ebml_header() + bytes(SCHEMA["Segment"].encode({}, infinite=True))
+            + _tags({"AWS_KINESISVIDEO_ERROR_CODE": ERROR_TEXT.get(error_id, "Error"), "AWS_KINESISVIDEO_ERROR_ID": error_id}))
+
+
 def _timestamp(chunk: bytes, tag: str) -> float | None:
     """A fragment's ``tag`` (seconds) from its leading Tags, None without it."""
     try:
@@ -130,6 +141,11 @@ class KvsStream:
     wall_t0_ms: float | None = None
     fragment_ms: int = 1000
     hold_at: int | None = None  # item index before which a body waits for release() (a producer pausing)
+    # GetMedia requests answered with these (HTTP status, x-amzn-ErrorType), one per request, in order
+    http_errors: list[tuple[int, str]] = field(default_factory=list)
+    # item index -> AWS_KINESISVIDEO_ERROR_ID: when a body reaches that item it sends GetMedia's
+    # in-band error chunk instead and stops (served once: the next request goes on)
+    inband_errors: dict[int, str] = field(default_factory=dict)
     requests: list[dict] = field(default_factory=list)
     written: int = 0  # bytes handed to the connection (a write waits while the reader's TCP window is full)
     _closed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -192,6 +208,9 @@ class KvsServer:
         if stream is None:
             return self._error(404, "ResourceNotFoundException", "no such stream")
         stream.requests.append(body)
+        if stream.http_errors:
+            status, kind = stream.http_errors.pop(0)
+            return self._error(status, kind, f"{kind} (stand-in)")
         selector = body.get("StartSelector") or {}
         kind = selector.get("StartSelectorType")
         numbered = [i for i, (n, _) in enumerate(stream.items) if n is not None]
@@ -219,6 +238,10 @@ class KvsServer:
         sent = 0
         try:
             for index, (number, data) in enumerate(stream.items[start:], start):
+                if index in stream.inband_errors:
+                    await response.write(error_chunk(stream.inband_errors.pop(index)))
+                    await response.write_eof()  # "an error that caused GetMedia to stop"
+                    return response
                 if stream.hold_at is not None and index == stream.hold_at:
                     await stream._released.wait()
                 if stream.stall_after is not None and sent >= stream.stall_after:

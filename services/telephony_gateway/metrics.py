@@ -43,6 +43,17 @@ BAD_INPUT = Counter("lupita_gateway_bad_input_total", "Input refused or dropped,
 EVENTS = Counter("lupita_gateway_events_total", "Non-audio events received (dtmf, mark, ...)", ["source", "event"])
 BRIDGE_ERRORS = Counter("lupita_gateway_bridge_errors_total", "Calls the bridge refused or dropped, by gRPC code",
                         ["source", "code"])
+SOURCE_ERRORS = Counter(
+    "lupita_gateway_source_errors_total",
+    "Errors the source's service reported (Chime: GetMedia's HTTP error codes, its in-band AWS_KINESISVIDEO_ERROR_ID "
+    "as kvs_<id>, broken connections), whether the read was tried again or the leg ended", ["source", "code"])
+SOURCE_ERROR_CODES = ("ClientLimitExceededException", "ConnectionLimitExceededException", "ResourceNotFoundException",
+                      "NotAuthorizedException", "InvalidEndpointException", "InvalidArgumentException",
+                      "AccessDeniedException", "http_5xx", "http_other", "connection", "kvs_3002", "kvs_4000",
+                      "kvs_4500", "kvs_4501", "kvs_4502", "kvs_4503", "kvs_4504", "kvs_4505", "kvs_4506",
+                      "kvs_5000", "kvs_other")
+for _code in SOURCE_ERROR_CODES:
+    SOURCE_ERRORS.labels("chime", _code)
 FORWARD_SECONDS = Histogram(
     "lupita_gateway_forward_seconds",
     "From a media message read off the source's socket until its audio is handed on (written to the bridge, or "

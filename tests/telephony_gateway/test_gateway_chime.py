@@ -374,3 +374,78 @@ async def test_a_drain_ends_a_live_chime_call_with_shutdown_and_keeps_its_checkp
     assert report.outcome == "shutdown" and d(*outcome("shutdown")) == 1
     assert (tmp_path / f"{call.key}.json").exists()  # the next process resumes it
     assert (await read_call(CommonSettings(), call.key)).ended().reason == "shutdown"
+
+
+# -- GetMedia's errors: HTTP and in-band ------------------------------------------------------------
+
+
+def source_error(code: str) -> tuple[str, dict]:
+    return ("lupita_gateway_source_errors_total", {"source": "chime", "code": code})
+
+
+async def test_a_throttled_getmedia_is_asked_again_with_backoff_and_the_call_is_whole(bridge, kvs):
+    person, lupita = mono(1.5, 40), mono(1.5, 41)
+    call = build_call(kvs, lupita, person)
+    call.person.http_errors = [(400, "ClientLimitExceededException"), (400, "ConnectionLimitExceededException")]
+    d = Deltas(source_error("ClientLimitExceededException"), source_error("ConnectionLimitExceededException"),
+               outcome("completed"))
+    async with running_gateway(bridge, bridge.token, **chime_settings(kvs)) as gw:
+        await post_events(gw, call.events)
+        [report] = await ended(gw, call)
+    assert report.outcome == "completed", report
+    # two refusals, then the stream from its start, then (the body ended) after its last fragment: nothing new
+    assert [r["StartSelector"]["StartSelectorType"] for r in call.person.requests] == ["SERVER_TIMESTAMP"] * 3 + [
+        "FRAGMENT_NUMBER"]
+    recs = await read_call(CommonSettings(), call.key)
+    assert recs.leg_payload(PERSON) == pcm_bytes(person) and recs.leg_payload(LUPITA) == pcm_bytes(lupita)
+    assert d(*source_error("ClientLimitExceededException")) == 1
+    assert d(*source_error("ConnectionLimitExceededException")) == 1
+
+
+async def test_a_stream_not_found_ends_that_leg_at_once_with_a_reason_and_the_other_leg_is_kept(bridge, kvs):
+    person, lupita = mono(1.5, 42), mono(1.5, 43)
+    call = build_call(kvs, lupita, person)
+    call.lupita.http_errors = [(404, "ResourceNotFoundException")] * 3
+    d = Deltas(source_error("ResourceNotFoundException"), outcome("disconnect"))
+    async with running_gateway(bridge, bridge.token, **chime_settings(kvs)) as gw:
+        await post_events(gw, call.events)
+        [report] = await ended(gw, call)
+    assert report.outcome == "disconnect", report  # the source went away before its end
+    assert len(call.lupita.requests) == 1  # not asked again
+    recs = await read_call(CommonSettings(), call.key)
+    assert recs.leg_payload(PERSON) == pcm_bytes(person) and recs.leg_payload(LUPITA) == b""
+    assert recs.ended().reason == "disconnect"
+    assert d(*source_error("ResourceNotFoundException")) == 1
+
+
+async def test_an_in_band_internal_error_reads_on_after_the_last_fragment_and_loses_nothing(bridge, kvs):
+    person, lupita = mono(3.0, 44), mono(3.0, 45)
+    call = build_call(kvs, lupita, person, lupita_fragment_ms=1000)
+    call.person.inband_errors = {2: "5000"}  # GetMedia stops with error tags before the third fragment
+    d = Deltas(source_error("kvs_5000"), outcome("completed"), bad("duplicate"))
+    async with running_gateway(bridge, bridge.token, **chime_settings(kvs)) as gw:
+        await post_events(gw, call.events)
+        [report] = await ended(gw, call)
+    assert report.outcome == "completed", report
+    first = int(call.events[0]["detail"]["startFragmentNumber"])
+    assert call.person.requests[-2]["StartSelector"] == {"StartSelectorType": "FRAGMENT_NUMBER",
+                                                         "AfterFragmentNumber": str(first + 1)}
+    recs = await read_call(CommonSettings(), call.key)
+    assert recs.leg_payload(PERSON) == pcm_bytes(person) and recs.leg_payload(LUPITA) == pcm_bytes(lupita)
+    assert d(*source_error("kvs_5000")) == 1 and d(*bad("duplicate")) == 0
+
+
+async def test_an_in_band_fragment_not_found_ends_that_leg_with_what_arrived(bridge, kvs):
+    person, lupita = mono(3.0, 46), mono(3.0, 47)
+    call = build_call(kvs, lupita, person, lupita_fragment_ms=1000)
+    call.lupita.inband_errors = {1: "4000"}
+    d = Deltas(source_error("kvs_4000"))
+    async with running_gateway(bridge, bridge.token, **chime_settings(kvs)) as gw:
+        await post_events(gw, call.events)
+        [report] = await ended(gw, call)
+    assert report.outcome == "disconnect", report
+    assert len(call.lupita.requests) == 1
+    recs = await read_call(CommonSettings(), call.key)
+    assert recs.leg_payload(PERSON) == pcm_bytes(person)
+    assert recs.leg_payload(LUPITA) == pcm_bytes(lupita[:8000])  # the fragment before the error
+    assert d(*source_error("kvs_4000")) == 1

@@ -312,3 +312,43 @@ def test_the_first_read_starts_by_server_timestamp_before_the_legs_start_time():
     raw["time"] = "not a time"
     sel = first_selector(ce.parse(raw), 2.0)
     assert sel == {"StartSelectorType": "FRAGMENT_NUMBER", "AfterFragmentNumber": raw["detail"]["startFragmentNumber"]}
+
+
+# -- GetMedia's errors ---------------------------------------------------------------------------------
+
+
+def test_getmedias_in_band_error_tags_are_reported_by_their_id():
+    from telephony_gateway.chime import KvsError
+
+    ours = kvs_sim.fragment(pcm(0.2, 1), fragment_number="10", producer_ts_ms=T0_MS, tags=TAGS)
+    items, bad = leg(ours + kvs_sim.error_chunk("5000"))
+    assert not bad
+    assert items[-1] == KvsError("5000") and not items[-1].final
+    assert KvsError("4000").final and KvsError("4503").final and not KvsError("3002").final
+
+
+def test_getmedia_failures_are_classed_retry_or_final_with_bounded_labels():
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    from telephony_gateway.chime import KvsError, retry_delay, source_error_code
+
+    def client_error(code: str, status: int) -> ClientError:
+        return ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                           "GetMedia")
+
+    assert source_error_code(client_error("ClientLimitExceededException", 400)) == ("ClientLimitExceededException", True)
+    assert source_error_code(client_error("ConnectionLimitExceededException", 400)) == (
+        "ConnectionLimitExceededException", True)
+    assert source_error_code(client_error("ResourceNotFoundException", 404)) == ("ResourceNotFoundException", False)
+    assert source_error_code(client_error("NotAuthorizedException", 401)) == ("NotAuthorizedException", False)
+    assert source_error_code(client_error("SomethingNew", 503)) == ("http_5xx", True)
+    assert source_error_code(client_error("SomethingNew", 418)) == ("http_other", False)
+    assert source_error_code(EndpointConnectionError(endpoint_url="http://127.0.0.1:1")) == ("connection", True)
+    assert source_error_code(KvsError("4000")) == ("kvs_4000", False)
+    assert source_error_code(KvsError("12345")) == ("kvs_other", True)
+    from telephony_gateway import metrics as m
+    for err in (KvsError("4000"), KvsError("12345"), client_error("SomethingNew", 418)):
+        assert source_error_code(err)[0] in m.SOURCE_ERROR_CODES
+    # backoff doubles from 0.2 s, is capped at 5 s and jittered down to half
+    assert [retry_delay(n, 0.999999) for n in (1, 2, 3)] == pytest.approx([0.2, 0.4, 0.8], rel=1e-5)
+    assert retry_delay(10, 0.999999) == pytest.approx(5.0) and retry_delay(10, 0.0) == 2.5
