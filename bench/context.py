@@ -205,29 +205,59 @@ def seed_weaviate(collection: str, hashes: list[str], calls: int) -> float:
     return time.perf_counter() - started
 
 
+def _function_sql(migration: str, name: str) -> str:
+    """``CREATE OR REPLACE`` text of function ``name`` as ``migration`` (a file of lupita's) defines it."""
+    from lupita.db import MIGRATIONS_DIR
+
+    text = (MIGRATIONS_DIR / migration).read_text()
+    at = text.index(f"FUNCTION {name}(")
+    start = text.rindex("\n", 0, at) + 1  # "CREATE [OR REPLACE] FUNCTION ..."
+    end = text.index("$$;", text.index("AS $$", at) + 5) + 3
+    return "CREATE OR REPLACE " + text[at:end]
+
+
 def write_cost(dsn: str, hashes: list[str], n: int) -> dict:
     """What the profile costs a writer: ``lupita.facts.record`` of a new value of a single-valued key
     (the superseding path: the old row closed, a new row and its observation, then the profile's
-    facts section) for random people, with the profile triggers on and off, in alternating blocks
-    of 25 (same people, same run). Milliseconds per write."""
+    facts section) for random people, in alternating blocks of 25 (same people, same run):
+    ``triggers_on`` (the profile as migrated: refreshed once at commit, migration 0010),
+    ``per_statement`` (0008's trigger function put back in this bench schema: a refresh after every
+    statement) and ``triggers_off``. Milliseconds per write."""
     from datetime import datetime, timezone
 
     import psycopg
     from lupita import facts
 
     rnd = random.Random(5)
-    lat: dict[str, list[float]] = {"triggers_on": [], "triggers_off": []}
+    states = ("triggers_on", "per_statement", "triggers_off")
+    lat: dict[str, list[float]] = {s: [] for s in states}
+    once_sql = _function_sql("0010_profile_refresh_once.sql", "lupita_profile_on_facts")
+    per_statement_sql = _function_sql("0008_person_profiles.sql", "lupita_profile_on_facts")
+    batch: dict[str, list[float]] = {s: [] for s in states}  # a call's facts in one transaction
+
+    def observation(key: str) -> facts.Observation:
+        return facts.Observation(fact_type="routine", key=key,
+                                 value=f"{rnd.randrange(5, 10)}:{rnd.randrange(60):02d}", confidence=0.7,
+                                 observed_at=datetime.now(timezone.utc), source="agent")
+
     with psycopg.connect(dsn, autocommit=True) as conn:
-        for block in range(2 * max(1, n // 25)):
-            state = "triggers_off" if block % 2 else "triggers_on"
-            conn.execute(f"ALTER TABLE user_facts {'DISABLE' if block % 2 else 'ENABLE'} TRIGGER USER")
+        for block in range(3 * max(1, n // 25)):
+            state = states[block % 3]
+            conn.execute(f"ALTER TABLE user_facts {'DISABLE' if state == 'triggers_off' else 'ENABLE'} TRIGGER USER")
+            conn.execute(per_statement_sql if state == "per_statement" else once_sql)
             for _ in range(25):
-                obs = facts.Observation(fact_type="routine", key="bench_wake_up_time",
-                                        value=f"{rnd.randrange(5, 10)}:{rnd.randrange(60):02d}", confidence=0.7,
-                                        observed_at=datetime.now(timezone.utc), source="agent")
+                obs = observation("bench_wake_up_time")
                 t = time.perf_counter()
                 facts.record(conn, rnd.choice(hashes), obs)
                 lat[state].append(time.perf_counter() - t)
+            for _ in range(5):  # as the analysis sink writes a call's facts: 8 superseding writes, one commit
+                person = rnd.choice(hashes)
+                t = time.perf_counter()
+                with conn.transaction():
+                    for k in range(8):
+                        facts.record(conn, person, observation(f"bench_key_{k}"))
+                batch[state].append(time.perf_counter() - t)
+        conn.execute(once_sql)
         conn.execute("ALTER TABLE user_facts ENABLE TRIGGER USER")
         stale = conn.execute("SELECT count(*) FROM bench_people p JOIN person_profiles pp ON pp.phone_number_hash = p.h "
                              "WHERE pp.facts IS DISTINCT FROM lupita_profile_facts(p.h)").fetchone()[0]
@@ -236,6 +266,10 @@ def write_cost(dsn: str, hashes: list[str], n: int) -> dict:
         xs.sort()
         out[state] = {"writes": len(xs), "p50_ms": round(xs[len(xs) // 2] * 1000, 2),
                       "p99_ms": round(xs[min(len(xs) - 1, int(0.99 * len(xs)))] * 1000, 2)}
+    for state, xs in batch.items():
+        xs.sort()
+        out[f"{state}_8_facts_one_transaction"] = {"transactions": len(xs), "p50_ms": round(xs[len(xs) // 2] * 1000, 2),
+                                                   "p99_ms": round(xs[min(len(xs) - 1, int(0.99 * len(xs)))] * 1000, 2)}
     # the writes made with the triggers off left those people's profiles behind: said, then rebuilt
     out["profiles_behind_after_off_writes"] = stale
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -474,9 +508,14 @@ def main() -> int:
         if args.write_cost:
             results["write_cost"] = write_cost(dsn, hashes, args.write_cost)
             wc = results["write_cost"]
-            print(f"fact write (facts.record, supersede): profile triggers on p50 {wc['triggers_on']['p50_ms']} ms "
-                  f"p99 {wc['triggers_on']['p99_ms']} ms; off p50 {wc['triggers_off']['p50_ms']} ms "
-                  f"p99 {wc['triggers_off']['p99_ms']} ms ({wc['triggers_on']['writes']} writes each); load "
+            print(f"fact write (facts.record, supersede): profile once at commit (0010) p50 "
+                  f"{wc['triggers_on']['p50_ms']} ms p99 {wc['triggers_on']['p99_ms']} ms; per statement (0008) p50 "
+                  f"{wc['per_statement']['p50_ms']} ms p99 {wc['per_statement']['p99_ms']} ms; "
+                  f"off p50 {wc['triggers_off']['p50_ms']} ms "
+                  f"p99 {wc['triggers_off']['p99_ms']} ms ({wc['triggers_on']['writes']} writes each); 8 facts in one "
+                  f"transaction p50 {wc['triggers_on_8_facts_one_transaction']['p50_ms']} / "
+                  f"{wc['per_statement_8_facts_one_transaction']['p50_ms']} / "
+                  f"{wc['triggers_off_8_facts_one_transaction']['p50_ms']} ms; load "
                   f"{Path('/proc/loadavg').read_text().split()[0]}", flush=True)
         env = dict(os.environ, LUPITA_POSTGRES_DSN=dsn, LUPITA_CONTEXT_API_ASSISTANT_ID="bench",
                    LUPITA_CONTEXT_API_BEARER_TOKENS=TOKEN, LUPITA_LOG_LEVEL="WARNING", BENCH_DSN=dsn,
