@@ -1,7 +1,8 @@
 """End to end on the real node: the built images, loaded into the node, installed by the chart
 with the local values against the local stack; every pod passes its probes (the telephony
 gateway's /readyz only once it reaches the bridge pod); one simulated call through the bridge
-pod ends as a WAV locked in COMPLIANCE mode in the legal bucket and an analysed
+pod ends as a WAV locked in COMPLIANCE mode (the migrations applied by the chart's pre-install hook
+Job, the stages not migrating themselves) in the legal bucket and an analysed
 ``companion_calls`` row; a Twilio Media Streams call through the gateway pod is recorded and
 locked too; ``helm uninstall`` leaves nothing of the release behind, in the API or in the node's
 runtime.
@@ -54,6 +55,11 @@ def release(cluster, built_images, kubectl, helm, stack_env, tmp_path_factory):
         "s3": {"endpoint": stack_env["LUPITA_S3_ENDPOINT"]},
         "weaviate": {"host": stack_env["LUPITA_WEAVIATE_HOST"], "httpPort": int(stack_env["LUPITA_WEAVIATE_HTTP_PORT"]),
                      "grpcPort": int(stack_env["LUPITA_WEAVIATE_GRPC_PORT"])},
+        # the migrations as values-eks runs them: the hook Job (the stream-processor image, hardened, on
+        # the real kubelet) before the workloads, which do not migrate themselves (helm install fails
+        # if the Job does)
+        "migrations": {"job": {"enabled": True}},
+        "streamProcessor": {"stages": {s: {"migrateOnStart": False} for s in ("recorder", "understanding")}},
     }))
     kubectl("cordon", manager.KWOK_NODE)
     try:
