@@ -96,7 +96,12 @@ def _supervise(settings: ContextApiSettings, metrics_dir: str) -> int:
     from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
     n = settings.context_api_workers
-    sock = _listen(settings.context_api_host, settings.context_api_port)
+    try:
+        sock = _listen(settings.context_api_host, settings.context_api_port)
+    except OSError as exc:  # the port taken, an address not ours: as one process, exit 1
+        log.error("context api did not start", extra={"stage": "startup", "error": type(exc).__name__,
+                                                      "port": settings.context_api_port})
+        return 1
     port = sock.getsockname()[1]
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     children: dict[int, int] = {}  # pid -> worker index

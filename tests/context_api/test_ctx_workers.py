@@ -134,3 +134,26 @@ def test_the_shared_listener_makes_tcp_nodelay_connections():
             client.close()
     finally:
         sock.close()
+
+
+def test_a_taken_port_stops_the_workers_parent_with_exit_1_and_a_log_line(migrated):
+    import socket
+    import subprocess
+    import sys
+
+    from ctxkit import ASSISTANT_ID
+    from procs import ROOT
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        env = dict(os.environ, LUPITA_CONTEXT_API_ASSISTANT_ID=ASSISTANT_ID, LUPITA_CONTEXT_API_BEARER_TOKENS="t" * 24,
+                   LUPITA_CONTEXT_API_WORKERS="2")
+        out = subprocess.run([sys.executable, "-m", "lupita.cli", "context-api", "--host", "127.0.0.1", "--port",
+                              str(taken.getsockname()[1]), "--metrics-port", "0"], env=env, cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+    finally:
+        taken.close()
+    assert out.returncode == 1
+    assert '"msg": "context api did not start"' in out.stdout and "Traceback" not in out.stdout + out.stderr
