@@ -294,6 +294,26 @@ _SESSION = None
 POOL_CONNECTIONS = 512  # one GetMedia body holds a connection for its whole leg
 
 
+_ENDPOINTS: dict[str, tuple[str, float]] = {}  # stream ARN -> (GET_MEDIA data endpoint, monotonic time asked)
+ENDPOINT_TTL_SECONDS = 300.0
+_ENDPOINTS_MAX = 4096
+
+
+def _cached_endpoint(arn: str) -> str | None:
+    """GetDataEndpoint's answer for ``arn`` if asked within ``ENDPOINT_TTL_SECONDS`` (AWS's
+    guidance is to cache it; Chime reuses its streams, and a leg's reconnects ask again)."""
+    hit = _ENDPOINTS.get(arn)
+    if hit is None or time.monotonic() - hit[1] > ENDPOINT_TTL_SECONDS:
+        return None
+    return hit[0]
+
+
+def _cache_endpoint(arn: str, endpoint: str) -> None:
+    if len(_ENDPOINTS) >= _ENDPOINTS_MAX:
+        _ENDPOINTS.pop(next(iter(_ENDPOINTS)), None)
+    _ENDPOINTS[arn] = (endpoint, time.monotonic())
+
+
 def aws_client(settings: GatewaySettings, service: str, endpoint: str):
     """The process's boto3 client for ``service`` at ``endpoint`` (empty = AWS's own), built once
     and shared by every leg's thread: building one costs tens of ms of CPU (the service model is
@@ -388,13 +408,20 @@ class KvsLeg:
         s = self.settings
         endpoint = s.gateway_chime_get_media_endpoint
         if not endpoint:
-            control = aws_client(s, "kinesisvideo", s.gateway_chime_kvs_endpoint)
-            endpoint = control.get_data_endpoint(StreamARN=self.arn, APIName="GET_MEDIA")["DataEndpoint"]
+            endpoint = _cached_endpoint(self.arn)
+            if endpoint is None:
+                control = aws_client(s, "kinesisvideo", s.gateway_chime_kvs_endpoint)
+                endpoint = control.get_data_endpoint(StreamARN=self.arn, APIName="GET_MEDIA")["DataEndpoint"]
+                _cache_endpoint(self.arn, endpoint)
         return aws_client(s, "kinesis-video-media", endpoint)
 
     def _run(self, selector: dict) -> None:
         try:
-            resp = self._client().get_media(StreamARN=self.arn, StartSelector=selector)
+            try:
+                resp = self._client().get_media(StreamARN=self.arn, StartSelector=selector)
+            except Exception:
+                _ENDPOINTS.pop(self.arn, None)  # the next read asks GetDataEndpoint again
+                raise
             self._body = body = resp["Payload"]
             # what has arrived, not a full buffer: StreamingBody.read(n) waits for n bytes, which a
             # live stream's tail may never bring (urllib3 >= 2's read1 returns what is there)

@@ -162,6 +162,7 @@ class KvsStream:
 class KvsServer:
     def __init__(self) -> None:
         self.streams: dict[str, KvsStream] = {}
+        self.endpoint_requests: list[str] = []  # the StreamARN of each GetDataEndpoint
         self.runner: web.AppRunner | None = None
         self.port = 0
         self._tasks: set[asyncio.Task] = set()
@@ -198,6 +199,7 @@ class KvsServer:
 
     async def _endpoint(self, request: web.Request) -> web.Response:
         body = await request.json()
+        self.endpoint_requests.append(str(body.get("StreamARN")))
         if body.get("APIName") != "GET_MEDIA" or body.get("StreamARN") not in self.streams:
             return self._error(404, "ResourceNotFoundException", "no such stream")
         return web.json_response({"DataEndpoint": self.url})

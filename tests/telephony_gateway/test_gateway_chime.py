@@ -433,6 +433,22 @@ async def test_an_in_band_internal_error_reads_on_after_the_last_fragment_and_lo
     recs = await read_call(CommonSettings(), call.key)
     assert recs.leg_payload(PERSON) == pcm_bytes(person) and recs.leg_payload(LUPITA) == pcm_bytes(lupita)
     assert d(*source_error("kvs_5000")) == 1 and d(*bad("duplicate")) == 0
+    # the data endpoint is asked once per stream, not per read (the cache; an error that was not
+    # in-band would drop it)
+    assert len(call.person.requests) == 3 and kvs.endpoint_requests.count(call.person.arn) == 1
+
+
+async def test_a_getmedia_refused_asks_for_the_data_endpoint_again(bridge, kvs):
+    person, lupita = mono(1.0, 48), mono(1.0, 49)
+    call = build_call(kvs, lupita, person)
+    call.person.http_errors = [(400, "ClientLimitExceededException")]
+    async with running_gateway(bridge, bridge.token, **chime_settings(kvs)) as gw:
+        await post_events(gw, call.events)
+        [report] = await ended(gw, call)
+    assert report.outcome == "completed", report
+    # refused, asked again (endpoint dropped: asked again), the stream, the final read (cached)
+    assert len(call.person.requests) == 3 and kvs.endpoint_requests.count(call.person.arn) == 2
+    assert kvs.endpoint_requests.count(call.lupita.arn) == 1 and len(call.lupita.requests) == 2
 
 
 async def test_an_in_band_fragment_not_found_ends_that_leg_with_what_arrived(bridge, kvs):
