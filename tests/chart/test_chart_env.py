@@ -37,6 +37,11 @@ VARIANTS = {
         "streamProcessor.stages.vad.settings.LUPITA_VAD_THREADS=2",
         "telephonyGateway.settings.LUPITA_GATEWAY_REORDER_WINDOW=64",
         "telephonyGateway.bridgeTarget=bridge.example:50061",
+        "telephonyGateway.chime.recordingConsent=true", "telephonyGateway.chime.consentSource=ivr",
+        "telephonyGateway.chime.startMarginSeconds=3", "telephonyGateway.chime.regionLabel=us",
+        "telephonyGateway.chime.kvsEndpoint=https://kinesisvideo.us-east-1.amazonaws.com",
+        "telephonyGateway.chime.getMediaEndpoint=https://s-1234abcd.kinesisvideo.us-east-1.amazonaws.com",
+        "telephonyGateway.chime.checkpoint.existingClaim=gw-checkpoints",
     ]),
     "hmac": ([EKS], ["contextApi.authMode=hmac"]),
 }

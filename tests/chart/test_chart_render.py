@@ -158,6 +158,11 @@ def test_each_scenario_renders_every_workload_and_its_objects(scenario):
          "telephonyGateway.autoscaling.minReplicas (5) is above its maxReplicas (3)"),
         (["migrations.job.enabled=true", "secrets.postgresOwner.name="], "at '/secrets/postgresOwner/name'"),
         (["migrations.job.activeDeadlineSeconds=5"], "at '/migrations/job/activeDeadlineSeconds'"),
+        (["telephonyGateway.chime.checkpoint.mountPath=relative/dir"],
+         "at '/telephonyGateway/chime/checkpoint/mountPath'"),
+        (["telephonyGateway.settings.LUPITA_GATEWAY_CHIME_CHECKPOINT_DIR=/data"],
+         "telephonyGateway.settings.LUPITA_GATEWAY_CHIME_CHECKPOINT_DIR: the chart sets "
+         "LUPITA_GATEWAY_CHIME_CHECKPOINT_DIR from telephonyGateway.chime.checkpoint"),
         (["telephonyGateway.autoscaling.targetLiveCallsPerPod=0"],
          "at '/telephonyGateway/autoscaling/targetLiveCallsPerPod'"),
         (["telephonyGateway.settings.LUPITA_GATEWAY_PORT=9000"],
@@ -497,6 +502,56 @@ def test_the_gateway_drains_before_the_kubelet_kills_it_and_streams_into_this_re
     assert env_of(c)["LUPITA_BRIDGE_TOKENS"]["valueFrom"] == env_of(bridge)["LUPITA_BRIDGE_TOKENS"]["valueFrom"]
 
 
+def test_the_gateway_reads_chime_with_its_values_and_checkpoints_on_a_writable_volume(helm):
+    """The Chime values become the gateway's LUPITA_GATEWAY_CHIME_* settings; the checkpoint
+    directory is the mount of its own volume (emptyDir, or an existing PVC by name), the only writable
+    path besides /tmp under the read-only root, and the phone encryption key comes with it; checkpoints
+    off: no volume, no directory, no key. The EKS values leave the KVS endpoints to AWS."""
+    sets = ["telephonyGateway.chime.region=eu-west-1", "telephonyGateway.chime.recordingConsent=true",
+            "telephonyGateway.chime.consentSource=ivr-prompt", "telephonyGateway.chime.language=en-US",
+            "telephonyGateway.chime.regionLabel=eu", "telephonyGateway.chime.startMarginSeconds=3",
+            "telephonyGateway.chime.checkpoint.mountPath=/var/lib/chime-ckpt"]
+    for values, extra, volume in (([], [], {"emptyDir": {"sizeLimit": "64Mi"}}),
+                                  ([EKS], ["telephonyGateway.chime.checkpoint.existingClaim=gw-checkpoints"],
+                                   {"persistentVolumeClaim": {"claimName": "gw-checkpoints"}})):
+        spec = by_component(render(helm, values, sets + extra), "Deployment")["telephony-gateway"]["spec"]["template"]["spec"]
+        (c,) = spec["containers"]
+        env = literal_env(c)
+        assert {k: v for k, v in env.items() if k.startswith("LUPITA_GATEWAY_CHIME_")} == {
+            "LUPITA_GATEWAY_CHIME_REGION": "eu-west-1", "LUPITA_GATEWAY_CHIME_RECORDING_CONSENT": "true",
+            "LUPITA_GATEWAY_CHIME_CONSENT_SOURCE": "ivr-prompt", "LUPITA_GATEWAY_CHIME_LANGUAGE": "en-US",
+            "LUPITA_GATEWAY_CHIME_REGION_LABEL": "eu", "LUPITA_GATEWAY_CHIME_START_MARGIN_SECONDS": "3",
+            "LUPITA_GATEWAY_CHIME_KVS_ENDPOINT": "", "LUPITA_GATEWAY_CHIME_GET_MEDIA_ENDPOINT": "",
+            "LUPITA_GATEWAY_CHIME_CHECKPOINT_DIR": "/var/lib/chime-ckpt"}
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        assert mounts == {"/tmp": "tmp", "/var/lib/chime-ckpt": "chime-checkpoints"}
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        (vol,) = [v for v in spec["volumes"] if v["name"] == "chime-checkpoints"]
+        assert {k: v for k, v in vol.items() if k != "name"} == volume
+        key = env_of(c)["LUPITA_PHONE_ENCRYPTION_KEY"]["valueFrom"]["secretKeyRef"]
+        assert (key["name"], key["key"]) == ("lupita-phone-keys", "phone-encryption-key") and not key.get("optional")
+    spec = by_component(render(helm, [], ["telephonyGateway.chime.checkpoint.enabled=false"]),
+                        "Deployment")["telephony-gateway"]["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    assert literal_env(c)["LUPITA_GATEWAY_CHIME_CHECKPOINT_DIR"] == ""
+    assert "LUPITA_PHONE_ENCRYPTION_KEY" not in env_of(c)
+    assert [v["name"] for v in spec["volumes"]] == ["tmp"] and len(c["volumeMounts"]) == 1
+
+
+def test_eventbridge_reaches_the_gateway_s_control_port_over_tls_through_its_load_balancer(helm):
+    """EKS: the NLB terminates TLS on the control port too (EventBridge API destinations call HTTPS
+    endpoints), and the control port admits the NLB's addresses (the VPC) besides the context API."""
+    docs = render(helm, [EKS])
+    service = by_component(docs, "Service")["telephony-gateway"]
+    ssl_ports = service["metadata"]["annotations"]["service.beta.kubernetes.io/aws-load-balancer-ssl-ports"]
+    assert set(ssl_ports.split(",")) == {"websocket", "control"}
+    assert "control" in {p["name"] for p in service["spec"]["ports"]}
+    ingress = {r["ports"][0]["port"]: r.get("from") for r in
+               by_component(docs, "NetworkPolicy")["telephony-gateway"]["spec"]["ingress"]}
+    assert {"ipBlock": {"cidr": "10.20.0.0/16"}} in ingress["control"]
+    assert {"ipBlock": {"cidr": "10.20.0.0/16"}} in ingress["websocket"]
+
+
 LISTEN_ADDRESS = {"media-bridge": ["LUPITA_GRPC_HOST"], "context-api": ["LUPITA_CONTEXT_API_HOST"],
                   "telephony-gateway": ["LUPITA_GATEWAY_HOST", "LUPITA_GATEWAY_METRICS_HOST"],
                   **{s: ["LUPITA_METRICS_HOST"] for s in STAGES}}
@@ -551,7 +606,8 @@ def test_only_the_recorder_gets_s3_and_only_the_users_of_postgres_its_dsn(scenar
         assert ("LUPITA_S3_LEGAL_BUCKET" in env) == (comp == "recorder"), comp
         assert ("LUPITA_POSTGRES_DSN" in env) == (comp in {"recorder", "understanding", "context-api"}), comp
         assert ("LUPITA_WEAVIATE_HOST" in env) == (comp == "understanding"), comp
-        assert ("LUPITA_PHONE_ENCRYPTION_KEY" in env) == (comp == "media-bridge"), comp
+        # the bridge encrypts numbers; the gateway's Chime checkpoints hold one encrypted (on by default)
+        assert ("LUPITA_PHONE_ENCRYPTION_KEY" in env) == (comp in {"media-bridge", "telephony-gateway"}), comp
 
 
 def test_each_workload_has_its_own_service_account_with_its_irsa_role(helm):
@@ -559,8 +615,9 @@ def test_each_workload_has_its_own_service_account_with_its_irsa_role(helm):
     accounts = by_component(docs, "ServiceAccount")
     for comp, dep in by_component(docs, "Deployment").items():
         assert dep["spec"]["template"]["spec"]["serviceAccountName"] == accounts[comp]["metadata"]["name"]
-    # the two roles of k8s/iam/: the recorder writes the legal archive, the context-api erases
-    with_roles = {"recorder", "context-api"}
+    # the roles of k8s/iam/: the recorder writes the legal archive, the context-api erases, the
+    # gateway reads the Chime Voice Connector's KVS streams
+    with_roles = {"recorder", "context-api", "telephony-gateway"}
     for comp in with_roles:
         assert accounts[comp]["metadata"]["annotations"] == {
             "eks.amazonaws.com/role-arn": f"arn:aws:iam::123456789012:role/lupita-{comp}"}
