@@ -2,8 +2,8 @@
 
 The custom resources are applied to the real API server (strict validation) after their CRDs
 are installed (k8s/crds: minimal schemas, since no registry package carries Strimzi's or ACK's);
-the policies are checked for least privilege: only the recorder writes the legal archive, and
-nothing can weaken its Object Lock.
+the policies are checked for least privilege: only the recorder writes the legal archive, nothing
+can weaken its Object Lock, and the telephony gateway only reads the Chime Voice Connector's KVS streams.
 """
 
 from __future__ import annotations
@@ -112,6 +112,20 @@ def test_only_the_recorder_writes_the_legal_archive_and_nothing_weakens_the_lock
     lock = bucket_policy["NobodyWeakensTheLock"]
     assert lock["Effect"] == "Deny" and lock["Principal"] == "*" and "Condition" not in lock
     assert {"s3:BypassGovernanceRetention", "s3:PutBucketObjectLockConfiguration"} <= set(lock["Action"])
+
+
+def test_the_gateway_role_only_reads_the_chime_voice_connector_streams():
+    """GetDataEndpoint and GetMedia (what telephony_gateway.chime calls) on the Voice Connector's
+    streams (ChimeVoiceConnector-*), nothing else: no writes, no other stream, no other service."""
+    (statement,) = _statements(_json("iam/lupita-telephony-gateway-policy.json"))
+    assert statement["Effect"] == "Allow" and "Condition" not in statement
+    assert sorted(statement["Action"]) == ["kinesisvideo:GetDataEndpoint", "kinesisvideo:GetMedia"]
+    (resource,) = statement["Resource"]
+    assert resource.startswith("arn:aws:kinesisvideo:us-east-1:123456789012:stream/ChimeVoiceConnector-")
+    assert resource.endswith("-*/*") and resource.count("*") == 2
+    eks = yaml.safe_load((ROOT / "charts" / "lupita" / "values-eks.yaml").read_text())["telephonyGateway"]
+    assert eks["serviceAccount"]["annotations"]["eks.amazonaws.com/role-arn"].endswith(":role/lupita-telephony-gateway")
+    assert f":kinesisvideo:{eks['chime']['region']}:" in resource
 
 
 def test_service_account_roles_trust_only_their_own_service_account():
