@@ -300,7 +300,9 @@ async def test_a_stalled_stream_ends_the_call_with_stalled_keeping_what_arrived(
         await post_events(gw, call.events)
         [report] = await ended(gw, call)
     assert report.outcome == "stalled"
-    assert d(*bad("stalled")) == 2 and d(*outcome("stalled")) == 1
+    # each leg that times out counts once; under load the second leg's reader may end otherwise
+    # (its stand-in body closed and re-read) after the first stall ended the call: one or both
+    assert 1 <= d(*bad("stalled")) <= 2 and d(*outcome("stalled")) == 1
     recs = await read_call(CommonSettings(), call.key)
     assert recs.ended().reason == "stalled"
     assert recs.leg_payload(PERSON) == pcm_bytes(person[:8000])
