@@ -233,7 +233,18 @@ def test_one_spanish_call_end_to_end_and_replaying_its_events_twice_changes_noth
 
     stored = [Utterance(call_id, leg, seq, float(a), float(b), text, 1.0 if conf is None else float(conf))
               for leg, seq, a, b, text, conf in utts]
-    expected_facts = {(f.fact_type, f.key, f.value) for f in extract_facts(prepare_utterances(call_id, stored))}
+    # the worker weighs each fact by the recognition probabilities of its words (from the final
+    # transcripts) and drops those under the analyzer's minimum: the same here
+    from lupita.v1 import events_pb2
+    from stream_processor.records import LEG_NAMES
+    from stream_processor.stages.understanding.agent import words_of
+
+    finals = [events_pb2.TranscriptEvent.FromString(r.value)
+              for r in records_of_call(settings.kafka_bootstrap, settings.topic(TRANSCRIPTS), call_id)]
+    words = {(LEG_NAMES[ev.leg], int(ev.seq)): words_of(ev) for ev in finals
+             if not ev.is_partial and ev.text and words_of(ev)}
+    expected_facts = {(f.fact_type, f.key, f.value) for f in extract_facts(
+        prepare_utterances(call_id, stored), words, min_confidence=settings.analyzer_fact_min_confidence)}
     facts = db.execute(
         "SELECT fact_type, fact_key, fact_value FROM user_facts WHERE source_call_id = %s"
         " AND phone_number_hash = %s", (call_id, expected_hash)).fetchall()
