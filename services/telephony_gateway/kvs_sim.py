@@ -131,7 +131,7 @@ class KvsStream:
 
     arn: str
     items: list[tuple[str | None, bytes]] = field(default_factory=list)
-    stall_after: int | None = None  # items sent before the body stops without ending
+    stall_after: int | None = None  # the stream's items before it stops without ending (every request)
     live: bool = False  # keep the body open after the last item until close()
     speed: float = 0.0  # 0 = as fast as the reader takes; 1 = one fragment per its duration
     pieces: int = 1  # with speed: each fragment written in this many pieces spread over its duration
@@ -237,7 +237,6 @@ class KvsServer:
             return self._error(400, "InvalidArgumentException", "unsupported StartSelectorType")
         response = web.StreamResponse(status=200, headers={"Content-Type": "video/webm"})
         await response.prepare(request)
-        sent = 0
         try:
             for index, (number, data) in enumerate(stream.items[start:], start):
                 if index in stream.inband_errors:
@@ -246,7 +245,9 @@ class KvsServer:
                     return response
                 if stream.hold_at is not None and index == stream.hold_at:
                     await stream._released.wait()
-                if stream.stall_after is not None and sent >= stream.stall_after:
+                # a stalled producer never wrote fragment ``stall_after`` onwards: a reader that
+                # reconnects (a new GetMedia request) does not get more than the first one did
+                if stream.stall_after is not None and index >= stream.stall_after:
                     await stream._closed.wait()  # stalled: nothing more, the body never ends
                     return response
                 if stream.speed and number is not None:
@@ -265,7 +266,6 @@ class KvsServer:
                 else:
                     await response.write(data)
                     stream.written += len(data)
-                sent += 1
             if stream.live:
                 await stream._closed.wait()
             await response.write_eof()

@@ -301,7 +301,7 @@ async def test_a_stalled_stream_ends_the_call_with_stalled_keeping_what_arrived(
         [report] = await ended(gw, call)
     assert report.outcome == "stalled"
     # each leg that times out counts once; under load the second leg's reader may end otherwise
-    # (its stand-in body closed and re-read) after the first stall ended the call: one or both
+    # (a reconnect in progress) after the first stall ended the call: one or both
     assert 1 <= d(*bad("stalled")) <= 2 and d(*outcome("stalled")) == 1
     recs = await read_call(CommonSettings(), call.key)
     assert recs.ended().reason == "stalled"
