@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -113,16 +113,24 @@ class ControlApi:
             ok |= hmac.compare_digest(presented.strip().encode(), token.encode())
         return scheme.lower() == "bearer" and ok
 
-    async def _vapi_call(self, request: web.Request) -> web.Response:
+    async def _json_body(self, request: web.Request, source: str) -> tuple[Any, web.Response | None]:
+        """The request's JSON body, or the answer to give instead: 401 without a valid bearer
+        token, 503 while draining (the caller retries), 400 for a body that is not JSON (counted
+        as ``source``'s ``malformed_json``)."""
         if not self._authorized(request):
-            return web.json_response({"error": "missing or invalid bearer token"}, status=401)
+            return None, web.json_response({"error": "missing or invalid bearer token"}, status=401)
         if self.gateway.draining:
-            return web.json_response({"error": "draining"}, status=503)
+            return None, web.json_response({"error": "draining"}, status=503)
         try:
-            body = await request.json()
+            return await request.json(), None
         except ValueError:
-            m.BAD_INPUT.labels("vapi", "malformed_json").inc()
-            return web.json_response({"error": "body is not JSON"}, status=400)
+            m.BAD_INPUT.labels(source, "malformed_json").inc()
+            return None, web.json_response({"error": "body is not JSON"}, status=400)
+
+    async def _vapi_call(self, request: web.Request) -> web.Response:
+        body, refusal = await self._json_body(request, "vapi")
+        if refusal is not None:
+            return refusal
         try:
             call = vapi_call_from(body, self.gateway.settings.gateway_vapi_listen_token.get_secret_value())
         except BadRequest as exc:
@@ -141,15 +149,9 @@ class ControlApi:
         """EventBridge (an API destination) delivers Chime's streaming events here: one event or a
         list. 202 with what was accepted and refused; 400 for a body that is not JSON; 503 while
         draining (EventBridge retries). A refused event is counted and named by its class only."""
-        if not self._authorized(request):
-            return web.json_response({"error": "missing or invalid bearer token"}, status=401)
-        if self.gateway.draining:
-            return web.json_response({"error": "draining"}, status=503)
-        try:
-            body = await request.json()
-        except ValueError:
-            m.BAD_INPUT.labels("chime", "malformed_json").inc()
-            return web.json_response({"error": "body is not JSON"}, status=400)
+        body, refusal = await self._json_body(request, "chime")
+        if refusal is not None:
+            return refusal
         events = body if isinstance(body, list) else [body]
         accepted, refused = 0, []
         for event in events:

@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -190,3 +192,26 @@ def query(sql: str, params: tuple = ()) -> list[tuple]:
 
     with psycopg.connect(dsn()) as conn:
         return conn.execute(sql, params).fetchall()
+
+
+@contextmanager
+def weaviate_collections(conv: str, utt: str, dim: int) -> Iterator[Any]:
+    """The stream processor's own Weaviate sink on two collections of the caller's (created with
+    ``dim``-d vectors), deleted afterwards: the objects the context API reads, written as the
+    platform writes them."""
+    import weaviate
+    from lupita.config import CommonSettings
+    from stream_processor.stores.weaviate import WeaviateSink
+
+    s = CommonSettings()
+    sink = WeaviateSink(host=s.weaviate_host, http_port=s.weaviate_http_port, grpc_port=s.weaviate_grpc_port,
+                        conversation_collection=conv, utterance_collection=utt)
+    try:
+        sink.ensure_collections(dim)
+        yield sink
+    finally:
+        with weaviate.connect_to_custom(http_host=s.weaviate_host, http_port=s.weaviate_http_port, http_secure=False,
+                                        grpc_host=s.weaviate_host, grpc_port=s.weaviate_grpc_port,
+                                        grpc_secure=False) as client:
+            client.collections.delete([conv, utt])
+        sink.close()

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 import psycopg
 import pytest
-from ctxkit import ContextApi, dsn, person_of, query, random_phone
+from ctxkit import ContextApi, dsn, person_of, query, random_phone, weaviate_collections
 
 pytestmark = pytest.mark.stack
 
@@ -26,22 +26,8 @@ def collections(migrated):
 
 @pytest.fixture(scope="module")
 def sink(collections):
-    from lupita.config import CommonSettings
-    from stream_processor.stores.weaviate import WeaviateSink
-
-    s = CommonSettings()
-    conv, utt = collections
-    sink = WeaviateSink(host=s.weaviate_host, http_port=s.weaviate_http_port, grpc_port=s.weaviate_grpc_port,
-                        conversation_collection=conv, utterance_collection=utt)
-    sink.ensure_collections(DIM)
-    yield sink
-    import weaviate
-
-    with weaviate.connect_to_custom(http_host=s.weaviate_host, http_port=s.weaviate_http_port, http_secure=False,
-                                    grpc_host=s.weaviate_host, grpc_port=s.weaviate_grpc_port,
-                                    grpc_secure=False) as client:
-        client.collections.delete([conv, utt])
-    sink.close()
+    with weaviate_collections(*collections, DIM) as sink:
+        yield sink
 
 
 @pytest.fixture(scope="module")

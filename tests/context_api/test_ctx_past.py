@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from ctxkit import ContextApi, message, person_of, random_phone, results, tool_call, tool_calls
+from ctxkit import ContextApi, message, person_of, random_phone, results, tool_call, tool_calls, weaviate_collections
 from profkit import write_call
 
 pytestmark = pytest.mark.stack
@@ -31,22 +31,8 @@ def collections(migrated):
 
 @pytest.fixture(scope="module")
 def sink(collections):
-    from lupita.config import CommonSettings
-    from stream_processor.stores.weaviate import WeaviateSink
-
-    s = CommonSettings()
-    conv, utt = collections
-    sink = WeaviateSink(host=s.weaviate_host, http_port=s.weaviate_http_port, grpc_port=s.weaviate_grpc_port,
-                        conversation_collection=conv, utterance_collection=utt)
-    sink.ensure_collections(DIM)
-    yield sink
-    import weaviate
-
-    with weaviate.connect_to_custom(http_host=s.weaviate_host, http_port=s.weaviate_http_port, http_secure=False,
-                                    grpc_host=s.weaviate_host, grpc_port=s.weaviate_grpc_port,
-                                    grpc_secure=False) as client:
-        client.collections.delete([conv, utt])
-    sink.close()
+    with weaviate_collections(*collections, DIM) as sink:
+        yield sink
 
 
 @pytest.fixture(scope="module")
