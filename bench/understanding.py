@@ -213,16 +213,49 @@ def load_models(detectors: dict[str, Callable[[], Any]] | None = None, *, claude
                              "word probabilities": WordsDetector(det)}
     for name, make in (detectors or {}).items():
         built[name] = make()
-    # the settings that shape a transcript; one left at its default is left out, so a new setting
-    # (with a default that keeps today's behaviour) does not invalidate the transcripts cached so far
-    defaults = type(settings).model_fields
-    asr_fields = {k: str(v) for k, v in settings.model_dump().items() if k.startswith(("asr_", "vad_"))
-                  and "key" not in k and not (k.startswith("asr_encoder_") and v == defaults[k].default)}
-    asr_key = hashlib.sha256(json.dumps(asr_fields, sort_keys=True).encode()).hexdigest()[:16]
+    asr_key = transcript_key(settings)
     analyzers: dict[str, Any] = {}
     if claude_standin:
         analyzers["anthropic (stand-in)"], _server = anthropic_standin_analyzer(settings, emb)
     return Models(settings, replayer, services, built, asr_key, analyzers)
+
+
+# Bumped by hand when a change of the transcriber's code or of a default is meant to invalidate the
+# transcripts cached so far (the key below sees only the settings that differ from their defaults).
+ASR_CACHE_VERSION = 2
+# Settings of the ASR/VAD/transcriber prefixes that never change a transcript's words: threads,
+# queues, retries and timeouts, the state's lifetimes, the cloud backends' models (in the key only
+# when that backend is the one configured).
+_NOT_SHAPING = re.compile(
+    r"(threads|num_workers|_timeout_seconds|_max_attempts|_backoff_seconds|_max_backoff_seconds"
+    r"|_retry_after_seconds|_batch_max_records|_batch_within_ms|_max_held_chunks|_grace_seconds"
+    r"|_idle_seconds|_orphan_seconds|_retention_seconds|_tick_seconds|_max_in_flight|_partial_after_s"
+    r"|_partial_every_s|_partial_beam_size|_skip_stale_partials|_max_gap_s)$")
+
+
+def transcript_key(settings: Any) -> str:
+    """The ASR cache key: a canonical form of what shapes a final transcript, stable across new
+    settings. The ``asr_``, ``vad_`` and ``transcriber_`` settings that may change the words
+    (operational ones left out), each only when it differs from its default, plus the transcriber's
+    identity (backend, model, device type, language) always and :data:`ASR_CACHE_VERSION`. So a new
+    setting whose default keeps today's behaviour leaves the key, and the cached transcripts, as
+    they are; a run with a setting changed gets its own key."""
+    from stream_processor.models.asr import whisper_local
+
+    fields = type(settings).model_fields
+    shaping: dict[str, str] = {}
+    for k, v in settings.model_dump().items():
+        if not k.startswith(("asr_", "vad_", "transcriber_")) or "key" in k or _NOT_SHAPING.search(k):
+            continue
+        if k.startswith(("asr_openai_", "asr_deepgram_")) and not k.startswith(f"asr_{settings.asr_backend}_"):
+            continue
+        if v != fields[k].default:
+            shaping[k] = str(v)
+    identity = {"backend": settings.asr_backend, "language": settings.asr_language,
+                "compute_type": settings.asr_compute_type,
+                "model": whisper_local.MODEL_NAME if settings.asr_backend == "local" else ""}
+    canon = json.dumps({"v": ASR_CACHE_VERSION, "id": identity, "set": shaping}, sort_keys=True)
+    return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
 class WordsDetector:
