@@ -158,6 +158,8 @@ def test_each_scenario_renders_every_workload_and_its_objects(scenario):
          "telephonyGateway.autoscaling.minReplicas (5) is above its maxReplicas (3)"),
         (["migrations.job.enabled=true", "secrets.postgresOwner.name="], "at '/secrets/postgresOwner/name'"),
         (["migrations.job.activeDeadlineSeconds=5"], "at '/migrations/job/activeDeadlineSeconds'"),
+        (["secrets.postgresContextApi.name=Context_API"], "at '/secrets/postgresContextApi/name'"),
+        (["secrets.postgresProcessor.dsnKey="], "at '/secrets/postgresProcessor/dsnKey'"),
         (["telephonyGateway.chime.checkpoint.mountPath=relative/dir"],
          "at '/telephonyGateway/chime/checkpoint/mountPath'"),
         (["telephonyGateway.settings.LUPITA_GATEWAY_CHIME_CHECKPOINT_DIR=/data"],
@@ -828,3 +830,40 @@ def test_the_migrations_run_as_the_schema_owner_in_a_hook_job_before_the_workloa
     # the pod joins the node's network where the workloads do (the local cluster)
     local = [d for d in render(helm, [LOCAL], ["migrations.job.enabled=true"]) if d["kind"] == "Job"]
     assert local[0]["spec"]["template"]["spec"]["hostNetwork"] is True
+
+
+def postgres_refs(docs: list[dict]) -> dict[str, dict]:
+    """component -> the secretKeyRef of its LUPITA_POSTGRES_DSN, for each pod that reads one."""
+    out = {}
+    for d in docs:
+        if d["kind"] in ("Deployment", "Job"):
+            env = env_of(d["spec"]["template"]["spec"]["containers"][0])
+            if "LUPITA_POSTGRES_DSN" in env:
+                out[component(d)] = env["LUPITA_POSTGRES_DSN"]["valueFrom"]["secretKeyRef"]
+    return out
+
+
+def test_each_workload_reads_the_dsn_of_its_own_postgres_role(helm):
+    """values-eks: the stages' user holds only lupita_processor, the context API's only
+    lupita_context_api and the migration Job's owns the schema — three Secrets. A role whose entry
+    names no Secret falls back to secrets.postgres (the default and local values: one user in both)."""
+    secrets = yaml.safe_load(EKS.read_text())["secrets"]
+    ref = {name: {"name": secrets[name]["name"], "key": secrets[name]["dsnKey"]}
+           for name in ("postgresProcessor", "postgresContextApi", "postgresOwner")}
+    assert len({r["name"] for r in ref.values()}) == 3
+    assert postgres_refs(render(helm, [EKS])) == {
+        "recorder": ref["postgresProcessor"], "understanding": ref["postgresProcessor"],
+        "context-api": ref["postgresContextApi"], "migrations": ref["postgresOwner"]}
+    for values in ([], [LOCAL]):
+        shared = yaml.safe_load(((CHART / "values.yaml") if not values else values[0]).read_text())["secrets"]["postgres"]
+        refs = postgres_refs(render(helm, values))
+        assert set(refs) == {"recorder", "understanding", "context-api"}, values
+        assert all(r == {"name": shared["name"], "key": shared["dsnKey"]} for r in refs.values()), (values, refs)
+    # one role named, the other falls back; a key of its own is read from its own Secret
+    refs = postgres_refs(render(helm, [], ["secrets.postgresContextApi.name=ctx-pg",
+                                           "secrets.postgresContextApi.dsnKey=uri"]))
+    assert refs["context-api"] == {"name": "ctx-pg", "key": "uri"}
+    assert refs["recorder"] == refs["understanding"] == {"name": "lupita-postgres", "key": "dsn"}
+    refs = postgres_refs(render(helm, [], ["secrets.postgresProcessor.name=proc-pg"]))
+    assert refs["recorder"] == refs["understanding"] == {"name": "proc-pg", "key": "dsn"}
+    assert refs["context-api"] == {"name": "lupita-postgres", "key": "dsn"}

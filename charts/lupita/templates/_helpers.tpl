@@ -175,13 +175,20 @@ Postgres and Weaviate are given only to the workloads that use them (see each te
   value: {{ .Values.kafka.replication | quote }}
 {{- end }}
 
-{{/* lupita.postgresEnv: LUPITA_POSTGRES_DSN from the existing Secret named in values. */}}
+{{/*
+lupita.postgresEnv: LUPITA_POSTGRES_DSN from the existing Secret of the workload's Postgres role.
+"secret" names the workload's entry of .Values.secrets: "postgresProcessor" (the recorder and
+understanding stages, role lupita_processor) or "postgresContextApi" (role lupita_context_api);
+while its name is empty, secrets.postgres (one user in both roles) is read instead.
+*/}}
 {{- define "lupita.postgresEnv" -}}
+{{- $ref := index .root.Values.secrets .secret -}}
+{{- if not $ref.name }}{{ $ref = .root.Values.secrets.postgres }}{{ end -}}
 - name: LUPITA_POSTGRES_DSN
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.secrets.postgres.name | quote }}
-      key: {{ .Values.secrets.postgres.dsnKey | quote }}
+      name: {{ $ref.name | quote }}
+      key: {{ $ref.dsnKey | quote }}
 {{- end }}
 
 {{/* lupita.s3Env: endpoint, region, buckets; keys only when a Secret is named (else IRSA). */}}
