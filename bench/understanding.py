@@ -626,6 +626,300 @@ def evaluate(calls: list[Call], *, models: Models | None = None, use_asr_cache: 
             "wall_s": time.perf_counter() - t0}
 
 
+# ------------------------------------------------------------------ the real pipeline (--path pipeline)
+
+# The worker's timing for a bench run: the stages' waits in seconds, not minutes (as the tests run it).
+PIPELINE_WORKER_ENV = {
+    "LUPITA_STAGES": "recorder,vad,transcriber,understanding",
+    "LUPITA_KAFKA_SESSION_TIMEOUT_SECONDS": "10",
+    "LUPITA_KAFKA_HEARTBEAT_SECONDS": "1",
+    "LUPITA_KAFKA_REBALANCE_TIMEOUT_SECONDS": "10",
+    "LUPITA_KAFKA_COMMIT_INTERVAL_SECONDS": "1",
+    "LUPITA_TABLE_STANDBY_REPLICAS": "0",
+    "LUPITA_RECORDER_GRACE_SECONDS": "2",
+    "LUPITA_RECORDER_TICK_SECONDS": "0.25",
+    "LUPITA_VAD_GRACE_SECONDS": "3",
+    "LUPITA_VAD_TICK_SECONDS": "0.25",
+    "LUPITA_UNDERSTANDING_RETRY_INITIAL_SECONDS": "1",
+    "LUPITA_LOG_LEVEL": "WARNING",
+}
+PIPELINE_PHONE_BASE = 90_000  # corpus call k speaks from synthetic_phone(PIPELINE_PHONE_BASE + k)
+
+
+class Pipeline:
+    """The corpus through the real path: a ``lupita bridge`` child (gRPC, ``loadgen.client``) →
+    Kafka (topics of this run's own prefix) → a ``lupita worker`` child with every stage (its own
+    consumer group, data folder and Weaviate collections) → Postgres / Weaviate / S3; the results
+    read back from the stores. Topics and collections are removed at the end; the Postgres rows
+    and the locked WAVs stay, as the end-to-end test's do (call ids ``bench-und-<run>-<call>``)."""
+
+    def __init__(self, workdir: Path, *, worker_env: dict[str, str] | None = None,
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.run_id = os.urandom(4).hex()
+        self.workdir = workdir
+        self.extra_env = dict(worker_env or {})
+        self.progress = progress or (lambda m: None)
+        self.prefix = f"bench-und-{self.run_id}."
+        self.collections = (f"BenchUndConversation_{self.run_id}", f"BenchUndUtterance_{self.run_id}")
+        self.worker: Any = None
+        self.metrics_port = 0
+        self.bridge: Any = None
+        self.settings: Any = None
+        self.db: Any = None
+
+    def call_id(self, call: Call) -> str:
+        return f"bench-und-{self.run_id}-{call.call_id}"
+
+    def __enter__(self) -> "Pipeline":
+        import subprocess
+
+        import psycopg
+        from loadgen.bridgeproc import BridgeProcess
+        from lupita.cli import load_stack_env
+        from lupita.topics import ensure_topics
+
+        from stream_processor.settings import PipelineSettings
+
+        load_stack_env()
+        self.settings = PipelineSettings(topic_prefix=self.prefix, weaviate_conversation_collection=self.collections[0],
+                                         weaviate_utterance_collection=self.collections[1])
+        ensure_topics(self.settings)
+        self.db = psycopg.connect(self.settings.postgres_dsn.get_secret_value(), autocommit=True)
+        env = dict(os.environ, LUPITA_TOPIC_PREFIX=self.prefix)
+        self.bridge = BridgeProcess(self.workdir / "bridge.log", env=env).start()
+        with socket_free_port() as port:
+            self.metrics_port = port
+        wenv = dict(env, **PIPELINE_WORKER_ENV, LUPITA_APP_ID=f"bench-und-{self.run_id}",
+                    LUPITA_METRICS_PORT=str(self.metrics_port), LUPITA_METRICS_HOST="127.0.0.1",
+                    LUPITA_DATA_DIR=str(self.workdir / "data"), LUPITA_INSTANCE_NAME="understanding-bench",
+                    LUPITA_ASR_THREADS=str(min(2, os.cpu_count() or 1)),
+                    LUPITA_WEAVIATE_CONVERSATION_COLLECTION=self.collections[0],
+                    LUPITA_WEAVIATE_UTTERANCE_COLLECTION=self.collections[1], **self.extra_env)
+        self._log = open(self.workdir / "worker.log", "wb")
+        self.worker = subprocess.Popen([sys.executable, "-m", "stream_processor"], env=wenv,
+                                       cwd=Path(__file__).resolve().parents[1], stdout=self._log,
+                                       stderr=subprocess.STDOUT)
+        self._wait("the worker to be ready", self._ready, timeout=240)
+        return self
+
+    def _alive(self) -> None:
+        if self.worker.poll() is not None:
+            tail = (self.workdir / "worker.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"the worker exited with {self.worker.returncode}:\n{tail}")
+
+    def _ready(self) -> bool:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def _wait(self, what: str, cond: Callable[[], Any], *, timeout: float, interval: float = 0.5) -> Any:
+        """Poll ``cond`` until it is truthy (a deadline, the worker alive), return its value."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._alive()
+            got = cond()
+            if got:
+                return got
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what}: not within {timeout:.0f} s (worker log {self.workdir / 'worker.log'})")
+            time.sleep(interval)
+
+    def send(self, rendered: corpus.Rendered, index: int) -> str:
+        """One call through the bridge (as fast as its flow control allows); its call id."""
+        import asyncio
+
+        from loadgen.client import stream_call
+        from loadgen.runner import synthetic_phone
+        from loadgen.settings import LoadgenSettings
+        from lupita.v1 import audio_pb2
+
+        call_id = self.call_id(rendered.call)
+        res = asyncio.run(stream_call(self.bridge.target, LoadgenSettings().first_token, call_id, rendered.stereo,
+                                      RATE, audio_pb2.CODEC_PCM16, speed=0, consent=True,
+                                      phone=synthetic_phone(PIPELINE_PHONE_BASE + index), timeout_s=300))
+        if not res.accepted or res.status != "OK" or res.frames_acked < res.frames_total:
+            raise RuntimeError(f"{call_id}: the bridge did not take the call: {res.status} {res.details} "
+                               f"({res.frames_acked}/{res.frames_total} frames acked; errors {res.errors})")
+        return call_id
+
+    def wait_processed(self, call_ids: list[str], timeout: float) -> None:
+        def done() -> bool:
+            n = self.db.execute("SELECT count(*) FROM companion_calls WHERE call_id = ANY(%s) AND processed_at IS NOT NULL",
+                                (call_ids,)).fetchone()[0]
+            return n == len(call_ids)
+
+        self._wait(f"{len(call_ids)} calls analysed", done, timeout=timeout, interval=1.0)
+
+    def finals(self, call_ids: list[str]) -> dict[str, list[Final]]:
+        """Every final transcript event of the calls, from the run's ``transcripts`` topic."""
+        from kafka import KafkaConsumer, TopicPartition
+        from lupita.topics import TRANSCRIPTS
+        from lupita.v1 import events_pb2
+
+        from stream_processor.records import LEG_NAMES
+
+        topic = self.settings.topic(TRANSCRIPTS)
+        consumer = KafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False,
+                                 consumer_timeout_ms=200, client_id="lupita-bench-understanding")
+        try:
+            parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            consumer.assign(parts)
+            consumer.seek_to_beginning(*parts)
+            end = consumer.end_offsets(parts)
+            want = {c.encode() for c in call_ids}
+            out: dict[str, dict[tuple[str, int], Final]] = {c: {} for c in call_ids}
+            deadline = time.monotonic() + 120
+            while any(consumer.position(tp) < end[tp] for tp in parts):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{topic} not read to its end in 120 s")
+                for batch in consumer.poll(timeout_ms=300, max_records=5000).values():
+                    for r in batch:
+                        if r.key not in want:
+                            continue
+                        ev = events_pb2.TranscriptEvent.FromString(r.value)
+                        if ev.is_partial or ev.leg_complete:
+                            continue
+                        conf = ev.confidence if ev.HasField("confidence") else 1.0
+                        out[ev.call_id][(LEG_NAMES[ev.leg], int(ev.seq))] = Final(
+                            LEG_NAMES[ev.leg], int(ev.seq), max(ev.segment_start_us, 0) / 1e6,
+                            max(ev.segment_end_us, 0) / 1e6, ev.text, float(conf), r.value)
+        finally:
+            consumer.close()
+        return {c: sorted(f.values(), key=lambda f: (f.leg, f.seq)) for c, f in out.items()}
+
+    def read_back(self, call_id: str) -> tuple[dict[str, Any], list[Any]]:
+        """(``understand``'s result shape, the stored utterances) of one call, from Postgres."""
+        from types import SimpleNamespace
+
+        from stream_processor.contracts import EvidenceSpan, Utterance
+
+        row = self.db.execute("SELECT topics, behavioral_codes_triggered FROM companion_calls WHERE call_id = %s",
+                              (call_id,)).fetchone()
+        utts = [Utterance(call_id, leg, seq, float(a), float(b), text, 1.0 if c is None else float(c))
+                for leg, seq, a, b, text, c in self.db.execute(
+                    "SELECT leg, seq, start_s, end_s, text, confidence FROM call_utterances WHERE call_id = %s "
+                    "ORDER BY end_s, leg, seq", (call_id,)).fetchall()]
+        facts = [SimpleNamespace(fact_type=t, key=k, value=v) for t, k, v in self.db.execute(
+            "SELECT fact_type, fact_key, fact_value FROM user_facts WHERE source_call_id = %s", (call_id,)).fetchall()]
+        alerts = []
+        for cue, sev, ev, tv, why in self.db.execute(
+                "SELECT cue_id, severity, evidence, to_verify, verification FROM call_alerts WHERE call_id = %s",
+                (call_id,)).fetchall():
+            span = EvidenceSpan(leg=ev["leg"], seq=int(ev["seq"]), start_s=float(ev["start_s"]), end_s=float(ev["end_s"]),
+                                text=ev["text"], char_start=int(ev["char_start"]), char_end=int(ev["char_end"]))
+            alerts.append(SimpleNamespace(cue_id=cue, severity=sev, evidence=span, to_verify=tv, verification=why))
+        analysis = SimpleNamespace(facts=facts, topics=list(row[0] or []), behavioral_codes=list(row[1] or []),
+                                   analyzer="worker")
+        return {"alerts": {"worker (stored)": alerts}, "analysis": analysis, "analyses": {}}, utts
+
+    def worker_cpu_s(self) -> float:
+        stat = Path(f"/proc/{self.worker.pid}/stat").read_text()
+        f = stat[stat.rindex(")") + 2:].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+        import subprocess
+
+        if self.worker is not None and self.worker.poll() is None:
+            self.worker.send_signal(signal.SIGTERM)
+            try:
+                self.worker.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
+                self.worker.wait(timeout=10)
+        if self.bridge is not None:
+            self.bridge.stop()
+        if self.db is not None:
+            self.db.close()
+        if self.settings is not None:
+            _drop_run_topics_and_collections(self.settings, self.prefix, self.collections)
+
+
+class socket_free_port:
+    """A free TCP port on 127.0.0.1 (``with socket_free_port() as port``)."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self._s = socket.socket()
+        self._s.bind(("127.0.0.1", 0))
+        return self._s.getsockname()[1]
+
+    def __exit__(self, *exc: Any) -> None:
+        self._s.close()
+
+
+def _drop_run_topics_and_collections(settings: Any, prefix: str, collections: tuple[str, ...]) -> None:
+    import weaviate
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="lupita-bench-understanding")
+    try:
+        doomed = [t for t in admin.list_topics() if t.startswith(prefix)]
+        if doomed:
+            admin.delete_topics(doomed)
+    finally:
+        admin.close()
+    client = weaviate.connect_to_custom(
+        http_host=settings.weaviate_host, http_port=settings.weaviate_http_port, http_secure=False,
+        grpc_host=settings.weaviate_host, grpc_port=settings.weaviate_grpc_port, grpc_secure=False)
+    try:
+        for name in collections:
+            client.collections.delete(name)
+    finally:
+        client.close()
+
+
+def evaluate_pipeline(calls: list[Call], *, models: Models | None = None, workdir: Path,
+                      worker_env: dict[str, str] | None = None,
+                      progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Three columns over ``calls``: ``baseline`` (the script's text through the cores),
+    ``audio`` (the cores on the ASR cache: VAD → ASR in this process, as ``--path core``) and
+    ``pipeline`` (bridge → Kafka → worker → stores, read back), scored alike."""
+    models = models or load_models()
+    say = progress or (lambda m: None)
+    scores = {"baseline": Score(), "audio": Score(), "pipeline": Score()}
+    cached = 0
+    t0 = time.perf_counter()
+    rendered = [corpus.render(c) for c in calls]
+    with Pipeline(workdir, worker_env=worker_env, progress=say) as pipe:
+        say(f"worker ready ({time.perf_counter() - t0:.0f} s); topics {pipe.prefix}*")
+        cpu0 = pipe.worker_cpu_s()
+        t_send = time.perf_counter()
+        ids = []
+        for k, r in enumerate(rendered):
+            ids.append(pipe.send(r, k))
+            say(f"sent {k + 1}/{len(calls)} {ids[-1]} ({time.perf_counter() - t0:.0f} s)")
+        # meanwhile: the same calls through the cores (transcripts from the ASR cache)
+        for call, r in zip(calls, rendered):
+            base_utts = script_utterances(r)
+            score_call(scores["baseline"], call, understand(models, call.call_id, base_utts), utts=base_utts,
+                       finals=None, rendered=r)
+            finals, hit = transcribe_call(models, r, use_cache=True)
+            cached += hit
+            utts, words = asr_utterances(call, finals)
+            score_call(scores["audio"], call, understand(models, call.call_id, utts, words), utts=utts,
+                       finals=finals, rendered=r)
+        say(f"cores done ({time.perf_counter() - t0:.0f} s); waiting for the worker")
+        pipe.wait_processed(ids, timeout=300 + 120 * len(ids))
+        pipeline_s = time.perf_counter() - t_send
+        cpu = pipe.worker_cpu_s() - cpu0
+        finals_of = pipe.finals(ids)
+        for call, r, cid in zip(calls, rendered, ids):
+            res, utts = pipe.read_back(cid)
+            score_call(scores["pipeline"], call, res, utts=utts, finals=finals_of[cid], rendered=r)
+    return {"baseline": summary(scores["baseline"]), "audio": summary(scores["audio"]),
+            "pipeline": summary(scores["pipeline"]), "asr_cached_calls": cached,
+            "pipeline_wall_s": pipeline_s, "pipeline_worker_cpu_s": cpu,
+            "audio_s": float(sum(len(r.stereo) for r in rendered) / RATE),
+            "person_wer_by_voice": {}, "wall_s": time.perf_counter() - t0}
+
+
 def _fmt(x: Any, pct: bool = False) -> str:
     if x is None:
         return "-"
@@ -686,12 +980,61 @@ def print_report(r: dict[str, Any], path: str) -> None:
                 print(f"[{name}] {col}: false {'; '.join(x['false'])}")
 
 
+PIPELINE_DETECTOR = "word probabilities"  # the cores' detector that gets what the worker's gets
+
+
+def print_pipeline_report(r: dict[str, Any]) -> None:
+    b, a, w = r["baseline"], r["audio"], r["pipeline"]
+    rows = [
+        ("VAD", "frame F1 (10 ms, both legs)", "vad_frame_f1", False),
+        ("ASR", "WER person leg", "wer_person", True),
+        ("ASR", "WER Lupita leg", "wer_lupita", True),
+        ("ASR", "name recall (person leg)", "name_recall", False),
+        ("ASR", "medication recall (person leg)", "medication_recall", False),
+        ("ASR", "empty finals on voiced segments", "empty_finals_on_voiced", True),
+        ("analyzer", "fact precision (type, key, value)", "fact_precision", False),
+        ("analyzer", "fact recall (type, key, value)", "fact_recall", False),
+        ("analyzer", "facts found", "facts_pred", False),
+        ("analyzer", "topic accuracy (share of the call's topics found)", "topic_accuracy", False),
+        ("analyzer", "topic precision", "topic_precision", False),
+        ("analyzer", "calls with no topic", "topics_empty_calls", False),
+        ("analyzer", "code precision", "code_precision", False),
+        ("analyzer", "code recall", "code_recall", False),
+    ]
+    print(f"\npath: pipeline (bridge -> Kafka -> worker -> Postgres/Weaviate/S3, read back) beside the cores on the "
+          f"same calls; {w['calls']} calls ({w['calls'] - w['calm_calls']} with an alert cue, {w['calm_calls']} calm); "
+          f"core ASR from cache for {r['asr_cached_calls']} calls")
+    print(f"pipeline: {r['audio_s']:.0f} s of calls sent at bridge speed, all analysed {r['pipeline_wall_s']:.0f} s "
+          f"after the first was sent; worker CPU {r['pipeline_worker_cpu_s']:.0f} s")
+    head = f"{'stage':<9} {'metric':<50} {'clean text':>11} {'cores':>9} {'pipeline':>9}"
+    print(head)
+    print("-" * len(head))
+    for stage, label, k, pct in rows:
+        print(f"{stage:<9} {label:<50} {_fmt(b[k], pct):>11} {_fmt(a[k], pct):>9} {_fmt(w[k], pct):>9}")
+    ab, aa, aw = (x["alerts"][n] for x, n in ((b, PIPELINE_DETECTOR), (a, PIPELINE_DETECTOR), (w, "worker (stored)")))
+    label = f"recall ({aw['expected']} expected)"
+    print(f"{'alerts':<9} {label:<50} {_fmt(ab['recall']):>11} {_fmt(aa['recall']):>9} {_fmt(aw['recall']):>9}")
+    for label, k in (("false alerts / 100 calls", "false_per_100_calls"),
+                     ("false alerts / 100 calm calls", "false_per_100_calm_calls")):
+        print(f"{'alerts':<9} {label:<50} {ab[k]:>11.1f} {aa[k]:>9.1f} {aw[k]:>9.1f}")
+    print(f"{'alerts':<9} {'raised as to_verify':<50} {ab['to_verify']:>11} {aa['to_verify']:>9} {aw['to_verify']:>9}")
+    print(f"(alerts: the cores' column is the detector given the words' probabilities, as the worker's is)")
+    for col, x in (("cores", aa), ("pipeline", aw)):
+        if x["missed"]:
+            print(f"{col}: missed {', '.join(x['missed'])}")
+        if x["false"]:
+            print(f"{col}: false {'; '.join(x['false'])}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--calls", type=int, default=40, help="how many calls of the corpus (the first N)")
-    p.add_argument("--path", choices=("core",), default="core",
+    p.add_argument("--path", choices=("core", "pipeline"), default="core",
                    help="core: the replay's cores in this process (VadCore -> transcriber -> CallUnderstanding -> "
-                        "analyzer); the bridge -> worker -> stores path is not written yet")
+                        "analyzer); pipeline: also through a real bridge -> Kafka -> worker -> stores, read back from "
+                        "the stores and scored beside the cores on the same calls (slow: use --calls 6-10)")
+    p.add_argument("--worker-env", action="append", default=[], metavar="LUPITA_KEY=VALUE",
+                   help="--path pipeline: an extra setting of the worker (repeatable)")
     p.add_argument("--asr-cache", action="store_true", help="reuse cached transcripts of the same audio and settings")
     p.add_argument("--lupita-leg", choices=("asr", "script"), default="asr",
                    help="script: Lupita's segments (found by the VAD) carry the script's words instead of being "
@@ -714,8 +1057,9 @@ def main(argv: list[str] | None = None) -> int:
         calls.reverse()
     print(f"understanding evaluation: {len(calls)} scripted Spanish calls, espeak-ng voices "
           f"{sorted({c.person_voice[0] for c in calls} | {c.lupita_voice[0] for c in calls})}, 8 kHz telephone band")
-    print(f"path: {args.path} (the replay's cores in one process: VadCore -> transcriber -> "
-          f"CallUnderstanding.on_final/AlertDetector -> analyzer; no Kafka, no stores)")
+    if args.path == "core":
+        print("path: core (the replay's cores in one process: VadCore -> transcriber -> "
+              "CallUnderstanding.on_final/AlertDetector -> analyzer; no Kafka, no stores)")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared; "
           f"load average {os.getloadavg()[0]:.1f}")
     t = time.perf_counter()
@@ -727,9 +1071,23 @@ def main(argv: list[str] | None = None) -> int:
         models.save_key, models.asr_key = models.asr_key, args.asr_key
     if args.lupita_leg == "script":
         print("Lupita's leg: VAD only; her segments carry the script's words (not transcribed)")
-    r = evaluate(calls, models=models, use_asr_cache=args.asr_cache, lupita_asr=args.lupita_leg == "asr",
-                 progress=lambda m: print("  " + m, file=sys.stderr, flush=True))
-    print_report(r, args.path)
+    say = lambda m: print("  " + m, file=sys.stderr, flush=True)  # noqa: E731
+    if args.path == "pipeline":
+        import tempfile
+
+        env = {}
+        for item in args.worker_env:
+            k, eq, v = item.partition("=")
+            if not k.startswith("LUPITA_") or not eq:
+                p.error(f"--worker-env {item!r}: expected LUPITA_KEY=VALUE")
+            env[k] = v
+        with tempfile.TemporaryDirectory(prefix="lupita-und-bench-") as tmp:
+            r = evaluate_pipeline(calls, models=models, workdir=Path(tmp), worker_env=env, progress=say)
+        print_pipeline_report(r)
+    else:
+        r = evaluate(calls, models=models, use_asr_cache=args.asr_cache, lupita_asr=args.lupita_leg == "asr",
+                     progress=say)
+        print_report(r, args.path)
     if args.json:
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         out = RESULTS_DIR / f"understanding-{time.strftime('%Y%m%d-%H%M%S')}.json"
