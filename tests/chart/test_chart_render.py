@@ -122,7 +122,8 @@ def test_each_scenario_renders_every_workload_and_its_objects(scenario):
         assert set(by_component(docs, kind)) == set(WORKLOADS), (name, kind)
     if name != "local":  # local: KEDA cannot run on the local cluster, policies do not bind host-network pods
         assert set(by_component(docs, "ScaledObject")) == {"media-bridge", "telephony-gateway", *STAGES}
-        assert set(by_component(docs, "NetworkPolicy")) == set(WORKLOADS)
+        # values-eks runs the migration hook Job, which has its own policy
+        assert set(by_component(docs, "NetworkPolicy")) == {*WORKLOADS, *(["migrations"] if name == "eks" else [])}
         assert set(by_component(docs, "HorizontalPodAutoscaler")) == {"context-api"}
 
 
@@ -427,7 +428,7 @@ def rule_ports(rules: list[dict]) -> set:
 def test_only_the_bridge_the_context_api_and_the_gateway_accept_traffic_besides_metrics_scrapes(helm):
     docs = render(helm, [EKS], ["loadgen.enabled=true"])
     policies = by_component(docs, "NetworkPolicy")
-    assert set(policies) == {*WORKLOADS, "loadgen"}
+    assert set(policies) == {*WORKLOADS, "loadgen", "migrations"}
     for comp, pol in policies.items():
         spec = pol["spec"]
         assert spec["policyTypes"] == ["Ingress", "Egress"]
@@ -453,7 +454,7 @@ def test_only_the_workloads_that_use_a_store_may_reach_it(helm):
                     reach[name].add(comp)
     assert reach == {
         "kafka": {"media-bridge", *STAGES},
-        "postgres": {"recorder", "understanding", "context-api"},
+        "postgres": {"recorder", "understanding", "context-api", "migrations"},
         "weaviate": {"understanding"},
         "s3": {"recorder"},
     }
@@ -633,7 +634,7 @@ def test_every_object_carries_the_release_and_component_labels(scenario):
         assert labels["app.kubernetes.io/instance"] == "lupita" and labels["app.kubernetes.io/name"] == "lupita"
         if d["kind"] in ("Deployment", "Service", "ScaledObject", "ServiceAccount", "PodDisruptionBudget",
                          "NetworkPolicy", "HorizontalPodAutoscaler"):
-            assert labels["app.kubernetes.io/component"] in WORKLOADS, d["metadata"]["name"]
+            assert labels["app.kubernetes.io/component"] in (*WORKLOADS, "migrations"), d["metadata"]["name"]
         if d["kind"] == "Deployment":
             pod_labels = d["spec"]["template"]["metadata"]["labels"]
             assert d["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
@@ -759,7 +760,8 @@ def test_every_reference_between_rendered_objects_resolves(scenario):
     exactly one workload's pods, each scale target and ServiceAccount exists."""
     name, docs = scenario
     deployments = of_kind(docs, "Deployment")
-    pod_labels = {n: d["spec"]["template"]["metadata"]["labels"] for n, d in deployments.items()}
+    pods = {**deployments, **of_kind(docs, "Job")}  # the migration hook Job has its own policy
+    pod_labels = {f"{d['kind']}/{n}": d["spec"]["template"]["metadata"]["labels"] for n, d in pods.items()}
     accounts = set(of_kind(docs, "ServiceAccount"))
 
     def selected(match: dict) -> list[str]:
@@ -867,3 +869,33 @@ def test_each_workload_reads_the_dsn_of_its_own_postgres_role(helm):
     refs = postgres_refs(render(helm, [], ["secrets.postgresProcessor.name=proc-pg"]))
     assert refs["recorder"] == refs["understanding"] == {"name": "proc-pg", "key": "dsn"}
     assert refs["context-api"] == {"name": "lupita-postgres", "key": "dsn"}
+
+
+def test_the_migration_job_reaches_postgres_through_a_policy_that_lives_as_long_as_the_job(helm):
+    """In a namespace that denies all else, the Job's pod gets DNS and Postgres out and nothing in,
+    from a NetworkPolicy hook of the same events, created just before the Job and deleted with it
+    (hook-succeeded: after the hooks succeeded, and by Helm when a later hook of the run fails), so
+    nothing of it is left after an install, an upgrade or an uninstall. No Job, no policy; no
+    policies (the local values: host network), none for the Job either."""
+    values = yaml.safe_load(EKS.read_text())["networkPolicy"]["egress"]
+    docs = render(helm, [EKS])
+    (job,) = [d for d in docs if d["kind"] == "Job"]
+    policy = by_component(docs, "NetworkPolicy")["migrations"]
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "migrations"
+    assert spec["policyTypes"] == ["Ingress", "Egress"] and spec["ingress"] == []
+    assert spec["egress"] == [{"ports": values["dns"]["ports"], "to": values["dns"]["to"]},
+                              {"ports": values["postgres"]["ports"], "to": values["postgres"]["to"]}]
+    # the workloads' policies select other pods only: without this one the Job would be cut off
+    others = [p for c, p in by_component(docs, "NetworkPolicy").items() if c != "migrations"]
+    assert all(p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] != "migrations" for p in others)
+    hook, job_hook = policy["metadata"]["annotations"], job["metadata"]["annotations"]
+    assert hook["helm.sh/hook"] == job_hook["helm.sh/hook"]
+    assert int(hook["helm.sh/hook-weight"]) < int(job_hook["helm.sh/hook-weight"])
+    assert set(hook["helm.sh/hook-delete-policy"].split(",")) == {"before-hook-creation", "hook-succeeded"}
+    # the default values' policies are on, the Job off; local: the Job on, policies off
+    for values_files, sets in (([], []), ([LOCAL], ["migrations.job.enabled=true"]),
+                               ([], ["migrations.job.enabled=true", "networkPolicy.enabled=false"])):
+        assert "migrations" not in by_component(render(helm, values_files, sets), "NetworkPolicy"), sets
+    assert "migrations" in by_component(render(helm, [], ["migrations.job.enabled=true"]), "NetworkPolicy")

@@ -126,13 +126,16 @@ def test_helm_install_becomes_ready_and_uninstall_leaves_nothing(scenario, helm,
     pods = json.loads(kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)["items"]
     assert pods and all(p["status"].get("phase") in ("Running", "Succeeded") for p in pods), \
         [(p["metadata"]["name"], p["status"].get("phase")) for p in pods]
-    # values-eks migrates in a pre-install hook Job (kwok completes Job pods): helm waited for it to
-    # succeed before creating the workloads, then deleted it (hook-succeeded)
+    # values-eks migrates in a pre-install hook Job (kwok completes Job pods), with its own
+    # NetworkPolicy hook just before it: helm waited for the Job to succeed before creating the
+    # workloads, then deleted both (hook-succeeded)
     hooks = [d for d in yaml.safe_load_all(helm("get", "hooks", release, "--namespace", namespace).stdout) if d]
-    migrations = [h for h in hooks if h["kind"] == "Job" and h["metadata"]["name"] == f"{release}-migrations"]
-    assert len(migrations) == (1 if scenario == "eks" else 0), [h["metadata"]["name"] for h in hooks]
-    jobs = json.loads(kubectl("get", "jobs", "-n", namespace, "-o", "json").stdout)["items"]
-    assert not [j["metadata"]["name"] for j in jobs if j["metadata"]["name"].endswith("-migrations")]
+    migrations = sorted(h["kind"] for h in hooks if h["metadata"]["name"] == f"{release}-migrations")
+    assert migrations == (["Job", "NetworkPolicy"] if scenario == "eks" else []), \
+        [(h["kind"], h["metadata"]["name"]) for h in hooks]
+    for kind in ("jobs", "networkpolicies"):
+        items = json.loads(kubectl("get", kind, "-n", namespace, "-o", "json").stdout)["items"]
+        assert not [i["metadata"]["name"] for i in items if i["metadata"]["name"].endswith("-migrations")], kind
 
     helm("uninstall", release, "--namespace", namespace, "--wait", "--timeout", "120s")
     # the garbage collector removes the ReplicaSets and pods after their owners: poll until it has
