@@ -653,10 +653,11 @@ class Pipeline:
     read back from the stores. Topics and collections are removed at the end; the Postgres rows
     and the locked WAVs stay, as the end-to-end test's do (call ids ``bench-und-<run>-<call>``)."""
 
-    def __init__(self, workdir: Path, *, worker_env: dict[str, str] | None = None,
+    def __init__(self, workdir: Path, *, worker_env: dict[str, str] | None = None, log_dir: Path | None = None,
                  progress: Callable[[str], None] | None = None) -> None:
         self.run_id = os.urandom(4).hex()
         self.workdir = workdir
+        self.log_dir = log_dir or workdir  # the bridge's and the worker's logs
         self.extra_env = dict(worker_env or {})
         self.progress = progress or (lambda m: None)
         self.prefix = f"bench-und-{self.run_id}."
@@ -686,7 +687,7 @@ class Pipeline:
         ensure_topics(self.settings)
         self.db = psycopg.connect(self.settings.postgres_dsn.get_secret_value(), autocommit=True)
         env = dict(os.environ, LUPITA_TOPIC_PREFIX=self.prefix)
-        self.bridge = BridgeProcess(self.workdir / "bridge.log", env=env).start()
+        self.bridge = BridgeProcess(self.log_dir / f"bench-und-{self.run_id}-bridge.log", env=env).start()
         with socket_free_port() as port:
             self.metrics_port = port
         wenv = dict(env, **PIPELINE_WORKER_ENV, LUPITA_APP_ID=f"bench-und-{self.run_id}",
@@ -695,7 +696,8 @@ class Pipeline:
                     LUPITA_ASR_THREADS=str(min(2, os.cpu_count() or 1)),
                     LUPITA_WEAVIATE_CONVERSATION_COLLECTION=self.collections[0],
                     LUPITA_WEAVIATE_UTTERANCE_COLLECTION=self.collections[1], **self.extra_env)
-        self._log = open(self.workdir / "worker.log", "wb")
+        self.worker_log = self.log_dir / f"bench-und-{self.run_id}-worker.log"
+        self._log = open(self.worker_log, "wb")
         self.worker = subprocess.Popen([sys.executable, "-m", "stream_processor"], env=wenv,
                                        cwd=Path(__file__).resolve().parents[1], stdout=self._log,
                                        stderr=subprocess.STDOUT)
@@ -704,7 +706,7 @@ class Pipeline:
 
     def _alive(self) -> None:
         if self.worker.poll() is not None:
-            tail = (self.workdir / "worker.log").read_text(errors="replace")[-3000:]
+            tail = self.worker_log.read_text(errors="replace")[-3000:]
             raise RuntimeError(f"the worker exited with {self.worker.returncode}:\n{tail}")
 
     def _ready(self) -> bool:
@@ -725,7 +727,7 @@ class Pipeline:
             if got:
                 return got
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{what}: not within {timeout:.0f} s (worker log {self.workdir / 'worker.log'})")
+                raise TimeoutError(f"{what}: not within {timeout:.0f} s (worker log {self.worker_log})")
             time.sleep(interval)
 
     def send(self, rendered: corpus.Rendered, index: int) -> str:
@@ -834,6 +836,8 @@ class Pipeline:
                 self.worker.wait(timeout=10)
         if self.bridge is not None:
             self.bridge.stop()
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
         if self.db is not None:
             self.db.close()
         if self.settings is not None:
@@ -876,18 +880,19 @@ def _drop_run_topics_and_collections(settings: Any, prefix: str, collections: tu
 
 
 def evaluate_pipeline(calls: list[Call], *, models: Models | None = None, workdir: Path,
-                      worker_env: dict[str, str] | None = None,
+                      worker_env: dict[str, str] | None = None, log_dir: Path | None = None, cores: bool = True,
                       progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Three columns over ``calls``: ``baseline`` (the script's text through the cores),
-    ``audio`` (the cores on the ASR cache: VAD → ASR in this process, as ``--path core``) and
-    ``pipeline`` (bridge → Kafka → worker → stores, read back), scored alike."""
+    ``audio`` (the cores on the ASR cache: VAD → ASR in this process, as ``--path core``; left
+    empty with ``cores=False``) and ``pipeline`` (bridge → Kafka → worker → stores, read back),
+    scored alike."""
     models = models or load_models()
     say = progress or (lambda m: None)
     scores = {"baseline": Score(), "audio": Score(), "pipeline": Score()}
     cached = 0
     t0 = time.perf_counter()
     rendered = [corpus.render(c) for c in calls]
-    with Pipeline(workdir, worker_env=worker_env, progress=say) as pipe:
+    with Pipeline(workdir, worker_env=worker_env, log_dir=log_dir, progress=say) as pipe:
         say(f"worker ready ({time.perf_counter() - t0:.0f} s); topics {pipe.prefix}*")
         cpu0 = pipe.worker_cpu_s()
         t_send = time.perf_counter()
@@ -900,6 +905,8 @@ def evaluate_pipeline(calls: list[Call], *, models: Models | None = None, workdi
             base_utts = script_utterances(r)
             score_call(scores["baseline"], call, understand(models, call.call_id, base_utts), utts=base_utts,
                        finals=None, rendered=r)
+            if not cores:
+                continue
             finals, hit = transcribe_call(models, r, use_cache=True)
             cached += hit
             utts, words = asr_utterances(call, finals)
@@ -910,14 +917,18 @@ def evaluate_pipeline(calls: list[Call], *, models: Models | None = None, workdi
         pipeline_s = time.perf_counter() - t_send
         cpu = pipe.worker_cpu_s() - cpu0
         finals_of = pipe.finals(ids)
+        stored: dict[str, Any] = {}
         for call, r, cid in zip(calls, rendered, ids):
             res, utts = pipe.read_back(cid)
             score_call(scores["pipeline"], call, res, utts=utts, finals=finals_of[cid], rendered=r)
+            stored[call.call_id] = {"finals": finals_of[cid], "utterances": utts, "analysis": res["analysis"],
+                                    "alerts": res["alerts"]["worker (stored)"]}
     return {"baseline": summary(scores["baseline"]), "audio": summary(scores["audio"]),
             "pipeline": summary(scores["pipeline"]), "asr_cached_calls": cached,
             "pipeline_wall_s": pipeline_s, "pipeline_worker_cpu_s": cpu,
             "audio_s": float(sum(len(r.stereo) for r in rendered) / RATE),
-            "person_wer_by_voice": {}, "wall_s": time.perf_counter() - t0}
+            "person_wer_by_voice": {}, "wall_s": time.perf_counter() - t0,
+            "_stored": stored}  # per corpus call: what the worker stored (not written to --json)
 
 
 def _fmt(x: Any, pct: bool = False) -> str:
@@ -1091,6 +1102,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         out = RESULTS_DIR / f"understanding-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        r = {k: v for k, v in r.items() if not k.startswith("_")}
         out.write_text(json.dumps({"path": args.path, "loadavg": os.getloadavg(), **r}, indent=2, default=str))
         print(f"results: {out}")
     return 0
