@@ -106,14 +106,20 @@ class ContextApiSettings(CommonSettings):
     context_api_callback_window_minutes: int = Field(default=30, ge=1, le=1440)
 
     # The callbacks dispatcher (callbacks_due.py): publishes each due pending callback to the
-    # `callbacks.due` topic once. Off in a replica that should not dispatch (any number may: rows
-    # are claimed with SKIP LOCKED). Poll period when idle, rows per transaction, how long one
-    # batch may wait for the broker's acks, and the longest back-off after a Kafka/Postgres failure.
+    # `callbacks.due` topic exactly once (Kafka transactions). Off in a replica that should not
+    # dispatch (any number may run: the one holding a Postgres advisory lock dispatches, the others
+    # stand by). Poll period when idle (also a standby's retry of the lock), rows per transaction,
+    # how long one Kafka step (connect, acks, commit, reconcile) may wait, and the longest back-off
+    # after a Kafka/Postgres failure.
     context_api_callbacks_enabled: bool = True
     context_api_callbacks_poll_interval_seconds: float = Field(default=1.0, gt=0, le=3600)
     context_api_callbacks_batch_size: int = Field(default=50, ge=1, le=1000)
     context_api_callbacks_publish_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     context_api_callbacks_backoff_max_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # The Kafka transactional id every replica's dispatcher shares (a new lock holder fences the
+    # previous one with it); empty: `lupita-context-api-callbacks.<prefixed topic>`. Give two
+    # deployments that share a Kafka cluster and topic name different ids.
+    context_api_callbacks_transactional_id: str = Field(default="", max_length=200, pattern=r"^[A-Za-z0-9._-]*$")
 
     # Postgres: connections kept, connect and statement timeout.
     context_api_db_pool_size: int = Field(default=8, ge=1, le=200)
