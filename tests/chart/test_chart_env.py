@@ -169,7 +169,12 @@ def test_the_services_accept_the_values_the_chart_sets(helm, variant, monkeypatc
     for comp, c in containers(docs):
         env = {}
         for e in c.get("env", []):
-            env[e["name"]] = e["value"] if "value" in e else SECRET_STANDINS.get(e["name"], "standin-token")
+            if "value" in e:
+                env[e["name"]] = e["value"]
+            elif "resourceFieldRef" in e["valueFrom"]:
+                env[e["name"]] = resource_field(c, e["valueFrom"]["resourceFieldRef"])
+            else:
+                env[e["name"]] = SECRET_STANDINS.get(e["name"], "standin-token")
         for key in [k for k in os.environ if k.startswith("LUPITA_")]:
             monkeypatch.delenv(key)
         for key, value in env.items():
@@ -186,6 +191,18 @@ def test_the_services_accept_the_values_the_chart_sets(helm, variant, monkeypatc
                     got = got.get_secret_value() if hasattr(got, "get_secret_value") else got
                     assert str(got).lower() in (value.lower(), str(type(got)(value)).lower()) \
                         or _same_number(got, value) or _same_path(got, value), (variant, comp, name, got, value)
+
+
+def cpu_millis(quantity: str | int | float) -> int:
+    text = str(quantity)
+    return int(text[:-1]) if text.endswith("m") else round(float(text) * 1000)
+
+
+def resource_field(c: dict, ref: dict) -> str:
+    """What the kubelet puts in a downward-API resourceFieldRef of CPU: ceil(limit / divisor)."""
+    assert ref["containerName"] == c["name"] and ref["resource"] == "limits.cpu", ref
+    limit = c["resources"]["limits"]["cpu"]  # without a limit it would be the node's CPU: the chart avoids that
+    return str(-(-cpu_millis(limit) // cpu_millis(ref.get("divisor", "1"))))
 
 
 def literal(c: dict) -> set[str]:

@@ -899,3 +899,36 @@ def test_the_migration_job_reaches_postgres_through_a_policy_that_lives_as_long_
                                ([], ["migrations.job.enabled=true", "networkPolicy.enabled=false"])):
         assert "migrations" not in by_component(render(helm, values_files, sets), "NetworkPolicy"), sets
     assert "migrations" in by_component(render(helm, [], ["migrations.job.enabled=true"]), "NetworkPolicy")
+
+
+def test_the_context_api_starts_one_worker_per_core_of_its_cpu_limit(helm):
+    """contextApi.workers 0 (the default): LUPITA_CONTEXT_API_WORKERS from the downward API, the
+    container's limits.cpu in whole cores rounded up, or 1 without a CPU limit (the downward API would
+    give the node's CPU then); a positive contextApi.workers is used as is; a limit above the
+    setting's 64 is refused."""
+    from context_api.settings import ContextApiSettings
+
+    def workers(values: list[Path], sets: list[str]) -> tuple[dict, dict]:
+        dep = by_component(render(helm, values, sets), "Deployment")["context-api"]
+        c = dep["spec"]["template"]["spec"]["containers"][0]
+        return c, env_of(c)["LUPITA_CONTEXT_API_WORKERS"]
+
+    c, env = workers([EKS], [])
+    limit = yaml.safe_load(EKS.read_text())["contextApi"]["resources"]["limits"]["cpu"]
+    assert c["resources"]["limits"]["cpu"] == limit
+    assert env["valueFrom"] == {"resourceFieldRef": {"containerName": c["name"], "resource": "limits.cpu",
+                                                     "divisor": "1"}}
+    for values in ([], [LOCAL]):
+        c, env = workers(values, [])
+        assert "cpu" not in c["resources"].get("limits", {}) and env.get("value") == "1", values
+    assert workers([EKS], ["contextApi.workers=5"])[1] == {"name": "LUPITA_CONTEXT_API_WORKERS", "value": "5"}
+    assert workers([], ["contextApi.resources.limits.cpu=64"])[1]["valueFrom"]["resourceFieldRef"]["resource"] \
+        == "limits.cpu"
+    assert ContextApiSettings.model_fields["context_api_workers"].metadata  # its bounds are the schema's
+    bounds = {type(m).__name__: m for m in ContextApiSettings.model_fields["context_api_workers"].metadata}
+    assert (bounds["Ge"].ge, bounds["Le"].le) == (1, 64)
+    err = refused(helm, ["contextApi.resources.limits.cpu=64500m"])
+    assert "contextApi.resources.limits.cpu (64500m) would start more than 64 workers" in err, err
+    assert "at '/contextApi/workers'" in refused(helm, ["contextApi.workers=65"])
+    assert "contextApi.settings.LUPITA_CONTEXT_API_WORKERS: the chart sets" in \
+        refused(helm, ["contextApi.settings.LUPITA_CONTEXT_API_WORKERS=2"])
