@@ -548,7 +548,7 @@ async def serve(settings: BridgeSettings) -> int:
     except BaseException:
         await bridge.close()
         raise
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, settings.metrics_host)
     await stop.wait()
     log.info("signal received", extra={"stage": "bridge"})
     await bridge.shutdown()

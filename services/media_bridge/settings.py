@@ -20,7 +20,9 @@ class BridgeSettings(CommonSettings):
     # gRPC listen address; port 0 = pick a free port (tests).
     grpc_host: str = "0.0.0.0"
     grpc_port: int = Field(default=50061, ge=0, le=65535)
-    # Prometheus /metrics port (0 = disabled).
+    # Prometheus /metrics listen address and port (0 = disabled). Under host networking set the
+    # address to the node's (the chart: status.hostIP), else it listens on every node address.
+    metrics_host: str = "0.0.0.0"
     metrics_port: int = Field(default=9101, ge=0, le=65535)
     # Audio per Kafka record and leg: a chunk closes once it holds >= chunk_ms. 20 = one record
     # per 20 ms frame (the benchmark's baseline).

@@ -555,7 +555,7 @@ def test_eventbridge_reaches_the_gateway_s_control_port_over_tls_through_its_loa
     assert {"ipBlock": {"cidr": "10.20.0.0/16"}} in ingress["websocket"]
 
 
-LISTEN_ADDRESS = {"media-bridge": ["LUPITA_GRPC_HOST"], "context-api": ["LUPITA_CONTEXT_API_HOST"],
+LISTEN_ADDRESS = {"media-bridge": ["LUPITA_GRPC_HOST", "LUPITA_METRICS_HOST"], "context-api": ["LUPITA_CONTEXT_API_HOST"],
                   "telephony-gateway": ["LUPITA_GATEWAY_HOST", "LUPITA_GATEWAY_METRICS_HOST"],
                   **{s: ["LUPITA_METRICS_HOST"] for s in STAGES}}
 
