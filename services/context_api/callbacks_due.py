@@ -168,6 +168,7 @@ class Dispatcher:
         self.timeout = settings.context_api_callbacks_publish_timeout_seconds
         self._conn: psycopg.AsyncConnection | None = None
         self._holder = False
+        self._in_doubt_checked = False  # since the lock was taken
         self._standby_logged = False
         self._producer: Any = None
         self._topic_ready = False
@@ -207,7 +208,7 @@ class Dispatcher:
                     self._standby_logged = True
                     log.info("callbacks dispatcher standing by", extra={"stage": "callbacks", "topic": self.topic})
                 return None
-            self._holder, self._standby_logged = True, False
+            self._holder, self._standby_logged, self._in_doubt_checked = True, False, False
             await self._drop_producer()  # a new holder fences its predecessors with a fresh producer
             log.info("callbacks dispatcher holds the lock", extra={"stage": "callbacks", "topic": self.topic})
         return conn
@@ -287,8 +288,12 @@ class Dispatcher:
             await self._backlog(await self._connection())
             return 0
         producer = await self._kafka()
-        if (await (await conn.execute(_IN_DOUBT)).fetchone())[0]:
-            await self._reconcile(conn, producer)
+        if not self._in_doubt_checked:
+            # rows in doubt are left only by a round that failed, and a failed round lets the lock
+            # go: once per lock taken is enough (the claim sends what the reconcile did not find)
+            if (await (await conn.execute(_IN_DOUBT)).fetchone())[0]:
+                await self._reconcile(conn, producer)
+            self._in_doubt_checked = True
         rows = sorted(await (await conn.execute(_CLAIM, (self.settings.context_api_callbacks_batch_size,))).fetchall(),
                       key=lambda r: (r[2], r[0]))
         if not rows:
