@@ -209,7 +209,11 @@ def load_models(detectors: dict[str, Callable[[], Any]] | None = None, *, claude
     # "uncertainty off": every negator and past marker believed, exact words only (the detector
     # before issue 11 §2); "word probabilities": the catalogue's detector given each transcript's
     # word probabilities (what the worker gets once the understanding agent passes them on)
+    # "no approximate phrases": the word-probabilities detector without the approximate reading of
+    # whole cue and exclude phrases (the detector before it, measured in the same run)
     built: dict[str, Any] = {"uncertainty off": AlertDetector(det.catalogue, uncertainty=False), "catalogue": det,
+                             "no approximate phrases": WordsDetector(AlertDetector(det.catalogue,
+                                                                                   approximate_phrases=False)),
                              "word probabilities": WordsDetector(det)}
     for name, make in (detectors or {}).items():
         built[name] = make()
@@ -516,6 +520,9 @@ def score_call(s: Score, call: Call, res: dict[str, Any], *, utts: list[Any], fi
         c["fn"] += len(truth_alerts - got)
         c["fp"] += len(got - truth_alerts)
         c["fp_calm"] += len(got - truth_alerts) if call.kind == CALM else 0
+        sure = {h.cue_id for h in hits if not getattr(h, "to_verify", False)}
+        c["fp_calm_sure"] += len(sure - truth_alerts) if call.kind == CALM else 0
+        c["tp_sure"] += len(sure & truth_alerts)
         c["to_verify"] += sum(bool(getattr(h, "to_verify", False)) for h in hits)
         s.missed[name] += [f"{call.call_id}:{x}" for x in sorted(truth_alerts - got)]
         s.false[name] += [f"{call.call_id}:{h.cue_id} «{h.evidence.text[h.evidence.char_start:h.evidence.char_end]}»"
@@ -589,6 +596,8 @@ def summary(s: Score) -> dict[str, Any]:
             "recall": ratio(c["tp"], c["tp"] + c["fn"]), "expected": c["tp"] + c["fn"],
             "false_per_100_calls": 100 * c["fp"] / max(1, s.calls),
             "false_per_100_calm_calls": 100 * c["fp_calm"] / max(1, s.calm_calls),
+            "recall_sure": ratio(c["tp_sure"], c["tp"] + c["fn"]),
+            "false_sure_per_100_calm_calls": 100 * c["fp_calm_sure"] / max(1, s.calm_calls),
             "to_verify": c["to_verify"], "missed": s.missed[name], "false": s.false[name],
         }
     return out
@@ -970,12 +979,16 @@ def print_report(r: dict[str, Any], path: str) -> None:
         ab, aa = b["alerts"][name], a["alerts"][name]
         labels = (f"[{name}] recall ({aa['expected']} expected)", f"[{name}] false alerts / 100 calls",
                   f"[{name}] false alerts / 100 calm calls", f"[{name}] raised as to_verify")
+        sure = (f"[{name}] recall, sure alerts only", f"[{name}] false sure alerts / 100 calm calls")
         print(f"{'alerts':<9} {labels[0]:<50} {_fmt(ab['recall']):>11} {_fmt(aa['recall']):>9}")
         print(f"{'alerts':<9} {labels[1]:<50} {ab['false_per_100_calls']:>11.1f} {aa['false_per_100_calls']:>9.1f}")
         print(f"{'alerts':<9} {labels[2]:<50} {ab['false_per_100_calm_calls']:>11.1f} "
               f"{aa['false_per_100_calm_calls']:>9.1f}")
         if aa["to_verify"] or ab["to_verify"]:
             print(f"{'alerts':<9} {labels[3]:<50} {ab['to_verify']:>11} {aa['to_verify']:>9}")
+            print(f"{'alerts':<9} {sure[0]:<50} {_fmt(ab['recall_sure']):>11} {_fmt(aa['recall_sure']):>9}")
+            print(f"{'alerts':<9} {sure[1]:<50} {ab['false_sure_per_100_calm_calls']:>11.1f} "
+                  f"{aa['false_sure_per_100_calm_calls']:>9.1f}")
     for name in a.get("analyzers", {}):
         ab, aa = b["analyzers"][name], a["analyzers"][name]
         for label, k in (("fact precision", "fact_precision"), ("fact recall", "fact_recall"),
@@ -1029,6 +1042,8 @@ def print_pipeline_report(r: dict[str, Any]) -> None:
                      ("false alerts / 100 calm calls", "false_per_100_calm_calls")):
         print(f"{'alerts':<9} {label:<50} {ab[k]:>11.1f} {aa[k]:>9.1f} {aw[k]:>9.1f}")
     print(f"{'alerts':<9} {'raised as to_verify':<50} {ab['to_verify']:>11} {aa['to_verify']:>9} {aw['to_verify']:>9}")
+    print(f"{'alerts':<9} {'false sure alerts / 100 calm calls':<50} {ab['false_sure_per_100_calm_calls']:>11.1f} "
+          f"{aa['false_sure_per_100_calm_calls']:>9.1f} {aw['false_sure_per_100_calm_calls']:>9.1f}")
     print(f"(alerts: the cores' column is the detector given the words' probabilities, as the worker's is)")
     for col, x in (("cores", aa), ("pipeline", aw)):
         if x["missed"]:

@@ -73,7 +73,7 @@ _CUE_KEYS = {"id", "severity", "description", "patterns", "exclude", "past_resol
 _TOP_KEYS = {"version", "language", "negators", "negation_window", "past_markers", "recent_markers", "cues",
              "uncertainty"}
 _UNCERTAINTY_KEYS = {"severities", "word_probability_below", "utterance_confidence_below", "negator_lookalikes",
-                     "approximate_min_length"}
+                     "approximate_min_length", "approximate_phrase_min_score"}
 
 Status = Literal["hit", "negated", "past", "excluded"]
 
@@ -198,13 +198,24 @@ class Uncertainty:
     neighbouring word it spells one of ``negator_lookalikes`` ("a no che" is "anoche", "no mas"
     is "nomás"). The match is then raised with ``to_verify``. Words of at least
     ``approximate_min_length`` letters one edit away from a catalogue word are read as that word
-    (the hit is ``to_verify`` too); 0 turns that off."""
+    (the hit is ``to_verify`` too); 0 turns that off.
+
+    ``approximate_phrase_min_score`` (0 = off) reads whole cue phrases approximately, for cues of
+    ``severities`` that no pattern matched exactly: a phrase of a pattern (its literal expansions,
+    with two or more words of 4+ letters) is found when every such word is heard as a word that
+    sounds alike (Spanish sound key, :func:`~stream_processor.models.analyzer.lexicon.sound`;
+    character similarity of the keys >= 0.8), at most one short word is another short word, and
+    the phrase's mean similarity is at least the score ("me huele mucho en fecho" is read as "me
+    duele ... el pecho"). Such a hit is ``to_verify``, and goes through the same exclusions,
+    negators and past markers. An ``exclude`` phrase found only approximately ("me caigo me dueño"
+    for "me caigo de sueño") does not drop a match: it makes it ``to_verify``."""
 
     severities: frozenset[str] = frozenset({"critical", "high"})
     word_probability_below: float = 0.5
     utterance_confidence_below: float = 0.5
     negator_lookalikes: frozenset[str] = frozenset()
     approximate_min_length: int = 6
+    approximate_phrase_min_score: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -352,6 +363,11 @@ def _parse_uncertainty(source: str, raw: Any) -> Uncertainty | None:
     if isinstance(n, bool) or not isinstance(n, int) or not (n == 0 or 4 <= n <= 30):
         raise _fail(source, "uncertainty.approximate_min_length", f"must be 0 (off) or an integer in [4, 30], got {n!r}")
     out["approximate_min_length"] = n
+    ps = raw.get("approximate_phrase_min_score", 0.0)
+    if isinstance(ps, bool) or not isinstance(ps, (int, float)) or not (ps == 0 or 0.5 <= ps <= 1):
+        raise _fail(source, "uncertainty.approximate_phrase_min_score",
+                    f"must be 0 (off) or a number in [0.5, 1], got {ps!r}")
+    out["approximate_phrase_min_score"] = float(ps)
     return Uncertainty(**out)
 
 
@@ -417,11 +433,18 @@ class AlertDetector:
     state besides the compiled catalogue).
     """
 
-    def __init__(self, catalogue: Catalogue | None = None, *, uncertainty: bool = True) -> None:
+    def __init__(self, catalogue: Catalogue | None = None, *, uncertainty: bool = True,
+                 approximate_phrases: bool = True) -> None:
         self.catalogue = catalogue or load_catalogue()
         cat = self.catalogue
         # uncertainty=False: the catalogue's ``uncertainty`` is ignored (every negator is believed)
         self.uncertainty = cat.uncertainty if uncertainty else None
+        # approximate_phrases=False: no cue or exclude phrase is read approximately (for comparison)
+        score = self.uncertainty.approximate_phrase_min_score if self.uncertainty is not None else 0.0
+        self._phrase_score = score if approximate_phrases else 0.0
+        self._phrases = {c.id: _phrases(c.patterns) for c in cat.cues} if self._phrase_score else {}
+        self._excl_phrases = {c.id: _phrases(c.exclude) for c in cat.cues} if self._phrase_score else {}
+        self._sim: dict[tuple[str, str], float] = {}
         self._vocab, self._known = _vocabulary(cat)
         self._near: dict[str, str | None] = {}  # word heard -> the cue word it is read as (None: none)
         self._cues = tuple(
@@ -478,10 +501,17 @@ class AlertDetector:
             norm, idx, fixes = self._approximate(norm, idx, unc.approximate_min_length)
         probs = _token_probabilities(norm, words) if unc is not None and words else None
         out: list[tuple[int, CueMatch]] = []
+        tokens: list[tuple[int, str]] | None = None  # (offset, token) of norm, for approximate phrases
         for cc in self._cues:
             excl_spans: list[tuple[int, int]] | None = None
-            for m in cc.regex.finditer(norm):
-                a, b = m.start(), m.end()
+            found: list[tuple[int, int, str]] = [(m.start(), m.end(), "") for m in cc.regex.finditer(norm)]
+            approx = (not found and self._phrase_score > 0 and unc is not None
+                      and cc.cue.severity in unc.severities and bool(self._phrases.get(cc.cue.id)))
+            if approx:
+                tokens = tokens if tokens is not None else _tokens(norm)
+                found = [(a, b, f"heard '{norm[a:b]}', read as '{phrase}'")
+                         for a, b, phrase in self._find_phrases(tokens, self._phrases[cc.cue.id])]
+            for a, b, approx_doubt in found:
                 status: Status = "hit"
                 reason = ""
                 if cc.exclude is not None:
@@ -491,9 +521,15 @@ class AlertDetector:
                         if ea < b and a < eb:
                             status, reason = "excluded", norm[ea:eb]
                             break
-                doubts: list[str] = []
+                doubts: list[str] = [approx_doubt] if approx_doubt else []
+                if status == "hit" and self._excl_phrases.get(cc.cue.id):
+                    tokens = tokens if tokens is not None else _tokens(norm)
+                    for ea, eb, phrase in self._find_phrases(tokens, self._excl_phrases[cc.cue.id]):
+                        if ea < b and a < eb:
+                            doubts.append(f"'{norm[ea:eb]}' resembles the figurative '{phrase}'")
+                            break
                 if status == "hit":
-                    neg, at = self._negator_before(norm, a, m.group(0))
+                    neg, at = self._negator_before(norm, a, norm[a:b])
                     if neg:
                         doubt = self._doubt(cc.cue, norm, at, at + len(neg), probs, confidence, negator=True)
                         if doubt:
@@ -586,6 +622,107 @@ class AlertDetector:
             return f"doubtful (utterance confidence {confidence:.2f})"
         return ""
 
+    def _similar(self, heard: str, word: str) -> float:
+        """How alike a heard word and a phrase word sound: 1.0 (equal sound keys), the character
+        similarity (of the sound keys or of the words, the higher) when both have 4+ letters and it
+        is >= 0.8, 0.5 for a short word heard as another short word, else 0."""
+        if heard == word:
+            return 1.0
+        key = (heard, word)
+        got = self._sim.get(key)
+        if got is None:
+            from rapidfuzz import fuzz
+
+            from stream_processor.models.analyzer.lexicon import sound
+
+            if len(word) < 4 or len(heard) < 4:
+                got = 0.5 if (len(word) < 4 and len(heard) < 4 and heard.isalpha()) else 0.0
+            else:
+                a, b = sound(heard), sound(word)
+                r = 1.0 if a == b else max(fuzz.ratio(a, b), fuzz.ratio(heard, word)) / 100.0
+                got = r if r >= 0.8 else 0.0
+            if len(self._sim) < 200_000:
+                self._sim[key] = got
+        return got
+
+    def _find_phrases(self, tokens: list[tuple[int, str]],
+                      phrases: Sequence[tuple[str, ...]]) -> list[tuple[int, int, str]]:
+        """Approximate occurrences of the phrases in the tokens: (start, end) in norm, the phrase;
+        the best-scoring phrase per start, non-overlapping, in text order."""
+        words = [t for _, t in tokens]
+        heard = {w for w in words if len(w) >= 4}
+        present: dict[str, bool] = {}  # a phrase's long word -> some heard word is alike
+        best: dict[int, tuple[float, int, str]] = {}
+        for phrase in phrases:
+            for w in phrase:
+                if len(w) >= 4 and w != "…" and present.setdefault(
+                        w, w in heard or any(self._similar(h, w) > 0 for h in heard)) is False:
+                    break
+            else:
+                self._phrase_at(words, phrase, best)
+        out: list[tuple[int, int, str]] = []
+        last = -1
+        for i in sorted(best):
+            score, end, phrase = best[i]
+            if i <= last:
+                continue
+            a = tokens[i][0]
+            b = tokens[end][0] + len(tokens[end][1])
+            out.append((a, b, phrase))
+            last = end
+        return out
+
+    def _phrase_at(self, words: list[str], phrase: tuple[str, ...], best: dict[int, tuple[float, int, str]]) -> None:
+        """Each start where the phrase aligns with a score of at least the minimum -> best (score,
+        last token, phrase)."""
+        for i in range(len(words)):
+            got = self._align(words, i, phrase)
+            if got is None:
+                continue
+            score, end = got
+            if score >= self._phrase_score and score > best.get(i, (0.0, 0, ""))[0]:
+                best[i] = (score, end, " ".join(phrase))
+
+    def _align(self, words: list[str], i: int, phrase: tuple[str, ...]) -> tuple[float, int] | None:
+        """Phrase words (``…`` = a gap of up to 3 words) against the tokens from ``i`` on: (mean
+        similarity of the phrase's words of 4+ letters, index of the last token) of the best
+        alignment, or None. Every word must be alike (see :meth:`_similar`), at most one short
+        word replaced by another; a pause may stand between two words, a sentence end may not."""
+        best: tuple[float, int] | None = None
+
+        def go(j: int, k: int, total: float, n: int, shorts: int, first: bool) -> None:
+            nonlocal best
+            if j == len(phrase):
+                score = total / n
+                if best is None or score > best[0]:
+                    best = (score, k - 1)
+                return
+            w = phrase[j]
+            if w == "…":
+                for skip in range(0, 4):
+                    kk = k + skip
+                    if kk > len(words) or any(t == "." for t in words[k:kk]):
+                        break
+                    if skip and words[kk - 1] == ",":
+                        continue
+                    go(j + 1, kk, total, n, shorts, False)
+                return
+            if not first and k < len(words) and words[k] == ",":
+                k += 1
+            if k >= len(words) or words[k] in (".", ","):
+                return
+            sim = self._similar(words[k], w)
+            if sim <= 0:
+                return
+            short = len(w) < 4
+            short_sub = sim < 1 and short
+            if short_sub and shorts >= 1:
+                return
+            go(j + 1, k + 1, total + (0.0 if short else sim), n + (0 if short else 1), shorts + short_sub, False)
+
+        go(0, i, 0.0, 0, 0, True)
+        return best
+
     def _approximate(self, norm: str, idx: list[int], min_len: int) -> tuple[str, list[int], list[tuple[int, int, str, str]]]:
         """Words of ``min_len`` letters or more one edit away from a catalogue word (and not
         catalogue words themselves) replaced by it; the index map follows."""
@@ -664,6 +801,91 @@ def _nearest(tok: str, vocab: dict[int, tuple[str, ...]], min_len: int) -> str |
     found = [w for n in (len(tok) - 1, len(tok), len(tok) + 1) if n >= min_len for w in vocab.get(n, ())
              if _within_one(tok, w) and tok != w + "s" and w != tok + "s"]
     return found[0] if len(found) == 1 else None
+
+
+def _tokens(norm: str) -> list[tuple[int, str]]:
+    """(offset, token) of the normalised text's tokens (words, ``.`` and ``,``)."""
+    out = []
+    pos = 0
+    for t in norm.split(" "):
+        if t:
+            out.append((pos, t))
+        pos += len(t) + 1
+    return out
+
+
+class _Unsupported(Exception):
+    pass
+
+
+_PHRASE_LIMIT = 256  # literal expansions per pattern at most; a pattern with more is not approximated
+
+
+def _expand(pattern: str) -> list[str]:
+    """The literal strings a (folded) catalogue pattern stands for: groups of alternatives, ``?``
+    after a character or a group, `` ... `` gaps (kept as ``…``). Raises :class:`_Unsupported` for
+    any other regular-expression construct, or past :data:`_PHRASE_LIMIT` expansions."""
+    p = pattern
+    pos = 0
+
+    def seq() -> list[str]:
+        nonlocal pos
+        outs = [""]
+        while pos < len(p) and p[pos] not in ")|":
+            if p.startswith("...", pos):
+                part, pos = [" … "], pos + 3
+            elif p[pos] == "(":
+                if p.startswith("(?", pos):
+                    raise _Unsupported
+                pos += 1
+                part = alt()
+                if pos >= len(p) or p[pos] != ")":
+                    raise _Unsupported
+                pos += 1
+            elif p[pos].isalnum() or p[pos] == " ":
+                part, pos = [p[pos]], pos + 1
+            else:
+                raise _Unsupported
+            if pos < len(p) and p[pos] == "?":
+                pos += 1
+                part = [*part, ""]
+            outs = [a + b for a in outs for b in part]
+            if len(outs) > _PHRASE_LIMIT:
+                raise _Unsupported
+        return outs
+
+    def alt() -> list[str]:
+        nonlocal pos
+        outs = seq()
+        while pos < len(p) and p[pos] == "|":
+            pos += 1
+            outs += seq()
+        return outs
+
+    out = alt()
+    if pos != len(p):
+        raise _Unsupported
+    return out
+
+
+def _phrases(patterns: Iterable[str]) -> tuple[tuple[str, ...], ...]:
+    """The literal phrases of the patterns worth reading approximately: two or more words of 4+
+    letters (a single long word is :meth:`AlertDetector._approximate`'s business)."""
+    out: set[tuple[str, ...]] = set()
+    for p in patterns:
+        try:
+            expansions = _expand(fold(p.strip()))
+        except _Unsupported:
+            continue
+        for e in expansions:
+            words = tuple(w for w in e.split() if w)
+            while words and words[-1] == "…":
+                words = words[:-1]
+            while words and words[0] == "…":
+                words = words[1:]
+            if sum(len(w) >= 4 for w in words if w != "…") >= 2:
+                out.add(words)
+    return tuple(sorted(out))
 
 
 def _token_probabilities(norm: str, words: Sequence[tuple[str, float | None]]) -> dict[int, float] | None:

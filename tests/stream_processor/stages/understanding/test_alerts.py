@@ -385,10 +385,69 @@ def test_cue_words_heard_one_edit_away_are_read_and_marked_to_verify(detector):
     assert hit.evidence.text[hit.evidence.char_start:hit.evidence.char_end] == "no puedo respriar"
     [hit] = detector.scan(heard("necesito una ambulansia", 0.9))
     assert hit.cue_id == "help_request" and hit.to_verify
-    # short words are not guessed, and a plural of a catalogue word is a word of its own
-    assert detector.scan(heard("me duele el pecjo", 0.9)) == []
+    # one short word alone is not guessed (a whole phrase may be: see the approximate phrases)
+    words_only = AlertDetector(load_catalogue(), approximate_phrases=False)
+    assert words_only.scan(heard("me duele el pecjo", 0.9)) == []
     [m] = detector.matches("hace muchos años me caí")
     assert m.status == "past" and "muchos" in m.reason
+
+
+def test_a_cue_phrase_heard_approximately_is_raised_to_verify_with_what_was_heard(detector):
+    # every long word of the phrase sounds alike ("pesho" for "pecho"; "mober"/"braso" spell the
+    # same sounds): raised, to verify, with the words heard and the phrase they were read as
+    [hit] = detector.scan(heard("ay me duele mucho el pesho", 0.9))
+    assert (hit.cue_id, hit.severity, hit.to_verify) == ("chest_pain", "critical", True)
+    assert "heard 'me duele mucho el pesho', read as 'me duele … el pecho'" in hit.verification
+    assert hit.evidence.text[hit.evidence.char_start:hit.evidence.char_end] == "me duele mucho el pesho"
+    [hit] = detector.scan(heard("Ya no puedo mober el braso.", 0.9))
+    assert (hit.cue_id, hit.to_verify) == ("stroke_signs", True)
+    # one short word heard as another is tolerated, a second one is not
+    assert [h.cue_id for h in detector.scan(heard("tengo un dolor fuerte en la pecho", 0.9))] == ["chest_pain"]
+    assert detector.scan(heard("tengo un dolor fuerte un la pecho", 0.9)) == []
+
+
+def test_an_approximate_phrase_needs_every_long_word_alike(detector):
+    for text in ("me duele la espalda", "me huele a tierra mojada", "el pecho del pollo", "me fui al pueblo ayer",
+                 "no puedo mover el carro"):
+        assert detector.scan(heard(text, 0.9)) == [], text
+
+
+def test_an_approximate_phrase_goes_through_the_negators_and_past_markers(detector):
+    assert [m.status for m in detector.matches("no me duele nada el pesho", confidence=0.95)] == ["negated"]
+    [m] = detector.matches("hace muchos años me duele el pesho", confidence=0.95)
+    assert m.status == "past"
+    # a doubtful negator does not drop it either: both doubts are in the evidence
+    [m] = detector.matches("no me duele el pesho", confidence=0.2)
+    assert (m.status, m.to_verify) == ("hit", True)
+    assert "negator 'no'" in m.verification and "read as" in m.verification
+
+
+def test_a_figurative_phrase_heard_approximately_makes_the_cue_to_verify_not_dropped(detector):
+    assert detector.scan(heard("me caigo de sueño", 0.9)) == []  # heard as written: excluded
+    [hit] = detector.scan(heard("me caigo di sueño", 0.9))
+    assert (hit.cue_id, hit.to_verify) == ("fall", True)
+    assert "resembles the figurative 'me caigo de sueno'" in hit.verification
+
+
+def test_approximate_phrases_off(raw_catalogue):
+    plain = AlertDetector(load_catalogue(), approximate_phrases=False)
+    assert plain.scan(heard("ay me duele mucho el pesho", 0.9)) == []
+    assert [h.to_verify for h in plain.scan(heard("me caigo di sueño", 0.9))] == [False]
+    data = copy.deepcopy(raw_catalogue)
+    data["uncertainty"]["approximate_phrase_min_score"] = 0
+    assert AlertDetector(parse_catalogue(data)).scan(heard("ay me duele mucho el pesho", 0.9)) == []
+
+
+def test_pattern_expansion_covers_groups_and_gaps_and_skips_other_constructs():
+    from stream_processor.stages.understanding.alerts import _expand, _phrases, _Unsupported
+
+    assert sorted(_expand("me (cai|caigo)s?")) == sorted(["me cai", "me cais", "me caigo", "me caigos"])
+    assert [e.split() for e in _expand("me duele ... el pecho")] == [["me", "duele", "…", "el", "pecho"]]
+    with pytest.raises(_Unsupported):
+        _expand("hace (\\w+ ){0,2}anos")
+    # single long words are left to the word-level reading; unsupported patterns are skipped
+    assert _phrases(["auxilio", "hace (\\w+ ){0,2}anos", "me ahogo"]) == ()
+    assert _phrases(["dolor (en el|de) pecho"]) == (("dolor", "de", "pecho"), ("dolor", "en", "el", "pecho"))
 
 
 def test_uncertainty_off_is_the_plain_catalogue(detector):
@@ -412,6 +471,9 @@ def test_alert_hit_stays_backward_compatible():
     (lambda c: c["uncertainty"].update(negator_lookalikes=["a noche"]), "uncertainty.negator_lookalikes"),
     (lambda c: c["uncertainty"].update(approximate_min_length=2), "uncertainty.approximate_min_length"),
     (lambda c: c["uncertainty"].update(fuzzy=True), "unknown key(s) ['fuzzy']"),
+    (lambda c: c["uncertainty"].update(approximate_phrase_min_score=0.3), "uncertainty.approximate_phrase_min_score"),
+    (lambda c: c["uncertainty"].update(approximate_phrase_min_score="0.8"),
+     "uncertainty.approximate_phrase_min_score"),
 ])
 def test_broken_uncertainty_gives_a_precise_error(raw_catalogue, edit, message):
     data = copy.deepcopy(raw_catalogue)
