@@ -28,7 +28,14 @@ Requests are drawn from the people that have Weaviate objects, so the baseline d
 Goal (issue #8): p99 ≤ 25 ms at 300 rps on the 2-core machine; the table shows the highest rate
 tested with p99 ≤ 50 ms. The machine's cores are shared by both servers, Postgres and this driver.
 
+The dispatcher phase (first; ``--dispatcher N``, 0 = skip): ``callbacks.due`` published per second by
+``context_api.callbacks_due`` (exactly once: lock, two short Postgres commits around one Kafka
+transaction) against the at-least-once round it replaced (one Postgres transaction, idempotent
+producer, no Kafka transaction; ``PlainDispatcher`` here), same libraries, same run, alternating,
+in a schema and topic prefix of their own: N due callbacks drained round after round per batch size.
+
     .venv/bin/python bench/context.py                               # 10,000 people; 100/300/1000 rps x 10 s
+    .venv/bin/python bench/context.py --dispatcher-only             # the dispatcher phase alone
     .venv/bin/python bench/context.py --people 2000 --seconds 5     # quicker
     .venv/bin/python bench/context.py --json                        # also bench/results/context-*.json
 """
@@ -341,6 +348,126 @@ def serve_fanout(port: int, dsn: str, collection: str) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
+# --------------------------------------------------------------------------- the callbacks dispatcher
+
+
+class PlainDispatcher:
+    """The baseline of the dispatcher phase: the at-least-once round #8 had before Kafka transactions
+    (one Postgres transaction: claim ``FOR UPDATE SKIP LOCKED``, publish with an idempotent producer,
+    wait for the acks, mark, commit), on the same libraries as ``context_api.callbacks_due``."""
+
+    CLAIM = ("SELECT id, phone_number_hash, scheduled_for, reason, call_id FROM scheduled_callbacks "
+             "WHERE status = 'pending' AND scheduled_for <= now() ORDER BY scheduled_for, id LIMIT %s "
+             "FOR UPDATE SKIP LOCKED")
+    MARK = ("UPDATE scheduled_callbacks SET status = 'dispatched', published_at = %s, kafka_partition = %s, "
+            "kafka_offset = %s, updated_at = now() WHERE id = %s AND status = 'pending'")
+    BACKLOG = "SELECT count(*) FROM scheduled_callbacks WHERE status = 'pending' AND scheduled_for <= now()"
+
+    def __init__(self, settings) -> None:
+        from lupita.topics import CALLBACKS_DUE
+
+        self.settings = settings
+        self.topic = settings.topic(CALLBACKS_DUE)
+        self.conn = self.producer = None
+
+    async def run_once(self) -> int:
+        from datetime import datetime, timezone
+
+        import psycopg
+        from aiokafka import AIOKafkaProducer
+
+        from context_api.callbacks_due import record
+
+        if self.conn is None:
+            self.conn = await psycopg.AsyncConnection.connect(self.settings.postgres_dsn.get_secret_value(),
+                                                              autocommit=True)
+            self.producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all",
+                                             enable_idempotence=True, linger_ms=0)
+            await self.producer.start()
+        async with self.conn.transaction():
+            rows = await (await self.conn.execute(self.CLAIM, (self.settings.context_api_callbacks_batch_size,))).fetchall()
+            at = datetime.now(timezone.utc)
+            futures = [await self.producer.send(self.topic, key=str(r[0]).encode(), value=record(r, at)) for r in rows]
+            for r, m in zip(rows, await asyncio.gather(*futures)):
+                await self.conn.execute(self.MARK, (at, m.partition, m.offset, r[0]))
+        await self.conn.execute(self.BACKLOG)  # as the old round did (the metric's gauge)
+        return len(rows)
+
+    async def aclose(self) -> None:
+        if self.producer is not None:
+            await self.producer.stop()
+        if self.conn is not None:
+            await self.conn.close()
+
+
+def dispatcher_phase(base: str, n: int, batches: list[int], repeats: int) -> list[dict]:
+    """Callbacks dispatched per second, exactly-once (``context_api.callbacks_due``: advisory lock,
+    two Postgres commits around one Kafka transaction) against the at-least-once baseline, in a
+    schema and topic prefix of their own: ``n`` due callbacks inserted, then rounds back to back
+    until none is left, each mode ``repeats`` times, alternating, per batch size."""
+    import psycopg
+    from kafka.admin import KafkaAdminClient
+
+    from context_api.callbacks_due import Dispatcher
+    from context_api.settings import ContextApiSettings
+    from lupita.db import migrate
+    from lupita.topics import CALLBACKS_DUE, ensure_topics
+
+    tag = uuid.uuid4().hex[:8]
+    schema, prefix = f"bench_cb_{tag}", f"bench-cb-{tag}."
+    dsn = psycopg.conninfo.make_conninfo(base, options=f"-c search_path={schema}")
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    out: list[dict] = []
+    try:
+        migrate(dsn)
+        for batch in batches:
+            settings = ContextApiSettings(postgres_dsn=dsn, topic_prefix=prefix, context_api_assistant_id="bench",
+                                          context_api_bearer_tokens=TOKEN, context_api_callbacks_batch_size=batch)
+            ensure_topics(settings, (CALLBACKS_DUE,))
+            for rep in range(repeats):
+                for mode in ("exactly-once", "at-least-once") if rep % 2 == 0 else ("at-least-once", "exactly-once"):
+                    with psycopg.connect(dsn, autocommit=True) as conn:
+                        conn.execute(
+                            "INSERT INTO scheduled_callbacks (phone_number_hash, call_id, scheduled_for, reason) "
+                            "SELECT encode(sha256(gen_random_uuid()::text::bytea), 'hex'), 'bench-' || g, "
+                            "now() - make_interval(secs => g), 'preguntar cómo sigue' FROM generate_series(1, %s) g",
+                            (n,))
+                    d = Dispatcher(settings) if mode == "exactly-once" else PlainDispatcher(settings)
+
+                    async def drain() -> tuple[float, int]:
+                        await d.run_once()  # connect, lock, producer start (and topic check) outside the timing
+                        t0, total = time.perf_counter(), 0
+                        while (k := await d.run_once()) > 0:
+                            total += k
+                        took = time.perf_counter() - t0
+                        await d.aclose()
+                        return took, total
+
+                    took, total = asyncio.run(drain())
+                    with psycopg.connect(dsn, autocommit=True) as conn:
+                        left = conn.execute("SELECT count(*) FROM scheduled_callbacks WHERE status <> 'dispatched'"
+                                            ).fetchone()[0]
+                    level = {"mode": mode, "batch": batch, "callbacks": total, "seconds": round(took, 3),
+                             "per_second": round(total / took, 1) if took else None, "not_dispatched": left,
+                             "load_average_1m": float(Path("/proc/loadavg").read_text().split()[0])}
+                    out.append(level)
+                    print(f"dispatcher {mode:13s} batch {batch:3d}: {total} callbacks in {level['seconds']} s = "
+                          f"{level['per_second']}/s  (not dispatched {left})  load {level['load_average_1m']}",
+                          flush=True)
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=ContextApiSettings(
+                context_api_assistant_id="bench", context_api_bearer_tokens=TOKEN).kafka_bootstrap)
+            admin.delete_topics([prefix + CALLBACKS_DUE])
+            admin.close()
+        except Exception as exc:  # noqa: BLE001
+            print(f"could not delete the topic {prefix}{CALLBACKS_DUE}: {type(exc).__name__}")
+    return out
+
+
 # --------------------------------------------------------------------------- driver
 
 
@@ -465,6 +592,13 @@ def main() -> int:
     ap.add_argument("--workers", default="1", metavar="N[,N...]",
                     help="one profile-path context-api per count, with LUPITA_CONTEXT_API_WORKERS=N (named "
                          "'context-api' for 1, 'context-api xN' otherwise); the fanout-source one keeps 1")
+    ap.add_argument("--dispatcher", type=int, default=2000, metavar="N",
+                    help="callbacks.due dispatcher phase: N due callbacks per run, exactly-once vs at-least-once "
+                         "(0 = skip)")
+    ap.add_argument("--dispatcher-batches", default="50,1", metavar="B[,B...]",
+                    help="dispatcher batch sizes (rows per round); the batch-1 runs use N/10 callbacks")
+    ap.add_argument("--dispatcher-repeats", type=int, default=2, help="runs of each dispatcher mode, alternating")
+    ap.add_argument("--dispatcher-only", action="store_true", help="the dispatcher phase alone (no seed, no HTTP)")
     ap.add_argument("--serve-fanout", nargs=3, metavar=("PORT", "DSN_ENV", "COLLECTION"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_fanout:
@@ -493,6 +627,15 @@ def main() -> int:
     fan_log = None
     results: dict = {"people": args.people, "facts": args.facts, "calls": args.calls,
                      "weaviate_people": args.weaviate_people, "past_conversations": args.past, "levels": []}
+    if args.dispatcher:
+        results["dispatcher"] = []
+        for b in [int(b) for b in args.dispatcher_batches.split(",") if b.strip()]:
+            results["dispatcher"] += dispatcher_phase(base, args.dispatcher if b > 1 else max(1, args.dispatcher // 10),
+                                                      [b], args.dispatcher_repeats)
+    if args.dispatcher_only:
+        results.pop("levels")
+        write_results(results, args.json)
+        return 0
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
     try:
@@ -589,12 +732,16 @@ def main() -> int:
                     client.collections.delete(collection)
             except Exception as exc:  # noqa: BLE001
                 print(f"could not delete the Weaviate collection {collection}: {type(exc).__name__}")
-    if args.json:
+    write_results(results, args.json)
+    return 0
+
+
+def write_results(results: dict, wanted: bool) -> None:
+    if wanted:
         RESULTS_DIR.mkdir(exist_ok=True)
         out = RESULTS_DIR / f"context-{time.strftime('%Y%m%d-%H%M%S')}.json"
         out.write_text(json.dumps(results, indent=2))
         print(f"written {out}")
-    return 0
 
 
 if __name__ == "__main__":
