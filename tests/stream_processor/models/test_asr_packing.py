@@ -97,7 +97,7 @@ def test_a_word_in_the_gap_is_dropped_and_counted_never_guessed(model, monkeypat
              Word("tres", 3.1, 3.5, 0.9), Word("cuatro", 4.0, 4.4, 0.8))  # part 1
     seg = TranscriptSegment(text="uno dos perdida tres cuatro", start=0.2, end=4.4, words=words,
                             avg_logprob=-0.3, no_speech_prob=0.01, compression_ratio=1.2)
-    monkeypatch.setattr(model, "_decode", lambda x, kwargs: ([seg], "es"))
+    monkeypatch.setattr(model, "_decode", lambda x, kwargs: ([seg], "es", False))
     loud = (0.1 * np.sin(np.arange(int(2.0 * 16000)) / 5)).astype(np.float32)
     r0, r1 = model._run_packed([loud, loud[: int(1.5 * 16000)]])
     assert [w.text for w in r0.words] == ["uno", "dos"] and r0.text == "uno dos"
@@ -134,7 +134,7 @@ def test_a_voiced_final_decoded_to_nothing_is_decoded_again(model, segments, mon
     def decode(x, kwargs):
         seen.append((kwargs["vad_filter"], kwargs["no_speech_threshold"]))
         if kwargs["vad_filter"]:
-            return [], "es"  # what faster-whisper gives when it drops the window
+            return [], "es", False  # what faster-whisper gives when it drops the window
         return inner(x, kwargs)
 
     monkeypatch.setattr(model, "_decode", decode)
@@ -155,7 +155,7 @@ def test_line_noise_decoded_to_nothing_is_not_decoded_again(model, monkeypatch):
     white = np.clip(rng.normal(0, 1, RATE * 3) * 8000, -32768, 32767).astype(np.int16)
     noise = band_limit(white, RATE, RATE).astype(np.float32) / 32768 * 0.05
     seen: list[bool] = []
-    monkeypatch.setattr(model, "_decode", lambda x, kwargs: (seen.append(kwargs["vad_filter"]), ([], "es"))[1])
+    monkeypatch.setattr(model, "_decode", lambda x, kwargs: (seen.append(kwargs["vad_filter"]), ([], "es", False))[1])
     r = model.transcribe(noise, RATE)
     assert r.is_empty and seen == [True] and "empty_retry" not in r.guard_actions
 

@@ -168,6 +168,14 @@ class Transcriber(ABC):
         here; the local backend packs them into shared windows when configured to."""
         return [self.transcribe(pcm, rate, vocabulary=vocabulary) for pcm, rate in items]
 
+    def transcribe_batch(self, requests: list[list[tuple[np.ndarray, int]]], *,
+                         vocabulary: tuple[str, ...] = ()) -> list[list[TranscriptResult]]:
+        """:meth:`transcribe_many` of several requests (each the closed segments of one leg; two
+        requests may be two calls: nothing is shared between them but the decode), per request in
+        order. One request after the other here; the local backend decodes their windows in one
+        batched call when configured to."""
+        return [self.transcribe_many(items, vocabulary=vocabulary) for items in requests]
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release clients and models."""
 

@@ -56,6 +56,14 @@ class AsrSettings(CommonSettings):
     asr_encoder_window: Literal["full", "trimmed"] = "full"
     asr_encoder_margin_seconds: float = Field(default=1.0, ge=0, le=30)
     asr_encoder_min_window_seconds: float = Field(default=0.0, ge=0, le=30)
+    # Trimmed window only: a final whose trimmed decode is doubtful (a fallback temperature, a mean
+    # log-probability below asr_encoder_guard_logprob, Whisper's compression-ratio or no-speech
+    # threshold crossed, nothing decoded) is decoded again with the full window.
+    asr_encoder_guard: bool = True
+    asr_encoder_guard_logprob: float = Field(default=-0.8, ge=-10, le=0)
+    # Batching: windows (single segments or packed windows) waiting together, of any leg or call
+    # with the same vocabulary, decoded in one CTranslate2 call, at most this many (1 = one by one).
+    asr_batch_max_windows: int = Field(default=1, ge=1, le=64)
     # Packing: several closed segments of one leg waiting together are decoded in one window of at
     # most this many seconds (0 = every segment on its own), this much silence between two.
     asr_pack_max_seconds: float = Field(default=0.0, ge=0, le=30)

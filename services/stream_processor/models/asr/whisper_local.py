@@ -54,6 +54,7 @@ import hashlib
 import importlib.resources
 import importlib.util
 import logging
+import threading
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -151,6 +152,15 @@ class WhisperOptions:
     encoder_window: Literal["full", "trimmed"] = "full"
     encoder_margin_s: float = 1.0
     encoder_min_window_s: float = 0.0
+    # trimmed window only: a final whose trimmed decode is doubtful (a fallback temperature was
+    # needed, a segment's mean log-probability below encoder_guard_logprob, its compression ratio
+    # or no-speech probability above Whisper's thresholds, or nothing decoded) is decoded again
+    # with the full 30 s window (guard action "full_window")
+    encoder_guard: bool = True
+    encoder_guard_logprob: float = -0.8
+    # batching (transcribe_batch): at most this many windows (single segments or packed windows)
+    # decoded in one CTranslate2 call; 1 = one decode per window
+    batch_max_windows: int = 1
 
     def __post_init__(self) -> None:
         if self.encoder_window not in ("full", "trimmed"):
@@ -163,6 +173,10 @@ class WhisperOptions:
             raise ValueError(f"best_of must be >= 1, got {self.best_of}")
         if not 0.0 <= self.encoder_margin_s <= 30.0:
             raise ValueError(f"encoder_margin_s must be in [0, 30], got {self.encoder_margin_s}")
+        if not 1 <= self.batch_max_windows <= 64:
+            raise ValueError(f"batch_max_windows must be in [1, 64], got {self.batch_max_windows}")
+        if not -10.0 <= self.encoder_guard_logprob <= 0.0:
+            raise ValueError(f"encoder_guard_logprob must be in [-10, 0], got {self.encoder_guard_logprob}")
         if not 0.0 <= self.encoder_min_window_s <= 30.0:
             raise ValueError(f"encoder_min_window_s must be in [0, 30], got {self.encoder_min_window_s}")
 
@@ -234,15 +248,19 @@ class WhisperLocal(Transcriber):
         )
         if not self._model.model.is_multilingual:
             raise ModelFilesError("the packaged Whisper model is not multilingual; Spanish needs the multilingual base")
+        self._local = threading.local()  # per decoding thread: .full_window (the trimmed-window guard)
         if options.encoder_window == "trimmed":
             self._trim_encoder_input(options.encoder_margin_s, options.encoder_min_window_s)
 
     def _trim_encoder_input(self, margin_s: float, min_window_s: float) -> None:
         """Wrap this model's ``encode`` (an instance attribute shadowing ``WhisperModel.encode``,
-        which ``generate_segments`` calls once per 30 s window) so it encodes the trimmed input."""
+        which ``generate_segments`` and the batched pipeline call once per window) so it encodes
+        the trimmed input, unless this thread's decode asked for the full window (the guard)."""
         full_encode = self._model.encode
 
         def encode(features: np.ndarray) -> Any:
+            if getattr(self._local, "full_window", False):
+                return full_encode(features)
             return full_encode(trim_features(features, margin_s=margin_s, min_window_s=min_window_s))
 
         self._model.encode = encode  # type: ignore[method-assign]
@@ -258,18 +276,71 @@ class WhisperLocal(Transcriber):
     def transcribe_many(self, items: list[tuple[np.ndarray, int]], *, vocabulary: tuple[str, ...] = ()) -> list[TranscriptResult]:
         """Finals of several closed segments (of one leg), in order: packed into as few windows of
         at most ``pack_max_seconds`` as fit (see the module docstring), or one by one when packing
-        is off. A segment too long to share a window, or too quiet, is handled on its own."""
+        is off. A segment too long to share a window, or too quiet, is handled on its own. With
+        ``batch_max_windows`` > 1 the windows are decoded together (:meth:`transcribe_batch`)."""
+        return self.transcribe_batch([items], vocabulary=vocabulary)[0]
+
+    def transcribe_batch(self, requests: list[list[tuple[np.ndarray, int]]], *,
+                         vocabulary: tuple[str, ...] = ()) -> list[list[TranscriptResult]]:
+        """Finals of several requests (each: closed segments of one leg, as for
+        :meth:`transcribe_many`), per request in order. Segments are packed only within their
+        request, never across two (two requests may be two calls). With ``batch_max_windows`` > 1
+        the windows of all requests (single segments and packed windows) are decoded
+        ``batch_max_windows`` at a time in one CTranslate2 call, each window its own row of the
+        batch (rows never see each other's audio). A row the batched decode is not sure of (it
+        would have needed Whisper's temperature fallback, the no-speech rule fired, it decoded
+        nothing, or — trimmed window — the window guard doubts it) is decoded again on its own by
+        the per-segment path, with every fallback and guard (guard action ``batch_redecode``)."""
         o = self.options
-        prepared = [to_whisper_input(pcm, rate) for pcm, rate in items]  # every segment validated first
-        out: list[TranscriptResult | None] = [None] * len(items)
-        group: list[int] = []
+        prepared = [[to_whisper_input(pcm, rate) for pcm, rate in items] for items in requests]  # all validated first
+        out: list[list[TranscriptResult | None]] = [[None] * len(xs) for xs in prepared]
+        windows: list[tuple[int, list[int]]] = []  # (request, its segments in one window)
+        for r, xs in enumerate(prepared):
+            for group in self._plan(xs):
+                x = xs[group[0]]
+                if len(group) == 1 and (x.size == 0 or rms_dbfs(x) < o.min_rms_dbfs):
+                    out[r][group[0]] = self._run_prepared(x, partial=False, vocabulary=vocabulary)  # quiet: no decode
+                else:
+                    windows.append((r, group))
+        step = o.batch_max_windows
+        if step > 1:  # a batch row is one 30 s window: a longer segment is decoded on its own (seeking)
+            for r, group in [w for w in windows if self._window_seconds([prepared[w[0]][i] for i in w[1]]) > 30.0]:
+                for i, res in zip(group, self._decode_window([prepared[r][i] for i in group], vocabulary)):
+                    out[r][i] = res
+            windows = [w for w in windows if out[w[0]][w[1][0]] is None]
+        if step <= 1:
+            for r, group in windows:
+                for i, res in zip(group, self._decode_window([prepared[r][i] for i in group], vocabulary)):
+                    out[r][i] = res
+        else:
+            for k in range(0, len(windows), step):
+                chunk = windows[k:k + step]
+                if len(chunk) == 1:
+                    r, group = chunk[0]
+                    for i, res in zip(group, self._decode_window([prepared[r][i] for i in group], vocabulary)):
+                        out[r][i] = res
+                    continue
+                decoded = self._run_batched([[prepared[r][i] for i in group] for r, group in chunk], vocabulary)
+                for (r, group), results in zip(chunk, decoded):
+                    for i, res in zip(group, results):
+                        out[r][i] = res
+        return [[res for res in row if res is not None] for row in out]
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _plan(self, xs: list[np.ndarray]) -> list[list[int]]:
+        """Segments of one request in windows (their indices, in order): consecutive segments
+        packed while they fit ``pack_max_seconds``; alone when packing is off, or a segment is
+        too long to share a window, empty or too quiet."""
+        o = self.options
         groups: list[list[int]] = []
+        group: list[int] = []
         length = 0.0
-        for i, x in enumerate(prepared):
+        for i, x in enumerate(xs):
             seconds = x.size / WHISPER_RATE
             if not o.pack_max_seconds or x.size == 0 or rms_dbfs(x) < o.min_rms_dbfs \
                     or seconds + o.pack_gap_s > o.pack_max_seconds:
-                out[i] = self._run_prepared(x, partial=False, vocabulary=vocabulary)
+                groups.append([i])
                 continue
             if group and length + o.pack_gap_s + seconds > o.pack_max_seconds:
                 groups.append(group)
@@ -278,15 +349,15 @@ class WhisperLocal(Transcriber):
             group.append(i)
         if group:
             groups.append(group)
-        for g in groups:
-            if len(g) == 1:
-                out[g[0]] = self._run_prepared(prepared[g[0]], partial=False, vocabulary=vocabulary)
-            else:
-                for i, r in zip(g, self._run_packed([prepared[i] for i in g], vocabulary=vocabulary)):
-                    out[i] = r
-        return [r for r in out if r is not None]
+        return sorted(groups, key=lambda g: g[0])
 
-    # -- internals -----------------------------------------------------------------------------
+    def _window_seconds(self, parts: list[np.ndarray]) -> float:
+        return (sum(x.size for x in parts) / WHISPER_RATE) + self.options.pack_gap_s * (len(parts) - 1)
+
+    def _decode_window(self, parts: list[np.ndarray], vocabulary: tuple[str, ...]) -> list[TranscriptResult]:
+        if len(parts) == 1:
+            return [self._run_prepared(parts[0], partial=False, vocabulary=vocabulary)]
+        return self._run_packed(parts, vocabulary=vocabulary)
 
     def _decode_kwargs(self, partial: bool, vocabulary: tuple[str, ...] = ()) -> dict[str, Any]:
         o = self.options
@@ -310,20 +381,43 @@ class WhisperLocal(Transcriber):
     def _run(self, pcm: np.ndarray, sample_rate: int, *, partial: bool, vocabulary: tuple[str, ...] = ()) -> TranscriptResult:
         return self._run_prepared(to_whisper_input(pcm, sample_rate), partial=partial, vocabulary=vocabulary)
 
+    def _guarded(self) -> bool:
+        """Whether finals get the trimmed-window guard."""
+        return self.options.encoder_window == "trimmed" and self.options.encoder_guard
+
+    def _trim_doubtful(self, raw: list[TranscriptSegment], fell_back: bool) -> bool:
+        """A trimmed decode the full window should redo: a fallback temperature was needed, nothing
+        was decoded, or a segment's mean log-probability, compression ratio or no-speech
+        probability says Whisper was unsure."""
+        o = self.options
+        return fell_back or not raw or any(
+            s.avg_logprob < o.encoder_guard_logprob or s.compression_ratio > o.compression_ratio_threshold
+            or s.no_speech_prob > o.no_speech_threshold for s in raw)
+
+    def _full_window_decode(self, x: np.ndarray, kwargs: dict[str, Any]) -> tuple[list[TranscriptSegment], str | None, bool]:
+        self._local.full_window = True
+        try:
+            return self._decode(x, kwargs)
+        finally:
+            self._local.full_window = False
+
     def _run_prepared(self, x: np.ndarray, *, partial: bool, vocabulary: tuple[str, ...] = ()) -> TranscriptResult:
         duration = x.size / WHISPER_RATE
         if x.size == 0 or rms_dbfs(x) < self.options.min_rms_dbfs:
             return TranscriptResult((), self.options.language, partial, self.name, self.model, duration,
                                     guard_actions=("quiet_audio",))
         kwargs = self._decode_kwargs(partial, vocabulary)
-        raw, language = self._decode(x, kwargs)
+        raw, language, fell_back = self._decode(x, kwargs)
         retried: tuple[str, ...] = ()
+        if not partial and self._guarded() and self._trim_doubtful(raw, fell_back):
+            raw, language, _ = self._full_window_decode(x, kwargs)
+            retried = ("full_window",)
         guard = self.guard
         if not raw and not partial and self.options.empty_retry_min_speech_s \
                 and speech_seconds(x) >= self.options.empty_retry_min_speech_s:
             # the vad stage and Silero call this speech; Whisper's filter or no-speech skip dropped it
-            raw, language = self._decode(x, {**kwargs, "vad_filter": False, "no_speech_threshold": None})
-            retried = ("empty_retry",)
+            raw, language, _ = self._decode(x, {**kwargs, "vad_filter": False, "no_speech_threshold": None})
+            retried += ("empty_retry",)
             guard = replace(self.guard, no_speech_threshold=1.0)
         kept, actions = guard_segments(raw, guard)
         if actions:
@@ -331,10 +425,11 @@ class WhisperLocal(Transcriber):
         return TranscriptResult(kept, language or self.options.language, partial, self.name, self.model,
                                 duration, guard_actions=retried + actions)
 
-    def _run_packed(self, parts: list[np.ndarray], *, vocabulary: tuple[str, ...] = ()) -> list[TranscriptResult]:
-        """One decode of ``parts`` laid out with ``pack_gap_s`` of silence between them; each word
-        back to the part its midpoint falls in (in the part's own time), gap words dropped."""
-        gap = np.zeros(int(round(self.options.pack_gap_s * WHISPER_RATE)), np.float32)
+    @staticmethod
+    def _layout(parts: list[np.ndarray], gap_s: float) -> tuple[np.ndarray, list[tuple[float, float]]]:
+        """``parts`` laid out in one window with ``gap_s`` of digital silence between two, and
+        each part's (start, end) in it."""
+        gap = np.zeros(int(round(gap_s * WHISPER_RATE)), np.float32)
         spans: list[tuple[float, float]] = []
         pieces: list[np.ndarray] = []
         pos = 0
@@ -345,8 +440,24 @@ class WhisperLocal(Transcriber):
             spans.append((pos / WHISPER_RATE, (pos + x.size) / WHISPER_RATE))
             pieces.append(x)
             pos += x.size
-        window = np.concatenate(pieces)
-        raw, language = self._decode(window, {**self._decode_kwargs(False, vocabulary), "vad_filter": False})
+        return np.concatenate(pieces), spans
+
+    def _run_packed(self, parts: list[np.ndarray], *, vocabulary: tuple[str, ...] = ()) -> list[TranscriptResult]:
+        """One decode of ``parts`` laid out with ``pack_gap_s`` of silence between them; each word
+        back to the part its midpoint falls in (in the part's own time), gap words dropped."""
+        window, spans = self._layout(parts, self.options.pack_gap_s)
+        kwargs = {**self._decode_kwargs(False, vocabulary), "vad_filter": False}
+        raw, language, fell_back = self._decode(window, kwargs)
+        retried: tuple[str, ...] = ()
+        if self._guarded() and self._trim_doubtful(raw, fell_back):
+            raw, language, _ = self._full_window_decode(window, kwargs)
+            retried = ("full_window",)
+        return self._split_packed(raw, language, parts, spans, retried)
+
+    def _split_packed(self, raw: list[TranscriptSegment], language: str | None, parts: list[np.ndarray],
+                      spans: list[tuple[float, float]], extra: tuple[str, ...] = ()) -> list[TranscriptResult]:
+        """The segments of a packed window's decode given back to the parts: each word to the part
+        its midpoint falls in, moved to the part's own time; a word in a gap is dropped."""
         per_part: list[list[TranscriptSegment]] = [[] for _ in parts]
         dropped = [0] * len(parts)
         for seg in raw:
@@ -372,17 +483,150 @@ class WhisperLocal(Transcriber):
         results = []
         for k, x in enumerate(parts):
             kept, actions = guard_segments(per_part[k], self.guard)
-            actions = ("packed",) + ("pack_gap_word",) * dropped[k] + actions
+            actions = extra + ("packed",) + ("pack_gap_word",) * dropped[k] + actions
             results.append(TranscriptResult(kept, language or self.options.language, False, self.name, self.model,
                                             x.size / WHISPER_RATE, guard_actions=actions))
         return results
 
-    def _decode(self, x: np.ndarray, kwargs: dict[str, Any]) -> tuple[list[TranscriptSegment], str | None]:
-        """faster-whisper's segments of ``x`` (times and words clamped to the audio), and the language."""
+    def _row_doubtful(self, raw: list[TranscriptSegment]) -> bool:
+        """A batched (single temperature) row the per-segment path must redo: nothing decoded,
+        Whisper's fallback rule (compression ratio or mean log-probability) or no-speech rule
+        fires, or the trimmed-window guard doubts it."""
+        o = self.options
+        if not raw:
+            return True
+        if any(s.compression_ratio > o.compression_ratio_threshold or s.avg_logprob < o.log_prob_threshold
+               or s.no_speech_prob > o.no_speech_threshold for s in raw):
+            return True
+        return self._guarded() and self._trim_doubtful(raw, False)
+
+    def _run_batched(self, windows: list[list[np.ndarray]], vocabulary: tuple[str, ...]) -> list[list[TranscriptResult]]:
+        """Decode several windows (one segment, or a packed window of several) in one batched
+        CTranslate2 call; per window its segments' results."""
+        from faster_whisper.vad import SpeechTimestampsMap, VadOptions, collect_chunks, get_speech_timestamps
+
+        o = self.options
+        rows: list[np.ndarray] = []
+        maps: list[Any] = []  # per row: the Silero chunk map of a single segment (times back), or None
+        spans: list[list[tuple[float, float]]] = []
+        for parts in windows:
+            if len(parts) == 1:
+                x, ts_map = parts[0], None
+                if o.vad_filter:  # as faster-whisper's own filter: only the speech, silence cut out
+                    chunks = get_speech_timestamps(x, VadOptions())
+                    if chunks:
+                        x = np.concatenate(collect_chunks(x, chunks)[0])
+                        ts_map = SpeechTimestampsMap(chunks, WHISPER_RATE)
+                    else:
+                        x = np.zeros(0, np.float32)  # no speech: the per-segment path decides
+                rows.append(x)
+                maps.append(ts_map)
+                spans.append([(0.0, parts[0].size / WHISPER_RATE)])
+            else:
+                window, sp = self._layout(parts, o.pack_gap_s)
+                rows.append(window)
+                maps.append(None)
+                spans.append(sp)
+        decoded = self._decode_rows(rows, vocabulary)
+        out: list[list[TranscriptResult]] = []
+        for parts, (raw, language), ts_map, sp in zip(windows, decoded, maps, spans):
+            if self._row_doubtful(raw):
+                results = self._decode_window(parts, vocabulary)
+                out.append([replace(r, guard_actions=("batch_redecode",) + r.guard_actions) for r in results])
+                continue
+            if len(parts) == 1:
+                if ts_map is not None:
+                    raw = [self._restored(s, ts_map, sp[0][1]) for s in raw]
+                kept, actions = guard_segments(raw, self.guard)
+                out.append([TranscriptResult(kept, language or o.language, False, self.name, self.model,
+                                             parts[0].size / WHISPER_RATE, guard_actions=("batched",) + actions)])
+            else:
+                out.append(self._split_packed(raw, language, parts, sp, ("batched",)))
+        return out
+
+    @staticmethod
+    def _restored(s: TranscriptSegment, ts_map: Any, duration: float) -> TranscriptSegment:
+        """A segment decoded from the speech chunks alone, moved back to the segment's own time."""
+        if s.words:
+            words = []
+            for w in s.words:
+                k = ts_map.get_chunk_index((w.start + w.end) / 2)
+                words.append(Word(w.text, ts_map.get_original_time(w.start, k), ts_map.get_original_time(w.end, k),
+                                  w.probability))
+            clean = sanitize_words(words, duration)
+            if clean:
+                return replace(s, start=clean[0].start, end=clean[-1].end, words=clean)
+            return replace(s, words=())
+        return replace(s, start=min(ts_map.get_original_time(s.start), duration),
+                       end=min(ts_map.get_original_time(s.end, is_end=True), duration))
+
+    def _decode_rows(self, rows: list[np.ndarray], vocabulary: tuple[str, ...]
+                     ) -> list[tuple[list[TranscriptSegment], str | None]]:
+        """One batched decode (faster-whisper's ``BatchedInferencePipeline``, one temperature, beam
+        search, word timings) of ``rows``: each row is one clip of one long array, decoded as its
+        own row of the batch; per row its segments in the row's own time. An empty row gets []."""
+        from faster_whisper import BatchedInferencePipeline
+
+        o = self.options
+        align = WHISPER_RATE // FRAMES_PER_SECOND * 10  # rows start on 0.1 s boundaries
+        pieces: list[np.ndarray] = []
+        clips: list[dict[str, float]] = []
+        owner: list[int] = []
+        offsets: list[float] = []
+        pos = 0
+        for k, x in enumerate(rows):
+            if x.size == 0:
+                continue
+            pad = (-pos) % align
+            if pad:
+                pieces.append(np.zeros(pad, np.float32))
+                pos += pad
+            clips.append({"start": pos / WHISPER_RATE, "end": (pos + x.size) / WHISPER_RATE})
+            owner.append(k)
+            offsets.append(pos / WHISPER_RATE)
+            pieces.append(x)
+            pos += x.size
+        result: list[tuple[list[TranscriptSegment], str | None]] = [([], None) for _ in rows]
+        if not clips:
+            return result
+        audio = np.concatenate(pieces)
+        pipeline = BatchedInferencePipeline(self._model)  # per call: it keeps state while decoding
+        segments_iter, info = pipeline.transcribe(
+            audio, language=o.language, task="transcribe", beam_size=o.beam_size,
+            temperature=o.temperatures[0], clip_timestamps=clips, batch_size=len(clips),
+            word_timestamps=True, without_timestamps=False, vad_filter=False,
+            hotwords=hotwords_text(vocabulary), log_prob_threshold=o.log_prob_threshold,
+            no_speech_threshold=o.no_speech_threshold, compression_ratio_threshold=o.compression_ratio_threshold)
+        for s in segments_iter:  # decoding happens while iterating
+            # the row a segment came from: faster-whisper's seek is its clip's offset in 10 ms frames
+            c = min(range(len(offsets)), key=lambda j: abs(offsets[j] - s.seek / FRAMES_PER_SECOND))
+            k = owner[c]
+            duration = rows[k].size / WHISPER_RATE
+            word_shift = s.seek / FRAMES_PER_SECOND  # word times are seek-relative
+            words = [Word(w.word, w.start - word_shift, w.end - word_shift, w.probability) for w in (s.words or [])]
+            start = min(max(0.0, float(s.start) - offsets[c]), duration)
+            result[k][0].append(TranscriptSegment(
+                text=s.text.strip(),
+                start=round(start, 3),
+                end=round(min(max(float(s.end) - offsets[c], start), duration), 3),
+                words=sanitize_words(words, duration),
+                avg_logprob=float(s.avg_logprob),
+                no_speech_prob=float(s.no_speech_prob),
+                compression_ratio=float(s.compression_ratio),
+            ))
+            result[k] = (result[k][0], info.language)
+        return result
+
+    def _decode(self, x: np.ndarray, kwargs: dict[str, Any]) -> tuple[list[TranscriptSegment], str | None, bool]:
+        """faster-whisper's segments of ``x`` (times and words clamped to the audio), the language,
+        and whether any window needed a fallback temperature."""
         duration = x.size / WHISPER_RATE
         segments_iter, info = self._model.transcribe(x, **kwargs)
+        first = kwargs["temperature"][0] if isinstance(kwargs.get("temperature"), (list, tuple)) else kwargs.get("temperature", 0.0)
         raw: list[TranscriptSegment] = []
+        fell_back = False
         for s in segments_iter:  # decoding happens while iterating
+            fell_back = fell_back or (s.temperature is not None and s.temperature > first)
             words = [Word(w.word, w.start, w.end, w.probability) for w in (s.words or [])]
             start = min(max(0.0, float(s.start)), duration)
             raw.append(TranscriptSegment(
@@ -394,4 +638,4 @@ class WhisperLocal(Transcriber):
                 no_speech_prob=float(s.no_speech_prob),
                 compression_ratio=float(s.compression_ratio),
             ))
-        return raw, info.language
+        return raw, info.language, fell_back

@@ -20,6 +20,10 @@ The pure parts are in :mod:`.core`; this is the thin Faust wrapper (:class:`Tran
   together (stale partials between them skipped as usual) and decoded in one window
   (:meth:`~stream_processor.models.asr.base.Transcriber.transcribe_many`), then published one by
   one in order as before; a packed decode that fails falls back to one decode per segment;
+- batches (``LUPITA_ASR_BATCH_MAX_WINDOWS`` > 1): finals (single, or a leg's packed finals) waiting
+  in the scheduler's same class with the same vocabulary, of any leg or call, are decoded in one
+  batched call when a decode thread frees up (:meth:`~.scheduler.DecodeScheduler.submit_batch`);
+  each window is its own row of the batch, so no word can cross between them;
 - vocabulary (``LUPITA_TRANSCRIBER_VOCABULARY``): a second agent reads ``call.lifecycle``; at a
   call's start the person's facts are read once by phone hash and every decode of the call is
   biased toward their names, places and medications (plus, if configured, a health lexicon:
@@ -92,7 +96,8 @@ class TranscriberAgent:
         self.drain_seconds = drain_seconds
         self.app = app
         self.asr = transcriber or build_transcriber(settings)
-        self.scheduler = DecodeScheduler(settings.transcriber_threads, name="transcriber")
+        self.scheduler = DecodeScheduler(settings.transcriber_threads, name="transcriber",
+                                         max_batch=settings.asr_batch_max_windows)
         self._generation = 0
         self._queues: dict[str, deque[_Item]] = {}
         self._workers: dict[str, asyncio.Task] = {}
@@ -222,9 +227,7 @@ class TranscriberAgent:
             return {}
         first = finals[0].seg
         t0 = time.perf_counter()
-        cf = self.scheduler.submit(job_class(person=first.leg == LEG_BY_NAME["person"], final=True),
-                                   functools.partial(self.asr.transcribe_many, vocabulary=self.vocabulary(first.call_id)),
-                                   [(segment_audio(it.seg), it.seg.sample_rate_hz) for it in finals])
+        cf = self._submit_finals(first, [(segment_audio(it.seg), it.seg.sample_rate_hz) for it in finals])
         try:
             results = await asyncio.wrap_future(cf)  # type: ignore[arg-type]  # a final is never refused
         except Exception as exc:  # bad audio in one of them, a backend error: one by one instead
@@ -403,10 +406,27 @@ class TranscriberAgent:
             self._locks.pop(sid, None)
         return True
 
+    def _submit_finals(self, seg: events_pb2.SpeechSegment, items: list[tuple[Any, int]]) -> Any:
+        """Queue the finals ``items`` of ``seg``'s leg as one request (a concurrent future of their
+        results): batchable with other legs' and calls' requests of the same vocabulary when
+        ``asr_batch_max_windows`` > 1, else one ``transcribe_many`` job."""
+        cls = job_class(person=seg.leg == LEG_BY_NAME["person"], final=True)
+        vocabulary = self.vocabulary(seg.call_id)
+        if self.settings.asr_batch_max_windows > 1:
+            return self.scheduler.submit_batch(cls, functools.partial(self.asr.transcribe_batch, vocabulary=vocabulary),
+                                               items, key=("asr", vocabulary))
+        return self.scheduler.submit(cls, functools.partial(self.asr.transcribe_many, vocabulary=vocabulary), items)
+
     def _submit(self, seg: events_pb2.SpeechSegment, *, wanted: Any = None
                 ) -> tuple[asyncio.Future, float] | None:
         """Queue the decode in the scheduler now, in its class (person final, agent final, partial);
         None when a partial is refused because a final waits."""
+        if seg.kind != KIND_PARTIAL and self.settings.asr_batch_max_windows > 1:
+            async def first(f: asyncio.Future) -> TranscriptResult:
+                return (await f)[0]
+
+            cf = self._submit_finals(seg, [(segment_audio(seg), seg.sample_rate_hz)])
+            return asyncio.ensure_future(first(asyncio.wrap_future(cf))), time.perf_counter()
         partial = seg.kind == KIND_PARTIAL
         fn = self.asr.transcribe_partial if partial else self.asr.transcribe
         cf = self.scheduler.submit(job_class(person=seg.leg == LEG_BY_NAME["person"], final=not partial),

@@ -34,6 +34,11 @@ QUEUE_SECONDS = Histogram(
     "lupita_transcriber_queue_seconds", "Time a decode waited for a worker, by class", ["cls"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128),
 )
+BATCH_REQUESTS = Histogram(
+    "lupita_transcriber_batch_requests",
+    "Requests (single finals or packed finals of one leg) decoded together in one batched call",
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
+)
 PACKED = Counter("lupita_transcriber_packed_segments_total",
                  "Finals decoded together with other segments of their leg in one window")
 GAP_WORDS = Counter(

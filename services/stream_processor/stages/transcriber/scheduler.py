@@ -22,6 +22,15 @@ taken while an agent final waits, ``partial_skipped`` for a partial refused beca
 
 A job may be **packed** by the caller (several segments of one leg in one decode); the scheduler
 only sees one job of its class.
+
+**Batching** (``max_batch`` > 1, :meth:`DecodeScheduler.submit_batch`): a free worker that takes a
+batchable final also takes the other batchable jobs waiting in the same class with the same key
+(the caller's: the backend and the call vocabulary), oldest first, up to ``max_batch`` in all,
+and runs them as one ``batch_fn([request, ...])`` (one CTranslate2 call for all their windows).
+The backlog sizes the batch: one waiting final is decoded alone at once, never held back to wait
+for company. A batch never mixes classes: a person's final is never slowed down by an agent's.
+If the batched call fails, each request is run alone so one bad request cannot fail the others.
+:data:`BATCH_REQUESTS` is the number of requests per batch.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from stream_processor.stages.transcriber.metrics import DECISIONS, QUEUE_SECONDS, WAITING
+from stream_processor.stages.transcriber.metrics import BATCH_REQUESTS, DECISIONS, QUEUE_SECONDS, WAITING
 
 PERSON_FINAL, AGENT_FINAL, PERSON_PARTIAL, AGENT_PARTIAL = 0, 1, 2, 3
 CLASS_NAMES = {PERSON_FINAL: "person_final", AGENT_FINAL: "agent_final",
@@ -56,6 +65,7 @@ class _Job:
     future: Future = field(compare=False)
     wanted: Callable[[], bool] | None = field(compare=False, default=None)
     queued_at: float = field(compare=False, default=0.0)
+    batch_key: Any = field(compare=False, default=None)  # set: fn takes a list of requests (args[0] each)
 
 
 class DecodeScheduler:
@@ -65,9 +75,12 @@ class DecodeScheduler:
     tests and tracing."""
 
     def __init__(self, threads: int = 1, *, name: str = "transcriber",
-                 on_start: Callable[[int], None] | None = None) -> None:
+                 on_start: Callable[[int], None] | None = None, max_batch: int = 1) -> None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.max_batch = max_batch
         self._heap: list[_Job] = []
         self._cv = threading.Condition()
         self._seq = itertools.count()
@@ -98,6 +111,23 @@ class DecodeScheduler:
             self._cv.notify()
         return fut
 
+    def submit_batch(self, cls: int, batch_fn: Callable[[list[Any]], list[Any]], request: Any, *,
+                     key: Any) -> Future:
+        """Queue ``request`` (a final) to run as ``batch_fn([request, ...])[i]``, together with the
+        other batchable requests waiting in its class with an equal ``key`` when a worker takes
+        it (at most ``max_batch``); a concurrent future of this request's own result."""
+        if cls not in FINALS:
+            raise ValueError("only finals are batched")
+        fut: Future = Future()
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the decode scheduler is shut down")
+            heapq.heappush(self._heap, _Job(cls, next(self._seq), batch_fn, (request,), fut, None,
+                                            time.perf_counter(), batch_key=key))
+            WAITING.labels(CLASS_NAMES[cls]).inc()
+            self._cv.notify()
+        return fut
+
     def waiting(self) -> dict[str, int]:
         """Jobs waiting per class name (a snapshot)."""
         with self._cv:
@@ -108,7 +138,9 @@ class DecodeScheduler:
 
     # -- workers -------------------------------------------------------------------------------
 
-    def _take(self) -> _Job | None:
+    def _take(self) -> list[_Job] | None:
+        """The most valuable waiting job, and the batchable jobs that go with it (see the module
+        docstring); None once shut down."""
         with self._cv:
             while not self._heap and not self._closed:
                 self._cv.wait()
@@ -118,14 +150,59 @@ class DecodeScheduler:
             WAITING.labels(CLASS_NAMES[job.cls]).dec()
             if job.cls == PERSON_FINAL and any(j.cls == AGENT_FINAL for j in self._heap):
                 DECISIONS.labels("agent_waited").inc()
-            return job
+            jobs = [job]
+            if job.batch_key is not None and self.max_batch > 1:
+                rest = []
+                for j in sorted(self._heap):
+                    if len(jobs) < self.max_batch and j.cls == job.cls and j.batch_key is not None \
+                            and j.batch_key == job.batch_key:
+                        jobs.append(j)
+                        WAITING.labels(CLASS_NAMES[j.cls]).dec()
+                    else:
+                        rest.append(j)
+                if len(jobs) > 1:
+                    heapq.heapify(rest)
+                    self._heap = rest
+            return jobs
+
+    def _run_batch(self, jobs: list[_Job]) -> None:
+        """``batch_fn`` of the first job on every job's request; each future gets its own result.
+        A failed batch of several is run again one request at a time."""
+        live = [j for j in jobs if j.future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        BATCH_REQUESTS.observe(len(live))
+        if self._on_start is not None:
+            self._on_start(live[0].cls)
+        try:
+            results = live[0].fn([j.args[0] for j in live])
+            if len(results) != len(live):
+                raise RuntimeError(f"batch of {len(live)} requests returned {len(results)} results")
+        except BaseException as exc:  # noqa: BLE001 - handed to the callers through their futures
+            if len(live) == 1:
+                live[0].future.set_exception(exc)
+                return
+            for j in live:  # one bad request must not fail the others
+                try:
+                    j.future.set_result(j.fn([j.args[0]])[0])
+                except BaseException as one:  # noqa: BLE001
+                    j.future.set_exception(one)
+            return
+        for j, r in zip(live, results):
+            j.future.set_result(r)
 
     def _run(self) -> None:
         while True:
-            job = self._take()
-            if job is None:
+            jobs = self._take()
+            if jobs is None:
                 return
-            QUEUE_SECONDS.labels(CLASS_NAMES[job.cls]).observe(time.perf_counter() - job.queued_at)
+            now = time.perf_counter()
+            for j in jobs:
+                QUEUE_SECONDS.labels(CLASS_NAMES[j.cls]).observe(now - j.queued_at)
+            job = jobs[0]
+            if job.batch_key is not None:
+                self._run_batch(jobs)
+                continue
             if job.wanted is not None and not job.wanted():
                 DECISIONS.labels("partial_cancelled").inc()
                 job.future.cancel()

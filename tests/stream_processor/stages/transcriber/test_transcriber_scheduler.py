@@ -159,3 +159,62 @@ def test_shutdown_cancels_what_waits_and_refuses_new_jobs():
     with pytest.raises(RuntimeError, match="shut down"):
         sched.submit(PERSON_FINAL, lambda: None)
     assert sched.waiting()["agent_final"] == 0
+
+
+def test_waiting_finals_of_one_class_and_key_are_decoded_in_one_batch(model, segments):
+    """Batching sized by the backlog: what waits when the worker frees up goes in one batch (at
+    most max_batch), the person's finals first and never mixed with the agent's, a different key
+    (another call vocabulary) never in the same batch; a lone final is not held back."""
+    batches: list[list[str]] = []
+    gate, held = threading.Event(), threading.Event()
+    sched = DecodeScheduler(1, name="test-sched", max_batch=3)
+
+    def batch_fn(requests):
+        batches.append([label for label, _ in requests])
+        return model.transcribe_batch([[(segments[label], RATE)] for label, _ in requests])
+
+    def submit(cls, label, key="k"):
+        return sched.submit_batch(cls, batch_fn, (label, None), key=key)
+
+    try:
+        first = sched.submit(AGENT_FINAL, lambda: (held.set(), gate.wait(120)))
+        assert held.wait(60)
+        futures = {
+            "agent-1": submit(AGENT_FINAL, "agent-1"),
+            "person-1": submit(PERSON_FINAL, "person-1"),
+            "agent-2": submit(AGENT_FINAL, "agent-2"),
+            "person-2": submit(PERSON_FINAL, "person-2"),
+            "person-1:other-vocabulary": submit(PERSON_FINAL, "person-1", key="other"),
+        }
+        gate.set()
+        first.result(120)
+        results = {k: f.result(300) for k, f in futures.items()}
+        # a final alone in the scheduler runs at once, in a batch of one
+        assert [r.text for r in submit(PERSON_FINAL, "person-2").result(300)] == [r.text for r in results["person-2"]]
+    finally:
+        gate.set()
+        sched.shutdown(wait=True, cancel_futures=False)
+    assert batches == [["person-1", "person-2"], ["person-1"], ["agent-1", "agent-2"], ["person-2"]]
+    for label, rs in results.items():
+        assert len(rs) == 1 and rs[0].text and not rs[0].is_partial, label
+
+
+def test_a_failing_batch_is_run_request_by_request(model, segments):
+    gate, held = threading.Event(), threading.Event()
+    sched = DecodeScheduler(1, name="test-sched", max_batch=4)
+    fn = model.transcribe_batch
+    try:
+        first = sched.submit(PERSON_FINAL, lambda: (held.set(), gate.wait(120)))
+        assert held.wait(60)
+        good = sched.submit_batch(PERSON_FINAL, fn, [(segments["person-1"], RATE)], key="k")
+        bad = sched.submit_batch(PERSON_FINAL, fn, [(np.zeros((4, 2), np.int16), RATE)], key="k")
+        gate.set()
+        first.result(120)
+        with pytest.raises(ValueError, match="mono"):
+            bad.result(300)
+        assert good.result(300)[0].text  # the bad request did not take the good one down
+        with pytest.raises(ValueError, match="finals"):
+            sched.submit_batch(PERSON_PARTIAL, fn, [(segments["person-1"], RATE)], key="k")
+    finally:
+        gate.set()
+        sched.shutdown(wait=True)
