@@ -412,6 +412,32 @@ def test_the_service_dispatches_while_it_serves(env, db):
     assert len(recs[cb]) == 1 and len(recs[later]) == 1
 
 
+def test_two_service_replicas_publish_each_callback_once_from_the_lock_holder(env, db):
+    from ctxkit import ContextApi
+
+    ids = [add(db, in_seconds=-i) for i in range(6)]
+    replica = {"LUPITA_POSTGRES_DSN": env[0], "LUPITA_TOPIC_PREFIX": env[1],
+               "LUPITA_CONTEXT_API_CALLBACKS_POLL_INTERVAL_SECONDS": "0.2",
+               "LUPITA_CONTEXT_API_CALLBACKS_BATCH_SIZE": "2"}
+    with ContextApi("context-api-replica-a", env=replica) as a, ContextApi("context-api-replica-b", env=replica) as b:
+        wait_for("the replicas published the due callbacks", lambda: db.execute(
+            "SELECT bool_and(status = 'dispatched') FROM scheduled_callbacks WHERE id = ANY(%s)", (ids,)).fetchone()[0],
+            timeout=60)
+        later = [add(db, in_seconds=0.5) for _ in range(3)]
+        wait_for("and those that fall due while they run", lambda: db.execute(
+            "SELECT bool_and(status = 'dispatched') FROM scheduled_callbacks WHERE id = ANY(%s)",
+            (later,)).fetchone()[0], timeout=60)
+        by = {name: [r["callback_id"] for r in s.logs() if r.get("msg") == "callback published"]
+              for name, s in (("a", a), ("b", b))}
+        standing = {name for name, s in (("a", a), ("b", b))
+                    if any(r.get("msg") == "callbacks dispatcher standing by" for r in s.logs())}
+    assert sorted(by["a"] + by["b"]) == sorted(ids + later)
+    assert sorted(len(v) for v in by.values()) == [0, 9]  # one holder published all; the other stood by
+    assert standing == {"a" if not by["a"] else "b"}
+    recs = published(env)
+    assert Counter({i: len(recs.get(i, [])) for i in ids + later}) == Counter({i: 1 for i in ids + later})
+
+
 def test_the_service_backs_off_while_the_broker_is_unreachable(env, db):
     from ctxkit import ContextApi
     from procs import free_port
