@@ -222,3 +222,17 @@ def test_bad_word_probabilities_are_left_out():
     bad = [("Mi", 0.9), (" nieto", None), (" Rodrigo", float("nan")), (" me", 7.0), (" llamó.", "x"), (" zzz", 0.1)]
     [f] = extract_facts([u], {("person", 0): bad})
     assert f.confidence == pytest.approx(0.85)  # no valid probability on the value: the utterance's 1.0
+
+
+def test_lexicon_terms_for_a_recogniser_vocabulary():
+    from stream_processor.models.analyzer.lexicon import load_lexicons
+
+    lex = load_lexicons()
+    meds = lex.terms(["medications"])
+    assert set(meds) == {m.generic for m in lex.medications.medications} and len(meds) == len(set(meds))
+    assert all(t == " ".join(t.split()) and t for t in meds)
+    everything = lex.terms(["medications", "brands", "names", "places"])
+    assert everything[:len(meds)] == meds and len(everything) == len(set(everything))
+    assert set(lex.names.female) <= set(everything) and set(lex.places.places) <= set(everything)
+    with pytest.raises(ValueError, match="unknown term kind"):
+        lex.terms(["dishes"])

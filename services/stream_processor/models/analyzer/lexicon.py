@@ -20,6 +20,7 @@ certainty where a false match costs more (a medication named without any medicat
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -210,6 +211,31 @@ class Lexicons:
     def name(self, word: str, cutoff: float = 85.0) -> tuple[str, float] | None:
         """The listed given name a single word is (or is a slight misspelling of)."""
         return self.name_index.lookup(fold(word), cutoff)
+
+    TERM_KINDS = ("medications", "brands", "names", "places")
+
+    def terms(self, kinds: Iterable[str] = ("medications", "names", "places")) -> tuple[str, ...]:
+        """The lists' entries as spelled (accents kept), for a recogniser's vocabulary such as the
+        transcriber's per-call hotwords: ``medications`` (generic names), ``brands`` (their brand
+        names), ``names`` (given names), ``places``; each term once, in this order and the lists'
+        order. Raises ValueError for an unknown kind."""
+        kinds = tuple(kinds)
+        unknown = [k for k in kinds if k not in self.TERM_KINDS]
+        if unknown:
+            raise ValueError(f"unknown term kind(s) {unknown}; expected some of {list(self.TERM_KINDS)}")
+        out: dict[str, None] = {}
+        for kind in kinds:
+            if kind == "medications":
+                words: Iterable[str] = (m.generic for m in self.medications.medications)
+            elif kind == "brands":
+                words = (n for m in self.medications.medications for n in m.names)
+            elif kind == "names":
+                words = (*self.names.female, *self.names.male)
+            else:
+                words = self.places.places
+            for w in words:
+                out.setdefault(" ".join(w.split()), None)
+        return tuple(out)
 
     def places_in(self, folded: str, cutoff: float = 85.0, start: int = 0, end: int | None = None) -> list[Match]:
         return self.place_index.find_all(folded, cutoff, start, end)
