@@ -15,7 +15,8 @@ connection lost the lock, and can change nothing in Postgres either.
 
 **A round** (:meth:`Dispatcher.run_once`, holder only):
 
-1. *reconcile*, only when rows are ``dispatching`` (a round that did not finish): read
+1. *reconcile*, at the first round after taking the lock and only when rows are ``dispatching``
+   (a round that did not finish; a failed round always lets the lock go): read
    ``callbacks.due`` ``read_committed`` from ``callbacks_due_offsets`` to the end, mark the rows
    whose records are there ``dispatched`` (that record's partition, offset and ``published_at``),
    advance the offsets; the ``dispatching`` rows not found were never committed to Kafka;
