@@ -29,16 +29,22 @@ many. With the catalogue's ``uncertainty`` section (:class:`Uncertainty`), a neg
 that would drop a match of a critical/high cue is not believed when it is doubtful (its word
 probability, given to :meth:`AlertDetector.scan` as ``words``, is low; without word probabilities
 the utterance's ``confidence`` stands for it) or implausible (with a neighbouring word it spells
-"anoche" or "nomás": Whisper's "a no che me caí"); and a word one edit away from a cue word
-("respriar") is read as that word. Such a hit is raised with ``AlertHit.to_verify`` and the
-evidence in ``AlertHit.verification``: a human checks it. ``AlertDetector(uncertainty=False)``
-believes every negator (the plain catalogue, for comparison).
+"anoche" or "nomás": Whisper's "a no che me caí"); a word one edit away from a cue word
+("respriar") is read as that word; a cue no pattern matched exactly is looked for as whole
+phrases heard approximately, every long word sounding alike ("me huele mucho en fecho" read as
+"me duele ... el pecho", ``approximate_phrase_min_score``); and an exclusion heard only
+approximately ("me caigo, me dueño") does not drop the match. Such a hit is raised with
+``AlertHit.to_verify`` and the evidence in ``AlertHit.verification``: a human checks it.
+``AlertDetector(uncertainty=False)`` believes every negator (the plain catalogue, for comparison);
+``approximate_phrases=False`` keeps the word-level reading only.
 
 What rules like these miss: cues said in other words than the catalogue's, reported speech
 ("mi vecina se cayó" is ignored, but "mi hija dice que me caí" fires), irony and jokes, a cue split
 across two segments, double negation ("no es que no pueda respirar"), negation further than the
-window ("no creo que de verdad me haya caído"), and ASR errors in short cue words ("pecho" heard
-as "techo") or more than one edit away. It
+window ("no creo que de verdad me haya caído"), ASR errors that change a cue word's sound more
+than a letter or two ("se me durmió" heard as "se me murió", "el brazo" as "el rato") or in
+phrases with fewer than two long words ("no sé qué día es hoy"); and the approximate phrases
+raise look-alikes to verify ("un dolor en el techo"). It
 finds phrases, not situations: an alert is a prompt for a human, not a diagnosis.
 
 Settings: ``LUPITA_ALERT_CUES_PATH`` (:class:`AlertSettings`; unset = the packaged catalogue).
