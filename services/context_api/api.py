@@ -105,7 +105,7 @@ class FactRetractRequest(PersonRef):
 
 
 class CallbackListRequest(PersonRef):
-    include_closed: bool = Field(default=False, description="also dispatched, completed, cancelled, failed")
+    include_closed: bool = Field(default=False, description="also dispatching, dispatched, completed, cancelled, failed")
 
 
 class CallbackCreateRequest(PersonRef):

@@ -168,7 +168,7 @@ class Dispatcher:
         self.before_commit = before_commit
         self.timeout = settings.context_api_callbacks_publish_timeout_seconds
         self._conn: psycopg.AsyncConnection | None = None
-        self._holder = False
+        self._holding = False
         self._in_doubt_checked = False  # since the lock was taken
         self._standby_logged = False
         self._producer: Any = None
@@ -181,6 +181,16 @@ class Dispatcher:
     def holder(self) -> bool:
         """Whether this dispatcher held the lock at its last round."""
         return self._holder
+
+    @property
+    def _holder(self) -> bool:
+        return self._holding
+
+    @_holder.setter
+    def _holder(self, holding: bool) -> None:
+        if holding != self._holding:
+            metrics.CALLBACKS_HOLDER.inc(1 if holding else -1)
+        self._holding = holding
 
     # -- Postgres: the lock's connection ----------------------------------------------------------
 
@@ -401,6 +411,7 @@ class Dispatcher:
             "SELECT count(*) FROM scheduled_callbacks WHERE status = 'dispatching'")).fetchone())[0]
         self.reconciled += marked
         metrics.CALLBACKS_PUBLISHED.inc(marked)
+        metrics.CALLBACKS_RECONCILED.inc(marked)
         log.warning("callbacks reconciled", extra={
             "stage": "callbacks", "marked": marked, "records_read": len(found), "to_send_again": left,
             "took_ms": round((time.monotonic() - started) * 1000)})

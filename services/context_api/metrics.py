@@ -68,6 +68,13 @@ CALLBACKS_RETRIES = Counter("lupita_context_api_callbacks_publish_retries_total"
 CALLBACKS_BACKLOG = Gauge("lupita_context_api_callbacks_due_backlog",
                           "Pending callbacks whose time has come, not yet published (as of the last round)",
                           multiprocess_mode="livesum")  # several workers: only worker 0 dispatches
+CALLBACKS_HOLDER = Gauge("lupita_context_api_callbacks_dispatcher_holder",
+                         "Dispatchers of this process holding the callbacks advisory lock, 1 or 0 (one holder "
+                         "in the whole deployment publishes callbacks.due; the others stand by)",
+                         multiprocess_mode="livesum")
+CALLBACKS_RECONCILED = Counter("lupita_context_api_callbacks_reconciled_total",
+                               "Callbacks in doubt ('dispatching' after a holder died) that a reconcile found "
+                               "committed in callbacks.due and marked dispatched without sending them again")
 CALLBACKS_LAG = Histogram("lupita_context_api_callbacks_publish_lag_seconds",
                           "From a callback's due time to its record's ack by the broker",
                           buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600))

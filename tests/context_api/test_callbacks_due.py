@@ -26,11 +26,17 @@ from collections import Counter
 
 import psycopg
 import pytest
+from context_api import metrics
 from kafka_io import own_topic_prefix
 from procs import ROOT
 from waits import await_for, wait_for
 
 SCHEMA_PREFIX = "test_cbdue_"
+
+
+def holding() -> float:
+    """This process's ``lupita_context_api_callbacks_dispatcher_holder``."""
+    return metrics.CALLBACKS_HOLDER._value.get()
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +222,7 @@ async def test_two_dispatchers_only_the_lock_holder_publishes_and_the_other_take
         await asyncio.wait_for(asyncio.gather(work(0), work(1)), 120)
         holders = [i for i in (0, 1) if ds[i].holder]
         assert len(holders) == 1, holders
+        assert holding() == 1  # the holder gauge counts the one lock holder of this process
         (h,) = holders
         other = 1 - h
         assert (counts[h], counts[other]) == (12, 0)
@@ -226,6 +233,7 @@ async def test_two_dispatchers_only_the_lock_holder_publishes_and_the_other_take
     finally:
         for d in ds:
             await d.aclose()
+    assert holding() == 0  # every dispatcher closed: none holds the lock
     recs = published(env)
     assert Counter({i: len(recs.get(i, [])) for i in ids + more}) == Counter({i: 1 for i in ids + more})
     for i in ids + more:
@@ -288,9 +296,11 @@ async def test_killed_after_the_kafka_commit_the_next_holder_marks_it_and_sends_
     finally:
         kill(proc)
     d = dispatcher(env)
+    reconciled_before = metrics.CALLBACKS_RECONCILED._value.get()
     try:
         assert await take_lock(d, "the killed dispatcher's lock released") == 0  # nothing sent again
         assert d.reconciled == 1
+        assert metrics.CALLBACKS_RECONCILED._value.get() - reconciled_before == 1
         assert await d.run_once() == 0
     finally:
         await d.aclose()
