@@ -58,10 +58,34 @@ def pytest_collection_modifyitems(config, items) -> None:
                                     f"background while the other tests run (nice 19; log: {log})")
 
 
+# the host's network sysctls the real node must leave as they were (kube-proxy may set some)
+NODE_SYSCTLS = ("net/ipv4/ip_forward", "net/ipv4/conf/all/route_localnet", "net/netfilter/nf_conntrack_max",
+                "net/netfilter/nf_conntrack_tcp_timeout_established", "net/netfilter/nf_conntrack_tcp_be_liberal",
+                "net/netfilter/nf_conntrack_tcp_timeout_close_wait")
+
+
+def host_sysctls() -> dict[str, str | None]:
+    out = {}
+    for name in NODE_SYSCTLS:
+        path = Path("/proc/sys") / name
+        out[name] = path.read_text().strip() if path.exists() else None
+    return out
+
+
+@pytest.fixture(scope="session")
+def sysctls_at_start(cluster) -> dict[str, str | None]:
+    """The host's sysctls when the session's cluster came up (before any real node of it)."""
+    return _SYSCTLS_AT_START
+
+
+_SYSCTLS_AT_START: dict[str, str | None] = {}
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Path:
     from lupita_dev.cluster import manager
 
+    _SYSCTLS_AT_START.update(host_sysctls())
     was_up = manager.is_up()
     kubeconfig = manager.up()
     yield kubeconfig

@@ -90,5 +90,7 @@ def run(args: argparse.Namespace) -> int:
             state = "healthy" if s["healthy"] else "DOWN"
             where = f"127.0.0.1:{s['port']}" if s["port"] else "-"
             print(f"{name:<24} {state:<8} {where:<16} pid {s['pid'] or '-'}")
+        routes = manager._routes_for(manager.SERVICE_CIDR)
+        print(f"service range {manager.SERVICE_CIDR}: {'; '.join(routes) or 'no route'}")
         print(f"kubeconfig: {manager.kubeconfig_path()}")
     return 0 if all(s["healthy"] for s in st.values()) else 1

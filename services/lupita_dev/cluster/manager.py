@@ -222,19 +222,76 @@ def route_holders(cidr: str) -> list[str]:
     return others
 
 
+# While the real node's kube-proxy runs, the service range is routed via `lo` instead of the
+# blackhole: a connect() to a ClusterIP then passes the route lookup (a blackhole fails it before any
+# netfilter hook) and kube-proxy's DNAT in nat/OUTPUT applies; what no rule rewrites is dropped on
+# `lo` (not a local address; a `lo` route never leads off the machine).
+# The swap is one `ip route replace` each way, so the range is never without a route, and the
+# route carries its own protocol number so that a route left by a crash is recognised and put back.
+SERVICE_ROUTE_PROTO = "190"
+
+
+def _service_route_via_lo() -> bool:
+    return any(line.startswith(f"{SERVICE_CIDR} dev lo ") and f" proto {SERVICE_ROUTE_PROTO} " in f"{line} "
+               for line in _routes_for(SERVICE_CIDR))
+
+
+def _close_service_range_locked() -> bool:
+    """The `lo` route of the service range back to the blackhole (caller holds the routes lock)."""
+    if not _service_route_via_lo():
+        return False
+    subprocess.run(["ip", "route", "replace", "blackhole", SERVICE_CIDR], check=True, capture_output=True, text=True)
+    say(f"the service range {SERVICE_CIDR} is blackholed again")
+    return True
+
+
+def close_service_range() -> bool:
+    """Put the blackhole back on the service range (True: it was routed via `lo`)."""
+    with _routes_locked():
+        return _close_service_range_locked()
+
+
+def open_service_range() -> None:
+    """Route the service range via `lo` while the real node's kube-proxy runs (see above). Only
+    our own blackhole is replaced; any other route of the range is refused."""
+    with _routes_locked():
+        lines = _routes_for(SERVICE_CIDR)
+        if _service_route_via_lo():
+            return
+        if not any(line.startswith(f"blackhole {SERVICE_CIDR}") for line in lines) or len(lines) != 1:
+            raise RuntimeError(f"the service range {SERVICE_CIDR} is not (only) blackholed on this machine ({lines}): "
+                               "refusing to route it via lo")
+        subprocess.run(["ip", "route", "replace", SERVICE_CIDR, "dev", "lo", "proto", SERVICE_ROUTE_PROTO],
+                       check=True, capture_output=True, text=True)
+
+
+def _recover_service_range_locked() -> None:
+    """A `lo` route left by a real node whose kube-proxy no longer runs (a crash, a kill): back to
+    the blackhole. Run at every up and down of any cluster on this machine."""
+    from . import node
+
+    if _service_route_via_lo() and not node.kube_proxy_alive():
+        say(f"the service range {SERVICE_CIDR} was left routed via lo without a running kube-proxy")
+        _close_service_range_locked()
+
+
 def add_blackhole_routes() -> list[str]:
     """Blackhole the service and pod ranges on the host: without kube-proxy (kwok node) a
     packet to a ClusterIP or pod IP would otherwise follow the default route off the machine.
     A real node's CNI bridge adds a more specific connected route for its own pod subnet,
     which wins over the blackhole for exactly the addresses that exist on this machine.
     The route may be there already (another checkout's cluster): this cluster becomes one
-    more holder of it."""
+    more holder of it. A service range left routed via `lo` by a real node whose kube-proxy is
+    gone is blackholed again first."""
     state = _state()
     held = list(state.get("routes", []))
     with _routes_locked():
+        _recover_service_range_locked()
         for cidr in (SERVICE_CIDR, POD_CIDR):
             existing = _routes_for(cidr)
-            if not any(line.startswith(f"blackhole {cidr}") for line in existing):
+            # a live real node's kube-proxy routes the service range via lo: held like the blackhole
+            via_lo = cidr == SERVICE_CIDR and _service_route_via_lo()
+            if not via_lo and not any(line.startswith(f"blackhole {cidr}") for line in existing):
                 foreign = [line for line in existing if not line.startswith("blackhole")]
                 if foreign:
                     raise RuntimeError(f"the cluster range {cidr} is already routed on this machine ({foreign}); "
@@ -261,6 +318,7 @@ def remove_blackhole_routes() -> list[str]:
     state = _state()
     removed, released = [], []
     with _routes_locked():
+        _recover_service_range_locked()
         for cidr in state.get("routes", []):
             _holder_file(cidr).unlink(missing_ok=True)
             released.append(cidr)

@@ -7,7 +7,16 @@ type): probes and the apiserver reach it without a packet leaving the machine, a
 10.245.0.0/16 is blackholed. Pods on the pod network get 10.244.1.0/24 on bridge
 ``lupita-br0`` with no masquerading, and the host does not forward (ip_forward stays 0), so a
 pod cannot reach anything beyond this machine; host-network pods reach the dev stack on
-127.0.0.1. There is no kube-proxy yet (ClusterIPs do not answer on this node) and no cluster DNS.
+127.0.0.1. There is no cluster DNS.
+
+kube-proxy (iptables mode, the self-built binary) makes ClusterIPs answer from the host: while it
+runs, the service range is routed via ``lo`` instead of its blackhole (a blackhole fails connect()
+at the route lookup, before kube-proxy's DNAT in nat/OUTPUT could apply), and what no rule
+rewrites dies on ``lo``. The swap is one ``ip route replace`` each way and is undone on every
+exit path: ``down``, a failed ``up``, and at the next up/down of any cluster when kube-proxy is
+gone (a crash; :func:`lupita_dev.cluster.manager.add_blackhole_routes`). kube-proxy changes no
+sysctl here: NodePorts only on the node address (and ``::1``; never the machine's own
+addresses, no ``route_localnet``), conntrack limits and timeouts left as they are.
 
 containerd's CRI plugin needs ``restrict_oom_score_adj`` here (no CAP_SYS_RESOURCE), the kubelet
 ``failCgroupV1: false`` and the cgroupfs driver; the pod sandbox ("pause") image is a
@@ -15,8 +24,9 @@ ten-line static Go program in a ``FROM scratch`` image (no registry to pull one 
 
 ``down()`` removes everything the node made: pods' containers (via the kubelet, then any
 shim left), containerd and the kubelet, their mounts, the network namespaces and the bridge,
-the CNI address store, the iptables chains the kubelet adds (KUBE-FIREWALL and the canaries),
-the node address and its route, and the Node object.
+the CNI address store, the iptables and ip6tables chains the kubelet and kube-proxy add (KUBE-*),
+the node address and its route, and the Node object; the service range is blackholed again
+first.
 """
 
 from __future__ import annotations
@@ -42,6 +52,8 @@ POD_SUBNET = "10.244.1.0/24"  # inside the cluster's (blackholed) pod range; the
 POD_GATEWAY = "10.244.1.1"
 KUBELET_PORT = 16250 + manager.PORT_OFFSET
 KUBELET_HEALTHZ_PORT = 16248 + manager.PORT_OFFSET
+KUBE_PROXY_HEALTHZ_PORT = 16256 + manager.PORT_OFFSET
+KUBE_PROXY_METRICS_PORT = 16249 + manager.PORT_OFFSET
 # the node's containerd, address, bridge and iptables chains are machine-wide: one real node per
 # machine, owned by one cluster dir (a second checkout's `up --real-node` is refused, and its
 # `down` leaves the owner's node alone)
@@ -55,6 +67,7 @@ NETNS_DIR = Path("/run/netns")
 
 CONTAINERD = manager.ClusterProc("containerd", 0)
 KUBELET = manager.ClusterProc("kubelet", KUBELET_HEALTHZ_PORT)  # status shows its 127.0.0.1 healthz
+KUBE_PROXY = manager.ClusterProc("kube-proxy", KUBE_PROXY_HEALTHZ_PORT)
 
 
 def node_dir() -> Path:
@@ -209,6 +222,55 @@ def _kubelet_config(pki: pki_mod.Pki) -> tuple[Path, Path]:
     return config, kubeconfig
 
 
+def _kube_proxy_config() -> Path:
+    config = node_dir() / "kube-proxy.yaml"
+    config.write_text(json.dumps({
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
+        "clientConnection": {"kubeconfig": str(manager.cluster_dir() / "kubeconfig-kube-proxy")},
+        "hostnameOverride": NODE, "mode": "iptables",
+        "bindAddress": NODE_IP,
+        "healthzBindAddress": f"127.0.0.1:{KUBE_PROXY_HEALTHZ_PORT}",
+        "metricsBindAddress": f"127.0.0.1:{KUBE_PROXY_METRICS_PORT}",
+        "clusterCIDR": manager.POD_CIDR, "detectLocalMode": "ClusterCIDR",
+        # NodePorts on the node address only (an empty list of a family means every address of the
+        # machine); no loopback NodePorts, so route_localnet stays 0
+        "nodePortAddresses": [f"{NODE_IP}/32", "::1/128"],
+        "iptables": {"localhostNodePorts": False, "masqueradeAll": False, "syncPeriod": "30s", "minSyncPeriod": "1s"},
+        # 0: leave the machine's conntrack table size and timeouts alone (they are not ours)
+        "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s",
+                      "udpTimeout": "0s", "udpStreamTimeout": "0s"},
+        "oomScoreAdj": 0, "enableProfiling": False,
+    }))
+    return config
+
+
+def kube_proxy_alive() -> bool:
+    """Whether this machine's real node (any checkout's: the owner's) runs its kube-proxy."""
+    where = owner()
+    if not where:
+        return False
+    try:
+        pid = int((Path(where) / "run" / f"{KUBE_PROXY.name}.pid").read_text().strip())
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return False
+    return bool(cmd) and cmd[0].endswith(b"kube-proxy")
+
+
+def _start_kube_proxy() -> None:
+    """kube-proxy, then the service range via lo (blackholed again if anything fails)."""
+    try:
+        if not status()["kube-proxy"]["healthy"]:
+            KUBE_PROXY.stop()
+            say("starting kube-proxy (ClusterIPs from the host; NodePorts on the node address only)")
+            KUBE_PROXY.spawn([str(tools.ensure("kube-proxy")), f"--config={_kube_proxy_config()}"])
+            manager._wait("kube-proxy", lambda: status()["kube-proxy"]["healthy"], KUBE_PROXY, 120)
+        manager.open_service_range()
+    except BaseException:
+        manager.close_service_range()
+        raise
+
+
 # --------------------------------------------------------------------------- up / down
 
 
@@ -219,6 +281,9 @@ def status() -> dict[str, dict]:
         "kubelet": {"pid": KUBELET.pid(), "port": KUBELET_HEALTHZ_PORT,
                     "healthy": bool(KUBELET.pid()) and manager._http_ok(
                         f"http://127.0.0.1:{KUBELET_HEALTHZ_PORT}/healthz")},
+        "kube-proxy": {"pid": KUBE_PROXY.pid(), "port": KUBE_PROXY_HEALTHZ_PORT,
+                       "healthy": bool(KUBE_PROXY.pid()) and manager._http_ok(
+                           f"http://127.0.0.1:{KUBE_PROXY_HEALTHZ_PORT}/healthz")},
     }
 
 
@@ -273,10 +338,19 @@ def _claim() -> None:
 def up() -> None:
     """Start the real node next to the control plane (which must be up)."""
     if all(s["healthy"] for s in status().values()) and manager._node_ready(NODE):
+        manager.open_service_range()
         return
+    try:
+        _up()
+    except BaseException:
+        manager.close_service_range()  # no kube-proxy of ours to route the range via lo for
+        raise
+
+
+def _up() -> None:
     _claim()
     ensure_debian_packages()
-    for name in ("kubelet", "kubectl"):
+    for name in ("kubelet", "kube-proxy", "kubectl"):
         tools.ensure(name)
     pause_image()
     state = _state()
@@ -301,6 +375,7 @@ def up() -> None:
                        f"--root-dir={KUBELET_ROOT}", f"--hostname-override={NODE}", f"--node-ip={NODE_IP}"])
         manager._wait("the kubelet", lambda: status()["kubelet"]["healthy"], KUBELET, 120)
     manager._wait(f"node {NODE} Ready", lambda: manager._node_ready(NODE), KUBELET, 120)
+    _start_kube_proxy()
 
 
 def _our_shims() -> list[int]:
@@ -328,21 +403,23 @@ def _unmount_under(*roots: Path) -> int:
 
 
 def _remove_kube_chains() -> list[str]:
-    """The iptables chains the kubelet (KUBE-*) and CNI portmap (CNI-*) added, with their jumps."""
+    """The iptables and ip6tables chains the kubelet and kube-proxy (KUBE-*) and CNI portmap
+    (CNI-*) added, with their jumps."""
     removed = []
-    for table in ("filter", "nat", "mangle"):
-        rules = _sh("iptables", "-t", table, "-S", check=False).stdout.splitlines()
+    for cmd, table in [(c, t) for c in ("iptables", "ip6tables") if shutil.which(c)
+                       for t in ("filter", "nat", "mangle")]:
+        rules = _sh(cmd, "-t", table, "-S", check=False).stdout.splitlines()
         chains = [r.split()[1] for r in rules if r.startswith("-N ") and r.split()[1].startswith(("KUBE-", "CNI-"))]
         for rule in rules:  # jumps into them from the built-in chains, first
             parts = rule.split()
             if parts[:1] == ["-A"] and "-j" in parts and parts[parts.index("-j") + 1] in chains \
                     and parts[1] not in chains:
-                _sh("iptables", "-t", table, "-D", *parts[1:], check=False)
+                _sh(cmd, "-t", table, "-D", *parts[1:], check=False)
         for chain in chains:
-            _sh("iptables", "-t", table, "-F", chain, check=False)
+            _sh(cmd, "-t", table, "-F", chain, check=False)
         for chain in chains:
-            if _sh("iptables", "-t", table, "-X", chain, check=False).returncode == 0:
-                removed.append(f"{table}/{chain}")
+            if _sh(cmd, "-t", table, "-X", chain, check=False).returncode == 0:
+                removed.append(f"{cmd}/{table}/{chain}")
     return removed
 
 
@@ -352,14 +429,23 @@ def down() -> list[str]:
     other = owner()
     if other and other != _me():
         return []
-    state = _state()
-    if not state and not (CONTAINERD.pid() or KUBELET.pid() or RUN_DIR.exists() or KUBELET_ROOT.exists()):
-        return []
     done = []
+    # first of all: the service range back to its blackhole (before kube-proxy's rules go)
+    if manager.close_service_range():
+        done.append(f"service range {manager.SERVICE_CIDR} via lo")
+    state = _state()
+    if not state and not (CONTAINERD.pid() or KUBELET.pid() or KUBE_PROXY.pid() or RUN_DIR.exists()
+                          or KUBELET_ROOT.exists()):
+        return done
     if KUBELET.pid() and manager.status()["kube-apiserver"]["healthy"]:
         # let the kubelet stop the pods itself (CNI DEL, volume unmounts), then the Node
         manager.kubectl("delete", "pods", "--all-namespaces", "--field-selector", f"spec.nodeName={NODE}",
                         "--grace-period=5", "--wait=true", "--timeout=60s", check=False)
+    if KUBE_PROXY.stop():
+        done.append("kube-proxy")
+    if shutil.which("iptables") and Path(tools.bin_dir() / "kube-proxy").exists():
+        # its own cleanup of every proxy mode's rules (iptables, ipvs, nftables; both families)
+        _sh(str(tools.bin_dir() / "kube-proxy"), "--cleanup", check=False, timeout=60)
     if KUBELET.stop():
         done.append("kubelet")
     if CONTAINERD.pid() and CONTAINERD_SOCK.exists():
