@@ -10,8 +10,8 @@ simulator stamps when it sends its end message). The baseline in the same run is
 ``companion_calls.created_at`` − hang-up (the recorder's WAV + row), so the extra cost of the
 understanding is the difference of the two.
 
-    .venv/bin/python bench/analysis.py                    # 1 and 3 calls of 20 s (~2-3 min)
-    .venv/bin/python bench/analysis.py --calls 1,5 --seconds 30
+    .venv/bin/python bench/analysis.py                    # 1 and 5 calls of 20 s (issue #10's levels, ~3-4 min)
+    .venv/bin/python bench/analysis.py --calls 1,3 --seconds 30
 
 The stack must be up (``.venv/bin/lupita stack up``). Each level uses its own topic prefix.
 """
@@ -92,7 +92,7 @@ def wait_rows(settings, ids: list[str], timeout_s: float, worker) -> list[dict]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", default="1,3", help="comma list of concurrency levels (default 1,3)")
+    parser.add_argument("--calls", default="1,5", help="comma list of concurrency levels (default 1,5)")
     parser.add_argument("--seconds", type=float, default=20.0, help="audio per call (default 20)")
     parser.add_argument("--speed", type=float, default=1.0, help="1 = real time (default)")
     parser.add_argument("--timeout", type=float, default=600.0, help="per level (default 600 s)")
@@ -103,10 +103,12 @@ def main() -> int:
     load_stack_env()
     levels = [int(x) for x in args.calls.split(",") if x.strip()]
     results = []
+    load0 = os.getloadavg()[0]
     for n in levels:
         print(f"[{n} calls] {args.seconds:g} s each at {args.speed:g}x ...", file=sys.stderr, flush=True)
         results.append(run_level(n, args.seconds, args.speed, args.timeout))
-    print(f"hang-up -> stored, seconds ({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end)")
+    print(f"hang-up -> stored, seconds ({os.cpu_count()} CPUs, load average {load0:.1f} at the start, "
+          f"{os.getloadavg()[0]:.1f} at the end)")
     print(f"{'calls':>5} {'analysed':>8} | {'recording p50':>13} {'p95':>6} | {'analysis p50':>12} {'p95':>6} {'max':>6}")
     for r in results:
         print(f"{r['calls']:>5} {r['done']:>8} | {percentile(r['recording'], 50):13.2f} "

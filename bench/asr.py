@@ -13,11 +13,21 @@ second of audio; its inverse is how many real-time legs of speech one core keeps
 the word error rate against the script (normalised, accent-insensitive) as a sanity check that
 a faster setting is not a broken one. Model load time is printed once.
 
+Packing and batching (``--pack SECONDS``, ``--batch N``, local only, beam = the largest of
+``--beams``, the first of ``--threads``): besides one decode per segment, the same segments as
+``packed`` (the consecutive turns of one leg wait together and share windows of at most SECONDS,
+``transcribe_many``), ``batched`` (N segments, of any leg, decoded in one CTranslate2 call,
+``transcribe_batch``) and ``packed+batched`` (the legs' packed windows, N at a time), all in the
+same run, so their CPU per segment and WER compare with the per-segment row. Their latency is the
+whole call's wall time, given to each of its segments. ``bench/asr_encode.py`` measures the same
+modes on the many-voice corpus.
+
 Cloud backends (``--backend openai|deepgram --url URL``): wall-clock RTF and latency per
 segment against that URL (API keys from LUPITA_OPENAI_API_KEY / LUPITA_DEEPGRAM_API_KEY).
 
     .venv/bin/python bench/asr.py                               # local: threads 1 2 x beam 1 5 (~3-4 min)
     .venv/bin/python bench/asr.py --threads 1 --beams 5 --repeat 2 --json
+    .venv/bin/python bench/asr.py --threads 1 --beams 5 --pack 30 --batch 8 --no-partial
     .venv/bin/python bench/asr.py --backend deepgram --url http://127.0.0.1:8080
     .venv/bin/python bench/asr.py --device cuda --compute-type float16   # on a GPU machine
 """
@@ -105,6 +115,37 @@ def run(t: Transcriber, segs: list[tuple[str, np.ndarray]], rate: int, *, partia
                p50_latency_s=statistics.median(latencies), p95_latency_s=q[18])
 
 
+def run_grouped(t: Transcriber, segs: list[tuple[str, np.ndarray]], legs: list[str], rate: int, *, pack: bool,
+                batch: int, repeat: int, label: tuple[str, str, int, int]) -> Row:
+    """Several segments per call: ``pack`` — a leg's consecutive turns are one request; ``batch`` —
+    that many requests per ``transcribe_batch`` call (1: one request per call)."""
+    requests: list[list[int]] = []
+    for k, leg in enumerate(legs):
+        if pack and requests and legs[requests[-1][-1]] == leg:
+            requests[-1].append(k)
+        else:
+            requests.append([k])
+    edits = words = 0
+    latencies: list[float] = []
+    audio_s = 0.0
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for _ in range(repeat):
+        for i in range(0, len(requests), max(1, batch)):
+            chunk = requests[i:i + max(1, batch)]
+            t0 = time.perf_counter()
+            out = t.transcribe_batch([[(segs[k][1], rate) for k in req] for req in chunk])
+            took = time.perf_counter() - t0
+            for req, results in zip(chunk, out):
+                for k, result in zip(req, results):
+                    latencies.append(took)
+                    e, n = wer(segs[k][0], result.text)
+                    edits, words, audio_s = edits + e, words + n, audio_s + len(segs[k][1]) / rate
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    q = statistics.quantiles(latencies, n=20) if len(latencies) > 1 else latencies * 19
+    return Row(*label, audio_s=audio_s, wall_s=wall, cpu_s=cpu, wer=edits / max(1, words),
+               p50_latency_s=statistics.median(latencies), p95_latency_s=q[18])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backend", default="local", choices=("local", "openai", "deepgram"))
@@ -117,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compute-type", default="int8")
     p.add_argument("--rate", type=int, default=8000, choices=(8000, 16000))
     p.add_argument("--repeat", type=int, default=1, help="passes over the call per configuration")
+    p.add_argument("--pack", type=float, default=0.0, help="also a packed row: windows of at most this many s")
+    p.add_argument("--batch", type=int, default=0, help="also batched rows: this many windows per decode call")
     p.add_argument("--json", action="store_true", help=f"also write the results to {RESULTS_DIR}/")
     args = p.parse_args(argv)
 
@@ -153,6 +196,19 @@ def main(argv: list[str] | None = None) -> int:
                 model = next(iter(models.values()))
                 rows.append(run(model, segs, args.rate, partial=True, repeat=args.repeat,
                                 label=("local", "partial", threads, model.options.partial_beam_size)))
+        beam, threads = max(args.beams), args.threads[0]
+        legs = [turn.leg for turn in DEFAULT_SCRIPT]
+        grouped = ([("packed", args.pack, 1)] if args.pack else []) + \
+            ([("batched", 0.0, args.batch)] if args.batch > 1 else []) + \
+            ([("pack+bat", args.pack, args.batch)] if args.pack and args.batch > 1 else [])
+        for mode, pack_s, batch in grouped:
+            model = WhisperLocal(threads=threads, device=args.device, compute_type=args.compute_type,
+                                 options=WhisperOptions(beam_size=beam, pack_max_seconds=pack_s,
+                                                        batch_max_windows=max(1, batch)))
+            model.transcribe_batch([[(x, args.rate)] for _, x in segs[:2]])  # warm-up
+            rows.append(run_grouped(model, segs, legs, args.rate, pack=bool(pack_s), batch=batch,
+                                    repeat=args.repeat, label=("local", mode, threads, beam)))
+            print(f"  done: {mode}", file=sys.stderr)
     else:
         from pydantic import SecretStr  # noqa: F401 - settings carry the keys
 

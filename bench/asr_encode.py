@@ -21,7 +21,12 @@ a window's CPU is shared by its segments by audio length), ``vocab=none|facts|le
 call's own facts as the person's memory, the health lexicon, both: name recall is printed), ``lp=-1.0`` (log-probability
 threshold), ``cr=2.4`` (compression-ratio threshold), ``vad=0|1`` (faster-whisper's own VAD
 filter), ``retry=SECONDS`` (an empty final with that much Silero speech is decoded again; 0 = never,
-as before #11 §4), e.g. ``trimmed:1.0,temps=0+0.6,best_of=2``. Unset options are the
+as before #11 §4), ``batch=N`` (N waiting windows decoded in one batched CTranslate2 call,
+``transcribe_batch``: without packing N consecutive segments of any call, with packing N calls'
+packed requests; the batch's CPU is shared by its segments by audio length), ``guard=0|1`` and
+``glp=-0.8`` (trimmed window: re-decode a doubtful trimmed final with the full window, and the
+mean log-probability below which it is doubtful), e.g. ``trimmed:1.0,temps=0+0.6,best_of=2``.
+Segments decoded twice (window guard, batch re-decode) are counted. Unset options are the
 ``WhisperOptions`` defaults of the code being measured (the default ladder is now ``temps=0+0.5,
 best_of=2``; Whisper's own: ``temps=0+0.2+0.4+0.6+0.8+1.0,best_of=5``). The decode passes per segment (one per
 temperature tried) are counted, so the share of the fallback in the cost shows.
@@ -99,9 +104,11 @@ class Stats:
     terms_heard: int = 0  # of those, in the transcript
     vocab_leaks: int = 0  # vocabulary terms in the transcript that the truth does not say
     gap_words: int = 0  # packed modes: words dropped because they fell between two segments
+    redecoded: int = 0  # segments decoded a second time (full_window guard, batch_redecode)
 
 
-_OPTION_KEYS = {"retry": "empty_retry_min_speech_s", "pack": "pack_max_seconds", "vocab": "", "temps": "temperatures", "best_of": "best_of", "lp": "log_prob_threshold",
+_OPTION_KEYS = {"batch": "batch_max_windows", "guard": "encoder_guard", "glp": "encoder_guard_logprob",
+                "retry": "empty_retry_min_speech_s", "pack": "pack_max_seconds", "vocab": "", "temps": "temperatures", "best_of": "best_of", "lp": "log_prob_threshold",
                 "cr": "compression_ratio_threshold", "vad": "vad_filter", "nst": "no_speech_threshold"}
 
 
@@ -157,6 +164,10 @@ def parse_mode(spec: str) -> WhisperOptions:
             kw["best_of"] = int(value)
         elif key == "vad":
             kw["vad_filter"] = value not in ("0", "false", "off")
+        elif key == "guard":
+            kw["encoder_guard"] = value not in ("0", "false", "off")
+        elif key == "batch":
+            kw["batch_max_windows"] = int(value)
         else:
             kw[_OPTION_KEYS[key]] = float(value)
     return WhisperOptions(**kw)
@@ -301,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     # warm-up (first-call allocations) outside the measurement
     for m in models.values():
         m.transcribe(segs[0].audio, RATE)
+        if m.options.batch_max_windows > 1:
+            m.transcribe_batch([[(s.audio, RATE)] for s in segs[:2]])
 
     stats = {spec: Stats() for spec in models}
     t0 = time.perf_counter()
@@ -332,10 +345,11 @@ def main(argv: list[str] | None = None) -> int:
                 st.empties.append(f"{seg.call_id}@{seg.start_s:.1f}s ({duration:.1f} s, "
                                   f"{n_passes} passes): {','.join(r.guard_actions) or 'no segment decoded'}")
         st.gap_words += r.guard_actions.count("pack_gap_word")
+        st.redecoded += any(a in ("full_window", "batch_redecode") for a in r.guard_actions)
         check_words(r, duration, st)
 
-    single = [m for m in models if not models[m].options.pack_max_seconds]
-    packed = [m for m in models if models[m].options.pack_max_seconds]
+    single = [m for m in models if not models[m].options.pack_max_seconds and models[m].options.batch_max_windows <= 1]
+    packed = [m for m in models if m not in single]
     for i, seg in enumerate(segs):
         order = single if i % 2 == 0 else list(reversed(single))  # alternate who goes first
         for spec in order:
@@ -354,17 +368,33 @@ def main(argv: list[str] | None = None) -> int:
             groups[-1].append(seg)
         else:
             groups.append([seg])
+    # batched modes (batch=N): N waiting windows decoded in one call; without packing each segment is
+    # one window (N consecutive segments, across calls: a backlog of several calls), with packing
+    # each call's group is one request (packed within the call only), N requests at a time. The
+    # batch's CPU is shared by its segments in proportion to their audio. Vocabulary modes batch
+    # per call (a batch has one vocabulary).
     for spec in packed:
-        for group in groups:
-            vocab = segment_vocabulary(group[0], parse_vocab(spec))
+        o = models[spec].options
+        if o.batch_max_windows <= 1:
+            units = [[group] for group in groups]
+        elif o.pack_max_seconds:
+            units = [groups[k:k + o.batch_max_windows] for k in range(0, len(groups), o.batch_max_windows)]
+        else:
+            units = [[[s] for s in segs[k:k + o.batch_max_windows]] for k in range(0, len(segs), o.batch_max_windows)]
+        if parse_vocab(spec) != "none":  # one vocabulary per batch: never across calls
+            units = [[r] for unit in units for r in unit] if o.batch_max_windows <= 1 else \
+                [[[s] for s in group] if not o.pack_max_seconds else [group] for group in groups]
+        for unit in units:
+            vocab = segment_vocabulary(unit[0][0], parse_vocab(spec))
             c, w, (n0, f0) = time.process_time(), time.perf_counter(), list(passes[spec])
-            results = models[spec].transcribe_many([(g.audio, RATE) for g in group], vocabulary=vocab)
+            results = models[spec].transcribe_batch([[(g.audio, RATE) for g in req] for req in unit], vocabulary=vocab)
             cpu, wall = time.process_time() - c, time.perf_counter() - w
-            total = sum(g.audio.size for g in group)
-            for g, r in zip(group, results):
+            flat = [g for req in unit for g in req]
+            total = sum(g.audio.size for g in flat)
+            for g, r in zip(flat, [r for rs in results for r in rs]):
                 share = g.audio.size / total
-                account(spec, g, r, vocab, cpu * share, wall * share, passes[spec][0] - n0 if g is group[0] else 0,
-                        passes[spec][1] - f0 if g is group[0] else 0)
+                account(spec, g, r, vocab, cpu * share, wall * share, passes[spec][0] - n0 if g is flat[0] else 0,
+                        passes[spec][1] - f0 if g is flat[0] else 0)
     segs_by_mode = {m: segs if m in single else [g for group in groups for g in group] for m in models}
 
     base = stats.get("full")
@@ -385,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             "fallback_passes_mean": statistics.fmean(st.fallbacks),
             "empties": st.empties,
             "name_recall": st.terms_heard / max(1, st.terms_said), "terms_said": st.terms_said,
-            "vocab_leaks": st.vocab_leaks, "gap_words_dropped": st.gap_words,
+            "vocab_leaks": st.vocab_leaks, "gap_words_dropped": st.gap_words, "redecoded": st.redecoded,
             "worse_than_full": worse, "better_than_full": better,
             "words": st.n_words, "words_outside_segment": st.words_outside, "non_monotonic": st.non_monotonic,
             "wer_by_voice": {v: e / max(1, n) for v, (e, n) in sorted(st.per_voice.items())},
@@ -412,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\nnames and medication words heard (recall), and vocabulary terms written that were not said:")
     for r in rows:
         print(f"  {r['mode']:<{width}} {pct(r['name_recall'])} of {r['terms_said']}; {r['vocab_leaks']} not said"
-              + (f"; {r['gap_words_dropped']} words dropped in gaps" if models[r['mode']].options.pack_max_seconds else ""))
+              + (f"; {r['gap_words_dropped']} words dropped in gaps" if models[r['mode']].options.pack_max_seconds else "")
+              + (f"; {r['redecoded']} segments decoded twice (window guard / batch re-decode)" if r["redecoded"] else ""))
     for r in rows:
         for e in r["empties"]:
             print(f"empty on a voiced segment, {r['mode']}: {e}")
