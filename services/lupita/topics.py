@@ -26,6 +26,16 @@ ALL = (AUDIO_CHUNKS, CALL_LIFECYCLE, SPEECH_SEGMENTS, TRANSCRIPTS, CALL_ANALYSIS
 CALLBACKS_DUE = "callbacks.due"
 CONTEXT_API = (CALLBACKS_DUE,)
 
+# The telephony gateway's Chime path, created by the gateway itself (TELEPHONY_GATEWAY), not in ALL:
+# the Voice Connector's streaming events as the gateway's control API took them (keyed by the
+# transaction id; the person's number encrypted), consumed by the gateway pods as one group, and the
+# calls' checkpoints (keyed by call, compacted: the latest state of each call; "compact,delete" so
+# the end markers of finished calls go after the retention too).
+CHIME_EVENTS = "telephony.chime.events"
+CHIME_CHECKPOINTS = "telephony.chime.checkpoints"
+TELEPHONY_GATEWAY = (CHIME_EVENTS, CHIME_CHECKPOINTS)
+CLEANUP_POLICY = {CHIME_CHECKPOINTS: "compact,delete"}
+
 # How long each topic keeps its records (retention.ms; cleanup.policy delete). Records carry
 # people's voice and words (audio, segments, transcripts, the analysis, alerts with the sentence
 # said) and cannot be deleted one by one: an erasure (context-api) states these, read back from the
@@ -34,12 +44,14 @@ DAY_MS = 24 * 3600 * 1000
 RETENTION_MS = {
     AUDIO_CHUNKS: 3 * DAY_MS, SPEECH_SEGMENTS: 3 * DAY_MS, CALL_LIFECYCLE: 7 * DAY_MS, TRANSCRIPTS: 7 * DAY_MS,
     CALL_ANALYSIS: 7 * DAY_MS, ALERTS: 14 * DAY_MS, CALLBACKS_DUE: 7 * DAY_MS,
+    CHIME_EVENTS: 1 * DAY_MS, CHIME_CHECKPOINTS: 1 * DAY_MS,
 }
 
 
 def topic_configs(name: str, configs: dict[str, str] | None = None) -> dict[str, str]:
     """The configs a topic is created with: its retention (RETENTION_MS) unless ``configs`` says otherwise."""
-    out = {"retention.ms": str(RETENTION_MS[name]), "cleanup.policy": "delete"} if name in RETENTION_MS else {}
+    out = ({"retention.ms": str(RETENTION_MS[name]), "cleanup.policy": CLEANUP_POLICY.get(name, "delete")}
+           if name in RETENTION_MS else {})
     out.update(configs or {})
     return out
 

@@ -1,7 +1,7 @@
 """Amazon Chime SDK Voice Connector calls: two Kinesis Video streams (one per leg) into one bridge call.
 
-Flow: the control API hands streaming events (:mod:`~telephony_gateway.chime_events`) to
-:class:`ChimeCalls`. ``STARTED`` events are **paired by transaction id** (one with ``isCaller``
+Flow: the control API publishes streaming events (:mod:`~telephony_gateway.chime_events`) to
+Kafka; the pod that owns their partition hands them to :class:`ChimeCalls`. ``STARTED`` events are **paired by transaction id** (one with ``isCaller``
 true, one false; a leg whose partner does not come within ``gateway_chime_pair_seconds`` runs
 alone, counted ``unpaired``); the pair becomes a :class:`ChimeSession`. ``ENDED``/``FAILED`` tell
 the session the call is over (it still reads each stream's tail).
@@ -33,13 +33,16 @@ ends, reconnected after the last fragment, brings nothing new): ``completed``; n
 ``gateway_chime_idle_seconds``: ``stalled``; a fragment of another call on a stream that carried
 this one (the stream was recycled): that leg ends (``recycled_stream``).
 
-**Restart.** After each fragment a leg forwarded, the call's checkpoint
-(:mod:`~telephony_gateway.checkpoint`) records its number. A restarted gateway resumes every
-checkpointed call as a new bridge call ``chime-<transactionId>-p<N>`` (bridge call ids are
-single-use; the first part ended with the old process), reading each stream after its
-checkpointed fragment: audio already sent is not sent again; at most the fragment in flight at the
-crash is repeated in the next part or, if the old process had sent it but not checkpointed it,
-both parts hold it.
+**Restart and hand-off.** After each fragment a leg forwarded, the call's checkpoint
+(:mod:`~telephony_gateway.checkpoint`, a compacted Kafka topic every pod reads) records its
+number. Calls arrive as records of this pod's partitions of the events topic
+(:mod:`~telephony_gateway.chime_bus`); whichever pod owns a call's partition next (after a
+rebalance, a crash or a restart) replays its STARTED events, finds the checkpoint and goes on as a
+new bridge call ``chime-<transactionId>-p<N>`` (bridge call ids are single-use), reading each
+stream after its checkpointed fragment. A planned move (:meth:`ChimeSession.pause`, then
+:meth:`~ChimeSession.unpause` or :meth:`~ChimeSession.hand_off`) stops the legs between two frames
+and checkpoints that exact point, so nothing is sent twice; after a crash, at most the fragment
+in flight is in both parts.
 """
 
 from __future__ import annotations
@@ -56,14 +59,14 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from lupita.privacy import InvalidPhoneNumber, decrypt_phone, encrypt_phone, normalize_phone
+from lupita.privacy import InvalidPhoneNumber, encrypt_phone, normalize_phone
 from lupita.v1 import audio_pb2, media_bridge_pb2 as pb
 
 from . import chime_events as ce
 from . import metrics as m
 from . import mkv
 from .bridge_client import BridgeCall
-from .checkpoint import CheckpointStore
+from .checkpoint import CheckpointTable, Fenced
 from .errors import BadInput, BridgeFailed
 from .joiner import FrameJoiner
 from .session import SessionBase, SessionReport
@@ -496,13 +499,23 @@ class ChimeSession(SessionBase):
     source = SOURCE
 
     def __init__(self, legs: list[ce.StreamingEvent], settings: GatewaySettings, channel: grpc.aio.Channel,
-                 store: CheckpointStore, *, part: int = 1, done_through: dict[bool, int] | None = None,
-                 phone: str | None = None) -> None:
+                 store: CheckpointTable | None, *, part: int = 1, done_through: dict[bool, int] | None = None,
+                 partial: dict[bool, tuple[int, float]] | None = None, phone: str | None = None) -> None:
         super().__init__(log)
         self.settings = settings
         self.channel = channel
         self.store = store
         self.part = part
+        self.tp = None  # the events topic's partition this call is keyed to (its owner runs it)
+        self.partial = partial or {}  # isCaller -> (fragment, producer ms of the last block sent): a hand-off's point
+        self.legs: list[_Leg] = []
+        self._gate = asyncio.Event()  # cleared while paused (a rebalance): the legs stop between two frames
+        self._gate.set()
+        self.paused = False
+        self.handed_off = False
+        self.opening = False  # between the "opened" checkpoint and the bridge's answer
+        self.opened = False  # this part's bridge call may exist (written to the checkpoint before it is opened)
+        self._saves: set[asyncio.Task] = set()
         first = legs[0]
         self.transaction_id = first.transaction_id
         self.chime_call_id = first.call_id
@@ -544,29 +557,104 @@ class ChimeSession(SessionBase):
         for k in self._kvs:
             k.stop()
 
+    # -- hand-off (the call's partition moves to another gateway pod) ---------------------------------
+
+    async def pause(self) -> None:
+        """Stop forwarding between two frames, send what the joiners hold, and checkpoint the exact
+        point reached on each leg (acknowledged before this returns). The KVS readers wait (their
+        queues fill, TCP holds the rest). :meth:`unpause` goes on; :meth:`hand_off` ends the part."""
+        if self.paused or self.handed_off:
+            return
+        self.paused = True
+        self._gate.clear()
+        deadline = time.monotonic() + self.settings.gateway_chime_handoff_seconds
+        # polling the legs' flags: a leg parks at the gate or waits for bytes within one frame's work
+        while (self.opening or any(leg.busy for leg in self.legs)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        exact = not self.opening and not any(leg.busy for leg in self.legs)
+        if exact and self.bridge is not None and not self.bridge.finished:
+            try:
+                await asyncio.wait_for(asyncio.gather(*(leg._flush() for leg in self.legs)),
+                                       max(0.1, deadline - time.monotonic()))
+            except (TimeoutError, BridgeFailed):
+                exact = False
+        if not exact:
+            log.warning("hand-off: the legs did not stop between two frames in time; the next part goes on from the "
+                        "last whole fragment (what was sent after it is in both parts)", extra=self.extra())
+        try:
+            await self._save(wait=True, exact=exact)
+        except Fenced:
+            pass
+        except Exception as exc:  # noqa: BLE001 - Kafka down: the next owner goes on from the last checkpoint written
+            log.error("hand-off checkpoint not written", extra=self.extra(error=f"{type(exc).__name__}: {str(exc)[:200]}"))
+
+    def unpause(self) -> None:
+        self.paused = False
+        self._gate.set()
+
+    def hand_off(self) -> None:
+        """The call goes on elsewhere: end this part (reason ``handoff``) without touching its checkpoint."""
+        self.handed_off = True
+        self._ended.set()
+        for k in self._kvs:
+            k.stop()
+        self._gate.set()
+
+    async def gate(self) -> None:
+        """Where a leg may stop: waits while paused; ends the leg once the call was handed off."""
+        if not self._gate.is_set():
+            await self._gate.wait()
+        if self.handed_off:
+            raise _LegEnd("handoff")
+
     # -- checkpoint ------------------------------------------------------------------------------
 
-    def _checkpoint(self) -> None:
-        if not self.store.enabled:
-            return
+    def _state(self, exact: bool = False) -> dict:
         if self._phone_enc is None:
-            try:
-                self._phone_enc = base64.b64encode(encrypt_phone(self._phone, self.settings.encryption_key_bytes)).decode()
-            except ValueError:
-                log.warning("no checkpoint: LUPITA_PHONE_ENCRYPTION_KEY is not set (a clear number is never written)",
-                            extra=self.extra())
-                self._phone_enc = ""
-        if not self._phone_enc:
+            self._phone_enc = base64.b64encode(encrypt_phone(self._phone, self.settings.encryption_key_bytes)).decode()
+        legs = []
+        by_leg = {leg.plan.leg: leg for leg in self.legs}
+        for p in self.plans:
+            leg = by_leg.get(p.leg)
+            partial = self.partial.get(bool(p.event.is_caller))
+            if exact and leg is not None and leg.cur is not None and leg.cur[0] != p.done_through:
+                partial = leg.cur
+            elif partial is not None and p.done_through is not None and partial[0] <= p.done_through:
+                partial = None
+            legs.append({"isCaller": p.event.is_caller, "streamArn": p.event.stream_arn,
+                         "startFragmentNumber": p.event.start_fragment_number,
+                         "voiceConnectorId": p.event.voice_connector_id,
+                         "startTime": p.event.start_time, "eventTime": p.event.event_time,
+                         "doneThrough": None if p.done_through is None else str(p.done_through),
+                         "partial": None if partial is None else [str(partial[0]), partial[1]]})
+        return {"transactionId": self.transaction_id, "callId": self.chime_call_id, "direction": self.direction,
+                "part": self.part, "opened": self.opened, "phone": self._phone_enc, "legs": legs}
+
+    async def _save(self, *, wait: bool, exact: bool = False) -> None:
+        """Write the checkpoint; ``wait``: until the broker acknowledged it. Raises Fenced when a
+        later part of the call exists (this pod lost it without knowing)."""
+        if self.store is None or self.handed_off:
             return
-        enc = self._phone_enc
-        self.store.save(self.key, {
-            "transactionId": self.transaction_id, "callId": self.chime_call_id, "direction": self.direction,
-            "part": self.part, "phone": enc,
-            "legs": [{"isCaller": p.event.is_caller, "streamArn": p.event.stream_arn,
-                      "startFragmentNumber": p.event.start_fragment_number, "voiceConnectorId": p.event.voice_connector_id,
-                      "startTime": p.event.start_time, "eventTime": p.event.event_time,
-                      "doneThrough": None if p.done_through is None else str(p.done_through)} for p in self.plans],
-        })
+        ack = await self.store.save(self.key, self._state(exact))
+        if wait:
+            await ack
+        else:
+            task = asyncio.ensure_future(ack)
+            self._saves.add(task)
+            task.add_done_callback(self._saved)
+
+    def _saved(self, task: asyncio.Future) -> None:
+        self._saves.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("checkpoint not acknowledged", extra=self.extra(error=str(task.exception())[:200]))
+
+    async def _checkpoint(self) -> None:
+        """After a whole fragment of a leg went to the bridge: not waited for (the next one supersedes it)."""
+        try:
+            await self._save(wait=False)
+        except Fenced:
+            log.warning("the call went on as a later part on another pod: this part ends", extra=self.extra())
+            self.hand_off()
 
     # -- run -------------------------------------------------------------------------------------
 
@@ -579,29 +667,43 @@ class ChimeSession(SessionBase):
             except InvalidPhoneNumber as exc:
                 raise BadInput("custom_parameters", f"the person's number in the streaming event is not usable: {exc}",
                                fatal=True) from None
-            self._checkpoint()
-            legs = []
+            await self._save(wait=True)
+            legs = self.legs
             for plan in self.plans:
                 kvs = KvsLeg(self.settings, plan.event.stream_arn, loop)
                 self._kvs.append(kvs)
                 parser = LegParser(transaction_id=self.transaction_id, call_id=self.chime_call_id,
                                    done_through=plan.done_through, start_at=int(plan.event.start_fragment_number))
+                parser.partial = self.partial.get(bool(plan.event.is_caller))
                 legs.append(_Leg(self, plan, kvs, parser))
             for leg in legs:
                 leg.connect()
             firsts = await self._first_audio(legs)
             if self.fatal:
                 raise _Done(self.fatal)
-            if not firsts:
+            if not firsts or self.handed_off:
                 outcome = self._outcome([leg.why for leg in legs])
                 raise _Done(outcome)
             self._started_at_us = int(min(firsts) * 1000)
-            await self._open_bridge()
+            try:
+                await self.gate()
+            except _LegEnd:
+                raise _Done("handoff") from None
+            self.opening = True
+            try:
+                self.opened = True  # before the bridge call can exist: a resumer then takes the next part
+                await self._save(wait=True)
+                await self._open_bridge()
+            finally:
+                self.opening = False
             self.went_live()
             results = await asyncio.gather(*(leg.forward() for leg in legs))
             outcome = self._outcome(results)
         except _Done as done:
             outcome = done.outcome
+        except Fenced:
+            outcome = "handoff"
+            log.warning("the call went on as a later part on another pod: this part ends", extra=self.extra())
         except BadInput as exc:
             self.bad(exc)
             outcome = "media_format" if exc.kind == "media_format" else "rejected"
@@ -611,13 +713,15 @@ class ChimeSession(SessionBase):
         finally:
             for k in self._kvs:
                 k.stop()
+        if self.handed_off:
+            outcome = "handoff"
         outcome = await self.end_bridge(outcome, self._started_at_us + int(self._end_ms * 1000))
-        if outcome not in ("shutdown",):
-            self.store.remove(self.key)  # over: nothing to resume (a shutdown keeps it: the next process resumes)
         self.finish(outcome)
         return self.report
 
     def _outcome(self, whys: list[str]) -> str:
+        if self.handed_off:
+            return "handoff"
         if self._shutdown:
             return "shutdown"
         if self.fatal or "media_format" in whys:
@@ -680,6 +784,8 @@ class _Leg:
         self.joiner = FrameJoiner(session.settings.gateway_bridge_frame_ms)
         self.blocks = 0
         self.first_at: float | None = None
+        self.busy = False  # forwarding an item (a pause waits until no leg is)
+        self.cur: tuple[int, float] | None = None  # (fragment, producer ms) of the last block forwarded
 
     def connect(self, after: int | None = None) -> None:
         if after is None and self.plan.done_through is None:
@@ -721,7 +827,7 @@ class _Leg:
             if s.fatal:
                 raise _LegEnd(s.fatal)
             if isinstance(item, _Stop):
-                raise _LegEnd("shutdown")
+                raise _LegEnd("handoff" if s.handed_off else "shutdown")
             if isinstance(item, _Eof) or isinstance(item, Exception):
                 failure, self.kvs_error = (item if isinstance(item, Exception) else self.kvs_error), None
                 retry = False
@@ -829,6 +935,9 @@ class _Leg:
                 return self.why
             while True:
                 for item in items:
+                    self.busy = False
+                    await s.gate()
+                    self.busy = True
                     if isinstance(item, Recycled):
                         await self._flush()
                         return "recycled"
@@ -837,25 +946,31 @@ class _Leg:
                     elif isinstance(item, FragmentDone):
                         await self._flush()
                         self.plan.done_through = item.fragment
-                        s._checkpoint()
+                        await s._checkpoint()
                 if self.pending_end:
                     await self._flush()
                     return "end"
                 if s.bridge.finished and not s.bridge.ending:
                     raise s.bridge.failure()
+                self.busy = False
                 items = await self._items()
+                self.busy = True
         except _LegEnd as end:
-            await self._flush()
+            self.busy = True
+            if end.why != "handoff":
+                await self._flush()
             return end.why
         except BadInput as exc:
             s.bad(exc)
             s.fail("media_format")
             return "media_format"
         finally:
+            self.busy = False
             self.kvs.stop()
 
     async def _audio(self, a: Audio) -> None:
         s = self.s
+        self.cur = (a.fragment, a.at_ms)
         started_ms = s._started_at_us / 1000
         gaps = self.timeline.stats.gaps
         try:
@@ -895,40 +1010,82 @@ class _Pending:
     legs: dict[bool, ce.StreamingEvent] = field(default_factory=dict)
     since: float = field(default_factory=time.monotonic)
     timer: asyncio.TimerHandle | None = None
+    tp: object = None
 
 
 class ChimeCalls:
-    """Streaming events in, sessions out (pairing, ends, resume after a restart)."""
+    """Streaming events in (the records of this pod's partitions of the events topic,
+    :mod:`~telephony_gateway.chime_bus`), sessions out: pairing, ends, resume from a checkpoint,
+    hand-off, and which offsets may be committed."""
 
     def __init__(self, gateway) -> None:
         self.gateway = gateway
         self.settings: GatewaySettings = gateway.settings
-        self.store = CheckpointStore(self.settings.gateway_chime_checkpoint_dir)
+        self.bus = None  # ChimeBus, set by the gateway when the Chime path is on
         self.pending: dict[str, _Pending] = {}
         self.sessions: dict[str, ChimeSession] = {}
         self.tasks: set[asyncio.Task] = set()
         self.finished: dict[str, list[SessionReport]] = {}  # key -> the reports of its parts, in order
+        self.holds: dict[str, tuple[object, int]] = {}  # key -> (partition, offset of its first event) while pending/live
+        self.next_offset: dict[object, int] = {}  # partition -> the offset after the last record handled
 
-    def handle(self, raw: object) -> str:
-        """One event: "accepted", or BadInput (counted by the caller)."""
-        ev = ce.parse(raw)
-        m.EVENTS.labels(SOURCE, ev.status.lower()).inc()
+    @property
+    def store(self) -> CheckpointTable | None:
+        return self.bus.table if self.bus is not None else None
+
+    # -- records ------------------------------------------------------------------------------------
+
+    def consumed(self, tp, offset: int) -> None:
+        self.next_offset[tp] = offset + 1
+
+    def _hold(self, key: str, tp, offset: int) -> None:
+        held = self.holds.get(key)
+        if held is None or held[0] != tp or offset < held[1]:
+            self.holds[key] = (tp, offset)
+
+    def on_record(self, tp, offset: int, ev: ce.StreamingEvent) -> str:
+        """One event of a partition this pod owns (records come in offset order); returns what
+        became of it (the ``lupita_gateway_chime_events_consumed_total`` result)."""
+        self.consumed(tp, offset)
+        try:
+            result = self._on_event(tp, offset, ev)
+        except BadInput as exc:
+            m.BAD_INPUT.labels(SOURCE, exc.kind).inc()
+            log.warning("bad input", extra={"stage": SOURCE, "call_id": call_key(ev.transaction_id), "kind": exc.kind,
+                                            "error": exc.message})
+            result = "replayed"
+        m.CHIME_CONSUMED.labels(result).inc()
+        return result
+
+    def _on_event(self, tp, offset: int, ev: ce.StreamingEvent) -> str:
+        key = call_key(ev.transaction_id)
         if ev.status == "STARTED":
-            if self.gateway.draining:
-                raise RuntimeError("draining")
-            key = call_key(ev.transaction_id)
-            if key in self.sessions:
-                raise BadInput("second_start", "a STARTED event for a call already streaming")
-            p = self.pending.setdefault(key, _Pending())
+            m.EVENTS.labels(SOURCE, "started").inc()
+            session = self.sessions.get(key)
+            if session is not None:
+                if any(p.event.is_caller == ev.is_caller for p in session.plans):
+                    return "replayed"  # read again after a rebalance, or EventBridge delivered it twice
+                raise BadInput("second_start", "a STARTED event for a call already streaming with its other leg alone")
+            state = self.store.get(key) if self.store is not None else None
+            if state is not None and state.get("done"):
+                return "replayed"  # finished (here or on another pod): its events are read again only by a replay
+            if state is not None:
+                if self._resume(key, state, tp) is not None:
+                    self._hold(key, tp, offset)
+                    return "started"
+                return "bad"
+            p = self.pending.setdefault(key, _Pending(tp=tp))
             if ev.is_caller in p.legs:
-                raise BadInput("second_start", "a second STARTED event for the same leg")
+                return "replayed"
             p.legs[bool(ev.is_caller)] = ev
+            self._hold(key, tp, offset)
             if len(p.legs) == 2:
                 self._launch(key)
             elif p.timer is None:
                 p.timer = asyncio.get_running_loop().call_later(self.settings.gateway_chime_pair_seconds, self._unpaired, key)
-            return "accepted"
-        key = call_key(ev.transaction_id)
+            return "started"
+        m.EVENTS.labels(SOURCE, ev.status.lower()).inc()
+        result = ev.status.lower()
         session = self.sessions.get(key)
         if session is not None:
             session.source_ended(ev.status)
@@ -937,8 +1094,8 @@ class ChimeCalls:
             if p.timer:
                 p.timer.cancel()
             if p.legs:  # ended before its partner came: run what there is, it ends at the streams' end
-                self._launch_legs(key, list(p.legs.values()), ended=ev.status)
-        return "accepted"
+                self._launch_legs(key, list(p.legs.values()), ended=ev.status, tp=p.tp)
+        return result
 
     def _unpaired(self, key: str) -> None:
         p = self.pending.get(key)
@@ -953,10 +1110,11 @@ class ChimeCalls:
         p = self.pending.pop(key)
         if p.timer:
             p.timer.cancel()
-        self._launch_legs(key, [p.legs[k] for k in sorted(p.legs, reverse=True)])
+        self._launch_legs(key, [p.legs[k] for k in sorted(p.legs, reverse=True)], tp=p.tp)
 
-    def _launch_legs(self, key: str, legs: list[ce.StreamingEvent], *, ended: str = "", **kw) -> ChimeSession:
+    def _launch_legs(self, key: str, legs: list[ce.StreamingEvent], *, ended: str = "", tp=None, **kw) -> ChimeSession:
         session = ChimeSession(legs, self.settings, self.gateway.channel, self.store, **kw)
+        session.tp = tp
         if ended:
             session.source_ended(ended)
         self.sessions[key] = session
@@ -969,31 +1127,103 @@ class ChimeCalls:
         try:
             report = await self.gateway._run_session(session)
             self.finished.setdefault(key, []).append(report)
+            if report.outcome not in ("handoff", "shutdown"):
+                await self._mark_done(key, session)
         finally:
             if self.sessions.get(key) is session:
                 del self.sessions[key]
+                self.holds.pop(key, None)  # over here (its end marker written first), or gone to another pod
 
-    def resume(self) -> int:
-        """Start every checkpointed call again (a gateway restart); returns how many."""
-        n = 0
-        for key, state in self.store.load_all().items():
+    async def _mark_done(self, key: str, session: ChimeSession) -> None:
+        """The call is over: its checkpoint becomes an end marker (acknowledged before the
+        partition's offset may pass its first event; retried while Kafka does not answer)."""
+        if self.store is None:
+            return
+        for attempt in range(1, 8):
             try:
-                phone = decrypt_phone(base64.b64decode(state["phone"]), self.settings.encryption_key_bytes)
-                legs, done = [], {}
-                for leg in state["legs"]:
-                    legs.append(ce.StreamingEvent(
-                        status="STARTED", transaction_id=state["transactionId"], call_id=state["callId"],
-                        voice_connector_id=leg.get("voiceConnectorId", ""), direction=state["direction"],
-                        is_caller=bool(leg["isCaller"]), stream_arn=leg["streamArn"],
-                        start_fragment_number=leg["startFragmentNumber"], start_time=leg.get("startTime") or "",
-                        event_time=leg.get("eventTime") or ""))
-                    if leg.get("doneThrough"):
-                        done[bool(leg["isCaller"])] = int(leg["doneThrough"])
-                part = int(state.get("part", 1)) + 1
-            except (KeyError, ValueError, TypeError):
-                log.error("checkpoint unreadable; left in place", extra={"stage": SOURCE, "call_id": key})
+                await (await self.store.save(key, {"part": session.part, "done": True}))
+                return
+            except Fenced:
+                return  # a later part runs elsewhere: its end is its own
+            except Exception as exc:  # noqa: BLE001 - the broker did not ack: try again
+                log.warning("end marker not written", extra={"stage": SOURCE, "call_id": key, "attempt": attempt,
+                                                             "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+                await asyncio.sleep(min(5.0, 0.2 * 2 ** attempt))
+        log.error("end marker not written: a replay of this call's events may resume it as a new (empty) part",
+                  extra={"stage": SOURCE, "call_id": key})
+
+    def _resume(self, key: str, state: dict, tp) -> ChimeSession | None:
+        """Go on with a checkpointed call (its last owner stopped or died) as its next part."""
+        try:
+            phone = self.bus.decrypt(state["phone"])
+            legs, done, partial = [], {}, {}
+            for leg in state["legs"]:
+                legs.append(ce.StreamingEvent(
+                    status="STARTED", transaction_id=state["transactionId"], call_id=state["callId"],
+                    voice_connector_id=leg.get("voiceConnectorId", ""), direction=state["direction"],
+                    is_caller=bool(leg["isCaller"]), stream_arn=leg["streamArn"],
+                    start_fragment_number=leg["startFragmentNumber"], start_time=leg.get("startTime") or "",
+                    event_time=leg.get("eventTime") or ""))
+                if leg.get("doneThrough"):
+                    done[bool(leg["isCaller"])] = int(leg["doneThrough"])
+                if leg.get("partial"):
+                    partial[bool(leg["isCaller"])] = (int(leg["partial"][0]), float(leg["partial"][1]))
+            part = int(state.get("part", 1)) + (1 if state.get("opened", True) else 0)
+        except (KeyError, ValueError, TypeError):
+            log.error("checkpoint unreadable; the call is not resumed", extra={"stage": SOURCE, "call_id": key})
+            return None
+        log.info("resuming call", extra={"stage": SOURCE, "call_id": key, "part": part})
+        m.CHIME_HANDOFFS.labels("in").inc()
+        return self._launch_legs(key, legs, part=part, done_through=done, partial=partial, phone=phone, tp=tp)
+
+    # -- partitions ---------------------------------------------------------------------------------
+
+    def commit_offsets(self, tps) -> dict:
+        """Per partition: the offset that may be committed, never past the first event of a call
+        still pending or live here (a new owner replays from there and resumes it)."""
+        out = {}
+        for tp in tps:
+            if tp not in self.next_offset:
                 continue
-            log.info("resuming call", extra={"stage": SOURCE, "call_id": key, "part": part})
-            self._launch_legs(key, legs, part=part, done_through=done, phone=phone)
-            n += 1
-        return n
+            held = [off for t, off in self.holds.values() if t == tp]
+            out[tp] = min([self.next_offset[tp], *held])
+        return out
+
+    async def pause_partitions(self, tps) -> None:
+        """Partitions revoked (a rebalance or this pod stopping): pending pairings are dropped
+        (the next owner replays their events); live calls pause and checkpoint their exact point."""
+        tps = set(tps)
+        for key, p in list(self.pending.items()):
+            if p.tp in tps:
+                if p.timer:
+                    p.timer.cancel()
+                del self.pending[key]
+        paused = [s for s in self.sessions.values() if s.tp in tps]
+        await asyncio.gather(*(s.pause() for s in paused))
+
+    async def settle(self, assigned, *, wait: bool = False) -> None:
+        """After a rebalance: paused calls whose partition stayed here go on; the others end
+        their part with ``handoff`` (the new owner goes on from their checkpoint)."""
+        assigned = set(assigned)
+        gone = []
+        for key, session in list(self.sessions.items()):
+            if not session.paused:
+                continue
+            if session.tp in assigned:
+                m.CHIME_HANDOFFS.labels("kept").inc()
+                session.unpause()
+            else:
+                m.CHIME_HANDOFFS.labels("out").inc()
+                log.info("call handed off", extra=session.extra(part=session.part))
+                session.hand_off()
+                self.holds.pop(key, None)
+                gone.append(session)
+        for key, held in list(self.holds.items()):
+            if held[0] not in assigned and key not in self.sessions:
+                del self.holds[key]
+        for tp in list(self.next_offset):
+            if tp not in assigned:
+                del self.next_offset[tp]
+        if wait and gone:
+            tasks = [t for t in self.tasks]
+            await asyncio.wait(tasks, timeout=self.settings.gateway_bridge_close_seconds + 5)

@@ -21,7 +21,9 @@ error message (:class:`~telephony_gateway.errors.BadInput` messages name fields,
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import BadInput
@@ -123,3 +125,51 @@ def person_leg_is_caller(direction: str) -> bool:
     """Which stream carries the person: on an inbound call the caller is the person; on an
     outbound call (Lupita dials) the callee is."""
     return direction == "Inbound"
+
+
+# -- the record on the gateway's Kafka topic (telephony.chime.events) --------------------------------
+# The control API publishes each checked event there, keyed by its transaction id (so both legs'
+# STARTED and the ENDED of one call land on one partition, whose owner runs the call); the person's
+# number travels encrypted (LUPITA_PHONE_ENCRYPTION_KEY), never in clear, and the other number not
+# at all.
+
+RECORD_VERSION = 1
+
+
+def record_key(event: StreamingEvent) -> bytes:
+    return event.transaction_id.encode()
+
+
+def to_record(event: StreamingEvent, encrypt: Callable[[str], str]) -> bytes:
+    """The event as the topic's JSON value; ``encrypt`` turns the person's number into its
+    ciphertext (base64) and raises BadInput for a number that is not one."""
+    value = {"v": RECORD_VERSION, "status": event.status, "transactionId": event.transaction_id,
+             "callId": event.call_id, "voiceConnectorId": event.voice_connector_id, "direction": event.direction}
+    if event.status == "STARTED":
+        value.update(isCaller=event.is_caller, streamArn=event.stream_arn,
+                     startFragmentNumber=event.start_fragment_number, startTime=event.start_time,
+                     eventTime=event.event_time, phone=encrypt(person_number(event)))
+    elif event.status == "FAILED":
+        value["failureReason"] = event.failure_reason
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def from_record(value: bytes, decrypt: Callable[[str], str]) -> StreamingEvent:
+    """The event of a topic record (BadInput ``malformed_json`` for a record that is not one)."""
+    try:
+        v = json.loads(value)
+        status = v["status"]
+        common = dict(status=status, transaction_id=str(v["transactionId"]), call_id=str(v["callId"]),
+                      voice_connector_id=str(v["voiceConnectorId"]), direction=str(v.get("direction", "")))
+        if status == "STARTED":
+            phone = decrypt(v["phone"])
+            number = {"from_number": phone} if common["direction"] == "Inbound" else {"to_number": phone}
+            return StreamingEvent(**common, is_caller=bool(v["isCaller"]), stream_arn=str(v["streamArn"]),
+                                  start_fragment_number=str(v["startFragmentNumber"]),
+                                  start_time=str(v.get("startTime") or ""), event_time=str(v.get("eventTime") or ""),
+                                  **number)
+        if status in ("ENDED", "FAILED"):
+            return StreamingEvent(**common, failure_reason=str(v.get("failureReason", "")))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadInput("malformed_json", f"a record of the Chime events topic is not one: {type(exc).__name__}") from None
+    raise BadInput("unknown_event", "a record of the Chime events topic with an unknown status")

@@ -14,6 +14,9 @@ message never quotes the body), 409 when that call is already being listened to,
 draining. The caller is the context-api's VAPI webhook on ``status-update`` ``in-progress`` (or an
 operator). The number travels in the body, never in the URL.
 
+``POST /chime/events`` takes EventBridge's Chime streaming events and publishes them to Kafka
+(202 after the broker's ack, 503 otherwise): see :mod:`~telephony_gateway.chime_bus`.
+
 aiohttp because the websocket library the gateway serves Twilio with answers GET upgrades only;
 aiohttp's ``AppRunner``/``TCPSite`` run inside the gateway's own event loop and leave its signal
 handling alone.
@@ -30,7 +33,9 @@ from aiohttp import web
 
 from lupita.v1 import audio_pb2
 
+from . import chime_events as ce
 from . import metrics as m
+from .chime_bus import KafkaUnavailable
 from .errors import BadInput
 from .vapi_listen import VapiCall
 
@@ -147,24 +152,38 @@ class ControlApi:
 
     async def _chime_events(self, request: web.Request) -> web.Response:
         """EventBridge (an API destination) delivers Chime's streaming events here: one event or a
-        list. 202 with what was accepted and refused; 400 for a body that is not JSON; 503 while
-        draining (EventBridge retries). A refused event is counted and named by its class only."""
+        list. Each is checked and published to the Chime events topic (the pod that owns the
+        call's partition runs it, :mod:`~telephony_gateway.chime_bus`): 202 with what was accepted
+        and refused, only once Kafka acknowledged every accepted event; 503 when it did not
+        (nothing was acknowledged: EventBridge retries the request); 400 for a body that is not
+        JSON; 503 while draining; 404 when the Chime path is off. A refused event is counted and
+        named by its class only."""
+        bus = self.gateway.chime_bus
+        if bus is None:
+            return web.json_response({"error": "the Chime path is off (LUPITA_GATEWAY_CHIME_ENABLED)"}, status=404)
         body, refusal = await self._json_body(request, "chime")
         if refusal is not None:
             return refusal
         events = body if isinstance(body, list) else [body]
-        accepted, refused = 0, []
+        checked, refused = [], []
         for event in events:
             try:
-                self.gateway.chime.handle(event)
-                accepted += 1
+                ev = ce.parse(event)
+                if ev.status == "STARTED":
+                    bus.encrypt(ce.person_number(ev))  # a number that is not one is refused here, with its class
+                checked.append(ev)
             except BadInput as exc:
                 m.BAD_INPUT.labels("chime", exc.kind).inc()
                 log.warning("bad input", extra={"stage": "chime", "kind": exc.kind, "error": exc.message})
                 refused.append(exc.kind)
-            except RuntimeError:
-                return web.json_response({"error": "draining"}, status=503)
-        return web.json_response({"accepted": accepted, "refused": refused}, status=202)
+            except ValueError:  # no encryption key: nothing can be published
+                return web.json_response({"error": "Chime events cannot be published"}, status=503)
+        if checked:
+            try:
+                await bus.publish(checked)
+            except KafkaUnavailable:
+                return web.json_response({"error": "Kafka did not acknowledge the events; retry"}, status=503)
+        return web.json_response({"accepted": len(checked), "refused": refused}, status=202)
 
     async def _listen(self, call: VapiCall) -> None:
         try:

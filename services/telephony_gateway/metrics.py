@@ -23,6 +23,7 @@ OUTCOMES = (
     "recycled_stream",  # Chime: every leg's stream went on with another call's fragments
     "bridge_error",  # the bridge refused the call or its stream failed
     "rejected",  # refused before a bridge call existed (start missing/invalid, no phone, no consent fields)
+    "handoff",  # Chime: the call's partition moved to another gateway pod, which goes on from the checkpoint
 )
 
 CALLS = Counter("lupita_gateway_calls_total", "Calls finished by the gateway, by source and outcome", ["source", "outcome"])
@@ -76,3 +77,26 @@ for _source in SOURCES:
         FRAMES.labels(_source, _leg)
         GAPS.labels(_source, _leg)
         GAP_SECONDS.labels(_source, _leg)
+
+# -- Chime events through Kafka (telephony.chime.events, one consumer group of gateway pods) ----------
+CHIME_PUBLISHED = Counter("lupita_gateway_chime_events_published_total",
+                          "Chime streaming events the control API published to Kafka (ok: the broker acked; failed: "
+                          "not acked in time, the request got 503 and EventBridge retries)", ["result"])
+CHIME_CONSUMED = Counter("lupita_gateway_chime_events_consumed_total",
+                         "Chime event records this pod consumed as the owner of their partition, by what became of "
+                         "them (started, ended, failed; replayed: a record of a call already running here or "
+                         "finished, read again after a rebalance or a duplicate delivery; bad: not a record)",
+                         ["result"])
+CHIME_HANDOFFS = Counter("lupita_gateway_chime_handoffs_total",
+                         "Chime calls whose partition moved: out (stopped here, checkpoint written, the next owner goes "
+                         "on), in (resumed here from another pod's or an earlier process's checkpoint), kept (paused "
+                         "for a rebalance that left the partition here)", ["direction"])
+CHIME_PARTITIONS = Gauge("lupita_gateway_chime_partitions", "Partitions of the Chime events topic this pod owns")
+CHIME_CONSUMER_UP = Gauge("lupita_gateway_chime_consumer_up",
+                          "1 while this pod's Chime consumer is in its group and its checkpoints are read")
+for _r in ("ok", "failed"):
+    CHIME_PUBLISHED.labels(_r)
+for _r in ("started", "ended", "failed", "replayed", "bad"):
+    CHIME_CONSUMED.labels(_r)
+for _d in ("out", "in", "kept"):
+    CHIME_HANDOFFS.labels(_d)

@@ -30,6 +30,7 @@ from . import signature
 from .control import ControlApi
 from .bridge_client import make_channel
 from .chime import ChimeCalls, ChimeSession
+from .chime_bus import ChimeBus
 from .errors import BadInput
 from .settings import GatewaySettings
 from .session import SessionReport
@@ -54,6 +55,7 @@ class Gateway:
         self._session_closed = asyncio.Event()
         self.control: ControlApi | None = None
         self.chime = ChimeCalls(self)
+        self.chime_bus: ChimeBus | None = None
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -81,12 +83,16 @@ class Gateway:
                 log.warning("control API off: LUPITA_GATEWAY_CONTROL_TOKENS is empty", extra={"stage": "gateway"})
             else:
                 self.control = ControlApi(self)
+                if s.gateway_chime_enabled:
+                    # Chime events come in on the control API: the consumer (re)connects in the background
+                    self.chime_bus = ChimeBus(s, self.chime)
+                    self.chime.bus = self.chime_bus
+                    self.chime_bus.start()
                 await self.control.start(s.gateway_host, s.gateway_control_port)
-        resumed = self.chime.resume()
         log.info("gateway listening", extra={"stage": "gateway", "port": self.port, "twilio_path": s.gateway_twilio_path,
                                              "control_port": self.control.port if self.control else None,
                                              "bridge": s.bridge_target, "forward_codec": s.gateway_forward_codec,
-                                             "chime_calls_resumed": resumed})
+                                             "chime": self.chime_bus is not None})
         return self.port
 
     async def shutdown(self) -> None:
@@ -96,6 +102,10 @@ class Gateway:
         self.draining = True
         log.info("draining", extra={"stage": "gateway", "live_calls": len(self.sessions),
                                     "drain_seconds": self.settings.gateway_drain_seconds})
+        if self.chime_bus is not None:
+            # Chime calls are not drained but handed off at once: checkpointed, the group left, the
+            # other pods go on with them
+            await self.chime_bus.stop()
         # the listener stays open while draining: /readyz answers 503 (the load balancer takes this
         # pod out) and new upgrades get 503, rather than connection refused
         deadline = time.monotonic() + self.settings.gateway_drain_seconds
@@ -120,6 +130,8 @@ class Gateway:
         their bridge streams aborted, their checkpoints kept (the next process resumes them)."""
         if self.control is not None:
             await self.control.close()
+        if self.chime_bus is not None:
+            await self.chime_bus.halt()  # no more records: nothing new starts while the calls are cut
         chime = [x for x in self.sessions if isinstance(x, ChimeSession)]
         for session in chime:
             for kvs in session._kvs:
@@ -130,6 +142,8 @@ class Gateway:
         for session in chime:
             if session.bridge is not None:
                 await session.bridge.abort()
+        if self.chime_bus is not None:
+            await self.chime_bus.close()
         if self._probe is not None:
             self._probe.cancel()
             await asyncio.gather(self._probe, return_exceptions=True)
@@ -169,10 +183,13 @@ class Gateway:
         if path == "/livez":
             return conn.respond(http.HTTPStatus.OK, "ok\n")
         if path == "/readyz":
+            chime = ""
+            if self.chime_bus is not None:  # Chime's consumer, reported (a pod without it still takes Twilio/VAPI calls)
+                chime = f"chime consumer: {self.chime_bus.state}, {len(self.chime_bus.assigned)} partitions\n"
             if self.ready:
-                return conn.respond(http.HTTPStatus.OK, "ready\n")
+                return conn.respond(http.HTTPStatus.OK, "ready\n" + chime)
             why = "draining" if self.draining else "bridge not serving"
-            return conn.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, f"not ready: {why}\n")
+            return conn.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, f"not ready: {why}\n" + chime)
         if path != self.settings.gateway_twilio_path:
             return conn.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
         token = self.settings.gateway_twilio_auth_token.get_secret_value()

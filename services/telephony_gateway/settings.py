@@ -82,8 +82,20 @@ class GatewaySettings(CommonSettings):
     # fragments numbered before the event's startFragmentNumber: the margin covers clock skew
     # between the event and KVS's ingestion clock; a larger one only reads more to skip.
     gateway_chime_start_margin_seconds: float = Field(default=10.0, ge=0)
-    # Directory of the per-call checkpoints (empty = no checkpoints, no resume after a restart).
-    gateway_chime_checkpoint_dir: str = ""
+    # Chime events go through Kafka so that any number of gateway pods share the calls: the
+    # control API publishes each event to <prefix>telephony.chime.events (keyed by transaction
+    # id) and answers 202 only after the broker's ack (503 when Kafka does not ack within
+    # PUBLISH_TIMEOUT_SECONDS: EventBridge retries); the pods consume it as one consumer group
+    # (GROUP_ID) and the owner of a call's partition runs the call. Checkpoints go to the
+    # compacted <prefix>telephony.chime.checkpoints. SESSION_TIMEOUT_MS: how long a pod that
+    # died silently keeps its partitions (then another pod resumes its calls). HANDOFF_SECONDS:
+    # how long a hand-off waits for a call's legs to stop between two frames. ENABLED=false: no
+    # Chime path (no consumer; POST /chime/events answers 404).
+    gateway_chime_enabled: bool = True
+    gateway_chime_group_id: str = "lupita-telephony-gateway"
+    gateway_chime_publish_timeout_seconds: float = Field(default=3.0, gt=0, le=4.5)
+    gateway_chime_session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
+    gateway_chime_handoff_seconds: float = Field(default=5.0, gt=0)
 
     # --- behaviour shared by every source ---------------------------------------------------
     # Audio per frame sent to the bridge: contiguous 20 ms source frames are joined up to this

@@ -73,7 +73,7 @@ def test_topics_match_the_code_and_the_eks_values():
 
     values = yaml.safe_load((ROOT / "charts" / "lupita" / "values-eks.yaml").read_text())["kafka"]
     declared = {d["spec"]["topicName"]: d["spec"] for d in _docs(K8S / "kafka" / "topics.yaml")}
-    assert set(declared) == {values["topicPrefix"] + name for name in topics.ALL + topics.CONTEXT_API}
+    assert set(declared) == {values["topicPrefix"] + name for name in topics.ALL + topics.CONTEXT_API + topics.TELEPHONY_GATEWAY}
     assert {(s["partitions"], s["replicas"]) for s in declared.values()} == {(values["partitions"], values["replication"])}
 
 

@@ -23,7 +23,7 @@ def test_every_topic_has_the_retention_the_kubernetes_manifests_declare():
         if doc and doc.get("kind") == "KafkaTopic":
             name = doc["spec"]["topicName"].split(".", 1)[1]  # "prod.<topic>"
             declared[name] = int(doc["spec"]["config"]["retention.ms"])
-    assert set(topics.RETENTION_MS) == set(topics.ALL + topics.CONTEXT_API)
+    assert set(topics.RETENTION_MS) == set(topics.ALL + topics.CONTEXT_API + topics.TELEPHONY_GATEWAY)
     assert declared == topics.RETENTION_MS
 
 

@@ -37,12 +37,28 @@ def restore_env(saved: dict) -> None:
             os.environ[k] = v
 
 
+def own_bus() -> dict:
+    """A Chime events topic, checkpoint topic and consumer group of one test's own (gateways
+    given the same ones share the calls as pods of one deployment do)."""
+    tag = uuid.uuid4().hex[:10]
+    return dict(topic_prefix=f"gwtest-{tag}.", gateway_chime_group_id=f"gwtest-{tag}")
+
+
 def chime_settings(kvs: kvs_sim.KvsServer, **overrides) -> dict:
     values = dict(gateway_chime_kvs_endpoint=kvs.url, gateway_control_port=0, gateway_control_tokens=CONTROL_TOKEN,
                   gateway_chime_recording_consent=True, gateway_chime_consent_source="ivr_prompt_v2",
-                  gateway_chime_idle_seconds=5, gateway_chime_end_grace_seconds=1, gateway_chime_pair_seconds=5)
+                  gateway_chime_idle_seconds=5, gateway_chime_end_grace_seconds=1, gateway_chime_pair_seconds=5,
+                  gateway_chime_enabled=True, **own_bus())
     values.update(overrides)
     return values
+
+
+async def consuming(gw, partitions: int | None = None, timeout: float = 60):
+    """Wait until the gateway's Chime consumer is in its group (with ``partitions`` of the topic)."""
+    bus = gw.chime_bus
+    return await await_for("the gateway's Chime consumer in its group",
+                           lambda: bus.consuming and (len(bus.assigned) == partitions if partitions is not None
+                                                      else bool(bus.assigned)), timeout=timeout)
 
 
 @dataclass
@@ -64,12 +80,12 @@ class ChimeCall:
 def build_call(kvs: kvs_sim.KvsServer, lupita: np.ndarray, person: np.ndarray, *, lupita_offset_ms: int = 0,
                person_fragment_ms: int = 1000, lupita_fragment_ms: int = 700, first_number: int = 91343852333181432000,
                person_items=None, lupita_items=None, start_numbers: tuple[str, str] | None = None,
-               **stream_kw) -> ChimeCall:
+               transaction_id: str | None = None, **stream_kw) -> ChimeCall:
     """An inbound call: the person is the caller (``isCaller`` true). Each leg's samples become
     fragments on the Voice Connector's clock; the Lupita leg may start ``lupita_offset_ms`` later
     (its first sample is then at T0 + offset) and is cut into fragments of another length, so the
     two legs' fragment boundaries and first timestamps differ."""
-    txn, cid = str(uuid.uuid4()), str(uuid.uuid4())
+    txn, cid = transaction_id or str(uuid.uuid4()), str(uuid.uuid4())
     tags = kvs_sim.chime_tags(txn, cid)
     p_items = person_items if person_items is not None else kvs_sim.fragments_of(
         person, first_number=first_number, start_ms=T0_MS, tags=tags, fragment_ms=person_fragment_ms)
@@ -90,8 +106,14 @@ def build_call(kvs: kvs_sim.KvsServer, lupita: np.ndarray, person: np.ndarray, *
     return ChimeCall(txn, cid, p, l_, events)
 
 
-async def post_events(gw, events: list[dict] | dict, token: str = CONTROL_TOKEN) -> tuple[int, dict]:
-    url = f"http://127.0.0.1:{gw.control.port}/chime/events"
+async def post_events(gw, events: list[dict] | dict, token: str = CONTROL_TOKEN, *, wait: bool = True) -> tuple[int, dict]:
+    """POST to a gateway's control API (``gw``: a Gateway, or the control port of one in a child
+    process). ``wait``: first until the gateway's Chime consumer is in its group (its topics
+    exist: a POST before that may get 503 under load, which EventBridge would retry)."""
+    if wait and not isinstance(gw, int) and gw.chime_bus is not None:
+        await consuming(gw)
+    port = gw if isinstance(gw, int) else gw.control.port
+    url = f"http://127.0.0.1:{port}/chime/events"
     async with aiohttp.ClientSession() as http:
         async with http.post(url, json=events, headers={"Authorization": f"Bearer {token}"}) as resp:
             return resp.status, await resp.json()
@@ -102,3 +124,17 @@ async def ended(gw, call: ChimeCall, parts: int = 1, timeout: float = 60):
     return await await_for(f"chime call {call.key} ended",
                            lambda: len(gw.chime.finished.get(call.key, [])) >= parts and gw.chime.finished[call.key],
                            timeout=timeout)
+
+
+def transaction_ids(partitions: int, per_partition: int) -> list[str]:
+    """Transaction ids whose events land ``per_partition`` on each of the events topic's
+    ``partitions`` (keyed by transaction id, Kafka's default murmur2 partitioner)."""
+    from aiokafka.partitioner import murmur2
+
+    out: dict[int, list[str]] = {p: [] for p in range(partitions)}
+    while any(len(v) < per_partition for v in out.values()):
+        txn = str(uuid.uuid4())
+        p = (murmur2(txn.encode()) & 0x7FFFFFFF) % partitions
+        if len(out[p]) < per_partition:
+            out[p].append(txn)
+    return [t for v in out.values() for t in v]

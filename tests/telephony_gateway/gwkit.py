@@ -27,7 +27,7 @@ def settings(bridge_target: str, token: str, **overrides) -> GatewaySettings:
     values = dict(
         gateway_host="127.0.0.1", gateway_port=0, gateway_metrics_port=0, bridge_target=bridge_target,
         bridge_tokens=token, gateway_twilio_auth_token=AUTH_TOKEN, gateway_drain_seconds=5,
-        gateway_bridge_close_seconds=15,
+        gateway_bridge_close_seconds=15, gateway_chime_enabled=False,  # chimekit.chime_settings turns it on
     )
     values.update(overrides)
     return GatewaySettings(**values)

@@ -102,34 +102,32 @@ async def test_the_ended_event_ends_a_live_call_after_its_tail(bridge, kvs):
     assert recs.leg_payload(PERSON) == pcm_bytes(person) and recs.leg_payload(LUPITA) == pcm_bytes(lupita)
 
 
-async def test_a_gateway_restart_resumes_the_call_after_the_checkpointed_fragment(bridge, kvs, tmp_path):
+async def test_a_gateway_restart_resumes_the_call_after_the_checkpointed_fragment(bridge, kvs):
+    """A crash: the process goes without a hand-off; the next one (same group, same topics) replays
+    the call's STARTED events from the committed offset and goes on from the checkpoint topic."""
     person, lupita = mono(6.0, 5), mono(6.0, 6)
     call = build_call(kvs, lupita, person, lupita_fragment_ms=1000, hold_at=3)  # 1 s fragments; KVS pauses after 3
-    overrides = chime_settings(kvs, gateway_chime_checkpoint_dir=str(tmp_path), gateway_chime_idle_seconds=30)
-    checkpoint = tmp_path / f"{call.key}.json"
+    overrides = chime_settings(kvs, gateway_chime_idle_seconds=30)
     first_person = int(call.events[0]["detail"]["startFragmentNumber"])
     first_lupita = int(call.events[1]["detail"]["startFragmentNumber"])
 
-    def done_through() -> dict:
-        try:
-            state = json.loads(checkpoint.read_text())
-        except (OSError, ValueError):
-            return {}
+    def done_through(gw) -> dict:
+        state = gw.chime.store.get(call.key) or {"legs": []}
         return {leg["isCaller"]: int(leg["doneThrough"]) for leg in state["legs"] if leg["doneThrough"]}
 
     async with running_gateway(bridge, bridge.token, **overrides) as gw:
         await post_events(gw, call.events)
         # fragments 0 and 1 of each leg are done (2 is open: its end shows only when 3 begins)
         await await_for("two fragments of each leg checkpointed",
-                        lambda: done_through() == {True: first_person + 1, False: first_lupita + 1}, timeout=30)
+                        lambda: done_through(gw) == {True: first_person + 1, False: first_lupita + 1}, timeout=30)
+        await gw.chime.store.caught_up()  # our own writes read back from the topic
     # the process is gone (close() cuts the call like a crash): the checkpoint stays
-    state = json.loads(checkpoint.read_text())
-    assert "+52" not in checkpoint.read_text() and state["phone"]  # the number is stored encrypted only
     call.person.hold_at = call.lupita.hold_at = None
     async with running_gateway(bridge, bridge.token, **overrides) as gw2:
         [report] = await ended(gw2, call)
+        state = gw2.chime.store.get(call.key)
     assert report.outcome == "completed" and report.call_id == f"{call.key}-p2", report
-    assert not checkpoint.exists()  # over: nothing left to resume
+    assert state == {"part": 2, "done": True}  # over: a replay of its events starts nothing
     # the new process asked for the streams after the checkpointed fragments
     assert call.person.requests[-2]["StartSelector"] == {"StartSelectorType": "FRAGMENT_NUMBER",
                                                          "AfterFragmentNumber": str(first_person + 1)}
@@ -146,6 +144,34 @@ async def test_a_gateway_restart_resumes_the_call_after_the_checkpointed_fragmen
     for leg, audio in ((PERSON, person), (LUPITA, lupita)):
         got = part1.leg_payload(leg)
         assert got[:32000] == pcm_bytes(audio[:16000]) and len(got) <= 48000
+
+
+async def test_the_checkpoint_topic_holds_the_number_encrypted_only(bridge, kvs):
+    """Every checkpoint record on the broker: the person's number only as AES-GCM ciphertext."""
+    from aiokafka import AIOKafkaConsumer
+
+    call = build_call(kvs, mono(2.0, 7), mono(2.0, 8))
+    settings = chime_settings(kvs)
+    async with running_gateway(bridge, bridge.token, **settings) as gw:
+        await post_events(gw, call.events)
+        await ended(gw, call)
+        topic = gw.chime_bus.checkpoints_topic
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=gw.settings.kafka_bootstrap, auto_offset_reset="earliest",
+                                    enable_auto_commit=False)
+        await consumer.start()
+        try:
+            values = []
+            async def read():
+                batch = await consumer.getmany(timeout_ms=200)
+                values.extend(r.value for rs in batch.values() for r in rs if r.key == call.key.encode())
+                return any(b'"done"' in v for v in values)
+            await await_for("the call's checkpoints on the topic", read, timeout=30)
+        finally:
+            await consumer.stop()
+    states = [json.loads(v) for v in values]
+    assert states[0]["phone"] and states[-1] == {"part": 1, "done": True}
+    digits = "529515550142"
+    assert not any(digits in v.decode() or "951 555" in v.decode() for v in values)
 
 
 async def test_the_stand_in_serves_each_start_selector_as_getmedia_documents_it(kvs):
@@ -359,23 +385,42 @@ async def test_a_failed_event_ends_a_live_call_as_disconnect_keeping_what_arrive
     assert recs.leg_payload(PERSON) == pcm_bytes(person) and recs.leg_payload(LUPITA) == pcm_bytes(lupita)
 
 
-async def test_a_drain_ends_a_live_chime_call_with_shutdown_and_keeps_its_checkpoint(bridge, kvs, tmp_path):
-    call = build_call(kvs, mono(1.0, 26), mono(1.0, 27), live=True)
-    d = Deltas(outcome("shutdown"))
-    async with running_gateway(bridge, bridge.token, **chime_settings(
-            kvs, gateway_chime_checkpoint_dir=str(tmp_path), gateway_drain_seconds=0.5)) as gw:
+async def test_a_drain_hands_a_live_chime_call_off_with_its_exact_point_checkpointed(bridge, kvs):
+    """SIGTERM with no other pod: the call's part ends with reason ``handoff`` (not drained: Chime
+    calls move at once), its checkpoint holds the exact point reached, and the next process goes on
+    from there: part 1 + part 2 = the source on both legs, nothing twice."""
+    person, lupita = mono(4.0, 26), mono(4.0, 27)
+    call = build_call(kvs, lupita, person, live=True)
+    settings = chime_settings(kvs, gateway_drain_seconds=0.5)
+    d = Deltas(outcome("handoff"), ("lupita_gateway_chime_handoffs_total", {"direction": "out"}))
+    async with running_gateway(bridge, bridge.token, **settings) as gw:
         await post_events(gw, call.events)
-        await await_for("both legs forwarded", lambda: gw.chime.sessions.get(call.key) is not None and
-                        sum(gw.chime.sessions[call.key].report.frames.values()) == 100)
-        drain = asyncio.create_task(gw.shutdown())  # what SIGTERM runs: the deadline passes with the call live
+        await await_for("a second of both legs forwarded", lambda: gw.chime.sessions.get(call.key) is not None and
+                        sum(gw.chime.sessions[call.key].report.frames.values()) >= 100)
+        drain = asyncio.create_task(gw.shutdown())  # what SIGTERM runs
         await await_for("draining", lambda: gw.draining)
-        status, _ = await post_events(gw, call.ended())
-        assert status == 503  # draining: EventBridge retries (another replica, or this one restarted)
+        status, _ = await post_events(gw, call.ended(), wait=False)
+        assert status == 503  # draining: EventBridge retries (another pod takes it)
         await drain
         [report] = await ended(gw, call)
-    assert report.outcome == "shutdown" and d(*outcome("shutdown")) == 1
-    assert (tmp_path / f"{call.key}.json").exists()  # the next process resumes it
-    assert (await read_call(CommonSettings(), call.key)).ended().reason == "shutdown"
+        state = gw.chime.store.get(call.key)
+    assert report.outcome == "handoff" and d(*outcome("handoff")) == 1
+    assert d("lupita_gateway_chime_handoffs_total", direction="out") == 1
+    assert state["part"] == 1 and state["opened"] and not state.get("done")
+    part1 = await read_call(CommonSettings(), call.key)
+    assert part1.ended().reason == "handoff"
+    async with running_gateway(bridge, bridge.token, **settings) as gw2:
+        status, _ = await post_events(gw2, call.ended())
+        assert status == 202
+        [report2] = await ended(gw2, call)
+    assert report2.outcome == "completed" and report2.call_id == f"{call.key}-p2", report2
+    part2 = await read_call(CommonSettings(), f"{call.key}-p2")
+    for leg, audio in ((PERSON, person), (LUPITA, lupita)):
+        got1, got2 = part1.leg_payload(leg), part2.leg_payload(leg)
+        assert got1 and got2, leg
+        assert got1 + got2 == pcm_bytes(audio), leg  # split at the hand-off: nothing lost, nothing twice
+    assert part2.leg_chunks(PERSON)[0].start_ts_us == part1.leg_chunks(PERSON)[-1].start_ts_us + \
+        len(part1.leg_chunks(PERSON)[-1].payload) // 2 * 125  # on the same clock, right after
 
 
 # -- GetMedia's errors: HTTP and in-band ------------------------------------------------------------
