@@ -41,7 +41,7 @@ VARIANTS = {
         "telephonyGateway.chime.startMarginSeconds=3", "telephonyGateway.chime.regionLabel=us",
         "telephonyGateway.chime.kvsEndpoint=https://kinesisvideo.us-east-1.amazonaws.com",
         "telephonyGateway.chime.getMediaEndpoint=https://s-1234abcd.kinesisvideo.us-east-1.amazonaws.com",
-        "telephonyGateway.chime.checkpoint.existingClaim=gw-checkpoints",
+        "telephonyGateway.chime.groupId=gw-pods", "telephonyGateway.chime.sessionTimeoutMs=15000",
     ]),
     "hmac": ([EKS], ["contextApi.authMode=hmac"]),
 }

@@ -161,11 +161,11 @@ def test_each_scenario_renders_every_workload_and_its_objects(scenario):
         (["migrations.job.activeDeadlineSeconds=5"], "at '/migrations/job/activeDeadlineSeconds'"),
         (["secrets.postgresContextApi.name=Context_API"], "at '/secrets/postgresContextApi/name'"),
         (["secrets.postgresProcessor.dsnKey="], "at '/secrets/postgresProcessor/dsnKey'"),
-        (["telephonyGateway.chime.checkpoint.mountPath=relative/dir"],
-         "at '/telephonyGateway/chime/checkpoint/mountPath'"),
-        (["telephonyGateway.settings.LUPITA_GATEWAY_CHIME_CHECKPOINT_DIR=/data"],
-         "telephonyGateway.settings.LUPITA_GATEWAY_CHIME_CHECKPOINT_DIR: the chart sets "
-         "LUPITA_GATEWAY_CHIME_CHECKPOINT_DIR from telephonyGateway.chime.checkpoint"),
+        (["telephonyGateway.chime.sessionTimeoutMs=1000"],
+         "at '/telephonyGateway/chime/sessionTimeoutMs'"),
+        (["telephonyGateway.settings.LUPITA_GATEWAY_CHIME_GROUP_ID=other"],
+         "telephonyGateway.settings.LUPITA_GATEWAY_CHIME_GROUP_ID: the chart sets "
+         "LUPITA_GATEWAY_CHIME_GROUP_ID from telephonyGateway.chime.groupId"),
         (["telephonyGateway.autoscaling.targetLiveCallsPerPod=0"],
          "at '/telephonyGateway/autoscaling/targetLiveCallsPerPod'"),
         (["telephonyGateway.settings.LUPITA_GATEWAY_PORT=9000"],
@@ -453,7 +453,7 @@ def test_only_the_workloads_that_use_a_store_may_reach_it(helm):
                 if rule.get("to") == to and rule["ports"] == values[name]["ports"]:
                     reach[name].add(comp)
     assert reach == {
-        "kafka": {"media-bridge", *STAGES},
+        "kafka": {"media-bridge", "telephony-gateway", *STAGES},  # the gateway: Chime's events and checkpoints
         "postgres": {"recorder", "understanding", "context-api", "migrations"},
         "weaviate": {"understanding"},
         "s3": {"recorder"},
@@ -464,7 +464,7 @@ def test_only_the_workloads_that_use_a_store_may_reach_it(helm):
 
 def test_the_gateway_reaches_the_bridge_and_vapi_and_the_bridge_admits_it(helm):
     """The bridge's ingress names the gateway's pods even when its own peers are restricted (the EKS
-    values), the gateway may open only the bridge's gRPC port and VAPI's listen sockets (443), and its
+    values), the gateway may open only the bridge's gRPC port, Kafka and VAPI's listen sockets (443), and its
     control port admits only networkPolicy.ingress.telephonyGateway.controlFrom."""
     docs = render(helm, [EKS])
     policies = by_component(docs, "NetworkPolicy")
@@ -478,7 +478,9 @@ def test_the_gateway_reaches_the_bridge_and_vapi_and_the_bridge_admits_it(helm):
     assert egress[-1]["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "media-bridge"
     vapi = yaml.safe_load((CHART / "values.yaml").read_text())["networkPolicy"]["egress"]["vapi"]
     assert {"ports": vapi["ports"]} in egress  # `to` left open: VAPI's listen hosts are not known ahead
-    assert len(egress) == 3  # DNS, VAPI, the bridge: no store, no Kafka
+    kafka = yaml.safe_load(EKS.read_text())["networkPolicy"]["egress"]["kafka"]
+    assert {"ports": kafka["ports"], "to": kafka["to"]} in egress  # Chime's events and checkpoints
+    assert len(egress) == 4  # DNS, Kafka, VAPI, the bridge: no store
     ingress = {r["ports"][0]["port"]: r.get("from") for r in policies["telephony-gateway"]["spec"]["ingress"]}
     assert ingress["control"] == values["ingress"]["telephonyGateway"]["controlFrom"]
     assert ingress["websocket"] == values["ingress"]["telephonyGateway"]["from"]
@@ -505,19 +507,17 @@ def test_the_gateway_drains_before_the_kubelet_kills_it_and_streams_into_this_re
     assert env_of(c)["LUPITA_BRIDGE_TOKENS"]["valueFrom"] == env_of(bridge)["LUPITA_BRIDGE_TOKENS"]["valueFrom"]
 
 
-def test_the_gateway_reads_chime_with_its_values_and_checkpoints_on_a_writable_volume(helm):
-    """The Chime values become the gateway's LUPITA_GATEWAY_CHIME_* settings; the checkpoint
-    directory is the mount of its own volume (emptyDir, or an existing PVC by name), the only writable
-    path besides /tmp under the read-only root, and the phone encryption key comes with it; checkpoints
-    off: no volume, no directory, no key. The EKS values leave the KVS endpoints to AWS."""
+def test_the_gateway_reads_chime_with_its_values_and_shares_the_calls_through_kafka(helm):
+    """The Chime values become the gateway's LUPITA_GATEWAY_CHIME_* settings; the calls' events and
+    checkpoints are on Kafka (no volume: the only writable path under the read-only root is /tmp)
+    and the phone encryption key comes with the Chime path; Chime off: no key. The EKS values leave
+    the KVS endpoints to AWS."""
     sets = ["telephonyGateway.chime.region=eu-west-1", "telephonyGateway.chime.recordingConsent=true",
             "telephonyGateway.chime.consentSource=ivr-prompt", "telephonyGateway.chime.language=en-US",
             "telephonyGateway.chime.regionLabel=eu", "telephonyGateway.chime.startMarginSeconds=3",
-            "telephonyGateway.chime.checkpoint.mountPath=/var/lib/chime-ckpt"]
-    for values, extra, volume in (([], [], {"emptyDir": {"sizeLimit": "64Mi"}}),
-                                  ([EKS], ["telephonyGateway.chime.checkpoint.existingClaim=gw-checkpoints"],
-                                   {"persistentVolumeClaim": {"claimName": "gw-checkpoints"}})):
-        spec = by_component(render(helm, values, sets + extra), "Deployment")["telephony-gateway"]["spec"]["template"]["spec"]
+            "telephonyGateway.chime.groupId=gw-pods", "telephonyGateway.chime.sessionTimeoutMs=15000"]
+    for values in ([], [EKS]):
+        spec = by_component(render(helm, values, sets), "Deployment")["telephony-gateway"]["spec"]["template"]["spec"]
         (c,) = spec["containers"]
         env = literal_env(c)
         assert {k: v for k, v in env.items() if k.startswith("LUPITA_GATEWAY_CHIME_")} == {
@@ -525,20 +525,19 @@ def test_the_gateway_reads_chime_with_its_values_and_checkpoints_on_a_writable_v
             "LUPITA_GATEWAY_CHIME_CONSENT_SOURCE": "ivr-prompt", "LUPITA_GATEWAY_CHIME_LANGUAGE": "en-US",
             "LUPITA_GATEWAY_CHIME_REGION_LABEL": "eu", "LUPITA_GATEWAY_CHIME_START_MARGIN_SECONDS": "3",
             "LUPITA_GATEWAY_CHIME_KVS_ENDPOINT": "", "LUPITA_GATEWAY_CHIME_GET_MEDIA_ENDPOINT": "",
-            "LUPITA_GATEWAY_CHIME_CHECKPOINT_DIR": "/var/lib/chime-ckpt"}
+            "LUPITA_GATEWAY_CHIME_ENABLED": "true", "LUPITA_GATEWAY_CHIME_GROUP_ID": "gw-pods",
+            "LUPITA_GATEWAY_CHIME_SESSION_TIMEOUT_MS": "15000"}
         mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
-        assert mounts == {"/tmp": "tmp", "/var/lib/chime-ckpt": "chime-checkpoints"}
+        assert mounts == {"/tmp": "tmp"}
         assert c["securityContext"]["readOnlyRootFilesystem"] is True
-        (vol,) = [v for v in spec["volumes"] if v["name"] == "chime-checkpoints"]
-        assert {k: v for k, v in vol.items() if k != "name"} == volume
+        assert "LUPITA_KAFKA_BOOTSTRAP" in env_of(c)
         key = env_of(c)["LUPITA_PHONE_ENCRYPTION_KEY"]["valueFrom"]["secretKeyRef"]
         assert (key["name"], key["key"]) == ("lupita-phone-keys", "phone-encryption-key") and not key.get("optional")
-    spec = by_component(render(helm, [], ["telephonyGateway.chime.checkpoint.enabled=false"]),
+    spec = by_component(render(helm, [], ["telephonyGateway.chime.enabled=false"]),
                         "Deployment")["telephony-gateway"]["spec"]["template"]["spec"]
     (c,) = spec["containers"]
-    assert literal_env(c)["LUPITA_GATEWAY_CHIME_CHECKPOINT_DIR"] == ""
+    assert literal_env(c)["LUPITA_GATEWAY_CHIME_ENABLED"] == "false"
     assert "LUPITA_PHONE_ENCRYPTION_KEY" not in env_of(c)
-    assert [v["name"] for v in spec["volumes"]] == ["tmp"] and len(c["volumeMounts"]) == 1
 
 
 def test_eventbridge_reaches_the_gateway_s_control_port_over_tls_through_its_load_balancer(helm):
@@ -609,7 +608,7 @@ def test_only_the_recorder_gets_s3_and_only_the_users_of_postgres_its_dsn(scenar
         assert ("LUPITA_S3_LEGAL_BUCKET" in env) == (comp == "recorder"), comp
         assert ("LUPITA_POSTGRES_DSN" in env) == (comp in {"recorder", "understanding", "context-api"}), comp
         assert ("LUPITA_WEAVIATE_HOST" in env) == (comp == "understanding"), comp
-        # the bridge encrypts numbers; the gateway's Chime checkpoints hold one encrypted (on by default)
+        # the bridge encrypts numbers; the gateway's Chime events and checkpoints hold one encrypted (on by default)
         assert ("LUPITA_PHONE_ENCRYPTION_KEY" in env) == (comp in {"media-bridge", "telephony-gateway"}), comp
 
 
