@@ -39,7 +39,8 @@ CEILINGS_AUDIO = {
 }
 CEILINGS_AUDIO_TOPICS_EMPTY = 0  # measured 0 of 4 calls (2026-12-02, after the weak-evidence topic)
 # Alert recall after ASR is not floored here: with two expected cues one cue is a 50-point step
-# (measured 0.5: the fall heard, "me duele mucho el pecho" heard as "me huele mucho el pecho");
+# (measured 0.5: the fall heard, "me duele mucho el pecho" heard as "me huele mucho el pecho";
+# 1.0 since the approximate cue phrases read that as chest pain to verify, 2026-12-02 18:49, load 7);
 # bench/understanding.py measures it on the whole corpus.
 FLOORS_TEXT = {  # the clean-text baseline: the detector and the analyzer on the script itself
     "alert_recall": 1.0,  # measured 1.0 (2 cues)
