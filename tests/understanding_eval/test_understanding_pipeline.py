@@ -78,7 +78,9 @@ def test_pipeline_floors(result) -> None:
 
 
 def test_stored_alerts_are_what_the_detector_finds_in_the_workers_finals(result) -> None:
-    """call_alerts against the worker's own finals (transcripts topic) scanned again here."""
+    """call_alerts against the worker's own finals (transcripts topic) scanned again here: the
+    same cues, and each stored alert is what its evidence's final gives (span and to_verify),
+    whatever order the finals reached the worker in."""
     from stream_processor.stages.understanding.alerts import AlertDetector
 
     import understanding
@@ -88,15 +90,15 @@ def test_stored_alerts_are_what_the_detector_finds_in_the_workers_finals(result)
     for call in calls:
         got = r["_stored"][call.call_id]
         utts, words = understanding.asr_utterances(call, got["finals"])
-        seen: set[str] = set()
-        expected = set()
-        for u in utts:
-            if u.text.strip():
-                expected |= {(h.cue_id, h.to_verify) for h in det.scan(u, seen, words=words.get((u.leg, u.seq)))}
-        stored = {(a.cue_id, bool(a.to_verify)) for a in got["alerts"]}
-        assert stored == expected, (call.call_id, stored, expected)
+        by_seq = {u.seq: u for u in utts if u.leg == "person"}
+        found = {u.seq: det.scan(u, set(), words=words.get((u.leg, u.seq))) for u in by_seq.values()}
+        expected = {h.cue_id for hits in found.values() for h in hits}
+        assert {a.cue_id for a in got["alerts"]} == expected, (call.call_id, got["alerts"], expected)
         for a in got["alerts"]:
-            assert a.evidence.leg == "person" and a.evidence.text[a.evidence.char_start:a.evidence.char_end].strip()
+            assert a.evidence.leg == "person" and a.evidence.seq in by_seq, a
+            [hit] = [h for h in found[a.evidence.seq] if h.cue_id == a.cue_id]
+            assert (a.evidence.char_start, a.evidence.char_end, bool(a.to_verify)) == (
+                hit.evidence.char_start, hit.evidence.char_end, hit.to_verify), (a, hit)
 
 
 def test_stored_utterances_are_the_non_empty_finals(result) -> None:
