@@ -12,8 +12,8 @@ the alert detector finds in the worker's own final transcripts (read back from t
 topic, with their words' probabilities), each call that talked has a topic, the stored utterances
 are the non-empty finals.
 
-Takes about 2-3 minutes on the 2 shared cores (two ~25 s calls, Whisper base on CPU, the worker's
-and this process's model loads).
+Took 37 s at load average 4 and 2 min at load 9 on the 2 shared cores (two short calls, Whisper
+base on CPU, the worker's and this process's model loads).
 """
 
 from __future__ import annotations
