@@ -655,6 +655,10 @@ PIPELINE_WORKER_ENV = {
 PIPELINE_PHONE_BASE = 90_000  # corpus call k speaks from synthetic_phone(PIPELINE_PHONE_BASE + k)
 
 
+class PipelineError(RuntimeError):
+    """The real path could not run (the stack unreachable, the worker dead or late, a call refused)."""
+
+
 class Pipeline:
     """The corpus through the real path: a ``lupita bridge`` child (gRPC, ``loadgen.client``) →
     Kafka (topics of this run's own prefix) → a ``lupita worker`` child with every stage (its own
@@ -681,6 +685,13 @@ class Pipeline:
         return f"bench-und-{self.run_id}-{call.call_id}"
 
     def __enter__(self) -> "Pipeline":
+        try:
+            return self._start()
+        except BaseException:
+            self.__exit__(None, None, None)  # the children started so far, the run's topics
+            raise
+
+    def _start(self) -> "Pipeline":
         import subprocess
 
         import psycopg
@@ -693,8 +704,12 @@ class Pipeline:
         load_stack_env()
         self.settings = PipelineSettings(topic_prefix=self.prefix, weaviate_conversation_collection=self.collections[0],
                                          weaviate_utterance_collection=self.collections[1])
-        ensure_topics(self.settings)
-        self.db = psycopg.connect(self.settings.postgres_dsn.get_secret_value(), autocommit=True)
+        try:
+            ensure_topics(self.settings)
+            self.db = psycopg.connect(self.settings.postgres_dsn.get_secret_value(), autocommit=True)
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the stack says the same
+            raise PipelineError(f"the local stack is not reachable ({type(exc).__name__}: {exc}); "
+                                f"run `lupita stack up`") from None
         env = dict(os.environ, LUPITA_TOPIC_PREFIX=self.prefix)
         self.bridge = BridgeProcess(self.log_dir / f"bench-und-{self.run_id}-bridge.log", env=env).start()
         with socket_free_port() as port:
@@ -716,7 +731,7 @@ class Pipeline:
     def _alive(self) -> None:
         if self.worker.poll() is not None:
             tail = self.worker_log.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"the worker exited with {self.worker.returncode}:\n{tail}")
+            raise PipelineError(f"the worker exited with {self.worker.returncode}:\n{tail}")
 
     def _ready(self) -> bool:
         import urllib.request
@@ -736,7 +751,7 @@ class Pipeline:
             if got:
                 return got
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{what}: not within {timeout:.0f} s (worker log {self.worker_log})")
+                raise PipelineError(f"{what}: not within {timeout:.0f} s (worker log {self.worker_log})")
             time.sleep(interval)
 
     def send(self, rendered: corpus.Rendered, index: int) -> str:
@@ -753,7 +768,7 @@ class Pipeline:
                                       RATE, audio_pb2.CODEC_PCM16, speed=0, consent=True,
                                       phone=synthetic_phone(PIPELINE_PHONE_BASE + index), timeout_s=300))
         if not res.accepted or res.status != "OK" or res.frames_acked < res.frames_total:
-            raise RuntimeError(f"{call_id}: the bridge did not take the call: {res.status} {res.details} "
+            raise PipelineError(f"{call_id}: the bridge did not take the call: {res.status} {res.details} "
                                f"({res.frames_acked}/{res.frames_total} frames acked; errors {res.errors})")
         return call_id
 
@@ -850,7 +865,11 @@ class Pipeline:
         if self.db is not None:
             self.db.close()
         if self.settings is not None:
-            _drop_run_topics_and_collections(self.settings, self.prefix, self.collections)
+            try:
+                _drop_run_topics_and_collections(self.settings, self.prefix, self.collections)
+            except Exception as exc:  # noqa: BLE001 - cleanup must not hide the run's own error
+                print(f"warning: the run's topics ({self.prefix}*) or Weaviate collections {self.collections} "
+                      f"were not all deleted: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 class socket_free_port:
@@ -1108,7 +1127,11 @@ def main(argv: list[str] | None = None) -> int:
                 p.error(f"--worker-env {item!r}: expected LUPITA_KEY=VALUE")
             env[k] = v
         with tempfile.TemporaryDirectory(prefix="lupita-und-bench-") as tmp:
-            r = evaluate_pipeline(calls, models=models, workdir=Path(tmp), worker_env=env, progress=say)
+            try:
+                r = evaluate_pipeline(calls, models=models, workdir=Path(tmp), worker_env=env, progress=say)
+            except PipelineError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
         print_pipeline_report(r)
     else:
         r = evaluate(calls, models=models, use_asr_cache=args.asr_cache, lupita_asr=args.lupita_leg == "asr",
