@@ -53,6 +53,7 @@ import datetime
 import logging
 import random
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -346,6 +347,13 @@ def aws_client(settings: GatewaySettings, service: str, endpoint: str):
 
 
 
+def _close_quietly(body) -> None:
+    try:
+        body.close()
+    except Exception:  # noqa: BLE001 - closing a broken connection
+        pass
+
+
 class _Eof:
     pass
 
@@ -378,10 +386,19 @@ class KvsLeg:
         self._stop.set()
         body = self._body
         if body is not None:
-            try:
-                body.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection
-                pass
+            # Never close the body here: the reader thread may sit in a blocking read of a live
+            # stream that has nothing more to send, holding the buffered reader's lock, and close()
+            # would block the event loop until that read times out (idle + 5 s). Shut the socket
+            # down instead (the read returns at once) and close in a thread of its own.
+            raw = getattr(body, "_raw_stream", None)
+            conn = getattr(raw, "_connection", None) or getattr(raw, "connection", None)
+            sock = getattr(conn, "sock", None)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:  # already closed
+                    pass
+            threading.Thread(target=_close_quietly, args=(body,), name="kvs-close", daemon=True).start()
         # what is queued is dropped (the thread sees _stop within 0.5 s); a reader waiting wakes
         while not self.queue.empty():
             self.queue.get_nowait()

@@ -145,8 +145,10 @@ async def test_a_vapi_call_is_recorded_in_s3_equal_to_the_source_with_legs_align
 async def test_a_chime_call_is_recorded_in_s3_equal_to_the_source_with_legs_aligned(own_bridge, recorder):
     """The same for a Chime SDK Voice Connector call: each leg its own Kinesis Video stream of MKV
     fragments (PCM s16le 8 kHz, no codec loss), the Lupita leg's stream starting 200 ms later with
-    other fragment boundaries, paired by transaction id and aligned by the producer timestamps."""
-    from chimekit import aws_env, build_call, chime_settings, ended, post_events, restore_env
+    other fragment boundaries, paired by transaction id and aligned by the producer timestamps. Two
+    gateway pods: EventBridge's POSTs land on either (one leg's STARTED on each, ENDED on the
+    first); the pod owning the call's partition of the events topic runs it, once."""
+    from chimekit import aws_env, build_call, chime_settings, consuming, post_events, restore_env
 
     from lupita.config import CommonSettings
     from stream_processor.stores.archive import call_keys, s3_client
@@ -160,9 +162,17 @@ async def test_a_chime_call_is_recorded_in_s3_equal_to_the_source_with_legs_alig
     try:
         call = build_call(kvs, np.ascontiguousarray(stereo[offset:, 0]), np.ascontiguousarray(stereo[:, 1]),
                           lupita_offset_ms=200)
-        async with running_gateway(own_bridge, own_bridge.token, **chime_settings(kvs)) as gw:
-            await post_events(gw, call.events)
-            [report] = await ended(gw, call, timeout=120)
+        pods = chime_settings(kvs)  # one events topic, checkpoint topic and consumer group for both
+        async with running_gateway(own_bridge, own_bridge.token, **pods) as a, \
+                running_gateway(own_bridge, own_bridge.token, **pods) as b:
+            await consuming(a, 2), await consuming(b, 2)
+            assert (await post_events(a, call.events[0]))[0] == 202
+            assert (await post_events(b, call.events[1]))[0] == 202
+            assert (await post_events(a, call.ended()))[0] == 202
+            reports = await await_for("the call ended", lambda: [r for gw in (a, b) for r in gw.chime.finished.get(call.key, [])],
+                                      timeout=120)
+            assert not any(call.key in gw.chime.sessions or gw.chime.pending for gw in (a, b))  # no second run
+        [report] = reports  # run by one pod only
     finally:
         await kvs.close()
         restore_env(saved)
