@@ -176,3 +176,22 @@ def test_the_packing_and_fallback_settings_reach_the_local_model(monkeypatch):
         WhisperOptions(pack_gap_s=0.0)
     with pytest.raises(ValueError, match="best_of"):
         WhisperOptions(best_of=0)
+
+
+def test_a_packed_window_the_no_speech_rule_dropped_is_decoded_segment_by_segment(model, segments, monkeypatch):
+    """Whisper's no-speech rule judges the whole packed window: when the packed decode gives
+    nothing, each segment with Silero speech is decoded again on its own, never left empty."""
+    inner = model._decode
+    packed_calls: list[int] = []
+
+    def decode(x, kwargs):
+        if not kwargs["vad_filter"] and kwargs["no_speech_threshold"] is not None:  # the packed decode
+            packed_calls.append(x.size)
+            return [], "es", False
+        return inner(x, kwargs)
+
+    monkeypatch.setattr(model, "_decode", decode)
+    results = model.transcribe_many([(a, RATE) for a, _, _ in segments[:2]])
+    assert len(packed_calls) == 1
+    for r in results:
+        assert r.guard_actions[:2] == ("packed", "pack_retry") and r.text, r.guard_actions

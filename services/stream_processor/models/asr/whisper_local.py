@@ -45,7 +45,22 @@ are laid out in one window, ``pack_gap_s`` of digital silence between them, and 
 (faster-whisper's VAD filter off: it would glue the segments together); each word goes back to the
 segment its time midpoint falls in, moved to that segment's own time. A word whose midpoint falls
 in a gap between segments is dropped, never guessed (guard action ``pack_gap_word``, counted by
-the caller), so no word can cross from one segment into another.
+the caller), so no word can cross from one segment into another. Whisper's no-speech rule judges
+a whole window and may drop every segment of a packed window at once: a packed segment that comes
+back empty while Silero hears speech in it is decoded again on its own (guard action
+``pack_retry``), with the per-segment path's own empty retry.
+
+Batching (:meth:`WhisperLocal.transcribe_batch`, ``batch_max_windows`` > 1): the windows of several
+requests (a leg's segments; two requests may be two calls, never packed together) are decoded in
+one CTranslate2 call by faster-whisper's ``BatchedInferencePipeline``, each window its own row
+(one temperature). A row that decoded nothing, or that Whisper's fallback or no-speech rule (or the
+trimmed-window guard) flags, is decoded again on its own by the per-segment path (guard action
+``batch_redecode``); the rest say ``batched``.
+
+Trimmed-window guard (``encoder_guard``, trimmed window only): a final whose trimmed decode needed
+a fallback temperature, decoded nothing, or has a segment below ``encoder_guard_logprob`` or above
+Whisper's compression-ratio / no-speech thresholds is decoded again with the full window (guard
+action ``full_window``).
 """
 
 from __future__ import annotations
@@ -452,7 +467,24 @@ class WhisperLocal(Transcriber):
         if self._guarded() and self._trim_doubtful(raw, fell_back):
             raw, language, _ = self._full_window_decode(window, kwargs)
             retried = ("full_window",)
-        return self._split_packed(raw, language, parts, spans, retried)
+        return self._retry_empty_parts(parts, self._split_packed(raw, language, parts, spans, retried), vocabulary)
+
+    def _retry_empty_parts(self, parts: list[np.ndarray], results: list[TranscriptResult],
+                           vocabulary: tuple[str, ...]) -> list[TranscriptResult]:
+        """A packed part that came back empty although Silero hears speech in it is decoded again
+        on its own (with the per-segment path's empty retry): Whisper's no-speech rule judges a
+        whole window, and may drop every segment packed in it at once (guard action
+        ``pack_retry``)."""
+        min_speech = self.options.empty_retry_min_speech_s
+        if not min_speech:
+            return results
+        out = []
+        for x, r in zip(parts, results):
+            if r.is_empty and speech_seconds(x) >= min_speech:
+                alone = self._run_prepared(x, partial=False, vocabulary=vocabulary)
+                r = replace(alone, guard_actions=("packed", "pack_retry") + alone.guard_actions)
+            out.append(r)
+        return out
 
     def _split_packed(self, raw: list[TranscriptSegment], language: str | None, parts: list[np.ndarray],
                       spans: list[tuple[float, float]], extra: tuple[str, ...] = ()) -> list[TranscriptResult]:
@@ -541,7 +573,8 @@ class WhisperLocal(Transcriber):
                 out.append([TranscriptResult(kept, language or o.language, False, self.name, self.model,
                                              parts[0].size / WHISPER_RATE, guard_actions=("batched",) + actions)])
             else:
-                out.append(self._split_packed(raw, language, parts, sp, ("batched",)))
+                out.append(self._retry_empty_parts(parts, self._split_packed(raw, language, parts, sp, ("batched",)),
+                                                   vocabulary))
         return out
 
     @staticmethod
