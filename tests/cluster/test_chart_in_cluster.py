@@ -150,3 +150,29 @@ def test_helm_install_becomes_ready_and_uninstall_leaves_nothing(scenario, helm,
     except AssertionError as exc:
         raise AssertionError(f"{exc}; still there: {left}") from None
     kubectl("delete", "namespace", namespace, "--wait=false")
+
+
+def test_a_failed_migration_job_leaves_no_network_policy_behind(helm, kubectl, crds):
+    """values-eks with the migration Job's pod failing (kwok's lupita-pod-fail stage, backoffLimit 0):
+    `helm install` fails on its pre-install hook; the Job stays for its logs, its NetworkPolicy (the
+    earlier hook of the same run) is deleted by Helm; no workload was created."""
+    from lupita_dev.cluster import manager
+
+    release, namespace = "lupita-failing-migration", _namespace(kubectl, "install-failing-migration")
+    _ensure_node_pools(kubectl, _render(helm, "eks", release, namespace))
+    annotation = manager.POD_FAIL_ANNOTATION.replace(".", "\\.")
+    out = helm("install", release, str(CHART), "--namespace", namespace, *_values_args("eks"),
+               "--set-string", f"migrations.job.podAnnotations.{annotation}=true", "--set", "migrations.job.backoffLimit=0",
+               "--wait", "--wait-for-jobs", "--timeout", "120s", check=False)
+    try:
+        assert out.returncode != 0 and "pre-install" in out.stderr, (out.returncode, out.stderr[-2000:])
+        jobs = json.loads(kubectl("get", "jobs", "-n", namespace, "-o", "json").stdout)["items"]
+        assert [j["metadata"]["name"] for j in jobs] == [f"{release}-migrations"]
+        assert any(c["type"] == "Failed" and c["status"] == "True" for c in jobs[0]["status"].get("conditions", []))
+        policies = json.loads(kubectl("get", "networkpolicies", "-n", namespace, "-o", "json").stdout)["items"]
+        assert [p["metadata"]["name"] for p in policies] == []
+        workloads = json.loads(kubectl("get", ",".join(WORKLOAD_KINDS), "-n", namespace, "-o", "json").stdout)["items"]
+        assert workloads == []
+    finally:
+        helm("uninstall", release, "--namespace", namespace, "--wait", "--timeout", "60s", check=False)
+        kubectl("delete", "namespace", namespace, "--wait=false", check=False)

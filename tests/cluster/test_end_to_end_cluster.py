@@ -9,8 +9,10 @@ runtime.
 
 The pods use the host network (they reach the stack on 127.0.0.1) and listen on the node's
 address, 10.245.0.1 (the chart's status.hostIP under hostNetwork: values-local.yaml as it is,
-no listen-address override), where the kubelet probes them (it refuses a loopback node
-address); the kwok node is cordoned meanwhile so every pod lands on the real node. Own topic
+no listen-address override), and only there (no port of the release on every address), where the
+kubelet probes them (it refuses a loopback node address); the bridge's Service answers on its
+ClusterIP from the host (kube-proxy); the kwok node is cordoned meanwhile so every pod lands on
+the real node. Own topic
 prefix, own release. Takes 2-5 minutes on the 2 shared cores when the images are warm (three
 model loads, Whisper on CPU); loading the four images into containerd is ~2 min of it.
 """
@@ -72,6 +74,49 @@ def release(cluster, built_images, kubectl, helm, stack_env, tmp_path_factory):
         kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
+def _release_ports() -> set[int]:
+    """Every port values-local.yaml gives the release's servers (gRPC, HTTP, websocket, metrics)."""
+    values = yaml.safe_load((CHART / "values-local.yaml").read_text())
+    ports = {*values["mediaBridge"]["ports"].values(), *values["contextApi"]["ports"].values(),
+             *values["telephonyGateway"]["ports"].values()}
+    ports |= {stage["ports"]["metrics"] for stage in values["streamProcessor"]["stages"].values()}
+    return {int(p) for p in ports}
+
+
+def _listen_addresses() -> dict[int, set[str]]:
+    """TCP listening sockets of this machine: port -> local addresses (ss; "*"/"0.0.0.0" = every)."""
+    import subprocess
+
+    out = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True, check=True).stdout
+    found: dict[int, set[str]] = {}
+    for line in out.splitlines():
+        local = line.split()[3]
+        address, _, port = local.rpartition(":")
+        address = address.strip("[]").removeprefix("::ffff:")  # a v4-mapped listener (gRPC's) is that address
+        found.setdefault(int(port), set()).add(address)
+    return found
+
+
+def _bridge_serving_on_its_cluster_ip(kubectl, release) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    service = json.loads(kubectl("get", "service", "-n", release["namespace"], "-l",
+                                 "app.kubernetes.io/component=media-bridge", "-o", "json").stdout)["items"][0]
+    cluster_ip = service["spec"]["clusterIP"]
+    port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc")
+
+    def serving() -> bool:
+        with grpc.insecure_channel(f"{cluster_ip}:{port}") as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
+            except grpc.RpcError:
+                return False
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    wait_for(f"the bridge SERVING on its Service's ClusterIP {cluster_ip}:{port}", serving, timeout=60, interval=1)
+
+
 def _bridge_port() -> int:
     values = yaml.safe_load((CHART / "values-local.yaml").read_text())
     return int(values["mediaBridge"]["ports"]["grpc"])
@@ -89,8 +134,18 @@ def test_a_call_through_the_chart_on_the_real_node_is_recorded_locked_and_analys
     components = {p["metadata"]["labels"]["app.kubernetes.io/component"] for p in pods}
     assert {"media-bridge", "recorder", "vad", "transcriber", "understanding", "context-api",
             "telephony-gateway"} <= components
-    # the servers listen on the node's address (status.hostIP), not on a value the test chose
+    # the servers listen on the node's address (status.hostIP), not on a value the test chose, and
+    # only there: no port of the release is open on every address of the machine
     assert {p["status"]["hostIP"] for p in pods} == {node.NODE_IP}
+    listening = _listen_addresses()
+    values = yaml.safe_load((CHART / "values-local.yaml").read_text())
+    # the gateway's control API is off without control tokens (the local Secret holds none)
+    optional = {int(values["telephonyGateway"]["ports"]["control"])}
+    for port in _release_ports():
+        assert listening.get(port, {node.NODE_IP} if port in optional else None) == {node.NODE_IP}, \
+            (port, listening.get(port))
+    # the bridge's Service answers on its ClusterIP from the host (kube-proxy on the real node)
+    _bridge_serving_on_its_cluster_ip(kubectl, release)
 
     out = run_lupita("cluster-e2e-call", ["call", "--target", f"{node.NODE_IP}:{_bridge_port()}",
                                           "--calls", "1", "--speed", "0", "--json"])

@@ -446,10 +446,62 @@ spec:
 """
 
 
+# A test's failing container on the kwok node: a running pod annotated lupita.dev/kwok-fail=true
+# ends Failed (exit 1) instead of Ready/Completed (its weight wins over kwok's own pod stages).
+# The tests use it to run a failing Helm hook Job without a real node.
+POD_FAIL_ANNOTATION = "lupita.dev/kwok-fail"
+POD_FAIL_STAGE = """\
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: lupita-pod-fail
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  selector:
+    matchExpressions:
+    - key: '.metadata.annotations["lupita.dev/kwok-fail"]'
+      operator: 'In'
+      values:
+      - 'true'
+    - key: '.metadata.deletionTimestamp'
+      operator: 'DoesNotExist'
+    - key: '.status.phase'
+      operator: 'In'
+      values:
+      - 'Running'
+  weight: 10000
+  next:
+    statusTemplate: |
+      {{ $now := Now }}
+      conditions:
+      - lastTransitionTime: {{ $now | Quote }}
+        status: "False"
+        reason: ""
+        type: Ready
+      containerStatuses:
+      {{ range $index, $item := .spec.containers }}
+      - image: {{ $item.image | Quote }}
+        name: {{ $item.name | Quote }}
+        ready: false
+        restartCount: 0
+        started: false
+        state:
+          terminated:
+            exitCode: 1
+            finishedAt: {{ $now | Quote }}
+            reason: Error
+            startedAt: {{ $now | Quote }}
+      {{ end }}
+      phase: Failed
+"""
+
+
 def kwok_stages() -> Path:
     """kwok's behaviour (Stage objects) from its own module: nodes become Ready and keep a
     lease, pods become Ready at once, Job pods complete; and LoadBalancer Services get an
-    address (ours)."""
+    address, a pod annotated to fail fails (ours)."""
     path = cluster_dir() / "kwok-stages.yaml"
     src = tools.module_dir(f"sigs.k8s.io/kwok@{tools.KWOK_VERSION}") / "kustomize" / "stage"
     docs = []
@@ -460,6 +512,7 @@ def kwok_stages() -> Path:
     if not docs:
         raise RuntimeError(f"no kwok stage files found under {src}")
     docs.append(SERVICE_LOAD_BALANCER_STAGE.strip())
+    docs.append(POD_FAIL_STAGE.strip())
     path.write_text("\n---\n".join(docs) + "\n")
     return path
 

@@ -343,7 +343,8 @@ def up() -> None:
     try:
         _up()
     except BaseException:
-        manager.close_service_range()  # no kube-proxy of ours to route the range via lo for
+        if owner() in (None, _me()):  # never another checkout's node's route (its kube-proxy runs)
+            manager.close_service_range()
         raise
 
 
