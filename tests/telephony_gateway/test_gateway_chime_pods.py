@@ -8,7 +8,6 @@ process, or a child process for the SIGKILL) sharing one events topic, checkpoin
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
