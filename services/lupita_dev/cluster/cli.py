@@ -10,7 +10,7 @@ from . import manager, tools
 
 def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--real-node", action="store_true",
-                        help="with `up`: also start the real node (containerd + kubelet) that runs the images")
+                        help="with `up`: also start the real node (containerd + kubelet + kube-proxy) that runs the images")
     parser.add_argument("--image", action="append", dest="images", metavar="NAME",
                         help="with `images`/`load`: only this image (repeatable; default: all)")
     parser.add_argument("--json", action="store_true", help="machine-readable status")
