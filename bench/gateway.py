@@ -31,7 +31,11 @@ in 50 writes, each sent when the producer would have finished it on the wall clo
 a live stream: a reader that starts late gets the backlog at once), the streaming events posted to
 the gateway's control API.
 Measured: the gateway's and the bridge's CPU per call-minute, frames lost, and capture time ->
-Kafka (the newest audio of each record; includes the stand-in's 20 ms write pacing).
+Kafka (the newest audio of each record; includes the stand-in's 20 ms write pacing). The events go
+through Kafka (``telephony.chime.events``, one consumer group): each ``POST /chime/events`` answers
+only after the broker acknowledged the call's two events; its latency (POST -> 202) is printed
+against a baseline from the same run, a plain idempotent ``acks=all`` produce of two records of the
+same size to a scratch topic of the same broker, as many times and as concurrently.
 
 The local stack must be up (``lupita stack up``). Exit status 0 when every call completed and no
 frame was lost, 1 otherwise, 2 for bad options or no stack.
@@ -80,6 +84,8 @@ class Phase:
     nominal_ms: dict = field(default_factory=dict)  # p50/p99/max source -> Kafka (capture time)
     measured_ms: dict = field(default_factory=dict)  # p50/p99/max from the client's write time
     ack_ms: dict = field(default_factory=dict)  # the simulator's ack latency (direct phase)
+    post_ms: dict = field(default_factory=dict)  # Chime: POST /chime/events -> 202 (the broker's ack inside)
+    produce_ms: dict = field(default_factory=dict)  # Chime baseline: the same records produced directly
 
     def per_call_minute(self, cpu: float | None) -> float | None:
         return None if cpu is None or not self.call_minutes else cpu / self.call_minutes
@@ -211,13 +217,56 @@ def scrape(metrics_port: int, name: str, **labels: str) -> float:
     return total
 
 
-async def run_chime(args, stereo, kvs_port: int, control_port: int, metrics_port: int) -> list:
+async def produce_baseline(bootstrap: str, topic: str, calls: int, ramp: float, size: int) -> list[float]:
+    """ms per call to get two ``size``-byte records acknowledged (idempotent, acks=all), the calls
+    ramped as the Chime phase's POSTs are: what the control API's publish costs at the least."""
+    from aiokafka import AIOKafkaProducer
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    def create() -> None:  # the broker does not create topics on first use
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="lupita-bench-gw")
+        try:
+            admin.create_topics([NewTopic(topic, 1, 1)])
+        except TopicAlreadyExistsError:
+            pass
+        finally:
+            admin.close()
+
+    await asyncio.to_thread(create)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
+    await producer.start()
+    out: list[float] = []
+    try:
+        await producer.send_and_wait(topic, b"warm-up")
+
+        async def one(i: int):
+            await asyncio.sleep(i / ramp)
+            t0 = time.perf_counter()
+            key = uuid.uuid4().hex.encode()
+            acks = [await producer.send(topic, b"x" * size, key=key) for _ in range(2)]
+            await asyncio.gather(*acks)
+            out.append((time.perf_counter() - t0) * 1000)
+
+        await asyncio.gather(*(one(i) for i in range(calls)))
+    finally:
+        await producer.stop()
+    return out
+
+
+async def run_chime(args, stereo, kvs_port: int, control_port: int, metrics_port: int, phase=None,
+                    bootstrap: str = "", scratch_topic: str = "") -> list:
     from telephony_gateway import kvs_sim
 
     server = await kvs_sim.KvsServer().start(kvs_port)
     try:
         before = scrape(metrics_port, "lupita_gateway_calls_total", source="chime")
-        calls = await chime_phase(args, stereo, control_port, {"server": server})
+        post_ms: list[float] = []
+        calls = await chime_phase(args, stereo, control_port, {"server": server}, post_ms)
+        if phase is not None:
+            phase.post_ms = quantiles(post_ms)
+            if bootstrap:  # the baseline, in the same run, while the calls stream
+                phase.produce_ms = quantiles(await produce_baseline(bootstrap, scratch_topic, args.calls, args.ramp, 420))
         deadline = time.monotonic() + len(stereo) / 8000 + 120
         while scrape(metrics_port, "lupita_gateway_calls_total", source="chime") - before < len(calls):
             if time.monotonic() > deadline:
@@ -229,7 +278,7 @@ async def run_chime(args, stereo, kvs_port: int, control_port: int, metrics_port
         await server.close()
 
 
-async def chime_phase(args, stereo, control_port: int, kvs_holder: dict) -> list:
+async def chime_phase(args, stereo, control_port: int, kvs_holder: dict, post_ms: list | None = None) -> list:
     """The same calls as Chime Voice Connector calls: two KVS streams each (Lupita = the callee of
     an inbound call), served in real time by the stand-in; returns the calls and their ends."""
     import aiohttp
@@ -254,9 +303,12 @@ async def chime_phase(args, stereo, control_port: int, kvs_holder: dict) -> list
                                                 from_number=BENCH_PHONE, to_number="+15555550100", start_ms=now_ms))
         calls.append(f"chime-{txn}")
         async with aiohttp.ClientSession() as http:
+            t0 = time.perf_counter()
             async with http.post(f"http://127.0.0.1:{control_port}/chime/events", json=legs,
                                  headers={"Authorization": f"Bearer {CONTROL_TOKEN}"}) as resp:
                 assert resp.status == 202, resp.status
+            if post_ms is not None:
+                post_ms.append((time.perf_counter() - t0) * 1000)
 
     await asyncio.gather(*(one(i) for i in range(args.calls)))
     return calls
@@ -299,7 +351,7 @@ def main(argv=None) -> int:
     from loadgen.bridgeproc import BridgeProcess, proc_cpu_seconds
     from loadgen.frames import fit_duration
     from loadgen.settings import LoadgenSettings
-    from lupita.topics import AUDIO_CHUNKS, CALL_LIFECYCLE, ensure_topics
+    from lupita.topics import AUDIO_CHUNKS, CALL_LIFECYCLE, CHIME_CHECKPOINTS, CHIME_EVENTS, ensure_topics
     from lupita.v1 import audio_pb2, events_pb2
 
     settings = LoadgenSettings().model_copy(update={"topic_prefix": f"bench-gw-{uuid.uuid4().hex[:8]}."})
@@ -351,7 +403,8 @@ def main(argv=None) -> int:
                 print(f"[chime] {args.calls} calls x {args.seconds:g} s, real time ...", file=sys.stderr, flush=True)
                 cpu0, gcpu0, t0 = bridge.cpu_seconds(), proc_cpu_seconds(gw.pid), time.monotonic()
                 ok0 = scrape(metrics_port, "lupita_gateway_calls_total", source="chime", outcome="completed")
-                chime_ids = asyncio.run(run_chime(args, stereo, kvs_port, control_port, metrics_port))
+                chime_ids = asyncio.run(run_chime(args, stereo, kvs_port, control_port, metrics_port, chime,
+                                                  settings.kafka_bootstrap, settings.topic("bench-produce-baseline")))
                 chime.wall_s = time.monotonic() - t0
                 chime.bridge_cpu_s, chime.gateway_cpu_s = bridge.cpu_seconds() - cpu0, proc_cpu_seconds(gw.pid) - gcpu0
                 chime.ok = int(scrape(metrics_port, "lupita_gateway_calls_total", source="chime", outcome="completed") - ok0)
@@ -423,7 +476,10 @@ def main(argv=None) -> int:
 
         admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
         try:
-            admin.delete_topics([settings.topic(AUDIO_CHUNKS), settings.topic(CALL_LIFECYCLE)])
+            existing = set(admin.list_topics())
+            admin.delete_topics([t for t in (settings.topic(AUDIO_CHUNKS), settings.topic(CALL_LIFECYCLE),
+                                             settings.topic(CHIME_EVENTS), settings.topic(CHIME_CHECKPOINTS),
+                                             settings.topic("bench-produce-baseline")) if t in existing])
         finally:
             admin.close()
     load_after = os.getloadavg()
@@ -465,6 +521,10 @@ def main(argv=None) -> int:
               f"{f(chime.nominal_ms.get('p50'))} / {f(chime.nominal_ms.get('p99'))} / {f(chime.nominal_ms.get('max'))} ms, "
               f"gateway CPU-s / call-minute {f(chime.per_call_minute(chime.gateway_cpu_s), 3)}, "
               f"bridge {f(chime.per_call_minute(chime.bridge_cpu_s), 3)}")
+        print(f"Chime events: POST /chime/events -> 202 (2 events, the broker's ack inside) p50 / p99 / max "
+              f"{f(chime.post_ms.get('p50'))} / {f(chime.post_ms.get('p99'))} / {f(chime.post_ms.get('max'))} ms; "
+              f"baseline, 2 records produced directly (acks=all) p50 / p99 / max {f(chime.produce_ms.get('p50'))} / "
+              f"{f(chime.produce_ms.get('p99'))} / {f(chime.produce_ms.get('max'))} ms")
         if chime.ok != args.calls or chime.lost_frames:
             exit_code = 1
     if direct.ok != args.calls or via.ok != args.calls or direct.lost_frames or via.lost_frames:
