@@ -8,6 +8,7 @@ process, or a child process for the SIGKILL) sharing one events topic, checkpoin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -47,6 +48,21 @@ async def kvs():
 
 def mono(seconds: float, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(-12000, 12000, int(seconds * 8000), dtype=np.int16)
+
+
+@contextlib.asynccontextmanager
+async def running_gateway_bus(settings):
+    """A gateway's Kafka side alone (topics, producer, checkpoint table), no calls."""
+    from telephony_gateway.chime import ChimeCalls
+    from telephony_gateway.chime_bus import ChimeBus
+
+    bus = ChimeBus(settings, ChimeCalls(type("G", (), {"settings": settings, "channel": None})()))
+    bus.start()
+    try:
+        await await_for("the bus consuming", lambda: bus.consuming, timeout=60)
+        yield bus
+    finally:
+        await bus.close()
 
 
 def finished(gws, key: str) -> list:
@@ -262,3 +278,56 @@ async def test_readyz_reports_the_chime_consumer(bridge, kvs):
                 text = await resp.text()
     assert "chime consumer: consuming, 4 partitions" in text, text
 
+
+
+async def test_a_replay_after_a_crash_resumes_the_live_call_and_not_the_finished_one(bridge, kvs):
+    """Two calls on one partition: the long one still live holds the committed offset at its first
+    event, so a new owner replays the short one's events too; the short one's end marker makes its
+    replayed STARTED start nothing, and only the live one goes on (as part 2)."""
+    long_txn, short_txn = transaction_ids(4, 2)[:2]  # the first two land on the same partition
+    person, lupita = mono(4.0, 69), mono(4.0, 70)
+    live = build_call(kvs, lupita, person, live=True, speed=1.0, pieces=5, transaction_id=long_txn)
+    short = build_call(kvs, mono(1.0, 71), mono(1.0, 72), transaction_id=short_txn)
+    settings = chime_settings(kvs, gateway_chime_idle_seconds=20, gateway_chime_end_grace_seconds=3)
+    d = Deltas(("lupita_gateway_chime_events_consumed_total", {"result": "replayed"}))
+    async with running_gateway(bridge, bridge.token, **settings) as a:
+        await post_events(a, live.events)
+        await post_events(a, short.events)
+        [done] = await await_for("the short call over", lambda: a.chime.finished.get(short.key), timeout=60)
+        await await_for("its end marker written", lambda: short.key not in a.chime.sessions)
+        await await_for("a fragment of the live call checkpointed", lambda: any(
+            leg["doneThrough"] for leg in (a.chime.store.get(live.key) or {"legs": []})["legs"]), timeout=30)
+        await a.chime_bus.commit(a.chime_bus.assigned)  # what the loop does every second, now
+    assert done.outcome == "completed"
+    # crash-like: no hand-off; the next pod replays the partition from the live call's first event
+    async with running_gateway(bridge, bridge.token, **settings) as b:
+        await await_for("the live call resumed", lambda: live.key in b.chime.sessions, timeout=60)
+        assert short.key not in b.chime.sessions and not b.chime.pending
+        assert (await post_events(b, live.ended()))[0] == 202
+        [report] = await await_for("part 2 ended", lambda: b.chime.finished.get(live.key), timeout=60)
+        assert not b.chime.finished.get(short.key)
+    assert report.outcome == "completed" and report.call_id == f"{live.key}-p2"
+    # replayed: the short call's two STARTEDs (over) and the live call's second (its first resumed it)
+    assert d("lupita_gateway_chime_events_consumed_total", result="replayed") == 3
+
+
+async def test_a_checkpoint_of_an_older_part_is_refused_and_ignored(kvs):
+    """Fencing: once part 2 of a call is on the topic, a write of part 1 (a pod that lost the call
+    without knowing it yet) is refused, and a reader of the topic keeps part 2."""
+    from telephony_gateway.checkpoint import CheckpointTable, Fenced
+    from telephony_gateway.settings import GatewaySettings
+
+    settings = GatewaySettings(**chime_settings(kvs, gateway_allow_unsigned=True))
+    async with running_gateway_bus(settings) as bus:
+        writer, reader = bus.table, CheckpointTable(settings.kafka_bootstrap, bus.checkpoints_topic)
+        await (await writer.save("chime-fence", {"part": 2, "legs": []}))
+        with pytest.raises(Fenced):
+            await writer.save("chime-fence", {"part": 1, "legs": []})
+        # a record of part 1 that still reached the topic (written before part 2 was known) is ignored
+        await (await bus.producer.send(bus.checkpoints_topic, b'{"part": 1, "legs": []}', key=b"chime-fence"))
+        await reader.start(bus.producer)
+        try:
+            await reader.caught_up()
+            assert reader.get("chime-fence") == {"part": 2, "legs": []}
+        finally:
+            await reader.close()
