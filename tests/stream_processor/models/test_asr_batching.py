@@ -157,7 +157,8 @@ def test_batching_off_decodes_window_by_window(files, segments):
 
 def test_a_doubtful_trimmed_decode_is_redone_with_the_full_window(files, segments):
     """Guard threshold 0: every trimmed final is doubtful, so every final must be the full
-    window's own transcript (one temperature: deterministic)."""
+    window's own transcript (one temperature: deterministic; the trimmed pass runs at the first
+    temperature only, the full-window pass with the ladder)."""
     audio = [a for a, _, _ in segments[:2]]
     full = WhisperLocal(threads=2, files=files, options=WhisperOptions(temperatures=(0.0,)))
     guarded = WhisperLocal(threads=2, files=files, options=WhisperOptions(
@@ -177,7 +178,7 @@ def test_the_window_guard_off_or_a_confident_decode_decodes_once(files, segments
     assert "full_window" not in off.transcribe(a, RATE).guard_actions
     lenient = WhisperLocal(threads=2, files=files, options=WhisperOptions(
         temperatures=(0.0,), encoder_window="trimmed", encoder_guard=True, encoder_guard_logprob=-10.0,
-        compression_ratio_threshold=100.0, no_speech_threshold=1.0))
+        compression_ratio_threshold=100.0, no_speech_threshold=1.0, log_prob_threshold=-10.0))
     r = lenient.transcribe(a, RATE)
     assert r.text and "full_window" not in r.guard_actions  # nothing doubtful: the trimmed decode stands
     # the full-window model never runs the guard

@@ -57,10 +57,12 @@ one CTranslate2 call by faster-whisper's ``BatchedInferencePipeline``, each wind
 trimmed-window guard) flags, is decoded again on its own by the per-segment path (guard action
 ``batch_redecode``); the rest say ``batched``.
 
-Trimmed-window guard (``encoder_guard``, trimmed window only): a final whose trimmed decode needed
-a fallback temperature, decoded nothing, or has a segment below ``encoder_guard_logprob`` or above
-Whisper's compression-ratio / no-speech thresholds is decoded again with the full window (guard
-action ``full_window``).
+Trimmed-window guard (``encoder_guard``, trimmed window only): a final is first decoded with the
+trimmed window at the first temperature only (no sampled fallback: deterministic); when that
+decode is doubtful — nothing decoded, a segment whose mean log-probability is below
+``encoder_guard_logprob`` (and at least below Whisper's own fallback threshold), or above Whisper's
+compression-ratio / no-speech thresholds — it is decoded again with the full window and the whole
+fallback ladder (guard action ``full_window``).
 """
 
 from __future__ import annotations
@@ -167,12 +169,13 @@ class WhisperOptions:
     encoder_window: Literal["full", "trimmed"] = "full"
     encoder_margin_s: float = 1.0
     encoder_min_window_s: float = 0.0
-    # trimmed window only: a final whose trimmed decode is doubtful (a fallback temperature was
-    # needed, a segment's mean log-probability below encoder_guard_logprob, its compression ratio
-    # or no-speech probability above Whisper's thresholds, or nothing decoded) is decoded again
-    # with the full 30 s window (guard action "full_window")
+    # trimmed window only: a final is decoded trimmed at the first temperature; when that is
+    # doubtful (a segment's mean log-probability below encoder_guard_logprob or Whisper's fallback
+    # threshold, its compression ratio or no-speech probability above Whisper's thresholds, or
+    # nothing decoded) it is decoded again with the full 30 s window and the fallback ladder
+    # (guard action "full_window")
     encoder_guard: bool = True
-    encoder_guard_logprob: float = -0.8
+    encoder_guard_logprob: float = -1.0
     # batching (transcribe_batch): at most this many windows (single segments or packed windows)
     # decoded in one CTranslate2 call; 1 = one decode per window
     batch_max_windows: int = 1
@@ -405,8 +408,9 @@ class WhisperLocal(Transcriber):
         was decoded, or a segment's mean log-probability, compression ratio or no-speech
         probability says Whisper was unsure."""
         o = self.options
+        floor = max(o.encoder_guard_logprob, o.log_prob_threshold)  # Whisper's own fallback rule at least
         return fell_back or not raw or any(
-            s.avg_logprob < o.encoder_guard_logprob or s.compression_ratio > o.compression_ratio_threshold
+            s.avg_logprob < floor or s.compression_ratio > o.compression_ratio_threshold
             or s.no_speech_prob > o.no_speech_threshold for s in raw)
 
     def _full_window_decode(self, x: np.ndarray, kwargs: dict[str, Any]) -> tuple[list[TranscriptSegment], str | None, bool]:
@@ -422,11 +426,16 @@ class WhisperLocal(Transcriber):
             return TranscriptResult((), self.options.language, partial, self.name, self.model, duration,
                                     guard_actions=("quiet_audio",))
         kwargs = self._decode_kwargs(partial, vocabulary)
-        raw, language, fell_back = self._decode(x, kwargs)
         retried: tuple[str, ...] = ()
-        if not partial and self._guarded() and self._trim_doubtful(raw, fell_back):
-            raw, language, _ = self._full_window_decode(x, kwargs)
-            retried = ("full_window",)
+        if not partial and self._guarded():
+            # trimmed pass at the first temperature only (deterministic, no sampled fallback on a
+            # window the encoder saw cut); a doubtful result goes to the full window with the ladder
+            raw, language, fell_back = self._decode(x, {**kwargs, "temperature": list(self.options.temperatures[:1])})
+            if self._trim_doubtful(raw, fell_back):
+                raw, language, _ = self._full_window_decode(x, kwargs)
+                retried = ("full_window",)
+        else:
+            raw, language, fell_back = self._decode(x, kwargs)
         guard = self.guard
         if not raw and not partial and self.options.empty_retry_min_speech_s \
                 and speech_seconds(x) >= self.options.empty_retry_min_speech_s:
@@ -462,11 +471,14 @@ class WhisperLocal(Transcriber):
         back to the part its midpoint falls in (in the part's own time), gap words dropped."""
         window, spans = self._layout(parts, self.options.pack_gap_s)
         kwargs = {**self._decode_kwargs(False, vocabulary), "vad_filter": False}
-        raw, language, fell_back = self._decode(window, kwargs)
         retried: tuple[str, ...] = ()
-        if self._guarded() and self._trim_doubtful(raw, fell_back):
-            raw, language, _ = self._full_window_decode(window, kwargs)
-            retried = ("full_window",)
+        if self._guarded():  # as in _run_prepared: trimmed at the first temperature, else full + ladder
+            raw, language, fell_back = self._decode(window, {**kwargs, "temperature": list(self.options.temperatures[:1])})
+            if self._trim_doubtful(raw, fell_back):
+                raw, language, _ = self._full_window_decode(window, kwargs)
+                retried = ("full_window",)
+        else:
+            raw, language, fell_back = self._decode(window, kwargs)
         return self._retry_empty_parts(parts, self._split_packed(raw, language, parts, spans, retried), vocabulary)
 
     def _retry_empty_parts(self, parts: list[np.ndarray], results: list[TranscriptResult],
