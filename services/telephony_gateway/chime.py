@@ -685,6 +685,8 @@ class ChimeSession(SessionBase):
                 raise BadInput("custom_parameters", f"the person's number in the streaming event is not usable: {exc}",
                                fatal=True) from None
             await self._save(wait=True)
+            if self.handed_off:  # the partition moved while the first checkpoint was written
+                raise _Done("handoff")
             legs = self.legs
             for plan in self.plans:
                 kvs = KvsLeg(self.settings, plan.event.stream_arn, loop)

@@ -331,3 +331,15 @@ async def test_a_checkpoint_of_an_older_part_is_refused_and_ignored(kvs):
             assert reader.get("chime-fence") == {"part": 2, "legs": []}
         finally:
             await reader.close()
+
+
+async def test_a_draining_pod_answers_503_so_eventbridge_retries_elsewhere(bridge, kvs):
+    call = build_call(kvs, mono(1.0, 73), mono(1.0, 74))
+    d = Deltas(("lupita_gateway_chime_events_published_total", {"result": "ok"}))
+    async with running_gateway(bridge, bridge.token, **chime_settings(kvs)) as gw:
+        await consuming(gw)
+        gw.draining = True  # the first thing SIGTERM's shutdown() does (it then closes the port within ms)
+        status, body = await post_events(gw, call.events, wait=False)
+        assert status == 503 and "accepted" not in body
+        assert not gw.chime.sessions and not gw.chime.pending
+    assert d("lupita_gateway_chime_events_published_total", result="ok") == 0
