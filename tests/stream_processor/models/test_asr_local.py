@@ -168,7 +168,7 @@ def test_real_log_mel_frames_are_never_all_zero(model):
 
 
 def test_the_encoder_window_setting_is_validated():
-    assert AsrSettings().asr_encoder_window == "full"  # the default until bench/asr_encode.py says otherwise
+    assert AsrSettings().asr_encoder_window == "trimmed"  # the worker's default since bench/asr_encode.py (the guarded trimmed window)
     s = AsrSettings(asr_encoder_window="trimmed", asr_encoder_margin_seconds=0.5, asr_encoder_min_window_seconds=4)
     assert (s.asr_encoder_window, s.asr_encoder_margin_seconds, s.asr_encoder_min_window_seconds) == ("trimmed", 0.5, 4)
     for bad in ({"asr_encoder_window": "half"}, {"asr_encoder_margin_seconds": -1},
