@@ -36,6 +36,9 @@ CHIME_CHECKPOINTS = "telephony.chime.checkpoints"
 TELEPHONY_GATEWAY = (CHIME_EVENTS, CHIME_CHECKPOINTS)
 CLEANUP_POLICY = {CHIME_CHECKPOINTS: "compact,delete"}
 
+# Every topic the platform uses, whoever creates it: the set k8s/kafka/topics.yaml declares.
+EVERY = ALL + CONTEXT_API + TELEPHONY_GATEWAY
+
 # How long each topic keeps its records (retention.ms; cleanup.policy delete). Records carry
 # people's voice and words (audio, segments, transcripts, the analysis, alerts with the sentence
 # said) and cannot be deleted one by one: an erasure (context-api) states these, read back from the

@@ -54,7 +54,7 @@ def test_every_k8s_resource_is_accepted_by_the_api_server(kubectl, k8s_crds):
         topics = json.loads(kubectl("get", "kafkatopics", "-n", "kafka", "-o", "json").stdout)["items"]
         from lupita import topics as code_topics
 
-        assert len(topics) == len(code_topics.ALL + code_topics.CONTEXT_API)
+        assert len(topics) == len(code_topics.EVERY)
     finally:
         kubectl("delete", "--ignore-not-found", "--wait=true", "--timeout=60s",
                 *(a for p in reversed(MANIFESTS) for a in ("-f", str(p))))
@@ -73,7 +73,7 @@ def test_topics_match_the_code_and_the_eks_values():
 
     values = yaml.safe_load((ROOT / "charts" / "lupita" / "values-eks.yaml").read_text())["kafka"]
     declared = {d["spec"]["topicName"]: d["spec"] for d in _docs(K8S / "kafka" / "topics.yaml")}
-    assert set(declared) == {values["topicPrefix"] + name for name in topics.ALL + topics.CONTEXT_API + topics.TELEPHONY_GATEWAY}
+    assert set(declared) == {values["topicPrefix"] + name for name in topics.EVERY}
     assert {(s["partitions"], s["replicas"]) for s in declared.values()} == {(values["partitions"], values["replication"])}
 
 

@@ -23,7 +23,7 @@ def test_every_topic_has_the_retention_the_kubernetes_manifests_declare():
         if doc and doc.get("kind") == "KafkaTopic":
             name = doc["spec"]["topicName"].split(".", 1)[1]  # "prod.<topic>"
             declared[name] = int(doc["spec"]["config"]["retention.ms"])
-    assert set(topics.RETENTION_MS) == set(topics.ALL + topics.CONTEXT_API + topics.TELEPHONY_GATEWAY)
+    assert set(topics.RETENTION_MS) == set(topics.EVERY)
     assert declared == topics.RETENTION_MS
 
 
@@ -35,7 +35,7 @@ def test_a_caller_config_wins_over_the_default_retention():
 
 def test_topics_are_created_on_the_broker_with_their_retention(stack_env):
     settings = CommonSettings(topic_prefix=f"retention-{uuid.uuid4().hex[:8]}.")
-    names = topics.ALL + topics.CONTEXT_API
+    names = topics.EVERY
     created = topics.ensure_topics(settings, names)
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="lupita-test-retention")
     try:
@@ -51,7 +51,7 @@ def test_topics_are_created_on_the_broker_with_their_retention(stack_env):
         for n in names:
             conf = described[settings.topic(n)]
             assert int(conf["retention.ms"]["value"]) == topics.RETENTION_MS[n], n
-            assert conf["cleanup.policy"]["value"] == "delete", n
+            assert conf["cleanup.policy"]["value"] == topics.CLEANUP_POLICY.get(n, "delete"), n
     finally:
         admin.delete_topics([settings.topic(n) for n in names])
         admin.close()
