@@ -33,7 +33,10 @@ CONTEXT_API = (CALLBACKS_DUE,)
 # the end markers of finished calls go after the retention too).
 CHIME_EVENTS = "telephony.chime.events"
 CHIME_CHECKPOINTS = "telephony.chime.checkpoints"
-TELEPHONY_GATEWAY = (CHIME_EVENTS, CHIME_CHECKPOINTS)
+# Records of the events topic a pod cannot use (not an event, an unknown status, a number that does
+# not decrypt with this key), as they were, with their reason and source in headers (below).
+CHIME_DEAD_LETTERS = "telephony.chime.dead-letters"
+TELEPHONY_GATEWAY = (CHIME_EVENTS, CHIME_CHECKPOINTS, CHIME_DEAD_LETTERS)
 CLEANUP_POLICY = {CHIME_CHECKPOINTS: "compact,delete"}
 
 # Every topic the platform uses, whoever creates it: the set k8s/kafka/topics.yaml declares.
@@ -47,8 +50,13 @@ DAY_MS = 24 * 3600 * 1000
 RETENTION_MS = {
     AUDIO_CHUNKS: 3 * DAY_MS, SPEECH_SEGMENTS: 3 * DAY_MS, CALL_LIFECYCLE: 7 * DAY_MS, TRANSCRIPTS: 7 * DAY_MS,
     CALL_ANALYSIS: 7 * DAY_MS, ALERTS: 14 * DAY_MS, CALLBACKS_DUE: 7 * DAY_MS,
-    CHIME_EVENTS: 1 * DAY_MS, CHIME_CHECKPOINTS: 1 * DAY_MS,
+    CHIME_EVENTS: 1 * DAY_MS, CHIME_CHECKPOINTS: 1 * DAY_MS, CHIME_DEAD_LETTERS: 7 * DAY_MS,
 }
+
+# Headers of a dead letter (a record put as it was on a dead-letter topic): why, and where it was
+# read (``topic/partition/offset``). The stream stages (faust_kit) and the gateway write the same.
+REASON_HEADER = "lupita-reason"
+SOURCE_HEADER = "lupita-source"
 
 
 def topic_configs(name: str, configs: dict[str, str] | None = None) -> dict[str, str]:
@@ -84,5 +92,20 @@ def ensure_topics(settings: CommonSettings, names: tuple[str, ...] = ALL,
         if created:
             log.info("created topics", extra={"topics": created})
         return created
+    finally:
+        admin.close()
+
+
+def delete_prefixed(settings: CommonSettings, prefix: str, client_id: str = "lupita-admin") -> list[str]:
+    """Delete every topic whose name starts with ``prefix`` (a benchmark's or test's own run,
+    e.g. Faust's changelogs too); returns the names deleted."""
+    if not prefix:
+        raise ValueError("an empty prefix would delete every topic")
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id=client_id)
+    try:
+        doomed = [t for t in admin.list_topics() if t.startswith(prefix)]
+        if doomed:
+            admin.delete_topics(doomed)
+        return doomed
     finally:
         admin.close()

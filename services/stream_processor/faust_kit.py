@@ -49,6 +49,7 @@ from faust import streams
 from faust.exceptions import PartitionsMismatch, ProducerSendError
 from prometheus_client import Counter
 
+from lupita.topics import REASON_HEADER, SOURCE_HEADER
 from stream_processor import records
 from stream_processor.retry import RetryPolicy
 
@@ -87,8 +88,6 @@ BROKER_RETRIES = Counter(
 class Abandoned(Exception):
     """A delivery was given up because ``stopped()`` said so (partition revoked, worker
     stopping): the record it was for must stay unacknowledged."""
-REASON_HEADER = "lupita-reason"
-SOURCE_HEADER = "lupita-source"
 
 
 def build_app(settings: Any) -> faust.App:

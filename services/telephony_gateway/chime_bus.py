@@ -36,9 +36,11 @@ from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
+from cryptography.exceptions import InvalidTag
 
 from lupita.privacy import InvalidPhoneNumber, decrypt_phone, encrypt_phone
-from lupita.topics import CHIME_CHECKPOINTS, CHIME_EVENTS, ensure_topics
+from lupita.topics import (CHIME_CHECKPOINTS, CHIME_DEAD_LETTERS, CHIME_EVENTS, REASON_HEADER, SOURCE_HEADER,
+                           ensure_topics)
 
 from . import chime_events as ce
 from . import metrics as m
@@ -65,6 +67,7 @@ class ChimeBus:
         self.calls = calls
         self.events_topic = settings.topic(CHIME_EVENTS)
         self.checkpoints_topic = settings.topic(CHIME_CHECKPOINTS)
+        self.dead_letters_topic = settings.topic(CHIME_DEAD_LETTERS)
         self.table = CheckpointTable(settings.kafka_bootstrap, self.checkpoints_topic)
         self.producer: AIOKafkaProducer | None = None
         self.consumer: AIOKafkaConsumer | None = None
@@ -151,7 +154,7 @@ class ChimeBus:
         while not self._stopping:
             try:
                 self._enc_key()
-                await asyncio.to_thread(ensure_topics, s, (CHIME_EVENTS,))
+                await asyncio.to_thread(ensure_topics, s, (CHIME_EVENTS, CHIME_DEAD_LETTERS))
                 await asyncio.to_thread(ensure_topics, s, (CHIME_CHECKPOINTS,), {"segment.ms": SEGMENT_MS})
                 self._topics.set()
                 await self.table.start(await self._producer())
@@ -207,10 +210,11 @@ class ChimeBus:
                         break  # revoked meanwhile: the next owner reads it
                     try:
                         ev = ce.from_record(r.value, self.decrypt)
-                    except (BadInput, ValueError) as exc:
+                    except (BadInput, ValueError, InvalidTag) as exc:
+                        reason = exc.kind if isinstance(exc, BadInput) else "undecryptable"
+                        if not await self._dead_letter(tp, r, reason):
+                            break  # stopping or revoked before the broker took it: not consumed here
                         m.CHIME_CONSUMED.labels("bad").inc()
-                        log.error("Chime event record skipped", extra={"stage": "chime", "offset": r.offset,
-                                                                      "error": str(exc)[:200]})
                         self.calls.consumed(tp, r.offset)
                         continue
                     self.calls.on_record(tp, r.offset, ev)
@@ -218,6 +222,32 @@ class ChimeBus:
                 last_commit = time.monotonic()
                 await self.commit(self.assigned)
         self._idle.set()
+
+    async def _dead_letter(self, tp: TopicPartition, r, reason: str) -> bool:
+        """Put a record the pod cannot use on the dead-letter topic as it was, with its reason and
+        source in headers; True once the broker has it. A broker error is retried with backoff
+        (the record is neither skipped nor acknowledged meanwhile); False when the pod stops or the
+        partition is revoked first (the next owner reads the record again)."""
+        headers = [(REASON_HEADER, reason.encode()), (SOURCE_HEADER, f"{r.topic}/{r.partition}/{r.offset}".encode())]
+        attempt = 0
+        while not self._stopping and tp in self.assigned:
+            try:
+                producer = await self._producer()
+                await asyncio.wait_for(producer.send_and_wait(self.dead_letters_topic, r.value, key=r.key, headers=headers),
+                                       self.settings.gateway_chime_publish_timeout_seconds)
+            except Exception as exc:  # noqa: BLE001 - the broker did not take it: try again, lose nothing
+                attempt += 1
+                if attempt == 1 or attempt % 10 == 0:
+                    log.warning("Chime dead letter not delivered; retrying", extra={
+                        "stage": "chime", "offset": r.offset, "attempt": attempt,
+                        "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+                await asyncio.sleep(min(5.0, 0.2 * 2 ** min(attempt, 5)))
+                continue
+            m.CHIME_DEAD_LETTERS.labels(reason).inc()
+            log.error("Chime event record dead-lettered", extra={"stage": "chime", "offset": r.offset,
+                                                                 "partition": r.partition, "reason": reason})
+            return True
+        return False
 
     async def commit(self, tps) -> None:
         if self.consumer is None:

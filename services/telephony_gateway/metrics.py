@@ -79,13 +79,17 @@ for _source in SOURCES:
         GAP_SECONDS.labels(_source, _leg)
 
 # -- Chime events through Kafka (telephony.chime.events, one consumer group of gateway pods) ----------
+CHIME_DEAD_LETTERS = Counter("lupita_gateway_chime_dead_letters_total",
+                             "Records of the Chime events topic put on its dead-letter topic as they were, by reason "
+                             "(malformed_json: not an event record; unknown_event: an unknown status; undecryptable: "
+                             "the person's number does not decrypt with this pod's key)", ["reason"])
 CHIME_PUBLISHED = Counter("lupita_gateway_chime_events_published_total",
                           "Chime streaming events the control API published to Kafka (ok: the broker acked; failed: "
                           "not acked in time, the request got 503 and EventBridge retries)", ["result"])
 CHIME_CONSUMED = Counter("lupita_gateway_chime_events_consumed_total",
                          "Chime event records this pod consumed as the owner of their partition, by what became of "
                          "them (started, ended, failed; replayed: a record of a call already running here or "
-                         "finished, read again after a rebalance or a duplicate delivery; bad: not a record)",
+                         "finished, read again after a rebalance or a duplicate delivery; bad: unusable, put on the dead-letter topic)",
                          ["result"])
 CHIME_HANDOFFS = Counter("lupita_gateway_chime_handoffs_total",
                          "Chime calls whose partition moved: out (stopped here, checkpoint written, the next owner goes "
@@ -98,5 +102,7 @@ for _r in ("ok", "failed"):
     CHIME_PUBLISHED.labels(_r)
 for _r in ("started", "ended", "failed", "replayed", "bad"):
     CHIME_CONSUMED.labels(_r)
+for _r in ("malformed_json", "unknown_event", "undecryptable"):
+    CHIME_DEAD_LETTERS.labels(_r)
 for _d in ("out", "in", "kept"):
     CHIME_HANDOFFS.labels(_d)

@@ -14,12 +14,8 @@ import signal
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-import pytest_asyncio
-from chimekit import (
-    CONTROL_TOKEN, T0_MS, aws_env, build_call, chime_settings, consuming, post_events, restore_env, transaction_ids,
-)
+from chimekit import CONTROL_TOKEN, T0_MS, build_call, chime_settings, consuming, mono, post_events, transaction_ids
 from procs import free_port, metric_value, scrape
 from waits import await_for
 
@@ -27,27 +23,8 @@ import logscan
 from bridgekit import LUPITA, PERSON, read_call
 from gwkit import AUTH_TOKEN, Deltas, pcm_bytes, running_gateway, target_of
 from lupita.config import CommonSettings
-from telephony_gateway import kvs_sim
-
-pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(240)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _aws():
-    saved = aws_env()
-    yield
-    restore_env(saved)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def kvs():
-    server = await kvs_sim.KvsServer().start()
-    yield server
-    await server.close()
-
-
-def mono(seconds: float, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(-12000, 12000, int(seconds * 8000), dtype=np.int16)
+pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(240),
+              pytest.mark.usefixtures("chime_aws")]
 
 
 @contextlib.asynccontextmanager
@@ -343,3 +320,57 @@ async def test_a_draining_pod_answers_503_so_eventbridge_retries_elsewhere(bridg
         assert status == 503 and "accepted" not in body
         assert not gw.chime.sessions and not gw.chime.pending
     assert d("lupita_gateway_chime_events_published_total", result="ok") == 0
+
+
+async def test_records_a_pod_cannot_use_are_dead_lettered_and_the_call_after_them_runs(bridge, kvs):
+    """Three records on a call's partition ahead of its events — not an event, an unknown status,
+    a STARTED whose number was encrypted with another key — each go to the dead-letter topic as
+    they were, with their reason and source offset, are counted, and do not hold the partition:
+    the call posted after them runs, and the committed offset passes them."""
+    import base64
+    import json
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from lupita.privacy import encrypt_phone
+    from lupita.topics import CHIME_DEAD_LETTERS, REASON_HEADER, SOURCE_HEADER
+    from telephony_gateway import chime_events as ce
+
+    call = build_call(kvs, mono(1.0, 75), mono(1.0, 76))
+    started = ce.parse(call.events[0])
+    other_key = bytes(range(32))
+    foreign = ce.to_record(started, lambda p: base64.b64encode(encrypt_phone(p, other_key)).decode())
+    unknown = json.dumps({**json.loads(foreign), "status": "PAUSED"}).encode()
+    bad = [(b"not json {", "malformed_json"), (unknown, "unknown_event"), (foreign, "undecryptable")]
+    settings = chime_settings(kvs)
+    d = Deltas(*(("lupita_gateway_chime_dead_letters_total", {"reason": r}) for _, r in bad),
+               ("lupita_gateway_chime_events_consumed_total", {"result": "bad"}))
+    async with running_gateway(bridge, bridge.token, **settings) as gw:
+        await consuming(gw)
+        bus = gw.chime_bus
+        producer = await bus._producer()
+        sent = [await producer.send_and_wait(bus.events_topic, value, key=ce.record_key(started)) for value, _ in bad]
+        assert (await post_events(gw, call.events))[0] == 202
+        [report] = await await_for("the call after the bad records ended", lambda: gw.chime.finished.get(call.key),
+                                   timeout=60)
+        tp = TopicPartition(bus.events_topic, sent[0].partition)
+        await bus.commit(bus.assigned)
+        assert await bus.consumer.committed(tp) > sent[-1].offset
+    assert report.outcome == "completed"
+    assert {r: d("lupita_gateway_chime_dead_letters_total", reason=r) for _, r in bad} == {r: 1 for _, r in bad}
+    assert d("lupita_gateway_chime_events_consumed_total", result="bad") == 3
+    consumer = AIOKafkaConsumer(bootstrap_servers=gw.settings.kafka_bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        consumer.subscribe([gw.settings.topic(CHIME_DEAD_LETTERS)])
+        got: list = []
+        for _ in range(30):  # the three are there already (the counter counts after the broker's ack)
+            if len(got) >= len(bad):
+                break
+            got += [r for recs in (await consumer.getmany(timeout_ms=1000)).values() for r in recs]
+    finally:
+        await consumer.stop()
+    assert [(r.value, dict(r.headers)[REASON_HEADER].decode()) for r in got] == bad
+    assert [dict(r.headers)[SOURCE_HEADER].decode() for r in got] == [
+        f"{bus.events_topic}/{s.partition}/{s.offset}" for s in sent]
+    assert all(r.key == ce.record_key(started) for r in got)
