@@ -386,18 +386,6 @@ def format_table(levels: list[Level]) -> str:
     return "\n".join(f"{label:<{width}}" + "".join(f"  {fn(s):>{col}}" for s in sums) for label, fn in rows)
 
 
-def delete_topics(settings, prefix: str) -> None:
-    from kafka.admin import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="lupita-bench")
-    try:
-        doomed = [t for t in admin.list_topics() if t.startswith(prefix)]
-        if doomed:
-            admin.delete_topics(doomed)
-    finally:
-        admin.close()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from lupita.cli import load_stack_env
@@ -408,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     from loadgen.frames import fit_duration
     from loadgen.settings import LoadgenSettings
     from lupita.config import CommonSettings
-    from lupita.topics import ensure_topics
+    from lupita.topics import delete_prefixed, ensure_topics
     from media_bridge.settings import BridgeSettings
 
     run_id = uuid.uuid4().hex[:8]
@@ -464,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
                         worker.kill()
         finally:
             if not args.keep_topics:
-                delete_topics(settings, prefix)
+                delete_prefixed(settings, prefix, "lupita-bench")
     print(f"latency benchmark: speech end -> {'segments' if args.vad_only else 'transcripts'}, {args.seconds:g} s calls (DEFAULT_SCRIPT), "
           f"{args.rate} Hz, real-time pacing, starts over {args.ramp:g} s; worker: {stages}, "
           f"{args.transcriber_threads} decode thread(s) x {args.asr_threads} CPU thread(s) each")

@@ -889,15 +889,10 @@ class socket_free_port:
 
 def _drop_run_topics_and_collections(settings: Any, prefix: str, collections: tuple[str, ...]) -> None:
     import weaviate
-    from kafka.admin import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="lupita-bench-understanding")
-    try:
-        doomed = [t for t in admin.list_topics() if t.startswith(prefix)]
-        if doomed:
-            admin.delete_topics(doomed)
-    finally:
-        admin.close()
+    from lupita.topics import delete_prefixed
+
+    delete_prefixed(settings, prefix, "lupita-bench-understanding")
     client = weaviate.connect_to_custom(
         http_host=settings.weaviate_host, http_port=settings.weaviate_http_port, http_secure=False,
         grpc_host=settings.weaviate_host, grpc_port=settings.weaviate_grpc_port, grpc_secure=False)
@@ -968,22 +963,27 @@ def _fmt(x: Any, pct: bool = False) -> str:
     return str(x)
 
 
+# The report's rows common to both paths: (stage, label, key, as a percentage).
+QUALITY_ROWS = [
+    ("VAD", "frame F1 (10 ms, both legs)", "vad_frame_f1", False),
+    ("ASR", "WER person leg", "wer_person", True),
+    ("ASR", "WER Lupita leg", "wer_lupita", True),
+    ("ASR", "name recall (person leg)", "name_recall", False),
+    ("ASR", "medication recall (person leg)", "medication_recall", False),
+    ("ASR", "empty finals on voiced segments", "empty_finals_on_voiced", True),
+    ("analyzer", "fact precision (type, key, value)", "fact_precision", False),
+    ("analyzer", "fact recall (type, key, value)", "fact_recall", False),
+    ("analyzer", "topic accuracy (share of the call's topics found)", "topic_accuracy", False),
+    ("analyzer", "topic precision", "topic_precision", False),
+    ("analyzer", "calls with no topic", "topics_empty_calls", False),
+    ("analyzer", "code precision", "code_precision", False),
+    ("analyzer", "code recall", "code_recall", False),
+]
+
+
 def print_report(r: dict[str, Any], path: str) -> None:
     b, a = r["baseline"], r["audio"]
-    rows = [
-        ("VAD", "frame F1 (10 ms, both legs)", "vad_frame_f1", False),
-        ("ASR", "WER person leg", "wer_person", True),
-        ("ASR", "WER Lupita leg", "wer_lupita", True),
-        ("ASR", "name recall (person leg)", "name_recall", False),
-        ("ASR", "medication recall (person leg)", "medication_recall", False),
-        ("ASR", "empty finals on voiced segments", "empty_finals_on_voiced", True),
-        ("analyzer", "fact precision (type, key, value)", "fact_precision", False),
-        ("analyzer", "fact recall (type, key, value)", "fact_recall", False),
-        ("analyzer", "topic accuracy (share of the call's topics found)", "topic_accuracy", False),
-        ("analyzer", "topic precision", "topic_precision", False),
-        ("analyzer", "calls with no topic", "topics_empty_calls", False),
-        ("analyzer", "code precision", "code_precision", False),
-        ("analyzer", "code recall", "code_recall", False),
+    rows = QUALITY_ROWS + [
         ("analyzer", "code accuracy (calls with the exact code set)", "code_exact_calls", False),
         ("analyzer", "analyzer CPU s per call, p50 (thread time)", "analyzer_cpu_s_p50", False),
         ("analyzer", "analyzer CPU s per call, max", "analyzer_cpu_s_max", False),
@@ -1029,22 +1029,7 @@ PIPELINE_DETECTOR = "word probabilities"  # the cores' detector that gets what t
 
 def print_pipeline_report(r: dict[str, Any]) -> None:
     b, a, w = r["baseline"], r["audio"], r["pipeline"]
-    rows = [
-        ("VAD", "frame F1 (10 ms, both legs)", "vad_frame_f1", False),
-        ("ASR", "WER person leg", "wer_person", True),
-        ("ASR", "WER Lupita leg", "wer_lupita", True),
-        ("ASR", "name recall (person leg)", "name_recall", False),
-        ("ASR", "medication recall (person leg)", "medication_recall", False),
-        ("ASR", "empty finals on voiced segments", "empty_finals_on_voiced", True),
-        ("analyzer", "fact precision (type, key, value)", "fact_precision", False),
-        ("analyzer", "fact recall (type, key, value)", "fact_recall", False),
-        ("analyzer", "facts found", "facts_pred", False),
-        ("analyzer", "topic accuracy (share of the call's topics found)", "topic_accuracy", False),
-        ("analyzer", "topic precision", "topic_precision", False),
-        ("analyzer", "calls with no topic", "topics_empty_calls", False),
-        ("analyzer", "code precision", "code_precision", False),
-        ("analyzer", "code recall", "code_recall", False),
-    ]
+    rows = QUALITY_ROWS + [("analyzer", "facts found", "facts_pred", False)]
     print(f"\npath: pipeline (bridge -> Kafka -> worker -> Postgres/Weaviate/S3, read back) beside the cores on the "
           f"same calls; {w['calls']} calls ({w['calls'] - w['calm_calls']} with an alert cue, {w['calm_calls']} calm); "
           f"core ASR from cache for {r['asr_cached_calls']} calls")
@@ -1064,7 +1049,7 @@ def print_pipeline_report(r: dict[str, Any]) -> None:
     print(f"{'alerts':<9} {'raised as to_verify':<50} {ab['to_verify']:>11} {aa['to_verify']:>9} {aw['to_verify']:>9}")
     print(f"{'alerts':<9} {'false sure alerts / 100 calm calls':<50} {ab['false_sure_per_100_calm_calls']:>11.1f} "
           f"{aa['false_sure_per_100_calm_calls']:>9.1f} {aw['false_sure_per_100_calm_calls']:>9.1f}")
-    print(f"(alerts: the cores' column is the detector given the words' probabilities, as the worker's is)")
+    print("(alerts: the cores' column is the detector given the words' probabilities, as the worker's is)")
     for col, x in (("cores", aa), ("pipeline", aw)):
         if x["missed"]:
             print(f"{col}: missed {', '.join(x['missed'])}")

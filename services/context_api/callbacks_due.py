@@ -155,11 +155,11 @@ class Dispatcher:
 
     Hooks (``None`` in the service; the tests kill a process in them): ``before_commit`` with the
     records sent in the open Kafka transaction, before it is committed; ``after_ack`` with the
-    committed records, before the rows are marked. ``pool`` is not used (the dispatcher works on
-    its own connection, the one that holds the lock); it is accepted for the service's call.
+    committed records, before the rows are marked. It works on its own Postgres connection, the
+    one that holds the lock (not the service's pool).
     """
 
-    def __init__(self, settings: ContextApiSettings, pool: Any = None, *,
+    def __init__(self, settings: ContextApiSettings, *,
                  after_ack: Hook | None = None, before_commit: Hook | None = None) -> None:
         self.settings = settings
         self.topic = settings.topic(CALLBACKS_DUE)

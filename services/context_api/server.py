@@ -67,7 +67,7 @@ async def serve(settings: ContextApiSettings, *, sock: socket.socket | None = No
                                                   "port": port, "auth_mode": settings.context_api_auth_mode,
                                                   "worker": worker})
     sweeping = asyncio.create_task(sweep_erasures(app, settings)) if server.started and background else None
-    dispatcher = (Dispatcher(settings, app.state.pool)
+    dispatcher = (Dispatcher(settings)
                   if server.started and background and settings.context_api_callbacks_enabled else None)
     dispatching = asyncio.create_task(dispatch_callbacks(dispatcher)) if dispatcher is not None else None
     if server.started:

@@ -29,6 +29,11 @@ def aws_env():
     return saved
 
 
+def mono(seconds: float, seed: int) -> np.ndarray:
+    """Seeded noise as one leg's 8 kHz PCM16 (distinct per seed: equality checks mean something)."""
+    return np.random.default_rng(seed).integers(-12000, 12000, int(seconds * 8000), dtype=np.int16)
+
+
 def restore_env(saved: dict) -> None:
     for k, v in saved.items():
         if v is None:

@@ -13,10 +13,7 @@ import json
 
 import numpy as np
 import pytest
-import pytest_asyncio
-from chimekit import (
-    T0_MS, aws_env, build_call, chime_settings, ended, post_events, restore_env,
-)
+from chimekit import T0_MS, build_call, chime_settings, ended, mono, post_events
 from waits import await_for
 
 from bridgekit import LUPITA, PERSON, read_call
@@ -24,25 +21,8 @@ from gwkit import Deltas, pcm_bytes, running_gateway, spans
 from lupita.config import CommonSettings
 from telephony_gateway import kvs_sim, mkv
 
-pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(180)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _aws():
-    saved = aws_env()
-    yield
-    restore_env(saved)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def kvs():
-    server = await kvs_sim.KvsServer().start()
-    yield server
-    await server.close()
-
-
-def mono(seconds: float, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(-12000, 12000, int(seconds * 8000), dtype=np.int16)
+pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(180),
+              pytest.mark.usefixtures("chime_aws")]
 
 
 def bad(kind: str) -> tuple[str, dict]:
