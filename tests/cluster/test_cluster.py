@@ -53,12 +53,11 @@ def _udp_connect_errno(address: str) -> int:
     return 0
 
 
-def test_the_service_range_goes_back_to_its_blackhole_on_every_exit_path(tmp_path, monkeypatch):
-    """The real node routes the service range via lo while its kube-proxy runs. That route is put
-    back to the blackhole (one `ip route replace`: never without a route) at down, when kube-proxy
-    fails to start, and by the next up or down of any cluster when kube-proxy is gone (a crash).
-    Test-only ranges and holder registry, no real-node owner (kube-proxy counts as gone)."""
-    from lupita_dev.cluster import manager, node, tools
+@pytest.fixture
+def spare_ranges(tmp_path, monkeypatch) -> tuple[str, str]:
+    """Test-only service and pod ranges (routed nowhere on this machine; a blackhole drops packets,
+    so adding one is safe) and a test-only holder registry, in place of the cluster's own."""
+    from lupita_dev.cluster import manager
 
     ranges = ("10.250.0.0/24", "10.251.0.0/24")
     for cidr in ranges:
@@ -66,6 +65,17 @@ def test_the_service_range_goes_back_to_its_blackhole_on_every_exit_path(tmp_pat
     monkeypatch.setattr(manager, "SERVICE_CIDR", ranges[0])
     monkeypatch.setattr(manager, "POD_CIDR", ranges[1])
     monkeypatch.setattr(manager, "ROUTE_HOLDERS", tmp_path / "holders")
+    return ranges
+
+
+def test_the_service_range_goes_back_to_its_blackhole_on_every_exit_path(tmp_path, monkeypatch, spare_ranges):
+    """The real node routes the service range via lo while its kube-proxy runs. That route is put
+    back to the blackhole (one `ip route replace`: never without a route) at down, when kube-proxy
+    fails to start, and by the next up or down of any cluster when kube-proxy is gone (a crash).
+    Test-only ranges and holder registry, no real-node owner (kube-proxy counts as gone)."""
+    from lupita_dev.cluster import manager, node, tools
+
+    ranges = spare_ranges
     monkeypatch.setattr(node, "OWNER_FILE", tmp_path / "real-node.owner")
     monkeypatch.setenv("LUPITA_CLUSTER_DIR", str(tmp_path / "cluster"))
     probe = "10.250.0.77"
@@ -117,18 +127,13 @@ def test_status_reports_every_component_healthy_and_the_node_ready(cluster, kube
     assert ready == "True"
 
 
-def test_two_clusters_share_a_blackhole_and_the_last_one_down_removes_it(tmp_path, monkeypatch):
+def test_two_clusters_share_a_blackhole_and_the_last_one_down_removes_it(tmp_path, monkeypatch, spare_ranges):
     """Two checkouts' clusters (two cluster dirs) on one machine: the route is added once, kept
     while either holds it, removed when the last one lets go. Test-only ranges (blackholes drop
     packets: adding them is safe) and a test-only holder registry."""
     from lupita_dev.cluster import manager
 
-    ranges = ("10.250.0.0/24", "10.251.0.0/24")
-    for cidr in ranges:
-        assert not manager._routes_for(cidr), f"{cidr} is routed on this machine: pick other test ranges"
-    monkeypatch.setattr(manager, "SERVICE_CIDR", ranges[0])
-    monkeypatch.setattr(manager, "POD_CIDR", ranges[1])
-    monkeypatch.setattr(manager, "ROUTE_HOLDERS", tmp_path / "holders")
+    ranges = spare_ranges
     first, second = tmp_path / "first", tmp_path / "second"
     try:
         monkeypatch.setenv("LUPITA_CLUSTER_DIR", str(first))
