@@ -52,6 +52,10 @@ KAFKA_CONTENT = {
     "audio.chunks": "audio de la llamada", "speech.segments": "audio de los segmentos de voz",
     "transcripts": "transcripción", "call.analysis": "resumen, temas y datos de la llamada",
     "alerts": "alertas con la frase dicha", "call.lifecycle": "inicio y fin de la llamada (teléfono cifrado)",
+    # the telephony gateway's Chime path (exists only where it runs)
+    "telephony.chime.events": "eventos de llamadas Chime (teléfono cifrado)",
+    "telephony.chime.checkpoints": "puntos de reanudación de llamadas Chime (teléfono cifrado)",
+    "telephony.chime.dead-letters": "eventos Chime no procesables, tal como llegaron (teléfono cifrado)",
 }
 KAFKA_NOTE = ("Kafka es un registro de solo añadir: los mensajes no se borran uno a uno; caducan con la "
               "retención del tema, a más tardar en la fecha indicada.")
@@ -282,7 +286,8 @@ class Eraser:
         from lupita import topics
 
         names = [(t, KAFKA_CONTENT[t]) for t in (topics.AUDIO_CHUNKS, topics.SPEECH_SEGMENTS, topics.TRANSCRIPTS,
-                                                  topics.CALL_ANALYSIS, topics.ALERTS, topics.CALL_LIFECYCLE)]
+                                                  topics.CALL_ANALYSIS, topics.ALERTS, topics.CALL_LIFECYCLE,
+                                                  *topics.TELEPHONY_GATEWAY)]
         found: dict[str, dict[str, Any]] = {}
         problem = None
         try:

@@ -154,6 +154,11 @@ def test_erasure_removes_everything_but_the_locked_recording_and_says_so(api, si
                     "FROM person_profiles WHERE phone_number_hash = %s", (person,))
     assert profile == [(2, 1, 2)]
 
+    from lupita import topics
+    from lupita.config import CommonSettings
+
+    common = CommonSettings()
+    topics.ensure_topics(common, topics.TELEPHONY_GATEWAY)  # as a gateway with the Chime path creates them
     headers = {"authorization": f"Bearer {api.token}"}
     assert api.client.post("/v1/erasure", json={"phone": a}, headers=headers).status_code == 422  # no confirm
     r = api.client.post("/v1/erasure", json={"phone": a, "confirm": True}, headers=headers, timeout=120)
@@ -169,18 +174,17 @@ def test_erasure_removes_everything_but_the_locked_recording_and_says_so(api, si
         (1, 1, 2)
     assert removed["consent_records"] == 1  # the recorded call's consent stays with its recording
     assert removed["person_profiles"] == 1
-    # Kafka: the topics that carry the person's voice or words, with the retention the broker has
-    from lupita.config import CommonSettings
-
-    common = CommonSettings()
+    # Kafka: the topics that carry the person's voice, words or (encrypted) number, with the
+    # retention the broker has
     by_topic = {k["topic"]: k for k in out["kafka"]}
-    for topic in ("transcripts", "call.analysis", "alerts", "audio.chunks", "speech.segments"):
+    for topic in ("transcripts", "call.analysis", "alerts", "audio.chunks", "speech.segments", *topics.TELEPHONY_GATEWAY):
         item = by_topic[common.topic(topic)]  # the session's topics exist: the broker is asked and answers
-        assert item["carries"] and item["retention_source"] and item["cleanup_policy"] == "delete"
+        assert item["carries"] and item["retention_source"]
+        assert item["cleanup_policy"] == topics.CLEANUP_POLICY.get(topic, "delete"), topic
         assert item["retention_ms"] == broker_retention_ms(item["topic"]) > 0
         until = datetime.fromisoformat(item["until"])
         assert until == datetime.fromisoformat(out["erased_at"]) + timedelta(milliseconds=item["retention_ms"])
-    assert len(by_topic) == 6  # audio, segments, transcripts, analysis, alerts, lifecycle
+    assert len(by_topic) == 9  # audio, segments, transcripts, analysis, alerts, lifecycle, the gateway's three
     # retained: the three locked objects of the recorded call, with the date S3 reports
     settings, client = s3()
     retained = sorted(out["retained"], key=lambda o: o["key"])
