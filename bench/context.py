@@ -165,6 +165,39 @@ def link_weaviate_and_build_profiles(dsn: str, hashes: list[str], calls: int) ->
     return time.perf_counter() - started
 
 
+def store_past_conversations(dsn: str, collection: str, hashes: list[str], limit: int = 16) -> dict:
+    """What the stream processor does at each call's analysis: the person's calls nearest to their
+    latest one (Weaviate, filtered on the person's hash) stored in ``person_past_conversations``
+    (its own item shape and SQL), for every seeded person with Weaviate objects; returns the time
+    per person (query + write), the cost moved from each request to each analysed call."""
+    import psycopg
+    from psycopg.types.json import Jsonb
+    from weaviate.classes.query import Filter, MetadataQuery
+    from weaviate.util import generate_uuid5
+
+    from stream_processor.stages.understanding.core import past_item
+    from stream_processor.stores.postgres import _UPSERT_PAST
+    from stream_processor.stores.weaviate import SimilarCall
+
+    took = []
+    with weaviate_client() as client, psycopg.connect(dsn, autocommit=True) as conn:
+        coll = client.collections.use(collection)
+        for i, h in enumerate(hashes):
+            t = time.perf_counter()
+            anchor = generate_uuid5(f"bench-{i}-1")  # call 1 is each person's latest
+            res = coll.query.near_object(near_object=anchor, limit=limit, return_metadata=MetadataQuery(distance=True),
+                                         filters=Filter.by_property("phone_number_hash").equal(h))
+            items = [past_item(SimilarCall(str(o.properties.get("call_id")), o.uuid, o.metadata.distance,
+                                           dict(o.properties))) for o in res.objects]
+            started = next(it["started_at"] for it in items if it["call_id"] == f"bench-{i}-1")
+            conn.execute(_UPSERT_PAST, {"person": h, "call_id": f"bench-{i}-1", "weaviate_id": anchor,
+                                        "started_at": started, "items": Jsonb(items)})
+            took.append(time.perf_counter() - t)
+    took.sort()
+    return {"people": len(took), "seconds": round(sum(took), 1), "p50_ms": round(took[len(took) // 2] * 1000, 2),
+            "p99_ms": round(took[int(len(took) * 0.99)] * 1000, 2)}
+
+
 def weaviate_client():
     import weaviate
     from lupita.config import CommonSettings
@@ -644,6 +677,11 @@ def main() -> int:
         results["seed_weaviate_s"] = round(seed_weaviate(collection, hashes[: args.weaviate_people], args.calls), 1)
         results["profile_backfill_s"] = round(
             link_weaviate_and_build_profiles(dsn, hashes[: args.weaviate_people], args.calls), 1)
+        if args.past:
+            results["stored_past"] = store_past_conversations(dsn, collection, hashes[: args.weaviate_people])
+            sp = results["stored_past"]
+            print(f"past conversations stored for {sp['people']} people (as at each analysis): per person p50 "
+                  f"{sp['p50_ms']} ms p99 {sp['p99_ms']} ms", flush=True)
         print(f"seeded {args.people} people x {args.facts} facts x {args.calls} calls in "
               f"{results['seed_postgres_s']} s; Weaviate {args.weaviate_people} x {args.calls} in "
               f"{results['seed_weaviate_s']} s; {args.people} profiles built in {results['profile_backfill_s']} s",
@@ -670,22 +708,28 @@ def main() -> int:
         api_ports = {w: free_port() for w in worker_counts}
         sql_port, fan_port = free_port(), free_port()
         devnull = subprocess.DEVNULL
-        for port, source, workers in [(p, "profile", w) for w, p in api_ports.items()] + [(sql_port, "fanout", 1)]:
+        live_ports = {w: free_port() for w in worker_counts} if args.past else {}
+        for port, source, workers, past_source in (
+                [(p, "profile", w, "stored") for w, p in api_ports.items()]
+                + [(p, "profile", w, "weaviate") for w, p in live_ports.items()] + [(sql_port, "fanout", 1, "weaviate")]):
             procs.append(subprocess.Popen([sys.executable, "-m", "context_api", "--host", "127.0.0.1", "--port",
                                            str(port), "--metrics-port", "0"],
                                           env=dict(env, LUPITA_CONTEXT_API_CONTEXT_SOURCE=source,
+                                                   LUPITA_CONTEXT_API_PAST_SOURCE=past_source,
                                                    LUPITA_CONTEXT_API_WORKERS=str(workers)), cwd=ROOT,
                                           stdout=devnull, stderr=devnull))
         fan_log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-context-fanout-{tag}.log", "wb")
         procs.append(subprocess.Popen([sys.executable, __file__, "--serve-fanout", str(fan_port), "BENCH_DSN",
                                        collection], env=env, cwd=ROOT, stdout=fan_log, stderr=subprocess.STDOUT))
-        for port in api_ports.values():
+        for port in [*api_ports.values(), *live_ports.values()]:
             wait_http(f"http://127.0.0.1:{port}/livez")
         wait_http(f"http://127.0.0.1:{sql_port}/livez")
         wait_http(f"http://127.0.0.1:{fan_port}/vapi/webhook")
         results["workers"] = worker_counts
         servers = [("context-api" if w == 1 else f"context-api x{w}", f"http://127.0.0.1:{p}/vapi/webhook")
                    for w, p in api_ports.items()]
+        servers += [("context-api" + (f" x{w}" if w > 1 else "") + " weaviate-past", f"http://127.0.0.1:{p}/vapi/webhook")
+                    for w, p in live_ports.items()]
         servers += [("context-api fanout", f"http://127.0.0.1:{sql_port}/vapi/webhook"),
                    ("fan-out", f"http://127.0.0.1:{fan_port}/vapi/webhook")]
         only = {n.strip() for n in args.servers.split(",")} if args.servers else None

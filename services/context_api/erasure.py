@@ -227,6 +227,9 @@ class Eraser:
             # the triggers dropped it with the person's last call and fact; said and made sure of here
             conn.execute("DELETE FROM person_profiles WHERE phone_number_hash = %s", (person,))
             r["person_profiles"] = profiles
+            # the relevant past conversations stored at the person's last analysis (summaries of their calls)
+            r["person_past_conversations"] = conn.execute(
+                "DELETE FROM person_past_conversations WHERE phone_number_hash = %s", (person,)).rowcount
             erasure_id = conn.execute(
                 "INSERT INTO erasures (removed, retained_count) VALUES (%s, %s) RETURNING id",
                 (Jsonb(r), len(report.retained))).fetchone()[0]

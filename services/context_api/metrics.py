@@ -46,10 +46,11 @@ API_SECONDS = Histogram("lupita_context_api_api_request_seconds", "Time of a JSO
 API_REJECTED = Counter("lupita_context_api_api_rejected_total",
                        "JSON API (/v1) requests refused before any handling (401, 413, 422), by reason", ["reason"])
 
-PAST_OUTCOMES = ("ok", "cached", "timeout", "error", "no_anchor", "foreign")
+PAST_OUTCOMES = ("stored", "ok", "cached", "timeout", "error", "no_anchor", "foreign")
 PAST = Counter("lupita_context_api_past_conversations_total",
-               "Weaviate reads of a caller's relevant past conversations, by outcome (cached: answered from the "
-               "process's cache; timeout/error: the context "
+               "Reads of a caller's relevant past conversations, by outcome (stored: the answer the stream processor "
+               "kept at the person's last analysis, no Weaviate query; ok: asked Weaviate; cached: answered from "
+               "the process's cache; timeout/error: the context "
                "went without them; no_anchor: no analysed call to compare with; foreign: an object of another "
                "person dropped)", ["outcome"])
 LIVE_ALERTS = Counter("lupita_context_api_live_alerts_total",

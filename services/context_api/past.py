@@ -8,6 +8,14 @@ utterances reach Weaviate at call end), and embedding a text here would need the
 processor's embedding model in this service; ``nearObject`` on the latest conversation uses the
 vector already stored, so no model is loaded and the query costs one HNSW search.
 
+- **Stored first** (``context_api_past_source = "stored"``, the default): the stream processor runs
+  the same query (``nearVector`` with the call's vector, filtered on the person's hash) right after
+  it writes a call, and keeps the answer with the call's analysis (``person_past_conversations``,
+  read with the profile in the same round trip). When that answer is about the profile's latest
+  analysed call it is ranked here and Weaviate is not asked (``outcome="stored"``); otherwise (data
+  older than migration 0012, a person whose latest call had no utterance) Weaviate is asked as below.
+  The ranking is the same for both, and the order it gives does not change with time (every call
+  ages alike), so an answer computed at analysis time is still the one Weaviate would give now.
 - **Only this person's objects**: the query is filtered on ``phone_number_hash`` = the caller's hash
   in Weaviate, and every object that comes back is checked again here (one of another person would
   be dropped and counted: ``lupita_context_api_past_conversations_total{outcome="foreign"}``).
@@ -112,15 +120,44 @@ class PastConversations:
                 "stage": "context", "error": str(data["errors"][0].get("message", ""))[:200]})
             return [], "error"
         objects = ((data.get("data") or {}).get("Get") or {}).get(self.collection) or []
+        out = self.rank([{**o, "weaviate_id": (o.get("_additional") or {}).get("id"),
+                          "distance": (o.get("_additional") or {}).get("distance")} for o in objects],
+                        person, anchor, exclude, now)
+        metrics.PAST.labels("ok").inc()
+        if self.cache_s > 0:
+            self._cache[key] = (time.monotonic() + self.cache_s, out)
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return out, None
+
+    def stored(self, person: str, anchor: str | None, stored: tuple[str, list[dict[str, Any]]] | None,
+               exclude: set[str], now: datetime) -> list[dict[str, Any]] | None:
+        """The past conversations the stream processor stored at the person's last analysis, when
+        they are about ``anchor`` (the profile's latest analysed call) — else None (ask Weaviate)."""
+        if self.k <= 0 or not anchor or stored is None or self.settings.context_api_past_source != "stored":
+            return None
+        try:
+            if uuid.UUID(stored[0]) != uuid.UUID(anchor):
+                return None
+        except (TypeError, ValueError):
+            return None
+        metrics.PAST.labels("stored").inc()
+        return self.rank(stored[1], person, anchor, exclude, now)
+
+    def rank(self, objects: list[dict[str, Any]], person: str, anchor: str, exclude: set[str],
+             now: datetime) -> list[dict[str, Any]]:
+        """The best ``k`` of ``objects`` ({call_id, phone_number_hash, weaviate_id, distance,
+        started_at, summary, topics, emotion}): the person's own only, the anchor and ``exclude``
+        left out, by similarity x recency weight."""
         out = []
         for o in objects:
             if o.get("phone_number_hash") != person:  # never another caller's
                 metrics.PAST.labels("foreign").inc()
                 continue
-            extra = o.get("_additional") or {}
-            if o.get("call_id") in exclude or extra.get("id") == str(anchor):
+            if o.get("call_id") in exclude or str(o.get("weaviate_id")) == str(anchor):
                 continue
-            distance = extra.get("distance")
+            distance = o.get("distance")
             started = _ts(o.get("started_at"))
             if distance is None or started is None:
                 continue
@@ -131,13 +168,7 @@ class PastConversations:
                         "topics": list(o.get("topics") or []), "emotion": o.get("emotion") or "",
                         "similarity": round(similarity, 3), "score": round(score, 4)})
         out.sort(key=lambda c: (-c["score"], c["call_id"] or ""))
-        metrics.PAST.labels("ok").inc()
-        if self.cache_s > 0:
-            self._cache[key] = (time.monotonic() + self.cache_s, out[: self.k])
-            self._cache.move_to_end(key)
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        return out[: self.k], None
+        return out[: self.k]
 
     async def close(self) -> None:
         if self._client is not None:

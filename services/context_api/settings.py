@@ -73,9 +73,14 @@ class ContextApiSettings(CommonSettings):
     context_api_recent_calls: int = Field(default=3, ge=0, le=50)
     context_api_alert_days: int = Field(default=14, ge=0, le=365)
 
-    # Where the context is read from: "profile" (person_profiles, two indexed reads) or "fanout"
-    # (the same computed from the base tables per request: the benchmark's baseline).
+    # Where the context is read from: "profile" (person_profiles, indexed reads) or "fanout"
+    # (the same computed from the base tables per request, past conversations from Weaviate: the
+    # benchmark's baseline).
     context_api_context_source: Literal["profile", "fanout"] = "profile"
+    # Past conversations: "stored" reads those the stream processor kept at the person's last
+    # analysis (person_past_conversations) and asks Weaviate only when they are not about the
+    # person's latest analysed call (older data, a missed write); "weaviate" asks it every time.
+    context_api_past_source: Literal["stored", "weaviate"] = "stored"
 
     # Relevant past conversations (Weaviate, the caller's own only): how many (0 = off), the half-life
     # of the recency weight, the time the context may wait for them (tool calls and /v1; an

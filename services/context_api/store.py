@@ -2,8 +2,9 @@
 worker threads (never on the event loop), and every read and write the webhook needs.
 
 A person's context is :func:`read_profile`: the ``person_profiles`` row (migration 0008: kept
-current by the database in the same transaction as every fact, call and alert write) and the
-pending callbacks — two indexed reads in one round trip — plus, during a call, the alerts that
+current by the database in the same transaction as every fact, call and alert write), the
+pending callbacks and the relevant past conversations stored at the person's last analysis
+(``person_past_conversations``, 0012) — three indexed reads in one round trip — plus, during a call, the alerts that
 call has raised so far (``call_alerts`` by call id: the understanding stage writes them live).
 :func:`read_fanout` computes the same from the base tables per request (the baseline the
 benchmark compares with, and what the profile replaced). Reads are by ``phone_number_hash`` on
@@ -125,6 +126,9 @@ class Snapshot:
     anchor: str | None = None
     # parts that could not be had in time ({"past_conversations": "timeout"}): said in the context
     degraded: dict[str, str] = field(default_factory=dict)
+    # the past conversations the stream processor stored at the person's last analysis
+    # (person_past_conversations): (the anchor's Weaviate id, the candidates nearest first)
+    stored_past: tuple[str, list[dict[str, Any]]] | None = None
 
 
 _CALLBACKS = """
@@ -139,6 +143,10 @@ ORDER BY scheduled_for LIMIT 5
 _PROFILE = """
 SELECT facts, last_calls, recurring_topics, behavioral_hints, alerts
 FROM person_profiles WHERE phone_number_hash = %s
+"""
+# the relevant past conversations computed when the person's latest call was analysed (0012)
+_STORED_PAST = """
+SELECT anchor_weaviate_id::text AS anchor, items FROM person_past_conversations WHERE phone_number_hash = %s
 """
 # the fan-out: the profile's own functions evaluated over the base tables, per request
 _FANOUT = """
@@ -189,20 +197,24 @@ def snapshot_of(row: dict[str, Any] | None, callbacks: list[dict[str, Any]], liv
 
 def read_profile(conn: psycopg.Connection, person: str, *, max_facts: int, recent_calls: int, alert_days: int,
                  live_call_ids: tuple[str, ...] = (), fanout: bool = False) -> Snapshot:
-    """The person's snapshot from the profile row and the pending callbacks (two indexed reads),
-    with the live call's alerts when ``live_call_ids`` are given — one round trip (libpq pipeline).
-    ``fanout``: compute the profile from the base tables instead (the baseline)."""
+    """The person's snapshot from the profile row, the pending callbacks and the stored past
+    conversations (three indexed reads), with the live call's alerts when ``live_call_ids`` are
+    given — one round trip (libpq pipeline). ``fanout``: compute the profile from the base tables
+    instead, and no stored past conversations (the baseline)."""
     with conn.pipeline():
         profile = conn.cursor(row_factory=dict_row).execute(*((_FANOUT, {"p": person}) if fanout else
                                                               (_PROFILE, (person,))))
         cbs = conn.cursor(row_factory=dict_row).execute(_CALLBACKS, (person,))
         live = conn.cursor(row_factory=dict_row).execute(_LIVE_ALERTS, (list(live_call_ids), person)) \
             if live_call_ids else None
+        past = None if fanout else conn.cursor(row_factory=dict_row).execute(_STORED_PAST, (person,))
     row = profile.fetchone()
+    stored = past.fetchone() if past is not None else None
     if fanout and row is not None and not row["facts"] and not row["last_calls"]:
         row = None
-    return snapshot_of(row, cbs.fetchall(), live.fetchall() if live is not None else [], max_facts=max_facts,
+    snap = snapshot_of(row, cbs.fetchall(), live.fetchall() if live is not None else [], max_facts=max_facts,
                        recent_calls=recent_calls, alert_days=alert_days, now=datetime.now(timezone.utc))
+    return replace(snap, stored_past=(stored["anchor"], list(stored["items"] or []))) if stored else snap
 
 
 def with_past(snap: Snapshot, past: list[dict[str, Any]], degraded: dict[str, str]) -> Snapshot:

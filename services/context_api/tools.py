@@ -212,7 +212,8 @@ class Tools:
     async def context_async(self, person: str, *, live_call_ids: tuple[str, ...] = (),
                             budget_s: float | None = None) -> tuple[dict[str, Any], str]:
         """The whole context within ``budget_s``: Postgres (a worker thread), then the relevant past
-        conversations from Weaviate with what is left of the budget (at most
+        conversations — those stored at the person's last analysis when they are about the
+        profile's latest call, else from Weaviate with what is left of the budget (at most
         ``context_api_past_budget_ms``); a slow or failing Weaviate leaves them out, said in
         ``degraded`` and counted — never a wait past the budget. A slow Postgres raises
         ``asyncio.TimeoutError`` (the caller degrades)."""
@@ -223,7 +224,10 @@ class Tools:
         now = datetime.now(timezone.utc)
         if self.settings.context_api_past_conversations:
             left = min(self.settings.context_api_past_budget_ms / 1000, budget - (time.perf_counter() - started))
-            past, why = await self.past.find(person, snap.anchor, {c["call_id"] for c in snap.calls}, now, left)
+            exclude = {c["call_id"] for c in snap.calls}
+            past, why = self.past.stored(person, snap.anchor, snap.stored_past, exclude, now), None
+            if past is None:
+                past, why = await self.past.find(person, snap.anchor, exclude, now, left)
             snap = with_past(snap, past, {"past_conversations": why} if why in ("timeout", "error") else {})
         if snap.live_alerts:
             metrics.LIVE_ALERTS.inc(len(snap.live_alerts))

@@ -58,3 +58,16 @@ def write_alert(call_id: str, cue: str, severity: str, text: str, *, to_verify: 
                                                  verification="negador dudoso" if to_verify else ""))
     finally:
         store.close()
+
+
+def store_past(person: str, anchor_call: str, items: list[dict], started: datetime) -> None:
+    """The person's relevant past conversations as the stream processor stores them with the
+    analysis of ``anchor_call`` (its own SQL; ``person_past_conversations``)."""
+    import psycopg
+    from psycopg.types.json import Jsonb
+    from stream_processor.stores.postgres import _UPSERT_PAST
+    from stream_processor.stores.weaviate import conversation_uuid
+
+    with psycopg.connect(dsn(), autocommit=True) as conn:
+        conn.execute(_UPSERT_PAST, {"person": person, "call_id": anchor_call, "started_at": started,
+                                    "weaviate_id": conversation_uuid(anchor_call), "items": Jsonb(items)})

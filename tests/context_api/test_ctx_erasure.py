@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 import psycopg
 import pytest
 from ctxkit import ContextApi, dsn, person_of, query, random_phone, weaviate_collections
+from profkit import store_past
 
 pytestmark = pytest.mark.stack
 
@@ -128,6 +129,16 @@ def broker_retention_ms(topic: str) -> int:
     return int(got["topic"][topic]["retention.ms"]["value"])
 
 
+def past_of(person: str, call_id: str) -> None:
+    """A stored past-conversations row of the person (as the stream processor keeps one)."""
+    from stream_processor.stores.weaviate import conversation_uuid
+
+    item = {"call_id": call_id, "weaviate_id": str(conversation_uuid(call_id)), "phone_number_hash": person,
+            "summary": "habló de su familia", "topics": ["familia"], "emotion": "", "distance": 0.0,
+            "started_at": datetime.now(timezone.utc).isoformat()}
+    store_past(person, call_id, [item], datetime.now(timezone.utc))
+
+
 def linked_rows(person: str, calls: list[str]) -> dict[str, int]:
     checks = {
         "user_facts": ("SELECT count(*) FROM user_facts WHERE phone_number_hash = %s", (person,)),
@@ -138,6 +149,8 @@ def linked_rows(person: str, calls: list[str]) -> dict[str, int]:
                        (person, calls)),
         "call_utterances": ("SELECT count(*) FROM call_utterances WHERE call_id = ANY(%s)", (calls,)),
         "call_alerts": ("SELECT count(*) FROM call_alerts WHERE call_id = ANY(%s)", (calls,)),
+        "person_past_conversations": ("SELECT count(*) FROM person_past_conversations WHERE phone_number_hash = %s",
+                                      (person,)),
     }
     return {name: query(sql, args)[0][0] for name, (sql, args) in checks.items()}
 
@@ -147,6 +160,8 @@ def test_erasure_removes_everything_but_the_locked_recording_and_says_so(api, si
     a, b = random_phone(), random_phone()
     seeded_a, seeded_b = seed_person(api, sink, a), seed_person(api, sink, b)
     person, (recorded, unrecorded) = seeded_a["person"], seeded_a["calls"]
+    for seeded in (seeded_a, seeded_b):  # as the stream processor stores them with a call's analysis
+        past_of(seeded["person"], seeded["calls"][0])
     assert all(linked_rows(person, seeded_a["calls"]).values())
     assert weaviate_count(conv, phone_number_hash=person) == 2 and weaviate_count(utt, phone_number_hash=person) == 2
     # the profile the database keeps of the person (migration 0008) holds their calls, fact and alerts
@@ -173,7 +188,7 @@ def test_erasure_removes_everything_but_the_locked_recording_and_says_so(api, si
     assert (removed["companion_calls"], removed["companion_calls_reduced_to_stub"], removed["phone_encrypted"]) == \
         (1, 1, 2)
     assert removed["consent_records"] == 1  # the recorded call's consent stays with its recording
-    assert removed["person_profiles"] == 1
+    assert removed["person_profiles"] == 1 and removed["person_past_conversations"] == 1
     # Kafka: the topics that carry the person's voice, words or (encrypted) number, with the
     # retention the broker has
     by_topic = {k["topic"]: k for k in out["kafka"]}
@@ -203,6 +218,8 @@ def test_erasure_removes_everything_but_the_locked_recording_and_says_so(api, si
     assert linked_rows(person, seeded_a["calls"]) == dict.fromkeys(linked_rows(person, []), 0)
     assert query("SELECT count(*) FROM person_profiles WHERE phone_number_hash = %s", (person,)) == [(0,)]
     assert query("SELECT count(*) FROM person_profiles WHERE phone_number_hash = %s", (seeded_b["person"],)) == [(1,)]
+    assert query("SELECT count(*) FROM person_past_conversations WHERE phone_number_hash = %s",
+                 (seeded_b["person"],)) == [(1,)]
     assert weaviate_count(conv, phone_number_hash=person) == 0 and weaviate_count(utt, phone_number_hash=person) == 0
     stub = query("SELECT phone_encrypted, phone_number_hash, summary, transcript, analysis, s3_legal_key "
                  "FROM companion_calls WHERE call_id = %s", (recorded,))

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from ctxkit import ContextApi, message, person_of, random_phone, results, tool_call, tool_calls, weaviate_collections
-from profkit import write_call
+from profkit import store_past, write_call
 
 pytestmark = pytest.mark.stack
 
@@ -165,3 +165,46 @@ def test_the_same_question_is_answered_from_the_cache_and_a_new_call_asks_a_new_
     # like the newest (FAR): the market trip 3 days ago, then the harvest 40 days ago, then the rest
     assert [c["call_id"] for c in after["past_conversations"]] == \
         [calls["recent_3"], calls["unlike_40d"], calls["like_30d"]]
+
+
+def stored_answer(sink, person: str, anchor_call: str, vector: list[float], days_ago: float, extra=()) -> None:
+    """What the stream processor stores when it analyses ``anchor_call``: the person's calls nearest
+    to it (its own sink's query), plus ``extra`` items."""
+    from stream_processor.stages.understanding.core import past_item
+
+    items = [past_item(h) for h in sink.similar_calls(vector, phone_number_hash=person, limit=16)] + list(extra)
+    store_past(person, anchor_call, items, datetime.now(timezone.utc) - timedelta(days=days_ago))
+
+
+def test_past_conversations_stored_at_analysis_are_read_without_asking_weaviate(api, sink):
+    """The answer the stream processor stored for the person's latest call is the context's (the
+    same as Weaviate's, no query); one about an older call is not used; an item of someone else
+    in it is dropped and counted."""
+    phone, other = random_phone(), random_phone()
+    person = person_of(phone)
+    calls = history(sink, person, "F")
+    others = history(sink, person_of(other), "G")
+    stored_answer(sink, person, calls["latest"], NEAR, 1)
+    m = lambda o: api.metric("lupita_context_api_past_conversations_total", outcome=o)  # noqa: E731
+    before = {o: m(o) for o in ("stored", "ok", "cached", "foreign")}
+    ctx = _ctx(api, phone)
+    assert [c["call_id"] for c in ctx["past_conversations"]] == [calls["like_30d"], calls["like_90d"], calls["unlike_40d"]]
+    assert ctx["past_conversations"][0]["summary"].startswith("F: ") and ctx["degraded"] == {}
+    assert {o: m(o) for o in before} == dict(before, stored=before["stored"] + 1)
+
+    # someone else's conversation in the stored answer (it must never happen): dropped, counted
+    from stream_processor.stages.understanding.core import past_item
+
+    theirs = [past_item(h) for h in sink.similar_calls(NEAR, phone_number_hash=person_of(other), limit=2)]
+    stored_answer(sink, person, calls["latest"], NEAR, 1, extra=theirs)
+    ctx = _ctx(api, phone)
+    assert not {c["call_id"] for c in ctx["past_conversations"]} & set(others.values())
+    assert m("foreign") >= before["foreign"] + 2
+
+    # a newer analysed call without its stored answer yet: Weaviate is asked (the stored one is stale)
+    newest = analysed_call(sink, person, 0.1, FAR, "F: habló de la milpa.")
+    ok = m("ok")
+    after = _ctx(api, phone)
+    assert [c["call_id"] for c in after["last_calls"]][0] == newest
+    assert [c["call_id"] for c in after["past_conversations"]] == [calls["recent_3"], calls["unlike_40d"], calls["like_30d"]]
+    assert m("ok") == ok + 1

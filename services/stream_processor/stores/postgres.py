@@ -236,6 +236,18 @@ SELECT phone_number_hash, COALESCE(%(observed_at)s::timestamptz, started_at, cre
 FROM companion_calls WHERE call_id = %(call_id)s
 """
 
+# the person's relevant past conversations as of this call (migration 0012); an older call's
+# replay leaves the answer of a later call in place
+_UPSERT_PAST = """
+INSERT INTO person_past_conversations AS pc (phone_number_hash, anchor_call_id, anchor_weaviate_id,
+                                             anchor_started_at, items)
+VALUES (%(person)s, %(call_id)s, %(weaviate_id)s, %(started_at)s, %(items)s)
+ON CONFLICT (phone_number_hash) DO UPDATE SET
+    anchor_call_id = EXCLUDED.anchor_call_id, anchor_weaviate_id = EXCLUDED.anchor_weaviate_id,
+    anchor_started_at = EXCLUDED.anchor_started_at, items = EXCLUDED.items, computed_at = now()
+WHERE pc.anchor_started_at <= EXCLUDED.anchor_started_at
+"""
+
 _DELETE_STALE_UTTERANCES = """
 DELETE FROM call_utterances u
 WHERE u.call_id = %(call_id)s
@@ -395,6 +407,7 @@ class PostgresSink:
         *,
         observed_at: datetime | None = None,
         conversation: dict[str, Any] | None = None,
+        past: Sequence[dict[str, Any]] | None = None,
         on_retry: Callable[[int, float, BaseException], None] | None = None,
     ) -> AnalysisWrite:
         """Store a call's analysis, utterances and facts in one transaction (see module doc).
@@ -402,6 +415,10 @@ class PostgresSink:
         ``observed_at`` dates the facts' observation (pass the call's start); by default the
         call row's ``started_at``, or when the recorder has not written it yet the time the row
         was first created, so a replay dates them the same way.
+
+        ``past``: the person's calls nearest to this one (Weaviate, theirs only; see
+        ``understanding.core.past_item``), kept as their ``person_past_conversations`` row with this
+        call as its anchor — unless the row is about a later call already (a replay of an older one).
         """
         op = "write_call_analysis"
         check_call_id(op, call_id)
@@ -416,6 +433,12 @@ class PostgresSink:
         if phone_number_hash is not None:
             _text(op, "phone_number_hash", phone_number_hash, empty_ok=False)
         facts, dropped = dedupe_facts(analysis.facts)
+        if past is not None:
+            if not isinstance(past, (list, tuple)) or not all(
+                    isinstance(p, dict) and p.get("phone_number_hash") == phone_number_hash for p in past):
+                raise _bad(op, "past must be a list of the person's own calls")
+            if weaviate_id is None or phone_number_hash is None:
+                raise _bad(op, "past needs the call's weaviate_id and the person's hash")
 
         call_params = {
             "call_id": call_id,
@@ -446,6 +469,9 @@ class PostgresSink:
             person, observed = conn.execute(
                 _CALL_PERSON, {"call_id": call_id, "observed_at": observed_at}
             ).fetchone()
+            if past is not None and person == phone_number_hash and observed is not None:
+                conn.execute(_UPSERT_PAST, {"person": person, "call_id": call_id, "weaviate_id": weaviate_id,
+                                            "started_at": observed, "items": Jsonb(list(past))})
             outcomes: Counter[str] = Counter()
             skipped = 0
             if facts and not person:

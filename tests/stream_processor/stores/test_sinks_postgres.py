@@ -441,3 +441,22 @@ def test_a_constraint_violation_is_rejected_without_retry(db):
     assert len(attempts) == 1
     assert isinstance(info.value.__cause__, psycopg.errors.CheckViolation)
     assert not isinstance(info.value, InvalidSinkInput)
+
+
+def test_past_conversations_of_another_person_or_without_the_call_object_are_refused(sink, db, made):
+    """The nearest calls stored with an analysis are the person's own, about a call with a Weaviate
+    object: anything else is a bad record (refused before any write), never stored."""
+    call_id, person = made.call(), made.person()
+    wid = conversation_uuid(call_id)
+    mine = {"call_id": call_id, "weaviate_id": str(wid), "phone_number_hash": person, "summary": "s",
+            "topics": [], "emotion": "", "started_at": T0.isoformat(), "distance": 0.0}
+    for past, w, why in (([mine, dict(mine, phone_number_hash=made.person())], wid, "person's own calls"),
+                         ([mine], None, "needs the call's weaviate_id")):
+        with pytest.raises(InvalidSinkInput, match=why):
+            sink.write_call_analysis(call_id, analysis(call_id), "t", utterances(call_id), w, person,
+                                     observed_at=T0, past=past)
+        assert db.execute("SELECT count(*) FROM companion_calls WHERE call_id = %s", (call_id,)).fetchone()[0] == 0
+    sink.write_call_analysis(call_id, analysis(call_id), "t", utterances(call_id), wid, person, observed_at=T0,
+                             past=[mine])
+    assert db.execute("SELECT anchor_call_id, items FROM person_past_conversations WHERE phone_number_hash = %s",
+                      (person,)).fetchone() == (call_id, [mine])

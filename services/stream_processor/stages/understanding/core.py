@@ -18,7 +18,9 @@ region, start and end, recording consent).
 :func:`finish_call` writes Weaviate first (the ``LupitaConversation`` object with
 the call vector and the legal WAV's ``s3_uri``, plus one ``LupitaUtterance`` per utterance),
 then Postgres (``companion_calls`` analysis columns with the ``weaviate_id``, ``call_utterances``,
-``user_facts``), so ``companion_calls.processed_at`` means "everything of this call is stored".
+``user_facts``, and the person's calls nearest to this one — a Weaviate query filtered on the
+person's hash, right after the write — in ``person_past_conversations``, which the context API reads
+instead of asking Weaviate per request), so ``companion_calls.processed_at`` means "everything of this call is stored".
 Every write is an upsert on a natural key and the local analyzer and embedder are
 deterministic: running ``finish`` again (redelivery, crash, replay) changes nothing. A store
 that stays down raises :class:`~stream_processor.stores.SinkUnavailable` after the sinks' bounded retries; the
@@ -65,8 +67,9 @@ class UnderstandingServices:
     """The models and stores ``finish`` uses, built once per worker. Thread-safe."""
 
     def __init__(self, *, analyzer: Any, embedder: Any, weaviate: Any, postgres: Any,
-                 detector: AlertDetector, legal_bucket: str) -> None:
+                 detector: AlertDetector, legal_bucket: str, past_candidates: int = 16) -> None:
         self.analyzer = analyzer
+        self.past_candidates = past_candidates
         self.embedder = embedder
         self.weaviate = weaviate
         self.postgres = postgres
@@ -93,6 +96,7 @@ class UnderstandingServices:
             postgres=PostgresSink.from_settings(settings, stop=stop),
             detector=AlertDetector.from_settings(settings),
             legal_bucket=settings.s3_legal_bucket,
+            past_candidates=settings.understanding_past_candidates,
         )
 
     def ensure_ready(self) -> None:
@@ -252,6 +256,18 @@ class CallUnderstanding:
 # ------------------------------------------------------------------------------------------ the end of a call
 
 
+def past_item(hit: Any) -> dict[str, Any]:
+    """A :class:`~stream_processor.stores.weaviate.SimilarCall` as ``person_past_conversations``
+    keeps it (the fields the context API's past conversations show, JSON)."""
+    p = hit.properties
+    started = p.get("started_at")
+    return {"call_id": hit.call_id, "weaviate_id": str(hit.uuid), "phone_number_hash": p.get("phone_number_hash"),
+            "summary": p.get("summary") or "", "topics": list(p.get("topics") or []),
+            "emotion": p.get("emotion") or "",
+            "started_at": started.isoformat() if isinstance(started, datetime) else started,
+            "distance": hit.distance}
+
+
 def finish_call(cu: CallUnderstanding, services: UnderstandingServices) -> FinishResult:
     """Finish a call: analyse, embed, store (Weaviate, then Postgres) with the models and stores
     ``services`` holds (passed in: the function has none of its own). Idempotent. Raises the
@@ -266,6 +282,7 @@ def finish_call(cu: CallUnderstanding, services: UnderstandingServices) -> Finis
     started = _utc(cu.started_at_us)
     weaviate_id: str | None = None
     dim: int | None = None
+    past: list[dict[str, Any]] | None = None
     if utts:
         vectors = np.asarray(services.embedder.embed([u.text for u in utts]), dtype=np.float32)
         weights = np.array([max(u.end_s - u.start_s, 0.0) for u in utts])
@@ -279,9 +296,14 @@ def finish_call(cu: CallUnderstanding, services: UnderstandingServices) -> Finis
             duration_seconds=cu.duration_seconds(), region=cu.region, started_at=started,
         )
         weaviate_id = str(services.weaviate.write_call(doc, vec.tolist(), utts, vectors.tolist()))
+        if cu.phone_hash and services.past_candidates > 0:
+            # the person's calls nearest to this one: what the context API shows as relevant past
+            # conversations until the person's next call is analysed (stored with the analysis)
+            past = [past_item(s) for s in services.weaviate.similar_calls(
+                vec.tolist(), phone_number_hash=cu.phone_hash, limit=services.past_candidates)]
     assert cu.conversation is not None
     write = services.postgres.write_call_analysis(
         cu.call_id, analysis, cu.conversation.transcript(), utts, weaviate_id, cu.phone_hash,
-        observed_at=started, conversation=cu.conversation.summary(),
+        observed_at=started, conversation=cu.conversation.summary(), past=past,
     )
     return FinishResult(analysis, weaviate_id, write, uri, len(utts), dim)

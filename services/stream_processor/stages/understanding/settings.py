@@ -26,3 +26,8 @@ class UnderstandingSettings(SinkSettings, EmbedSettings, AnalyzerSettings, Alert
     # A finished (or skipped) call's tombstone is kept this long, so redelivered transcripts
     # are recognised and ignored; afterwards the stores' idempotency still holds.
     understanding_state_retention_seconds: float = Field(default=3600.0, gt=0)
+    # The person's calls nearest to a call just analysed (Weaviate, the person's own only) are
+    # stored with its analysis (``person_past_conversations``), so the context API reads them
+    # instead of asking Weaviate per request: how many (the call itself included; 0 = off). The
+    # context API shows the best few after leaving out the last calls it already lists.
+    understanding_past_candidates: int = Field(default=16, ge=0, le=100)

@@ -97,14 +97,14 @@ def db(settings):
         yield conn
 
 
-def run_call(services, call_id: str, lines, *, person: str | None, consent: bool = True):
+def run_call(services, call_id: str, lines, *, person: str | None, consent: bool = True, started_us: int = STARTED_US):
     cu = CallUnderstanding(call_id)
-    cu.start(started_at_us=STARTED_US, phone_hash=person, region="oaxaca", consent=consent,
+    cu.start(started_at_us=started_us, phone_hash=person, region="oaxaca", consent=consent,
              detector=services.detector)
     hits = []
     for u in script(call_id, lines):
         hits += cu.on_final(u, services.detector, services.sentiment_of)
-    cu.end(STARTED_US + 40_000_000)
+    cu.end(started_us + 40_000_000)
     return cu, hits
 
 
@@ -162,6 +162,34 @@ def test_finish_stores_analysis_rows_facts_and_the_weaviate_object_once(services
     assert again.postgres.call_row == "unchanged" and not again.postgres.changed
     assert again.weaviate_id == result.weaviate_id
     assert stored(db, wv, settings, call_id, person) == before
+
+
+def past_row(db, person: str):
+    return db.execute("SELECT anchor_call_id, anchor_weaviate_id::text, items FROM person_past_conversations "
+                      "WHERE phone_number_hash = %s", (person,)).fetchone()
+
+
+def test_finish_stores_the_persons_nearest_calls_for_the_context_api(services, db):
+    """Each analysed call stores the person's calls nearest to it (theirs only, the call itself
+    first); a later call replaces the answer, a replay of an older one does not."""
+    person, other = uuid.uuid4().hex * 2, uuid.uuid4().hex * 2
+    first, second, foreign = new_call(), new_call(), new_call()
+    finish_call(run_call(services, foreign, CARMEN, person=other)[0], services)  # the same words, someone else
+    r1 = finish_call(run_call(services, first, CARMEN, person=person)[0], services)
+    anchor, wid, items = past_row(db, person)
+    assert (anchor, wid) == (first, r1.weaviate_id)
+    assert [i["call_id"] for i in items] == [first] and items[0]["distance"] == pytest.approx(0.0, abs=1e-4)
+    assert items[0]["phone_number_hash"] == person and items[0]["summary"] and items[0]["started_at"]
+
+    r2 = finish_call(run_call(services, second, CALM, person=person, started_us=STARTED_US + 86_400_000_000)[0],
+                     services)
+    anchor, wid, items = past_row(db, person)
+    assert (anchor, wid) == (second, r2.weaviate_id)
+    assert [i["call_id"] for i in items] == [second, first]  # nearest first; never the other person's
+    assert {i["phone_number_hash"] for i in items} == {person}
+
+    finish_call(run_call(services, first, CARMEN, person=person)[0], services)  # a replay of the older call
+    assert past_row(db, person)[:2] == (second, r2.weaviate_id)
 
 
 def test_alert_script_raises_each_cue_once_and_a_calm_script_none(services):

@@ -16,6 +16,7 @@ from stream_processor.models.analyzer.local import LocalAnalyzer
 from stream_processor.stages.understanding.alerts import AlertDetector
 from stream_processor.stages.understanding.core import CallUnderstanding, UnderstandingServices, finish_call
 from stream_processor.stores.postgres import AnalysisWrite
+from stream_processor.stores.weaviate import SimilarCall
 
 STARTED_US = int(datetime(2026, 2, 3, 15, 30, tzinfo=timezone.utc).timestamp() * 1e6)
 LINES = [
@@ -44,7 +45,13 @@ class Weaviate:
 
     def write_call(self, doc, vector, utterances, vectors):
         self.log.append(("weaviate.write_call", doc, list(vector), list(utterances), vectors))
+        self.doc = doc
         return uuid.uuid5(uuid.NAMESPACE_URL, doc.call_id)
+
+    def similar_calls(self, vector, *, phone_number_hash=None, limit=4):
+        self.log.append(("weaviate.similar_calls", list(vector), phone_number_hash, limit))
+        return [SimilarCall(self.doc.call_id, uuid.uuid5(uuid.NAMESPACE_URL, self.doc.call_id), 0.0,
+                            self.doc.properties())]
 
     def close(self):
         pass
@@ -55,9 +62,9 @@ class Postgres:
         self.log = log
 
     def write_call_analysis(self, call_id, analysis, transcript, utterances, weaviate_id, phone_hash, *,
-                            observed_at, conversation):
+                            observed_at, conversation, past):
         self.log.append(("postgres.write_call_analysis", call_id, analysis, transcript, list(utterances),
-                         weaviate_id, phone_hash, observed_at, conversation))
+                         weaviate_id, phone_hash, observed_at, conversation, past))
         return AnalysisWrite("inserted", len(utterances), 0)
 
     def close(self):
@@ -85,13 +92,19 @@ def test_a_call_is_analysed_embedded_and_stored_weaviate_first_then_postgres():
     log = []
     cu = call("call-finish-1", LINES)
     result = finish_call(cu, services(log))
-    assert [e[0] for e in log] == ["weaviate.ensure_collections", "weaviate.write_call", "postgres.write_call_analysis"]
+    assert [e[0] for e in log] == ["weaviate.ensure_collections", "weaviate.write_call", "weaviate.similar_calls",
+                                   "postgres.write_call_analysis"]
     _, doc, vector, utts, vectors = log[1]
+    # the person's nearest calls, asked with the call's own vector and the person's hash, go to Postgres
+    assert log[2][1:] == (vector, "ab" * 32, 16)
+    [item] = log[3][9]
+    assert item["call_id"] == "call-finish-1" and item["phone_number_hash"] == "ab" * 32
+    assert item["started_at"] == "2026-02-03T15:30:00+00:00" and item["distance"] == 0.0
     assert doc.call_id == "call-finish-1" and doc.s3_uri == result.s3_uri
     assert result.s3_uri.startswith("s3://legal/calls/2026/02/03/call-finish-1/")
     assert len(vector) == 8 and abs(np.linalg.norm(vector) - 1.0) < 1e-5  # the call vector, normalised
     assert len(utts) == len(vectors) == 4
-    pg = log[2]
+    pg = log[3]
     assert pg[1] == "call-finish-1" and pg[5] == result.weaviate_id and pg[6] == "ab" * 32
     assert "metformina" in pg[3]  # the transcript handed to Postgres
     assert result.utterances == 4 and result.vector_dim == 8 and result.analysis.call_id == "call-finish-1"
@@ -101,7 +114,7 @@ def test_a_call_without_utterances_gets_its_postgres_analysis_but_no_weaviate_ob
     log = []
     result = finish_call(call("call-finish-2", []), services(log))
     assert [e[0] for e in log] == ["postgres.write_call_analysis"]
-    assert result.weaviate_id is None and result.vector_dim is None and log[0][5] is None
+    assert result.weaviate_id is None and result.vector_dim is None and log[0][5] is None and log[0][9] is None
 
 
 def test_finishing_again_hands_the_stores_the_same_writes():
@@ -110,7 +123,7 @@ def test_finishing_again_hands_the_stores_the_same_writes():
     finish_call(cu, services(first))
     finish_call(CallUnderstanding.from_dict(cu.to_dict()), services(second))
     assert [e[:2] for e in first] == [e[:2] for e in second]
-    assert first[2][2:] == second[2][2:]  # same analysis, transcript, utterances, ids
+    assert first[3][2:] == second[3][2:]  # same analysis, transcript, utterances, ids
 
 
 def test_a_call_without_recording_consent_is_refused_before_any_write():
