@@ -10,7 +10,8 @@ Order, each step idempotent (a failed erasure is simply asked again):
    not even us, can delete it earlier) and queued (``erasure_retained_objects``) for the sweeper;
    versions whose retention has ended are deleted now.
 3. **Postgres**, one transaction: facts and their observations, callbacks, utterances, alerts,
-   VAPI call rows, consent records, the calls and the person's profile (``person_profiles``, which
+   VAPI call rows, consent records, the stored past conversations (``person_past_conversations``),
+   the calls and the person's profile (``person_profiles``, which
    the database's own triggers also drop once nothing of the person is left) — deleted; a call
    whose recording is retained keeps only a stub (ids, times, S3 keys, consent flag) with no phone
    number (encrypted or hashed), no summary, analysis or transcript. An ``erasures`` row records

@@ -60,6 +60,7 @@ def test_each_service_works_under_its_role_and_nothing_more(schema):
     from stream_processor.stores.postgres import PostgresSink
 
     person, call_id = secrets.token_hex(32), f"test-roles-{secrets.token_hex(5)}"
+    wid = uuid.uuid5(uuid.NAMESPACE_URL, call_id)
     now = datetime.now(timezone.utc)
     proc, api = as_role(schema, "lupita_processor"), as_role(schema, "lupita_context_api")
 
@@ -71,11 +72,14 @@ def test_each_service_works_under_its_role_and_nothing_more(schema):
         wrote = sink.write_call_analysis(
             call_id, CallAnalysis(call_id, ("salud",), "alegria", facts=(UserFact("health", "medication", "metformina", 0.9),),
                                   summary="Habló de su presión."),
-            "hola", [Utterance(call_id, "person", 0, 0.0, 1.0, "hola", 0.9)], None, person)
+            "hola", [Utterance(call_id, "person", 0, 0.0, 1.0, "hola", 0.9)], wid, person,
+            past=[{"call_id": call_id, "weaviate_id": str(wid), "phone_number_hash": person, "summary": "presión",
+                   "topics": ["salud"], "emotion": "", "started_at": now.isoformat(), "distance": 0.0}])
         assert wrote.facts == {"inserted": 1}
         assert sink.write_alert(AlertHit(call_id, "fall", "high", EvidenceSpan("person", 0, 0.0, 1.0, "me caí")))
     finally:
         store.close()
+    assert refused(proc, "DELETE FROM person_past_conversations") == ["DELETE FROM person_past_conversations"]
     assert refused(proc, "DELETE FROM user_facts", "DELETE FROM companion_calls", "SELECT * FROM scheduled_callbacks",
                    "INSERT INTO vapi_calls (vapi_call_id) VALUES ('x')", "SELECT * FROM erasures",
                    "SELECT * FROM schema_migrations", "CREATE TABLE nope (a int)") == [
@@ -99,7 +103,10 @@ def test_each_service_works_under_its_role_and_nothing_more(schema):
                "UPDATE call_alerts SET severity = 'low'", "UPDATE companion_calls SET started_at = now()",
                "INSERT INTO companion_calls (call_id, recording_status) VALUES ('x', 'pending')",
                "INSERT INTO call_utterances (call_id, leg, seq, start_s, end_s, text) VALUES ('x', 'person', 0, 0, 1, 'x')",
-               "SELECT * FROM schema_migrations", "CREATE TABLE nope (a int)"]
+               "SELECT * FROM schema_migrations", "CREATE TABLE nope (a int)",
+               "UPDATE person_past_conversations SET items = '[]'",
+               "INSERT INTO person_past_conversations (phone_number_hash, anchor_call_id, anchor_weaviate_id, "
+               "anchor_started_at, items) VALUES ('x', 'x', gen_random_uuid(), now(), '[]')"]
         assert refused(api, *bad) == bad
         with pool.connection(5) as conn:
             report = Report()
@@ -108,6 +115,7 @@ def test_each_service_works_under_its_role_and_nothing_more(schema):
         pool.close()
     assert report.removed["user_facts"] == 2 and report.removed["scheduled_callbacks"] == 1
     assert report.removed["companion_calls_reduced_to_stub"] == 1 and report.removed["person_profiles"] == 1
+    assert report.removed["person_past_conversations"] == 1  # written by the processor, read and erased by the API
 
     with psycopg.connect(as_role(schema, "lupita_owner")) as conn:
         owners = conn.execute("SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = %s", (schema,)).fetchall()
