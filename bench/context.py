@@ -19,8 +19,12 @@ same run:
 and a third, ``context-api fanout``: the same service with ``LUPITA_CONTEXT_API_CONTEXT_SOURCE=fanout``,
 which computes the person's profile from the base tables per request (the database functions the
 profile triggers use) instead of reading the ``person_profiles`` row — the same answer, so the pair
-measures exactly what the profile saves. Both context-api children read relevant past conversations
-from the bench's Weaviate collection (``nearObject`` on the latest call, the person's objects only).
+measures exactly what the profile saves. With ``--past`` > 0 (default 3) the seed also stores, for
+every person with Weaviate objects, what the stream processor stores at each analysed call (the
+person's calls nearest to the latest one, ``person_past_conversations``; timed per person as
+``stored_past``): ``context-api`` reads them with the profile, and a fourth server,
+``context-api weaviate-past`` (``LUPITA_CONTEXT_API_PAST_SOURCE=weaviate``), asks Weaviate per
+request (``nearObject`` on the latest call, the person's objects only) as ``context-api fanout`` does.
 The seed fills the tables with the profile triggers off and then builds every profile in one pass
 (as migration 0008's backfill does), timed as ``profile_backfill_s``.
 
