@@ -29,5 +29,6 @@ class UnderstandingSettings(SinkSettings, EmbedSettings, AnalyzerSettings, Alert
     # The person's calls nearest to a call just analysed (Weaviate, the person's own only) are
     # stored with its analysis (``person_past_conversations``), so the context API reads them
     # instead of asking Weaviate per request: how many (the call itself included; 0 = off). The
-    # context API shows the best few after leaving out the last calls it already lists.
+    # context API shows the best few after leaving out the last calls it already lists: keep it at
+    # least the context API's PAST_CONVERSATIONS + RECENT_CALLS + 1 (3 + 3 + 1 by default).
     understanding_past_candidates: int = Field(default=16, ge=0, le=100)
