@@ -152,6 +152,8 @@ class PastConversations:
         left out, by similarity x recency weight."""
         out = []
         for o in objects:
+            if not isinstance(o, dict):  # a stored row damaged by hand: that item is left out
+                continue
             if o.get("phone_number_hash") != person:  # never another caller's
                 metrics.PAST.labels("foreign").inc()
                 continue
@@ -159,7 +161,7 @@ class PastConversations:
                 continue
             distance = o.get("distance")
             started = _ts(o.get("started_at"))
-            if distance is None or started is None:
+            if not isinstance(distance, (int, float)) or started is None:
                 continue
             similarity = max(0.0, 1.0 - float(distance))
             age_days = max(0.0, (now - started).total_seconds() / 86400)
@@ -179,6 +181,7 @@ def _ts(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        out = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
+    return out if out.tzinfo is not None else None  # a time without its zone cannot be aged

@@ -208,3 +208,20 @@ def test_past_conversations_stored_at_analysis_are_read_without_asking_weaviate(
     assert [c["call_id"] for c in after["last_calls"]][0] == newest
     assert [c["call_id"] for c in after["past_conversations"]] == [calls["recent_3"], calls["unlike_40d"], calls["like_30d"]]
     assert m("ok") == ok + 1
+
+
+def test_a_damaged_stored_answer_loses_only_its_damaged_items(api, sink):
+    """A stored row whose items are not what the stream processor writes (not an object, a distance
+    that is not a number, a time without its zone): the context still comes, without those items."""
+    phone = random_phone()
+    person = person_of(phone)
+    calls = history(sink, person, "H")
+    good = dict(call_id=calls["like_30d"], weaviate_id=None, phone_number_hash=person, summary="H: bien",
+                topics=[], emotion="", distance=0.1,
+                started_at=(datetime.now(timezone.utc) - timedelta(days=30)).isoformat())
+    store_past(person, calls["latest"], [42, "x", dict(good, call_id=calls["like_90d"], distance="near"),
+                                         dict(good, call_id=calls["unlike_40d"], started_at="2026-01-01T00:00:00"),
+                                         good], datetime.now(timezone.utc) - timedelta(days=1))
+    ctx = _ctx(api, phone)
+    assert ctx["known"] and ctx["degraded"] == {}
+    assert [c["call_id"] for c in ctx["past_conversations"]] == [calls["like_30d"]]

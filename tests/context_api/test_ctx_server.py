@@ -93,6 +93,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(migrated):
     ({"LUPITA_CONTEXT_API_BEARER_TOKENS": ""}, "BEARER_TOKENS"),
     ({"LUPITA_CONTEXT_API_AUTH_MODE": "hmac", "LUPITA_CONTEXT_API_HMAC_SECRET": "short-secret"}, "HMAC_SECRET"),
     ({"LUPITA_CONTEXT_API_TIMEZONE": "Mars/Olympus"}, "TIMEZONE"),
+    ({"LUPITA_CONTEXT_API_PAST_SOURCE": "redis"}, "context_api_past_source: Input should be 'stored' or 'weaviate'"),
 ])
 def test_invalid_settings_stop_startup_with_exit_2_and_no_secret(migrated, env, needle):
     server = ContextApi("context-api-bad-settings", env)

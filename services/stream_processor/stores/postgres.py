@@ -237,7 +237,7 @@ FROM companion_calls WHERE call_id = %(call_id)s
 """
 
 # the person's relevant past conversations as of this call (migration 0012); an older call's
-# replay leaves the answer of a later call in place
+# replay leaves the answer of a later call in place, and the same answer again rewrites nothing
 _UPSERT_PAST = """
 INSERT INTO person_past_conversations AS pc (phone_number_hash, anchor_call_id, anchor_weaviate_id,
                                              anchor_started_at, items)
@@ -246,6 +246,8 @@ ON CONFLICT (phone_number_hash) DO UPDATE SET
     anchor_call_id = EXCLUDED.anchor_call_id, anchor_weaviate_id = EXCLUDED.anchor_weaviate_id,
     anchor_started_at = EXCLUDED.anchor_started_at, items = EXCLUDED.items, computed_at = now()
 WHERE pc.anchor_started_at <= EXCLUDED.anchor_started_at
+  AND (pc.anchor_call_id, pc.anchor_weaviate_id, pc.anchor_started_at, pc.items)
+      IS DISTINCT FROM (EXCLUDED.anchor_call_id, EXCLUDED.anchor_weaviate_id, EXCLUDED.anchor_started_at, EXCLUDED.items)
 """
 
 _DELETE_STALE_UTTERANCES = """

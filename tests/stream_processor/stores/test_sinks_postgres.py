@@ -456,7 +456,10 @@ def test_past_conversations_of_another_person_or_without_the_call_object_are_ref
             sink.write_call_analysis(call_id, analysis(call_id), "t", utterances(call_id), w, person,
                                      observed_at=T0, past=past)
         assert db.execute("SELECT count(*) FROM companion_calls WHERE call_id = %s", (call_id,)).fetchone()[0] == 0
-    sink.write_call_analysis(call_id, analysis(call_id), "t", utterances(call_id), wid, person, observed_at=T0,
-                             past=[mine])
-    assert db.execute("SELECT anchor_call_id, items FROM person_past_conversations WHERE phone_number_hash = %s",
-                      (person,)).fetchone() == (call_id, [mine])
+    row = "SELECT xmin::text, anchor_call_id, items FROM person_past_conversations WHERE phone_number_hash = %s"
+    seen = []
+    for _ in range(2):  # the same write again rewrites nothing (same row version)
+        sink.write_call_analysis(call_id, analysis(call_id), "t", utterances(call_id), wid, person, observed_at=T0,
+                                 past=[mine])
+        seen.append(db.execute(row, (person,)).fetchone())
+    assert seen[0][1:] == (call_id, [mine]) and seen[1] == seen[0]

@@ -131,3 +131,13 @@ def test_a_call_without_recording_consent_is_refused_before_any_write():
     with pytest.raises(ValueError, match="no recording consent"):
         finish_call(call("call-finish-4", LINES, consent=False), services(log))
     assert log == []
+
+
+@pytest.mark.parametrize("value", ["-1", "101", "sixteen"])
+def test_past_candidates_out_of_range_is_refused_by_name(monkeypatch, value):
+    from pydantic import ValidationError
+    from stream_processor.stages.understanding.settings import UnderstandingSettings
+
+    monkeypatch.setenv("LUPITA_UNDERSTANDING_PAST_CANDIDATES", value)
+    with pytest.raises(ValidationError, match="understanding_past_candidates"):
+        UnderstandingSettings()
