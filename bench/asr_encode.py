@@ -24,6 +24,7 @@ filter), ``retry=SECONDS`` (an empty final with that much Silero speech is decod
 as before #11 §4), ``batch=N`` (N waiting windows decoded in one batched CTranslate2 call,
 ``transcribe_batch``: without packing N consecutive segments of any call, with packing N calls'
 packed requests; the batch's CPU is shared by its segments by audio length), ``guard=0|1`` and
+``beam=N`` (this mode's beam size, instead of ``--beam``),
 ``glp=-0.8`` (trimmed window: re-decode a doubtful trimmed final with the full window, and the
 mean log-probability below which it is doubtful), e.g. ``trimmed:1.0,temps=0+0.6,best_of=2``.
 Segments decoded twice (window guard, batch re-decode) are counted. Unset options are the
@@ -109,7 +110,8 @@ class Stats:
 
 _OPTION_KEYS = {"batch": "batch_max_windows", "guard": "encoder_guard", "glp": "encoder_guard_logprob",
                 "retry": "empty_retry_min_speech_s", "pack": "pack_max_seconds", "vocab": "", "temps": "temperatures", "best_of": "best_of", "lp": "log_prob_threshold",
-                "cr": "compression_ratio_threshold", "vad": "vad_filter", "nst": "no_speech_threshold"}
+                "cr": "compression_ratio_threshold", "vad": "vad_filter", "nst": "no_speech_threshold",
+                "beam": "beam_size"}
 
 
 def parse_vocab(spec: str) -> str:
@@ -166,8 +168,8 @@ def parse_mode(spec: str) -> WhisperOptions:
             kw["vad_filter"] = value not in ("0", "false", "off")
         elif key == "guard":
             kw["encoder_guard"] = value not in ("0", "false", "off")
-        elif key == "batch":
-            kw["batch_max_windows"] = int(value)
+        elif key in ("batch", "beam"):
+            kw[_OPTION_KEYS[key]] = int(value)
         else:
             kw[_OPTION_KEYS[key]] = float(value)
     return WhisperOptions(**kw)
@@ -305,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     passes: dict[str, list[int]] = {}
     for spec in args.modes:
         o = parse_mode(spec)
-        o = WhisperOptions(**{**o.__dict__, "beam_size": args.beam})
+        if ",beam=" not in spec:  # a mode's own beam= wins over --beam
+            o = WhisperOptions(**{**o.__dict__, "beam_size": args.beam})
         models[spec] = WhisperLocal(threads=args.threads, device=args.device, compute_type=args.compute_type,
                                     options=o, files=files)
         passes[spec] = count_passes(models[spec])

@@ -227,7 +227,8 @@ def load_models(detectors: dict[str, Callable[[], Any]] | None = None, *, claude
 # Bumped by hand when a change of the transcriber's code or of a default is meant to invalidate the
 # transcripts cached so far (the key below sees only the settings that differ from their defaults).
 # 3: packing (LUPITA_ASR_PACK_MAX_SECONDS=30) and the guarded trimmed encoder window became defaults.
-ASR_CACHE_VERSION = 3
+# 4: the trimmed window is at least 10 s and the guard is off by default.
+ASR_CACHE_VERSION = 4
 # Settings of the ASR/VAD/transcriber prefixes that never change a transcript's words: threads,
 # queues, retries and timeouts, the state's lifetimes, the cloud backends' models (in the key only
 # when that backend is the one configured).

@@ -53,16 +53,19 @@ class AsrSettings(CommonSettings):
     # Encoder window: "full" = Whisper's 30 s window whatever the segment's length (faster-whisper's
     # own behaviour); "trimmed" = the segment's features + asr_encoder_margin_seconds, at least
     # asr_encoder_min_window_seconds (much less encoder CPU on 2-15 s segments; bench/asr_encode.py).
-    # Default "trimmed" with the guard below: 1.6-1.7x less CPU per segment than "full" at -0.6 WER
-    # points on two corpus samples (bench/asr_encode.py); "trimmed" without the guard was unstable.
+    # Default "trimmed", at least 10 s, without the guard below: on two corpus samples (110 person
+    # segments, 959 words, bench/asr_encode.py, 2026-12-03) the same WER as "full" (50.8% pooled,
+    # both) at 2.3x less CPU per segment and 1.8x less than the previous default (no minimum, guard
+    # on: 51.1%, a third of the segments decoded twice). With no minimum and no guard the WER was
+    # up to 5 points worse: a 2-4 s window is far from what Whisper was trained on.
     asr_encoder_window: Literal["full", "trimmed"] = "trimmed"
     asr_encoder_margin_seconds: float = Field(default=1.0, ge=0, le=30)
-    asr_encoder_min_window_seconds: float = Field(default=0.0, ge=0, le=30)
+    asr_encoder_min_window_seconds: float = Field(default=10.0, ge=0, le=30)
     # Trimmed window only: a final is decoded trimmed at the first temperature; when that is doubtful
     # (a mean log-probability below asr_encoder_guard_logprob or the fallback threshold, Whisper's
     # compression-ratio or no-speech threshold crossed, nothing decoded) it is decoded again with the
-    # full window and the fallback ladder.
-    asr_encoder_guard: bool = True
+    # full window and the fallback ladder. Off by default since the 10 s minimum window (above).
+    asr_encoder_guard: bool = False
     asr_encoder_guard_logprob: float = Field(default=-1.0, ge=-10, le=0)
     # Batching: windows (single segments or packed windows) waiting together, of any leg or call
     # with the same vocabulary, decoded in one CTranslate2 call, at most this many (1 = one by one).

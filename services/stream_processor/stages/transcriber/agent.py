@@ -54,14 +54,14 @@ from stream_processor import faust_kit, records
 from stream_processor.models.asr.base import AsrError, AudioInputError, Transcriber, TranscriptResult
 from stream_processor.records import KIND_END, KIND_FINAL, KIND_NAMES, KIND_PARTIAL, LEG_BY_NAME, LEG_NAMES
 from stream_processor.stages.transcriber.core import (
-    empty_reason, leg_complete_event, order_key, parse_segment, segment_audio, segment_seconds,
+    empty_reason, guard_action_name, leg_complete_event, order_key, parse_segment, segment_audio, segment_seconds,
     stale_partial, stream_key, transcript_event,
 )
 from stream_processor.stages.transcriber.scheduler import DecodeScheduler, job_class
 from stream_processor.stages.transcriber.settings import TranscriberSettings
 from stream_processor.stages.transcriber.vocabulary import CallVocabularies, read_person_facts
 from stream_processor.stages.transcriber.metrics import (
-    BAD_RECORDS, DECISIONS, DECODE_SECONDS, EMPTY_FINALS, GAP_WORDS, IN_FLIGHT, LAG_SECONDS, PACKED, SEGMENTS,
+    BAD_RECORDS, DECISIONS, DECODE_SECONDS, EMPTY_FINALS, GAP_WORDS, GUARD_ACTIONS, IN_FLIGHT, LAG_SECONDS, PACKED, SEGMENTS,
     VOCABULARIES, VOICED_FINALS,
 )
 
@@ -332,6 +332,8 @@ class TranscriberAgent:
         if not await self._publish(sid, item, out):
             return False
         SEGMENTS.labels(kind, outcome).inc()
+        for action in out.guard_actions:
+            GUARD_ACTIONS.labels(kind, guard_action_name(action)).inc()
         if seg.kind == KIND_FINAL:  # the vad called every final's audio speech
             VOICED_FINALS.labels(LEG_NAMES[seg.leg]).inc()
             if outcome != "transcribed":

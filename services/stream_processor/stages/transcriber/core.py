@@ -7,6 +7,8 @@ any more."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from lupita.audio import SUPPORTED_RATES
@@ -115,6 +117,12 @@ def empty_reason(ev: events_pb2.TranscriptEvent) -> str:
         if any(a.startswith(prefix) for a in actions):
             return reason
     return "no_speech_decoded"
+
+
+def guard_action_name(action: str) -> str:
+    """A guard action without its detail, for a metric label: ``hallucination:gracias`` ->
+    ``hallucination``, ``compression_ratio>2.4`` -> ``compression_ratio`` (a bounded set of names)."""
+    return re.split(r"[:>]", action, maxsplit=1)[0] or "unknown"
 
 
 def leg_complete_event(seg: events_pb2.SpeechSegment, *, emitted_at_us: int) -> events_pb2.TranscriptEvent:

@@ -45,6 +45,14 @@ GAP_WORDS = Counter(
     "lupita_transcriber_pack_gap_words_total",
     "Words a packed decode put in the silence between two segments: dropped, never given to either",
 )
+GUARD_ACTIONS = Counter(
+    "lupita_transcriber_guard_actions_total",
+    "What the ASR's guards did in a published transcript, by kind and action (the action's name without its "
+    "detail): full_window (a trimmed-window decode the guard redid with the 30 s window and the fallback "
+    "ladder), empty_retry, pack_retry, batch_redecode, quiet_audio, hallucination, repetition, ...; "
+    "full_window / segments = the share of finals decoded twice",
+    ["kind", "action"],
+)
 VOICED_FINALS = Counter("lupita_transcriber_voiced_finals_total",
                         "Final segments (audio the vad called speech) published, by leg", ["leg"])
 EMPTY_FINALS = Counter(

@@ -50,17 +50,22 @@ def worker(stack_env, tmp_path_factory, own):
         yield w
 
 
+GUARD_METRIC = "lupita_transcriber_guard_actions_total"
+
+
 @pytest.fixture(scope="module")
 def result(worker, own):
     call_id = f"asrpack-{uuid.uuid4().hex[:8]}"
     segs = call_segments(call_id, TURNS)
     packed0 = worker.metric("lupita_transcriber_packed_segments_total")
+    guarded0 = worker.metric(GUARD_METRIC, kind="final", action="packed")
     events = transcribe_backlog(own[0], {call_id: segs})[call_id]
-    return call_id, segs, events, worker.metric("lupita_transcriber_packed_segments_total") - packed0
+    return (call_id, segs, events, worker.metric("lupita_transcriber_packed_segments_total") - packed0,
+            worker.metric(GUARD_METRIC, kind="final", action="packed") - guarded0)
 
 
 def test_every_segment_gets_one_final_in_its_leg_and_order(result):
-    call_id, segs, events, _ = result
+    call_id, segs, events, _, _ = result
     assert_one_final_per_segment(call_id, TURNS, segs, events)
 
 
@@ -69,6 +74,15 @@ def test_a_partial_never_follows_its_final(result):
 
 
 def test_the_backlog_was_decoded_in_shared_windows(result):
-    _, _, events, packed = result
+    _, _, events, packed, _ = result
     assert packed >= 2  # at least one window held two finals
     assert any("packed" in e.guard_actions for e in events if not e.is_partial)
+
+
+def test_the_guard_actions_metric_counts_what_the_published_finals_say(result):
+    """lupita_transcriber_guard_actions_total{kind="final",action="packed"} moved by exactly the
+    number of published finals whose guard actions say they were packed (this module's one call)."""
+    events = result[2]
+    said = sum(1 for e in events if not e.is_partial and not e.leg_complete and "packed" in e.guard_actions)
+    assert said >= 1
+    assert result[4] == said

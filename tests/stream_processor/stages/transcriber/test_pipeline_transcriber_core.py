@@ -117,6 +117,17 @@ def test_an_empty_final_says_why():
     assert empty_reason(ev()) == "no_speech_decoded"
 
 
+def test_a_guard_action_is_named_without_its_detail_for_the_metric():
+    from stream_processor.stages.transcriber.core import guard_action_name
+
+    assert guard_action_name("hallucination:subtítulos por la comunidad") == "hallucination"
+    assert guard_action_name("repetition:sí sí sí x5") == "repetition"
+    assert guard_action_name("compression_ratio>2.4") == "compression_ratio"
+    assert guard_action_name("error:AsrBackendError") == "error"
+    assert guard_action_name("full_window") == "full_window"
+    assert guard_action_name(":odd") == "unknown"
+
+
 def test_segment_seconds_is_the_audio_carried():
     from stream_processor.stages.transcriber.core import segment_seconds
 
