@@ -48,6 +48,9 @@ def test_stages_and_vad_values_are_read_from_the_environment(monkeypatch):
     ({"vad_threshold": 0.3, "vad_neg_threshold": 0.4}, "vad_neg_threshold must be in"),
     ({"vad_partial_every_s": 0}, "greater than 0"),
     ({"transcriber_max_in_flight": 0}, "greater than or equal to 1"),
+    ({"transcriber_person_threads": -1}, "greater than or equal to 0"),
+    ({"transcriber_person_threads": 17}, "less than or equal to 16"),
+    ({"asr_encoder_min_window_seconds": 31}, "less than or equal to 30"),
 ])
 def test_bad_values_are_refused_with_the_reason(kwargs, match):
     with pytest.raises(ValidationError, match=match):

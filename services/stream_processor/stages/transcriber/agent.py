@@ -8,7 +8,9 @@ The pure parts are in :mod:`.core`; this is the thin Faust wrapper (:class:`Tran
 - keeps one queue per (call, leg), worked in order by one task; decoding runs on
   ``transcriber_threads`` threads of a :class:`~.scheduler.DecodeScheduler`, never on the event
   loop, different legs in parallel, **by value, not arrival**: the person's finals first, then the
-  agent's, partials only while no final waits (every such decision is a metric); at most
+  agent's, partials only while no final waits (every such decision is a metric), plus
+  ``transcriber_person_threads`` threads for the person's finals only (a started decode cannot be
+  interrupted: this way a person's final does not wait for one); at most
   ``transcriber_max_in_flight`` records are taken and not yet done (backpressure);
 - a PARTIAL is decoded beside its leg's queue, so the final behind it never waits for a
   hypothesis: the partial is published only if it is ready before the final of its leg (a
@@ -95,9 +97,13 @@ class TranscriberAgent:
         self.settings = settings
         self.drain_seconds = drain_seconds
         self.app = app
-        self.asr = transcriber or build_transcriber(settings)
+        decoders = settings.transcriber_threads + settings.transcriber_person_threads
+        # the local model runs as many decodes in parallel as there are decode threads
+        self.asr = transcriber or build_transcriber(settings.model_copy(
+            update={"asr_num_workers": max(settings.asr_num_workers, decoders)}))
         self.scheduler = DecodeScheduler(settings.transcriber_threads, name="transcriber",
-                                         max_batch=settings.asr_batch_max_windows)
+                                         max_batch=settings.asr_batch_max_windows,
+                                         person_threads=settings.transcriber_person_threads)
         self._generation = 0
         self._queues: dict[str, deque[_Item]] = {}
         self._workers: dict[str, asyncio.Task] = {}

@@ -26,7 +26,8 @@ DECISIONS = Counter(
     "Scheduling decisions taken against arrival order: agent_waited (a person final ran while an agent "
     "final waited), partial_skipped (a partial refused because a final waited), partial_cancelled "
     "(a queued partial dropped before it ran, its final being due), agent_after_call (an agent final "
-    "published after the person's leg had ended: the agent's leg waited until after the call)",
+    "published after the person's leg had ended: the agent's leg waited until after the call), "
+    "person_thread (a person final taken by a thread kept for the person's finals)",
     ["decision"],
 )
 WAITING = Gauge("lupita_transcriber_waiting", "Decodes waiting for a worker, by class", ["cls"])

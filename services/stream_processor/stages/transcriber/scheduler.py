@@ -17,8 +17,15 @@ overload the agent's finals simply wait behind the person's (possibly until afte
 every such decision is counted (:data:`DECISIONS`): ``agent_waited`` each time a person final is
 taken while an agent final waits, ``partial_skipped`` for a partial refused because a final waits,
 ``partial_cancelled`` for a queued partial its caller gave up on before it ran
-(``wanted()`` False). :data:`WAITING` is the number of jobs waiting per class and
+(``wanted()`` False), ``person_thread`` for a person final a person thread took. :data:`WAITING` is the number of jobs waiting per class and
 :data:`QUEUE_SECONDS` the time a job waited before a worker took it.
+
+**Person threads** (``person_threads`` > 0): that many more workers take the person's finals
+only. A worker cannot be taken off a decode it has started, so without them a person's final that
+arrives while every worker decodes an agent's final, a packed window or a partial waits for the
+end of that decode (seconds under load), priority or not. A person thread is free for it unless
+another person final holds it; while no person final waits it sleeps (it costs no CPU), and the
+general workers keep every core busy.
 
 A job may be **packed** by the caller (several segments of one leg in one decode); the scheduler
 only sees one job of its class.
@@ -75,9 +82,12 @@ class DecodeScheduler:
     tests and tracing."""
 
     def __init__(self, threads: int = 1, *, name: str = "transcriber",
-                 on_start: Callable[[int], None] | None = None, max_batch: int = 1) -> None:
+                 on_start: Callable[[int], None] | None = None, max_batch: int = 1,
+                 person_threads: int = 0) -> None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
+        if person_threads < 0:
+            raise ValueError(f"person_threads must be >= 0, got {person_threads}")
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.max_batch = max_batch
@@ -86,7 +96,10 @@ class DecodeScheduler:
         self._seq = itertools.count()
         self._closed = False
         self._on_start = on_start
-        self._threads = [threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True) for i in range(threads)]
+        self._threads = [threading.Thread(target=self._run, args=(False,), name=f"{name}-{i}", daemon=True)
+                         for i in range(threads)]
+        self._threads += [threading.Thread(target=self._run, args=(True,), name=f"{name}-person-{i}", daemon=True)
+                          for i in range(person_threads)]
         for t in self._threads:
             t.start()
 
@@ -108,7 +121,7 @@ class DecodeScheduler:
                 return None
             heapq.heappush(self._heap, _Job(cls, next(self._seq), fn, args, fut, wanted, time.perf_counter()))
             WAITING.labels(CLASS_NAMES[cls]).inc()
-            self._cv.notify()
+            self._cv.notify_all()  # a person thread must not take the wake-up a general worker needs
         return fut
 
     def submit_batch(self, cls: int, batch_fn: Callable[[list[Any]], list[Any]], request: Any, *,
@@ -125,7 +138,7 @@ class DecodeScheduler:
             heapq.heappush(self._heap, _Job(cls, next(self._seq), batch_fn, (request,), fut, None,
                                             time.perf_counter(), batch_key=key))
             WAITING.labels(CLASS_NAMES[cls]).inc()
-            self._cv.notify()
+            self._cv.notify_all()  # a person thread must not take the wake-up a general worker needs
         return fut
 
     def waiting(self) -> dict[str, int]:
@@ -138,18 +151,23 @@ class DecodeScheduler:
 
     # -- workers -------------------------------------------------------------------------------
 
-    def _take(self) -> list[_Job] | None:
+    def _take(self, person_only: bool = False) -> list[_Job] | None:
         """The most valuable waiting job, and the batchable jobs that go with it (see the module
-        docstring); None once shut down."""
+        docstring); None once shut down. A person thread (``person_only``) takes person finals only."""
+        def ready() -> bool:  # the heap's first job is its most valuable: a person final if any waits
+            return bool(self._heap) and (not person_only or self._heap[0].cls == PERSON_FINAL)
+
         with self._cv:
-            while not self._heap and not self._closed:
+            while not ready() and not self._closed:
                 self._cv.wait()
-            if not self._heap:
+            if not ready():
                 return None
             job = heapq.heappop(self._heap)
             WAITING.labels(CLASS_NAMES[job.cls]).dec()
             if job.cls == PERSON_FINAL and any(j.cls == AGENT_FINAL for j in self._heap):
                 DECISIONS.labels("agent_waited").inc()
+            if person_only:
+                DECISIONS.labels("person_thread").inc()
             jobs = [job]
             if job.batch_key is not None and self.max_batch > 1:
                 rest = []
@@ -191,9 +209,9 @@ class DecodeScheduler:
         for j, r in zip(live, results):
             j.future.set_result(r)
 
-    def _run(self) -> None:
+    def _run(self, person_only: bool = False) -> None:
         while True:
-            jobs = self._take()
+            jobs = self._take(person_only)
             if jobs is None:
                 return
             now = time.perf_counter()

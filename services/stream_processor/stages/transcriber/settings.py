@@ -14,6 +14,14 @@ class TranscriberSettings(AsrSettings):
     # Threads decoding segments (each runs one Transcriber call; the local model's own
     # parallelism is LUPITA_ASR_NUM_WORKERS).
     transcriber_threads: int = Field(default=1, ge=1, le=64)
+    # More decode threads that take the person's finals only, so that a person's final never waits
+    # for an agent's final, a packed window or a partial that another thread has started (a decode
+    # cannot be interrupted). Asleep while no person final waits. The local model runs at least
+    # transcriber_threads + transcriber_person_threads decodes in parallel (LUPITA_ASR_NUM_WORKERS
+    # is raised to that when lower). 0 = none (the person's finals still go first in the queue).
+    # Off by default: on the 2-core bench machine it showed no consistent gain (bench/README.md,
+    # "Transcription capacity, session 9"): a third thread on two cores slows every decode.
+    transcriber_person_threads: int = Field(default=0, ge=0, le=16)
     # Segments taken from Kafka and not yet transcribed (backpressure beyond that).
     transcriber_max_in_flight: int = Field(default=64, ge=1, le=10000)
     # Skip a partial snapshot when a newer record of the same segment is already waiting.

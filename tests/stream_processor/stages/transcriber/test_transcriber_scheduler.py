@@ -107,6 +107,52 @@ def test_person_finals_run_before_agent_finals_and_partials_last(model, segments
     assert decisions("partial_skipped") - skipped0 == 1
 
 
+def test_a_person_thread_decodes_a_person_final_while_the_general_worker_is_held(model, segments):
+    """The general worker is held inside an agent's decode (a started decode cannot be interrupted):
+    the person's final is decoded at once by the person thread; the agent's final and the partial
+    queued behind the held job wait for the general worker, which the person thread never takes."""
+    gate, held = threading.Event(), threading.Event()
+    threads_of: dict[str, str] = {}
+    sched = DecodeScheduler(1, name="test-sched", person_threads=1)
+    by_person_thread0 = decisions("person_thread")
+
+    def hold() -> str:
+        held.set()
+        assert gate.wait(120), "the gate was never opened"
+        return "gate"
+
+    def decode(label: str, partial: bool = False):
+        def run():
+            threads_of[label] = threading.current_thread().name
+            fn = model.transcribe_partial if partial else model.transcribe
+            return fn(segments[label.split(":")[0]], RATE)
+        return run
+
+    try:
+        first = sched.submit(AGENT_FINAL, hold)
+        assert held.wait(60), "the general worker never took the first job"
+        agent = sched.submit(AGENT_FINAL, decode("agent-1"))
+        partial = sched.submit(AGENT_PARTIAL, decode("agent-2:partial", partial=True))
+        assert partial is None  # a final waits: the partial is refused, as with no person thread
+        person = sched.submit(PERSON_FINAL, decode("person-1"))
+        assert person.result(300).text  # decoded while the general worker is still held
+        assert not gate.is_set() and not agent.done()
+        assert sched.waiting()["agent_final"] == 1  # the person thread left the agent's final alone
+        gate.set()
+        assert first.result(120) == "gate"
+        assert agent.result(300).text
+    finally:
+        gate.set()
+        sched.shutdown(wait=True, cancel_futures=False)
+    assert threads_of == {"person-1": "test-sched-person-0", "agent-1": "test-sched-0"}
+    assert decisions("person_thread") - by_person_thread0 == 1
+
+
+def test_person_threads_must_not_be_negative():
+    with pytest.raises(ValueError, match="person_threads"):
+        DecodeScheduler(1, name="test-sched", person_threads=-1)
+
+
 def test_a_queued_partial_no_longer_wanted_is_cancelled_not_decoded(model, segments):
     gate, held = threading.Event(), threading.Event()
     started: list[int] = []
