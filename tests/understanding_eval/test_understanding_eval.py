@@ -37,7 +37,10 @@ CEILINGS_AUDIO = {
     "empty_finals_on_voiced": 0.10,  # measured 0.0 of 34 voiced finals
     "false_per_100_calm_calls": 50.0,  # measured 0: at most one false alert on the two calm calls
 }
-CEILINGS_AUDIO_TOPICS_EMPTY = 0  # measured 0 of 4 calls (2026-12-02, after the weak-evidence topic)
+# calls whose script talks about a topic that got none: measured 0 of the 3 such calls (2026-12-02,
+# after the weak-evidence topic; 2026-12-03 with the 10 s encoder window). The fourth call (a pet
+# keeps her company) is about no catalogued topic: none is right there, and it is not counted.
+CEILINGS_AUDIO_TOPICS_EMPTY = 0
 # Alert recall after ASR is not floored here: with two expected cues one cue is a 50-point step
 # (measured 0.5: the fall heard, "me duele mucho el pecho" heard as "me huele mucho el pecho";
 # 1.0 since the approximate cue phrases read that as chest pain to verify, 2026-12-02 18:49, load 7);
