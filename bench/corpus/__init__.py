@@ -271,7 +271,7 @@ def render(call: Call, *, lead_in_s: float = 0.5) -> Rendered:
         for col in range(2):
             out[:, col] = mulaw_decode(mulaw_encode(out[:, col]))
     root.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # two runs may render the same call at once
     np.savez(tmp, stereo=out, times=np.array(times, dtype=np.float64))
     os.replace(tmp, path)
     return Rendered(call, out, _regions(call, times), times)
