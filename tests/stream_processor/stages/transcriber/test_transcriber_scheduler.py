@@ -11,6 +11,7 @@ test requires particular words.
 from __future__ import annotations
 
 import threading
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -50,6 +51,30 @@ def segments() -> dict[str, np.ndarray]:
     }
 
 
+def gated() -> tuple[threading.Event, threading.Event, Callable[[], str]]:
+    """``(gate, held, hold)``: ``hold`` is a job that sets ``held`` and waits for ``gate``, so the
+    worker that took it stays busy until the test opens the gate."""
+    gate, held = threading.Event(), threading.Event()
+
+    def hold() -> str:
+        held.set()
+        assert gate.wait(120), "the gate was never opened"
+        return "gate"
+    return gate, held, hold
+
+
+def decoder(model: WhisperLocal, segments: dict[str, np.ndarray], seen: Callable[[str], None]):
+    """``decode(label, partial=False)``: a job that calls ``seen(label)`` in its worker thread, then
+    decodes the segment named by the label's part before ":"."""
+    def decode(label: str, partial: bool = False):
+        def run():
+            seen(label)
+            fn = model.transcribe_partial if partial else model.transcribe
+            return fn(segments[label.split(":")[0]], RATE)
+        return run
+    return decode
+
+
 def test_job_classes_rank_person_finals_first():
     assert job_class(person=True, final=True) == PERSON_FINAL
     assert job_class(person=False, final=True) == AGENT_FINAL
@@ -60,20 +85,9 @@ def test_job_classes_rank_person_finals_first():
 
 def test_person_finals_run_before_agent_finals_and_partials_last(model, segments):
     ran: list[str] = []
-    gate, held = threading.Event(), threading.Event()
+    gate, held, hold = gated()
+    decode = decoder(model, segments, ran.append)
     sched = DecodeScheduler(1, name="test-sched")
-
-    def hold() -> str:
-        held.set()
-        assert gate.wait(120), "the gate was never opened"
-        return "gate"
-
-    def decode(label: str, partial: bool = False):
-        def run():
-            ran.append(label)
-            fn = model.transcribe_partial if partial else model.transcribe
-            return fn(segments[label.split(":")[0]], RATE)
-        return run
 
     waited0, skipped0 = decisions("agent_waited"), decisions("partial_skipped")
     try:
@@ -111,22 +125,11 @@ def test_a_person_thread_decodes_a_person_final_while_the_general_worker_is_held
     """The general worker is held inside an agent's decode (a started decode cannot be interrupted):
     the person's final is decoded at once by the person thread; the agent's final and the partial
     queued behind the held job wait for the general worker, which the person thread never takes."""
-    gate, held = threading.Event(), threading.Event()
     threads_of: dict[str, str] = {}
+    gate, held, hold = gated()
+    decode = decoder(model, segments, lambda label: threads_of.__setitem__(label, threading.current_thread().name))
     sched = DecodeScheduler(1, name="test-sched", person_threads=1)
     by_person_thread0 = decisions("person_thread")
-
-    def hold() -> str:
-        held.set()
-        assert gate.wait(120), "the gate was never opened"
-        return "gate"
-
-    def decode(label: str, partial: bool = False):
-        def run():
-            threads_of[label] = threading.current_thread().name
-            fn = model.transcribe_partial if partial else model.transcribe
-            return fn(segments[label.split(":")[0]], RATE)
-        return run
 
     try:
         first = sched.submit(AGENT_FINAL, hold)
