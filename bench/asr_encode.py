@@ -24,9 +24,9 @@ filter), ``retry=SECONDS`` (an empty final with that much Silero speech is decod
 as before #11 §4), ``batch=N`` (N waiting windows decoded in one batched CTranslate2 call,
 ``transcribe_batch``: without packing N consecutive segments of any call, with packing N calls'
 packed requests; the batch's CPU is shared by its segments by audio length), ``guard=0|1`` and
-``beam=N`` (this mode's beam size, instead of ``--beam``),
 ``glp=-0.8`` (trimmed window: re-decode a doubtful trimmed final with the full window, and the
-mean log-probability below which it is doubtful), e.g. ``trimmed:1.0,temps=0+0.6,best_of=2``.
+mean log-probability below which it is doubtful), ``beam=N`` (this mode's beam size instead of
+``--beam``), e.g. ``trimmed:1.0,temps=0+0.6,best_of=2``. A malformed mode exits with its reason.
 Segments decoded twice (window guard, batch re-decode) are counted. Unset options are the
 ``WhisperOptions`` defaults of the code being measured (the default ladder is now ``temps=0+0.5,
 best_of=2``; Whisper's own: ``temps=0+0.2+0.4+0.6+0.8+1.0,best_of=5``). The decode passes per segment (one per
@@ -145,34 +145,32 @@ def said_terms(seg: Segment) -> list[str]:
 
 
 def parse_mode(spec: str) -> WhisperOptions:
+    """One ``--modes`` entry as ``WhisperOptions``; a malformed entry exits with its reason."""
     window, *extra = spec.split(",")
-    if window == "full":
-        kw: dict = {"encoder_window": "full"}
-    else:
-        kind, *nums = window.split(":")
-        if kind != "trimmed" or not 1 <= len(nums) <= 2:
-            raise SystemExit(f"mode {spec!r}: expected full or trimmed:MARGIN[:MIN_WINDOW][,KEY=VALUE...]")
-        kw = {"encoder_window": "trimmed", "encoder_margin_s": float(nums[0]),
-              "encoder_min_window_s": float(nums[1]) if len(nums) > 1 else 0.0}
-    for item in extra:
-        key, _, value = item.partition("=")
-        if key not in _OPTION_KEYS or not value:
-            raise SystemExit(f"mode {spec!r}: option {item!r} is not one of {sorted(_OPTION_KEYS)}=VALUE")
-        if key == "vocab":
-            continue
-        if key == "temps":
-            kw["temperatures"] = tuple(float(t) for t in value.split("+"))
-        elif key == "best_of":
-            kw["best_of"] = int(value)
-        elif key == "vad":
-            kw["vad_filter"] = value not in ("0", "false", "off")
-        elif key == "guard":
-            kw["encoder_guard"] = value not in ("0", "false", "off")
-        elif key in ("batch", "beam"):
-            kw[_OPTION_KEYS[key]] = int(value)
+    try:
+        if window == "full":
+            kw: dict = {"encoder_window": "full"}
         else:
-            kw[_OPTION_KEYS[key]] = float(value)
-    return WhisperOptions(**kw)
+            kind, *nums = window.split(":")
+            if kind != "trimmed" or not 1 <= len(nums) <= 2:
+                raise SystemExit(f"mode {spec!r}: expected full or trimmed:MARGIN[:MIN_WINDOW][,KEY=VALUE...]")
+            kw = {"encoder_window": "trimmed", "encoder_margin_s": float(nums[0]),
+                  "encoder_min_window_s": float(nums[1]) if len(nums) > 1 else 0.0}
+        for item in extra:
+            key, _, value = item.partition("=")
+            if key not in _OPTION_KEYS or not value:
+                raise SystemExit(f"mode {spec!r}: option {item!r} is not one of {sorted(_OPTION_KEYS)}=VALUE")
+            if key == "temps":
+                kw["temperatures"] = tuple(float(t) for t in value.split("+"))
+            elif key in ("vad", "guard"):
+                kw[_OPTION_KEYS[key]] = value not in ("0", "false", "off")
+            elif key in ("batch", "beam", "best_of"):
+                kw[_OPTION_KEYS[key]] = int(value)
+            elif key != "vocab":
+                kw[_OPTION_KEYS[key]] = float(value)
+        return WhisperOptions(**kw)
+    except ValueError as exc:  # a number that is not one, or out of its range (WhisperOptions says which)
+        raise SystemExit(f"mode {spec!r}: {exc}") from None
 
 
 def count_passes(model: WhisperLocal) -> list[int]:

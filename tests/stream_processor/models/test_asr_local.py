@@ -13,6 +13,9 @@ particular word: ``bench/asr_wer.py`` measures word accuracy over several voices
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -168,7 +171,9 @@ def test_real_log_mel_frames_are_never_all_zero(model):
 
 
 def test_the_encoder_window_setting_is_validated():
-    assert AsrSettings().asr_encoder_window == "trimmed"  # the worker's default since bench/asr_encode.py (the guarded trimmed window)
+    # the worker's defaults since bench/asr_encode.py: trimmed, at least 10 s, no guard (2026-12-03)
+    d = AsrSettings()
+    assert (d.asr_encoder_window, d.asr_encoder_min_window_seconds, d.asr_encoder_guard) == ("trimmed", 10.0, False)
     s = AsrSettings(asr_encoder_window="trimmed", asr_encoder_margin_seconds=0.5, asr_encoder_min_window_seconds=4)
     assert (s.asr_encoder_window, s.asr_encoder_margin_seconds, s.asr_encoder_min_window_seconds) == ("trimmed", 0.5, 4)
     for bad in ({"asr_encoder_window": "half"}, {"asr_encoder_margin_seconds": -1},
@@ -179,6 +184,26 @@ def test_the_encoder_window_setting_is_validated():
         WhisperOptions(encoder_window="half")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="encoder_margin_s"):
         WhisperOptions(encoder_margin_s=-0.1)
+    for name in ("beam_size", "partial_beam_size", "best_of"):
+        with pytest.raises(ValueError, match=f"{name} must be >= 1, got 0"):
+            WhisperOptions(**{name: 0})
+
+
+def test_a_malformed_benchmark_mode_exits_with_its_reason():
+    """bench/asr_encode.py --modes: each malformed entry is refused with what is wrong in it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
+    from asr_encode import parse_mode
+
+    o = parse_mode("trimmed:1.0:10,guard=0,beam=2,temps=0+0.5")
+    assert (o.encoder_window, o.encoder_min_window_s, o.encoder_guard, o.beam_size, o.temperatures) == \
+        ("trimmed", 10.0, False, 2, (0.0, 0.5))
+    for spec, reason in (("half", "expected full or trimmed"), ("trimmed:x", "could not convert string to float: 'x'"),
+                         ("full,beam=two", "invalid literal for int"), ("full,beam=0", "beam_size must be >= 1"),
+                         ("full,temps=0+a", "could not convert"), ("full,foo=1", "option 'foo=1' is not one of"),
+                         ("full,beam=", "option 'beam=' is not one of")):
+        with pytest.raises(SystemExit, match=reason) as info:
+            parse_mode(spec)
+        assert repr(spec) in str(info.value)
 
 
 def test_trimmed_mode_encodes_less_than_the_full_window(trimmed_model, monkeypatch):

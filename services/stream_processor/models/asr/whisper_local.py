@@ -181,6 +181,9 @@ class WhisperOptions:
     batch_max_windows: int = 1
 
     def __post_init__(self) -> None:
+        for name in ("beam_size", "partial_beam_size", "best_of"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.encoder_window not in ("full", "trimmed"):
             raise ValueError(f"encoder_window must be 'full' or 'trimmed', got {self.encoder_window!r}")
         if not 0.0 <= self.pack_max_seconds <= 30.0:
