@@ -42,13 +42,12 @@ class AsrSettings(CommonSettings):
     asr_partial_beam_size: int = Field(default=1, ge=1, le=16)
     # Temperature fallback ladder (JSON list in the env, e.g. [0.0, 0.4, 0.8]) and the samples drawn
     # at each temperature above 0 (the best is kept). Whisper's own ladder is [0.0, 0.2, ..., 1.0]
-    # with 5 samples; one step, [0.0, 0.5] with 2 samples, was the default until 2026-12-03. Default
-    # now: no fallback. With the 10 s minimum encoder window, a quarter of this telephone audio's
-    # segments "fail" Whisper's log-probability test and were decoded again at 0.5 for nothing: on
-    # 110 corpus segments (959 words, bench/asr_encode.py) no fallback gave a lower WER (50.1% vs
-    # 51.1% pooled), 10% less CPU per segment on average and a much shorter tail (p95 1.05 vs 3.25 s
-    # on one sample). Repetition loops and silence hallucinations stay with the guards (guards.py).
-    asr_temperatures: tuple[float, ...] = (0.0,)
+    # with 5 samples; one fallback step with 2 samples costs far less CPU and held the word error
+    # rate on the corpus (bench/asr_encode.py, bench/README.md "Fallback ladder"). No fallback at
+    # all ([0.0]) was measured on 2026-12-03 (bench/README.md "Session 10"): a point lower WER and
+    # 10% less CPU per segment, but on the whole corpus 2.3% empty finals on voiced segments instead
+    # of 0.9% and topic accuracy 0.70 instead of 0.76, so the one step stays.
+    asr_temperatures: tuple[float, ...] = (0.0, 0.5)
     asr_best_of: int = Field(default=2, ge=1, le=16)
     # faster-whisper's own Silero VAD filter inside each segment.
     asr_vad_filter: bool = True
