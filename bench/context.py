@@ -559,16 +559,33 @@ async def drive(url: str, callers: list[str], rate: float, seconds: float, warmu
         sent_window = time.perf_counter() - (t0 + warmup)
         await asyncio.gather(*tasks)
     driver_cpu = time.process_time() - cpu0
-    lat.sort()
+    return {"rate": rate, "sent": int(seconds * rate), "errors": errors,
+            "achieved_rps": round(int(seconds * rate) / max(sent_window, 1e-9), 1), **latency_summary(lat),
+            "driver": "aiohttp", "driver_cpu_s": round(driver_cpu, 2)}
+
+
+def latency_summary(lat: list[float]) -> dict:
+    """``ok`` (answers counted) and p50/p95/p99/max in ms of latencies in seconds."""
+    lat = sorted(lat)
     n = len(lat)
 
     def pct(p: float) -> float | None:
         return round(lat[min(n - 1, int(p * n))] * 1000, 2) if n else None
 
-    return {"rate": rate, "sent": int(seconds * rate), "ok": n, "errors": errors,
-            "achieved_rps": round(int(seconds * rate) / max(sent_window, 1e-9), 1),
-            "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99), "max_ms": pct(1.0),
-            "driver": "aiohttp", "driver_cpu_s": round(driver_cpu, 2)}
+    return {"ok": n, "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99), "max_ms": pct(1.0)}
+
+
+DRIVERS = ("aiohttp", "vegeta")
+
+
+def parse_drivers(text: str) -> list[str]:
+    """``--driver``: a comma-separated, non-empty subset of :data:`DRIVERS`, in the order given."""
+    drivers = [d.strip() for d in text.split(",") if d.strip()]
+    if not drivers:
+        raise SystemExit(f"--driver {text!r}: name at least one of {', '.join(DRIVERS)}")
+    if unknown := [d for d in drivers if d not in DRIVERS]:
+        raise SystemExit(f"--driver {text!r}: unknown {', '.join(unknown)} (one of {', '.join(DRIVERS)})")
+    return list(dict.fromkeys(drivers))
 
 
 VEGETA = "github.com/tsenart/vegeta/v12@v12.13.0"
@@ -593,8 +610,9 @@ def vegeta_binary() -> str:
 
 
 def drive_vegeta(url: str, callers: list[str], rate: float, seconds: float, warmup: float) -> dict:
-    """The same open-loop level as :func:`drive`, sent by vegeta: a compiled driver that costs the shared
-    cores a fraction of what the Python one does. Each request's latency runs from the moment vegeta's
+    """The same open-loop level as :func:`drive`, sent by vegeta, a compiled driver whose clock does not
+    share Python's event loop with the answers it times (at 100-300 rps it costs the cores about what
+    the Python driver does: bench/README.md). Each request's latency runs from the moment vegeta's
     pacer sends it (vegeta starts a new worker whenever all are busy, so a slow server does not slow the
     sending); every answer is checked for a known person as in :func:`drive`. ``driver_cpu_s`` is the
     driver's own CPU time over the warm-up and the measured window."""
@@ -603,8 +621,8 @@ def drive_vegeta(url: str, callers: list[str], rate: float, seconds: float, warm
 
     rnd = random.Random(11)
     headers = {"Authorization": [f"Bearer {TOKEN}"], "Content-Type": ["application/json"]}
+    binary = vegeta_binary()
     cpu0 = os.times()
-    out = {"cpu": 0.0}
 
     def attack(duration: float, tmp: Path, name: str) -> list[dict]:
         targets = tmp / f"{name}.targets"
@@ -612,7 +630,6 @@ def drive_vegeta(url: str, callers: list[str], rate: float, seconds: float, warm
             for _ in range(int(duration * rate)):
                 fh.write(json.dumps({"method": "POST", "url": url, "header": headers,
                                      "body": base64.b64encode(message(rnd.choice(callers))).decode()}) + "\n")
-        binary = vegeta_binary()
         attack = subprocess.run([binary, "attack", "-format=json", f"-targets={targets}", f"-rate={rate:g}/1s",
                                  f"-duration={duration:g}s", "-timeout=10s", "-keepalive=true"],
                                 check=True, capture_output=True)
@@ -627,7 +644,7 @@ def drive_vegeta(url: str, callers: list[str], rate: float, seconds: float, warm
         rows = attack(seconds, Path(d), "measured")
         wall = time.perf_counter() - t_start
     cpu1 = os.times()
-    out["cpu"] = (cpu1.children_user - cpu0.children_user) + (cpu1.children_system - cpu0.children_system)
+    driver_cpu = (cpu1.children_user - cpu0.children_user) + (cpu1.children_system - cpu0.children_system)
     lat: list[float] = []
     errors = {"http": 0, "tool_error": 0, "exception": 0}
     for r in rows:
@@ -640,17 +657,10 @@ def drive_vegeta(url: str, callers: list[str], rate: float, seconds: float, warm
         else:
             lat.append(r["latency"] / 1e9)
     stamps = sorted(_stamp(r["timestamp"]) for r in rows)
-    lat.sort()
-    n = len(lat)
-
-    def pct(p: float) -> float | None:
-        return round(lat[min(n - 1, int(p * n))] * 1000, 2) if n else None
-
     span = stamps[-1] - stamps[0] if stamps else 0
-    return {"rate": rate, "sent": len(rows), "ok": n, "errors": errors,
-            "achieved_rps": round((len(rows) - 1) / span, 1) if span > 0 else None,
-            "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99), "max_ms": pct(1.0),
-            "driver": "vegeta", "driver_cpu_s": round(out["cpu"], 2), "wall_s": round(wall, 1)}
+    return {"rate": rate, "sent": len(rows), "errors": errors,
+            "achieved_rps": round((len(rows) - 1) / span, 1) if span > 0 else None, **latency_summary(lat),
+            "driver": "vegeta", "driver_cpu_s": round(driver_cpu, 2), "wall_s": round(wall, 1)}
 
 
 def tree_cpu_s(root: int) -> float:
@@ -706,11 +716,7 @@ async def sequential(url: str, callers: list[str], n: int) -> dict:
                 lat.append(time.perf_counter() - t)
             else:
                 errors += 1
-    lat.sort()
-    k = len(lat)
-    return {"sequential": n, "ok": k, "errors": errors,
-            "p50_ms": round(lat[k // 2] * 1000, 2) if k else None,
-            "p99_ms": round(lat[min(k - 1, int(0.99 * k))] * 1000, 2) if k else None}
+    return {"sequential": n, "errors": errors, **latency_summary(lat)}
 
 
 def wait_http(url: str, timeout: float = 90) -> None:
@@ -740,8 +746,7 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--driver", default="aiohttp", metavar="D[,D...]",
                     help="load drivers, each level run by each in turn: aiohttp (this process, Python) and/or "
-                         "vegeta (Go, installed by `go install` into the download cache; far less CPU on the "
-                         "shared cores)")
+                         "vegeta (Go, installed by `go install` into the download cache on first use)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the schema and the Weaviate collection")
     ap.add_argument("--write-cost", type=int, default=200, metavar="N",
@@ -764,6 +769,7 @@ def main() -> int:
     ap.add_argument("--dispatcher-only", action="store_true", help="the dispatcher phase alone (no seed, no HTTP)")
     ap.add_argument("--serve-fanout", nargs=3, metavar=("PORT", "DSN_ENV", "COLLECTION"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    drivers = parse_drivers(args.driver)  # refused before minutes of seeding
     if args.serve_fanout:
         port, dsn_env, collection = args.serve_fanout
         serve_fanout(int(port), os.environ[dsn_env], collection)
@@ -875,9 +881,6 @@ def main() -> int:
                 results.setdefault("sequential", []).append(seq)
                 print(f"{name:18s} sequential x{args.sequential}  ok {seq['ok']}  errors {seq['errors']}  "
                       f"p50 {seq['p50_ms']} ms  p99 {seq['p99_ms']} ms  load {seq['load_average_1m']}", flush=True)
-        drivers = [d.strip() for d in args.driver.split(",") if d.strip()]
-        if unknown := set(drivers) - {"aiohttp", "vegeta"}:
-            raise SystemExit(f"--driver: unknown {sorted(unknown)} (aiohttp, vegeta)")
         if "vegeta" in drivers:
             vegeta_binary()  # installed before any level runs
         for rate in [float(r) for r in args.rates.split(",") if r.strip()]:
