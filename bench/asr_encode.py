@@ -63,7 +63,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import corpus  # noqa: E402  (bench/corpus)
-from corpus import PERSON, RATE, word_edits  # noqa: E402
+from corpus import LUPITA, PERSON, RATE, word_edits  # noqa: E402
 
 from stream_processor.models.asr.vocabulary import HEALTH_LEXICON_ES_MX as HEALTH_LEXICON  # noqa: E402
 from stream_processor.models.asr.whisper_local import WhisperLocal, WhisperOptions, load_model_files  # noqa: E402
@@ -204,20 +204,25 @@ def cached_segments(call_id: str) -> list[tuple[float, float]] | None:
 PIECE_PAD_S = 0.3
 
 
-def piece_segments(call: corpus.Call) -> list[Segment]:
-    """The person's scripted pieces as segments: each piece's span + PIECE_PAD_S each side."""
+def piece_segments(call: corpus.Call, who: str = PERSON) -> list[Segment]:
+    """One leg's scripted pieces as segments (the person's, channel 1, or Lupita's, channel 0):
+    each piece's span + PIECE_PAD_S each side."""
     rendered = corpus.render(call)
-    leg = rendered.stereo[:, 1].astype(np.float32) / 32768.0
+    leg = rendered.stereo[:, 1 if who == PERSON else 0].astype(np.float32) / 32768.0
+    voice = (call.person_voice if who == PERSON else call.lupita_voice)[0]
     out = []
     for p, (a, b) in zip(call.pieces, rendered.piece_times):
-        if p.leg != PERSON or b <= a:
+        if p.leg != who or b <= a:
             continue
         s, e = max(0.0, a - PIECE_PAD_S), min(leg.size / RATE, b + PIECE_PAD_S)
-        out.append(Segment(call.call_id, call.person_voice[0], s, e, leg[int(s * RATE): int(e * RATE)], p.text, call))
+        out.append(Segment(call.call_id, voice, s, e, leg[int(s * RATE): int(e * RATE)], p.text, call))
     return out
 
 
-def load_segments(calls: list[corpus.Call], source: str = "auto") -> tuple[list[Segment], int, list[str]]:
+def load_segments(calls: list[corpus.Call], source: str = "auto", who: str = PERSON
+                  ) -> tuple[list[Segment], int, list[str]]:
+    if who != PERSON:  # the transcript cache holds the person's segment times only
+        return [seg for call in calls for seg in piece_segments(call, who)], 0, []
     out: list[Segment] = []
     missed = 0
     skipped: list[str] = []
@@ -272,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--compute-type", default="int8")
+    p.add_argument("--leg", choices=(PERSON, LUPITA), default=PERSON,
+                   help="whose segments: the person's (default) or Lupita's (her scripted pieces, as --segments pieces)")
     p.add_argument("--segments", choices=("auto", "vad", "pieces"), default="auto",
                    help="vad: the cached VAD segments; pieces: the scripted pieces; auto: vad where cached")
     p.add_argument("--json", action="store_true", help=f"also write the results to {RESULTS_DIR}/")
@@ -283,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     calls = corpus.build_corpus(args.calls)[args.skip:]
     if args.call_ids:
         calls = [c for c in calls if c.call_id in set(args.call_ids.split(","))]
-    segs, missed, skipped = load_segments(calls, args.segments)
+    segs, missed, skipped = load_segments(calls, args.segments, args.leg)
     if args.terms_only:
         segs = [s for s in segs if said_terms(s)]
     if args.max_segments and len(segs) > args.max_segments:
@@ -294,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     durations = [s.audio.size / RATE for s in segs]
-    print(f"decoding modes benchmark: {len(segs)} person-leg segments ({args.segments}) of {len(calls) - len(skipped)} corpus calls "
+    print(f"decoding modes benchmark: {len(segs)} {args.leg}-leg segments ({'pieces' if args.leg == LUPITA else args.segments}) of {len(calls) - len(skipped)} corpus calls "
           f"({sum(durations):.0f} s, {min(durations):.1f}-{max(durations):.1f} s, median {statistics.median(durations):.1f} s;"
           f" {missed} scripted pieces missed by the VAD; calls without cached segments: {skipped or 'none'})")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared; load average "

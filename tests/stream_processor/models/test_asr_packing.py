@@ -195,3 +195,72 @@ def test_a_packed_window_the_no_speech_rule_dropped_is_decoded_segment_by_segmen
     assert len(packed_calls) == 1
     for r in results:
         assert r.guard_actions[:2] == ("packed", "pack_retry") and r.text, r.guard_actions
+
+
+def test_a_final_whose_every_segment_the_silence_guard_removes_is_decoded_again(model, segments, monkeypatch):
+    """With the temperature fallback threshold below the silence rule's
+    (LUPITA_ASR_TEMPERATURE_FALLBACK_LOGPROB_THRESHOLD), faster-whisper no longer skips a
+    "no speech" window itself: it returns its text and the silence guard removes it. A voiced final
+    left empty that way is decoded again, as one faster-whisper skipped is."""
+    low = WhisperLocal.__new__(WhisperLocal)
+    low.__dict__.update(model.__dict__)
+    low.options = WhisperOptions(pack_max_seconds=30.0, fallback_log_prob_threshold=-10.0)
+    assert low._decode_kwargs(False)["log_prob_threshold"] == -10.0  # what faster-whisper is given
+    assert low.guard.logprob_threshold == -1.0  # the silence rule keeps its own
+    seen: list[tuple] = []
+    inner = model._decode
+
+    def decode(x, kwargs):
+        seen.append((kwargs["vad_filter"], kwargs["no_speech_threshold"]))
+        if kwargs["vad_filter"]:  # faster-whisper's text of a window it calls silence
+            return [TranscriptSegment("Gracias.", 0.0, 1.0, (Word("Gracias.", 0.0, 1.0, 0.2),),
+                                      avg_logprob=-2.5, no_speech_prob=0.9, compression_ratio=1.0)], "es", False
+        return inner(x, kwargs)
+
+    monkeypatch.setattr(low, "_decode", decode)
+    r = low.transcribe(segments[0][0].astype(np.float32) / 32768, RATE)
+    assert seen == [(True, 0.6), (False, None)]
+    assert r.text and "empty_retry" in r.guard_actions
+
+
+def test_text_the_silence_guard_keeps_is_not_decoded_again(model, segments, monkeypatch):
+    seen: list[bool] = []
+
+    def decode(x, kwargs):  # confident text, although Whisper's no-speech probability is high
+        seen.append(kwargs["vad_filter"])
+        return [TranscriptSegment("Buenos días.", 0.3, 1.5, (Word("Buenos", 0.3, 0.8, 0.9), Word("días.", 0.8, 1.5, 0.9)),
+                                  avg_logprob=-0.3, no_speech_prob=0.9, compression_ratio=1.0)], "es", False
+
+    monkeypatch.setattr(model, "_decode", decode)
+    r = model.transcribe(segments[0][0].astype(np.float32) / 32768, RATE)
+    assert r.text == "Buenos días." and seen == [True] and "empty_retry" not in r.guard_actions
+
+
+def test_the_temperature_fallback_threshold_setting_reaches_the_local_model(monkeypatch):
+    from stream_processor.models.asr.factory import build_local, guard_config
+    from stream_processor.models.asr.settings import AsrSettings
+
+    assert build_local(AsrSettings(_env_file=None)).options.decode_log_prob_threshold == -1.0  # unset: Whisper's
+    monkeypatch.setenv("LUPITA_ASR_TEMPERATURE_FALLBACK_LOGPROB_THRESHOLD", "-10")
+    s = AsrSettings(_env_file=None)
+    o = build_local(s).options
+    assert (o.fallback_log_prob_threshold, o.log_prob_threshold, o.decode_log_prob_threshold) == (-10.0, -1.0, -10.0)
+    assert guard_config(s).logprob_threshold == -1.0
+    monkeypatch.setenv("LUPITA_ASR_TEMPERATURE_FALLBACK_LOGPROB_THRESHOLD", "0.5")
+    with pytest.raises(ValueError, match="temperature_fallback_logprob_threshold"):
+        AsrSettings(_env_file=None)
+    with pytest.raises(ValueError, match="fallback_log_prob_threshold must be <= 0"):
+        WhisperOptions(fallback_log_prob_threshold=0.5)
+
+
+def test_another_decoding_shares_the_loaded_model(model):
+    """``with_decoding`` (Lupita's leg, LUPITA_TRANSCRIBER_AGENT_*): another beam and ladder for
+    finals on the same weights and workers; the original is untouched."""
+    other = model.with_decoding(beam_size=1, temperatures=(0.0,))
+    assert other is not model and other._model is model._model
+    assert (other._decode_kwargs(False)["beam_size"], other._decode_kwargs(False)["temperature"]) == (1, [0.0])
+    assert (model._decode_kwargs(False)["beam_size"], model._decode_kwargs(False)["temperature"]) == (5, [0.0, 0.5])
+    assert other.options.pack_max_seconds == model.options.pack_max_seconds
+    assert model.with_decoding() is model
+    r = other.transcribe(_speech(SEGMENTS[0][0]).astype(np.float32) / 32768, RATE)
+    assert r.text and r.words

@@ -176,6 +176,13 @@ class Transcriber(ABC):
         batched call when configured to."""
         return [self.transcribe_many(items, vocabulary=vocabulary) for items in requests]
 
+    def with_decoding(self, *, beam_size: int | None = None,
+                      temperatures: tuple[float, ...] | None = None) -> "Transcriber":
+        """This backend decoding finals with another beam size or temperature ladder (None: keep),
+        sharing its model and clients. Backends without those knobs (the cloud ones) return
+        themselves."""
+        return self
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release clients and models."""
 

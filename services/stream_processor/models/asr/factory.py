@@ -52,6 +52,14 @@ class FallbackTranscriber(Transcriber):
             result = self.fallback.transcribe_partial(pcm, sample_rate, vocabulary=vocabulary)
             return replace(result, fallback_from=self.primary.name, fallback_reason=str(exc))
 
+    def with_decoding(self, *, beam_size: int | None = None,
+                      temperatures: tuple[float, ...] | None = None) -> Transcriber:
+        """The cloud backend as it is, its local fallback with the other decoding."""
+        fallback = self.fallback.with_decoding(beam_size=beam_size, temperatures=temperatures)
+        if fallback is self.fallback:
+            return self
+        return FallbackTranscriber(self.primary, fallback, partials_local=self.partials_local)
+
     def close(self) -> None:
         self.primary.close()
         self.fallback.close()
@@ -85,6 +93,7 @@ def build_local(s: AsrSettings) -> Transcriber:
         min_rms_dbfs=s.asr_min_rms_dbfs,
         compression_ratio_threshold=s.asr_compression_ratio_threshold,
         log_prob_threshold=s.asr_logprob_threshold,
+        fallback_log_prob_threshold=s.asr_temperature_fallback_logprob_threshold,
         no_speech_threshold=s.asr_no_speech_threshold,
         encoder_window=s.asr_encoder_window,
         encoder_margin_s=s.asr_encoder_margin_seconds,

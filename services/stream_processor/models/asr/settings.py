@@ -87,6 +87,12 @@ class AsrSettings(CommonSettings):
     # --- guards (see stream_processor.models.asr.guards) ---
     asr_no_speech_threshold: float = Field(default=0.6, ge=0, le=1)
     asr_logprob_threshold: float = Field(default=-1.0, le=0)
+    # The mean log-probability under which Whisper decodes a segment again at the next temperature,
+    # when it should differ from asr_logprob_threshold (unset: the same, as in Whisper). Whisper
+    # uses one threshold for that fallback and for its no-speech rule; with this set, the no-speech
+    # rule stays at asr_logprob_threshold (applied by the silence guard) and only the fallback
+    # moves. -10 = fall back on the compression ratio (repetition loops) only.
+    asr_temperature_fallback_logprob_threshold: float | None = Field(default=None, ge=-100, le=0)
     asr_compression_ratio_threshold: float = Field(default=2.4, gt=1)
     # An n-gram (n <= asr_max_ngram) repeated more than asr_max_repeats times is a loop.
     asr_max_ngram: int = Field(default=6, ge=1, le=20)

@@ -67,6 +67,7 @@ fallback ladder (guard action ``full_window``).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.resources
 import importlib.util
@@ -88,7 +89,7 @@ from stream_processor.models.asr.base import (
     sanitize_words,
     to_whisper_input,
 )
-from stream_processor.models.asr.guards import GuardConfig, guard_segments
+from stream_processor.models.asr.guards import GuardConfig, guard_segments, is_silence
 from stream_processor.models.asr.vocabulary import hotwords_text
 
 log = logging.getLogger("stream_processor.models.asr")
@@ -164,6 +165,11 @@ class WhisperOptions:
     compression_ratio_threshold: float = 2.4
     log_prob_threshold: float = -1.0
     no_speech_threshold: float = 0.6
+    # the mean log-probability under which a decode is redone at the next temperature, when it is
+    # not log_prob_threshold (None: the same). Whisper uses one threshold for the fallback and for
+    # its no-speech skip; with this set, faster-whisper is given it for both, and the silence rule
+    # at log_prob_threshold is applied by the guards afterwards (and by the empty retry's trigger)
+    fallback_log_prob_threshold: float | None = None
     # "full": the encoder sees Whisper's 30 s window (content + padding), as faster-whisper does;
     # "trimmed": the content + encoder_margin_s, at least encoder_min_window_s (see trim_features)
     encoder_window: Literal["full", "trimmed"] = "full"
@@ -200,6 +206,13 @@ class WhisperOptions:
             raise ValueError(f"encoder_guard_logprob must be in [-10, 0], got {self.encoder_guard_logprob}")
         if not 0.0 <= self.encoder_min_window_s <= 30.0:
             raise ValueError(f"encoder_min_window_s must be in [0, 30], got {self.encoder_min_window_s}")
+        if self.fallback_log_prob_threshold is not None and self.fallback_log_prob_threshold > 0.0:
+            raise ValueError(f"fallback_log_prob_threshold must be <= 0, got {self.fallback_log_prob_threshold}")
+
+    @property
+    def decode_log_prob_threshold(self) -> float:
+        """The threshold handed to faster-whisper: the fallback one when set."""
+        return self.log_prob_threshold if self.fallback_log_prob_threshold is None else self.fallback_log_prob_threshold
 
 
 def content_frames(features: np.ndarray) -> int:
@@ -285,6 +298,21 @@ class WhisperLocal(Transcriber):
             return full_encode(trim_features(features, margin_s=margin_s, min_window_s=min_window_s))
 
         self._model.encode = encode  # type: ignore[method-assign]
+
+    def with_decoding(self, *, beam_size: int | None = None,
+                      temperatures: tuple[float, ...] | None = None) -> "WhisperLocal":
+        """This model with another beam size or temperature ladder for finals (None: keep), sharing
+        the loaded weights, the decode workers and the encoder window (for one leg's decodes)."""
+        changes: dict[str, Any] = {}
+        if beam_size is not None:
+            changes["beam_size"] = beam_size
+        if temperatures is not None:
+            changes["temperatures"] = tuple(temperatures)
+        if not changes:
+            return self
+        other = copy.copy(self)
+        other.options = replace(self.options, **changes)
+        return other
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -387,7 +415,7 @@ class WhisperLocal(Transcriber):
             task="transcribe",
             condition_on_previous_text=False,
             compression_ratio_threshold=o.compression_ratio_threshold,
-            log_prob_threshold=o.log_prob_threshold,
+            log_prob_threshold=o.decode_log_prob_threshold,
             no_speech_threshold=o.no_speech_threshold,
             vad_filter=o.vad_filter,
             # this call's words, in the decoder's context on every window (None: no bias)
@@ -411,7 +439,7 @@ class WhisperLocal(Transcriber):
         was decoded, or a segment's mean log-probability, compression ratio or no-speech
         probability says Whisper was unsure."""
         o = self.options
-        floor = max(o.encoder_guard_logprob, o.log_prob_threshold)  # Whisper's own fallback rule at least
+        floor = max(o.encoder_guard_logprob, o.decode_log_prob_threshold)  # Whisper's own fallback rule at least
         return fell_back or not raw or any(
             s.avg_logprob < floor or s.compression_ratio > o.compression_ratio_threshold
             or s.no_speech_prob > o.no_speech_threshold for s in raw)
@@ -440,7 +468,10 @@ class WhisperLocal(Transcriber):
         else:
             raw, language, fell_back = self._decode(x, kwargs)
         guard = self.guard
-        if not raw and not partial and self.options.empty_retry_min_speech_s \
+        # nothing decoded, or only what the silence guard removes (faster-whisper skips such a
+        # window itself unless fallback_log_prob_threshold is below the guard's threshold)
+        silent = all(is_silence(seg, guard) for seg in raw)
+        if silent and not partial and self.options.empty_retry_min_speech_s \
                 and speech_seconds(x) >= self.options.empty_retry_min_speech_s:
             # the vad stage and Silero call this speech; Whisper's filter or no-speech skip dropped it
             raw, language, _ = self._decode(x, {**kwargs, "vad_filter": False, "no_speech_threshold": None})
@@ -542,7 +573,7 @@ class WhisperLocal(Transcriber):
         o = self.options
         if not raw:
             return True
-        if any(s.compression_ratio > o.compression_ratio_threshold or s.avg_logprob < o.log_prob_threshold
+        if any(s.compression_ratio > o.compression_ratio_threshold or s.avg_logprob < o.decode_log_prob_threshold
                or s.no_speech_prob > o.no_speech_threshold for s in raw):
             return True
         return self._guarded() and self._trim_doubtful(raw, False)
@@ -643,7 +674,7 @@ class WhisperLocal(Transcriber):
             audio, language=o.language, task="transcribe", beam_size=o.beam_size,
             temperature=o.temperatures[0], clip_timestamps=clips, batch_size=len(clips),
             word_timestamps=True, without_timestamps=False, vad_filter=False,
-            hotwords=hotwords_text(vocabulary), log_prob_threshold=o.log_prob_threshold,
+            hotwords=hotwords_text(vocabulary), log_prob_threshold=o.decode_log_prob_threshold,
             no_speech_threshold=o.no_speech_threshold, compression_ratio_threshold=o.compression_ratio_threshold)
         for s in segments_iter:  # decoding happens while iterating
             # the row a segment came from: faster-whisper's seek is its clip's offset in 10 ms frames

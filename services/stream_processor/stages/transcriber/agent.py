@@ -101,6 +101,9 @@ class TranscriberAgent:
         # the local model runs as many decodes in parallel as there are decode threads
         self.asr = transcriber or build_transcriber(settings.model_copy(
             update={"asr_num_workers": max(settings.asr_num_workers, decoders)}))
+        # Lupita's leg: the same model, with its own beam / ladder when configured
+        self.asr_agent = self.asr.with_decoding(beam_size=settings.transcriber_agent_beam_size,
+                                                temperatures=settings.transcriber_agent_temperatures)
         self.scheduler = DecodeScheduler(settings.transcriber_threads, name="transcriber",
                                          max_batch=settings.asr_batch_max_windows,
                                          person_threads=settings.transcriber_person_threads)
@@ -420,10 +423,15 @@ class TranscriberAgent:
         ``asr_batch_max_windows`` > 1, else one ``transcribe_many`` job."""
         cls = job_class(person=seg.leg == LEG_BY_NAME["person"], final=True)
         vocabulary = self.vocabulary(seg.call_id)
-        if self.settings.asr_batch_max_windows > 1:
-            return self.scheduler.submit_batch(cls, functools.partial(self.asr.transcribe_batch, vocabulary=vocabulary),
-                                               items, key=("asr", vocabulary))
-        return self.scheduler.submit(cls, functools.partial(self.asr.transcribe_many, vocabulary=vocabulary), items)
+        asr = self._asr(seg)
+        if self.settings.asr_batch_max_windows > 1:  # one batch decodes with one leg's options
+            return self.scheduler.submit_batch(cls, functools.partial(asr.transcribe_batch, vocabulary=vocabulary),
+                                               items, key=("asr", asr is self.asr, vocabulary))
+        return self.scheduler.submit(cls, functools.partial(asr.transcribe_many, vocabulary=vocabulary), items)
+
+    def _asr(self, seg: events_pb2.SpeechSegment) -> Transcriber:
+        """The transcriber of ``seg``'s leg (Lupita's may decode with other options)."""
+        return self.asr if seg.leg == LEG_BY_NAME["person"] else self.asr_agent
 
     def _submit(self, seg: events_pb2.SpeechSegment, *, wanted: Any = None
                 ) -> tuple[asyncio.Future, float] | None:
@@ -436,7 +444,7 @@ class TranscriberAgent:
             cf = self._submit_finals(seg, [(segment_audio(seg), seg.sample_rate_hz)])
             return asyncio.ensure_future(first(asyncio.wrap_future(cf))), time.perf_counter()
         partial = seg.kind == KIND_PARTIAL
-        fn = self.asr.transcribe_partial if partial else self.asr.transcribe
+        fn = self._asr(seg).transcribe_partial if partial else self._asr(seg).transcribe
         cf = self.scheduler.submit(job_class(person=seg.leg == LEG_BY_NAME["person"], final=not partial),
                                    functools.partial(fn, vocabulary=self.vocabulary(seg.call_id)),
                                    segment_audio(seg), seg.sample_rate_hz, wanted=wanted)

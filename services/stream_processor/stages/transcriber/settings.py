@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from stream_processor.models.asr.settings import AsrSettings
 
@@ -37,3 +37,16 @@ class TranscriberSettings(AsrSettings):
     # Also the Mexican-Spanish health lexicon (models/asr/vocabulary.py) in every call's vocabulary.
     # Off: measured on the corpus, the lexicon as hotwords raised WER and wrote unsaid terms.
     transcriber_vocabulary_lexicon: bool = False
+    # Lupita's (the agent's) leg decoded with another beam size / temperature ladder than the
+    # person's (unset: LUPITA_ASR_BEAM_SIZE / LUPITA_ASR_TEMPERATURES for both). Alerts and facts
+    # come from the person's leg; Lupita's words are her own TTS, read for context. The same loaded
+    # model serves both legs. Local backend (and a cloud backend's local fallback) only.
+    transcriber_agent_beam_size: int | None = Field(default=None, ge=1, le=16)
+    transcriber_agent_temperatures: tuple[float, ...] | None = None
+
+    @field_validator("transcriber_agent_temperatures")
+    @classmethod
+    def _agent_temperatures(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if v is not None and (not v or any(t < 0 or t > 2 for t in v) or list(v) != sorted(v)):
+            raise ValueError("LUPITA_TRANSCRIBER_AGENT_TEMPERATURES must be a non-empty ascending list of values in [0, 2]")
+        return v
