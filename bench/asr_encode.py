@@ -111,7 +111,7 @@ class Stats:
 _OPTION_KEYS = {"batch": "batch_max_windows", "guard": "encoder_guard", "glp": "encoder_guard_logprob",
                 "retry": "empty_retry_min_speech_s", "pack": "pack_max_seconds", "vocab": "", "temps": "temperatures", "best_of": "best_of", "lp": "log_prob_threshold",
                 "cr": "compression_ratio_threshold", "vad": "vad_filter", "nst": "no_speech_threshold",
-                "beam": "beam_size"}
+                "beam": "beam_size", "flp": "fallback_log_prob_threshold"}
 
 
 def parse_vocab(spec: str) -> str:
