@@ -128,7 +128,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=600.0, help="per level, after the last call ends (default 600)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--config", action="append", default=[],
-                   help="NAME=KEY=VALUE;KEY=VALUE: a worker configuration (repeatable; default: one, as is)")
+                   help="NAME[@REV]=KEY=VALUE;KEY=VALUE: a worker configuration (repeatable; default: one, as "
+                        "is); @REV runs the worker code of that git commit (a baseline in the same run)")
     p.add_argument("--json", action="store_true", help=f"also write the results to {RESULTS_DIR}/")
     p.add_argument("--keep-topics", action="store_true", help="do not delete the run's Kafka topics")
     args = p.parse_args(argv)
@@ -158,19 +159,44 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def parse_config(text: str) -> tuple[str, dict[str, str]]:
-    name, _, rest = text.partition("=")
+def parse_config(text: str) -> tuple[str, str | None, dict[str, str]]:
+    """``NAME[@REV]=KEY=VALUE;...`` → (name, git revision or None, extra environment)."""
+    head, _, rest = text.partition("=")
+    name, at, rev = head.partition("@")
+    if at and not rev:
+        raise SystemExit(f"--config {text!r}: no git revision after '@'")
     env = {}
     for item in filter(None, (x.strip() for x in rest.split(";"))):
         key, _, value = item.partition("=")
         if not key.startswith("LUPITA_") or not _:
             raise SystemExit(f"--config {text!r}: {item!r} is not LUPITA_KEY=VALUE")
         env[key] = value
-    return name or "default", env
+    return name or "default", rev or None, env
+
+
+def checkout_revision(rev: str, dest: Path) -> Path:
+    """The worker code of an earlier commit, for a baseline in the same run: a detached git
+    worktree of ``rev`` at ``dest`` with its protobuf modules generated (they are not in git).
+    It runs with this environment's packages; the worktree is removed by ``remove_revision``."""
+    try:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(dest), rev],
+                       check=True, capture_output=True, text=True)
+    except subprocess.CalledProcessError as exc:
+        raise SystemExit(f"--config ...@{rev}: cannot check out {rev!r}: {exc.stderr.strip()}") from None
+    subprocess.run([sys.executable, "-m", "lupita.protogen"], cwd=dest, check=True, capture_output=True,
+                   env=dict(os.environ, PYTHONPATH=str(dest / "services")))
+    return dest
+
+
+def remove_revision(dest: Path) -> None:
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(dest)], capture_output=True)
 
 
 def start_worker(prefix: str, app_id: str, workdir: Path, threads: int, asr_threads: int,
-                 vad_only: bool = False, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+                 vad_only: bool = False, extra_env: dict[str, str] | None = None,
+                 code: Path = ROOT) -> subprocess.Popen:
+    """A ``lupita worker`` on the run's topics; ``code``: the checkout whose ``services/`` it runs
+    (this one, or an earlier commit's from ``checkout_revision``)."""
     port = free_port()
     env = dict(os.environ, **WORKER_ENV, LUPITA_TOPIC_PREFIX=prefix, LUPITA_APP_ID=app_id,
                LUPITA_METRICS_PORT=str(port), LUPITA_METRICS_HOST="127.0.0.1",
@@ -180,8 +206,10 @@ def start_worker(prefix: str, app_id: str, workdir: Path, threads: int, asr_thre
     if vad_only:
         env["LUPITA_STAGES"] = "vad"
     env.update(extra_env or {})
+    if code != ROOT:  # ahead of the editable install's path to this checkout
+        env["PYTHONPATH"] = str(code / "services")
     log = open(workdir / "worker.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "stream_processor"], env=env, cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "stream_processor"], env=env, cwd=code,
                             stdout=log, stderr=subprocess.STDOUT)
     proc.metrics_port = port  # type: ignore[attr-defined]
     deadline = time.monotonic() + 120
@@ -414,22 +442,31 @@ def main(argv: list[str] | None = None) -> int:
                           args.rate, args.seconds)
     loud = {c: np.abs(stereo[:, c].astype(np.int32)) > SPEECH_FLOOR for c in (0, 1)}
     levels: list[Level] = []
-    configs = [parse_config(c) for c in args.config] or [("default", {})]
+    configs = [parse_config(c) for c in args.config] or [("default", None, {})]
     stale = 0.0
     batch = (0.0, 0.0)
     stages = "vad" if args.vad_only else "vad + transcriber"
     with tempfile.TemporaryDirectory(prefix="lupita-latency-") as tmp:
         try:
-            for k, (name, extra) in enumerate(configs):
+            for k, (name, rev, extra) in enumerate(configs):
                 workdir = Path(tmp) / f"config-{k}"
                 workdir.mkdir()
+                code = ROOT
+                if rev:
+                    print(f"checking out {rev} for configuration {name} ...", file=sys.stderr, flush=True)
+                    code = checkout_revision(rev, workdir / "code")
                 # topics of its own: a new worker (consumer group) would otherwise redo the calls before
                 cfg_settings = CommonSettings(topic_prefix=f"{prefix}{k}.")
                 ensure_topics(cfg_settings)
-                print(f"starting the worker ({stages}, configuration {name}: {extra or 'as is'}) ...",
-                      file=sys.stderr, flush=True)
-                worker = start_worker(cfg_settings.topic_prefix, f"latency-{run_id}-{k}", workdir, args.transcriber_threads,
-                                      args.asr_threads, args.vad_only, extra)
+                print(f"starting the worker ({stages}, configuration {name}{'@' + rev if rev else ''}: "
+                      f"{extra or 'as is'}) ...", file=sys.stderr, flush=True)
+                try:
+                    worker = start_worker(cfg_settings.topic_prefix, f"latency-{run_id}-{k}", workdir,
+                                          args.transcriber_threads, args.asr_threads, args.vad_only, extra, code)
+                except BaseException:
+                    if rev:
+                        remove_revision(code)
+                    raise
                 try:
                     print("warm-up call ...", file=sys.stderr, flush=True)
                     asyncio.run(run_level(1, argparse.Namespace(**{**vars(args), "ramp": 0}), cfg_settings,
@@ -438,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"{name}: {n} concurrent call(s) x {args.seconds:g} s ...", file=sys.stderr, flush=True)
                         level = asyncio.run(run_level(n, args, cfg_settings, bridge_settings, stereo, loud, worker,
                                                       f"run{k}"))
-                        level.config = name
+                        level.config = f"{name}@{rev}" if rev else name
                         levels.append(level)
                         print(json.dumps(level.summary()), file=sys.stderr, flush=True)
                     stale += metric(worker, "lupita_transcriber_segments_total", kind="partial", outcome="stale")
@@ -450,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
                         worker.wait(timeout=60)
                     except subprocess.TimeoutExpired:
                         worker.kill()
+                    if rev:
+                        remove_revision(code)
         finally:
             if not args.keep_topics:
                 delete_prefixed(settings, prefix, "lupita-bench")
