@@ -229,7 +229,8 @@ def load_models(detectors: dict[str, Callable[[], Any]] | None = None, *, claude
 # 3: packing (LUPITA_ASR_PACK_MAX_SECONDS=30) and the guarded trimmed encoder window became defaults.
 # 4: the trimmed window is at least 10 s and the guard is off by default.
 # 5: no temperature fallback by default (LUPITA_ASR_TEMPERATURES=[0.0]); 6: the one-step ladder again.
-ASR_CACHE_VERSION = 6
+# 7: the ladder falls back on repetition loops only (LUPITA_ASR_TEMPERATURE_FALLBACK_LOGPROB_THRESHOLD=-10).
+ASR_CACHE_VERSION = 7
 # Settings of the ASR/VAD/transcriber prefixes that never change a transcript's words: threads,
 # queues, retries and timeouts, the state's lifetimes, the cloud backends' models (in the key only
 # when that backend is the one configured).

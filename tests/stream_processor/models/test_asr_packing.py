@@ -240,12 +240,14 @@ def test_the_temperature_fallback_threshold_setting_reaches_the_local_model(monk
     from stream_processor.models.asr.factory import build_local, guard_config
     from stream_processor.models.asr.settings import AsrSettings
 
-    assert build_local(AsrSettings(_env_file=None)).options.decode_log_prob_threshold == -1.0  # unset: Whisper's
-    monkeypatch.setenv("LUPITA_ASR_TEMPERATURE_FALLBACK_LOGPROB_THRESHOLD", "-10")
+    monkeypatch.delenv("LUPITA_ASR_TEMPERATURE_FALLBACK_LOGPROB_THRESHOLD", raising=False)
     s = AsrSettings(_env_file=None)
-    o = build_local(s).options
+    o = build_local(s).options  # the default: the fallback on repetition loops only
     assert (o.fallback_log_prob_threshold, o.log_prob_threshold, o.decode_log_prob_threshold) == (-10.0, -1.0, -10.0)
-    assert guard_config(s).logprob_threshold == -1.0
+    assert guard_config(s).logprob_threshold == -1.0  # the silence rule stays where it was
+    monkeypatch.setenv("LUPITA_ASR_TEMPERATURE_FALLBACK_LOGPROB_THRESHOLD", "-1.0")  # Whisper's own
+    assert build_local(AsrSettings(_env_file=None)).options.decode_log_prob_threshold == -1.0
+    assert WhisperOptions().decode_log_prob_threshold == -1.0  # the plain core unset: log_prob_threshold
     monkeypatch.setenv("LUPITA_ASR_TEMPERATURE_FALLBACK_LOGPROB_THRESHOLD", "0.5")
     with pytest.raises(ValueError, match="temperature_fallback_logprob_threshold"):
         AsrSettings(_env_file=None)

@@ -49,29 +49,28 @@ def test_the_number_of_calls_held_is_bounded():
 
 
 @pytest.mark.stack
-def test_facts_are_read_by_phone_hash_from_postgres(stack_env):
-    """Two persons' facts in the real user_facts table: each hash reads only its own."""
-    import psycopg
-
+def test_facts_are_read_by_phone_hash_from_postgres(pg):
+    """Two persons' facts in the real user_facts table (migrated by the pg fixture, so the test
+    does not depend on another having run first): each hash reads only its own."""
     from lupita.config import CommonSettings
     from stream_processor.stores.calls_db import CallStore
 
     dsn = CommonSettings().postgres_dsn.get_secret_value()
+    conn = pg
     a, b = f"test-vocab-{uuid.uuid4().hex}", f"test-vocab-{uuid.uuid4().hex}"
     rows = [(a, "family", "grandson_name.rodrigo", "Rodrigo"), (a, "health", "medication.losartan", "losartán"),
             (b, "family", "daughter_name.teresa", "Teresa")]
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for person, t, k, value in rows:
-            conn.execute("INSERT INTO user_facts (phone_number_hash, fact_type, fact_key, fact_value, confidence) "
-                         "VALUES (%s, %s, %s, %s, 0.9)", (person, t, k, value))
-        store = CallStore(dsn)
-        try:
-            got_a = read_person_facts(store.run, a)
-            got_b = read_person_facts(store.run, b)
-            assert read_person_facts(store.run, f"test-vocab-{uuid.uuid4().hex}") == []
-        finally:
-            store.close()
-            conn.execute("DELETE FROM user_facts WHERE phone_number_hash = ANY(%s)", ([a, b],))
+    for person, t, k, value in rows:
+        conn.execute("INSERT INTO user_facts (phone_number_hash, fact_type, fact_key, fact_value, confidence) "
+                     "VALUES (%s, %s, %s, %s, 0.9)", (person, t, k, value))
+    store = CallStore(dsn)
+    try:
+        got_a = read_person_facts(store.run, a)
+        got_b = read_person_facts(store.run, b)
+        assert read_person_facts(store.run, f"test-vocab-{uuid.uuid4().hex}") == []
+    finally:
+        store.close()
+        conn.execute("DELETE FROM user_facts WHERE phone_number_hash = ANY(%s)", ([a, b],))
     assert sorted(v for _, _, v in got_a) == ["Rodrigo", "losartán"]
     assert [v for _, _, v in got_b] == ["Teresa"]
     v = CallVocabularies()
