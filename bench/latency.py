@@ -31,6 +31,13 @@ those extra environment variables, run over the same levels one after the other 
     .venv/bin/python bench/latency.py --calls 1,4,10 --config today= \\
         --config new="LUPITA_ASR_ENCODER_WINDOW=trimmed;LUPITA_ASR_TEMPERATURES=[0.0,0.5];LUPITA_ASR_BEST_OF=2"
 
+``NAME@REV=...`` runs that configuration's worker from the code of git revision REV (a worktree
+with its protobuf modules generated, this environment's packages, removed afterwards): the baseline
+of issue 10, the per-segment path just before its first change, measured in the same run rather
+than imitated by settings (today's scheduler skips the partials that path decoded):
+
+    .venv/bin/python bench/latency.py --calls 10 --seconds 60 --config base@e2d0fac= --config new=
+
     .venv/bin/python bench/latency.py                        # 1 and 10 calls x 20 s (~2 min)
     .venv/bin/python bench/latency.py --calls 1,10,50 --json  # 50 overloads 2 cores: minutes
 """
