@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -58,6 +59,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -190,13 +192,32 @@ def checkout_revision(rev: str, dest: Path) -> Path:
                        check=True, capture_output=True, text=True)
     except subprocess.CalledProcessError as exc:
         raise SystemExit(f"--config ...@{rev}: cannot check out {rev!r}: {exc.stderr.strip()}") from None
-    subprocess.run([sys.executable, "-m", "lupita.protogen"], cwd=dest, check=True, capture_output=True,
-                   env=dict(os.environ, PYTHONPATH=str(dest / "services")))
+    gen = subprocess.run([sys.executable, "-m", "lupita.protogen"], cwd=dest, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(dest / "services")))
+    if gen.returncode != 0:
+        remove_revision(dest)
+        raise SystemExit(f"--config ...@{rev}: its protobuf modules could not be generated "
+                         f"(python -m lupita.protogen): {(gen.stderr or gen.stdout).strip()[-500:]}")
     return dest
 
 
 def remove_revision(dest: Path) -> None:
     subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(dest)], capture_output=True)
+
+
+@contextlib.contextmanager
+def worker_code(rev: str | None, dest: Path) -> Iterator[Path]:
+    """The checkout a configuration's worker runs: this one, or ``rev``'s worktree at ``dest``
+    for as long as the configuration runs."""
+    if not rev:
+        yield ROOT
+        return
+    print(f"checking out {rev} ...", file=sys.stderr, flush=True)
+    code = checkout_revision(rev, dest)
+    try:
+        yield code
+    finally:
+        remove_revision(code)
 
 
 def start_worker(prefix: str, app_id: str, workdir: Path, threads: int, asr_threads: int,
@@ -458,44 +479,37 @@ def main(argv: list[str] | None = None) -> int:
             for k, (name, rev, extra) in enumerate(configs):
                 workdir = Path(tmp) / f"config-{k}"
                 workdir.mkdir()
-                code = ROOT
-                if rev:
-                    print(f"checking out {rev} for configuration {name} ...", file=sys.stderr, flush=True)
-                    code = checkout_revision(rev, workdir / "code")
                 # topics of its own: a new worker (consumer group) would otherwise redo the calls before
                 cfg_settings = CommonSettings(topic_prefix=f"{prefix}{k}.")
                 ensure_topics(cfg_settings)
-                print(f"starting the worker ({stages}, configuration {name}{'@' + rev if rev else ''}: "
-                      f"{extra or 'as is'}) ...", file=sys.stderr, flush=True)
-                try:
+                label = f"{name}@{rev}" if rev else name
+                with worker_code(rev, workdir / "code") as code:
+                    print(f"starting the worker ({stages}, configuration {label}: {extra or 'as is'}) ...",
+                          file=sys.stderr, flush=True)
                     worker = start_worker(cfg_settings.topic_prefix, f"latency-{run_id}-{k}", workdir,
                                           args.transcriber_threads, args.asr_threads, args.vad_only, extra, code)
-                except BaseException:
-                    if rev:
-                        remove_revision(code)
-                    raise
-                try:
-                    print("warm-up call ...", file=sys.stderr, flush=True)
-                    asyncio.run(run_level(1, argparse.Namespace(**{**vars(args), "ramp": 0}), cfg_settings,
-                                          bridge_settings, stereo[: 8 * args.rate], loud, worker, f"warm{k}"))
-                    for n in args.calls:
-                        print(f"{name}: {n} concurrent call(s) x {args.seconds:g} s ...", file=sys.stderr, flush=True)
-                        level = asyncio.run(run_level(n, args, cfg_settings, bridge_settings, stereo, loud, worker,
-                                                      f"run{k}"))
-                        level.config = f"{name}@{rev}" if rev else name
-                        levels.append(level)
-                        print(json.dumps(level.summary()), file=sys.stderr, flush=True)
-                    stale += metric(worker, "lupita_transcriber_segments_total", kind="partial", outcome="stale")
-                    b = (metric(worker, "lupita_vad_batch_streams_sum"), metric(worker, "lupita_vad_batch_streams_count"))
-                    batch = (batch[0] + b[0], batch[1] + b[1])
-                finally:
-                    worker.send_signal(signal.SIGTERM)
                     try:
-                        worker.wait(timeout=60)
-                    except subprocess.TimeoutExpired:
-                        worker.kill()
-                    if rev:
-                        remove_revision(code)
+                        print("warm-up call ...", file=sys.stderr, flush=True)
+                        asyncio.run(run_level(1, argparse.Namespace(**{**vars(args), "ramp": 0}), cfg_settings,
+                                              bridge_settings, stereo[: 8 * args.rate], loud, worker, f"warm{k}"))
+                        for n in args.calls:
+                            print(f"{name}: {n} concurrent call(s) x {args.seconds:g} s ...", file=sys.stderr,
+                                  flush=True)
+                            level = asyncio.run(run_level(n, args, cfg_settings, bridge_settings, stereo, loud,
+                                                          worker, f"run{k}"))
+                            level.config = label
+                            levels.append(level)
+                            print(json.dumps(level.summary()), file=sys.stderr, flush=True)
+                        stale += metric(worker, "lupita_transcriber_segments_total", kind="partial", outcome="stale")
+                        b = (metric(worker, "lupita_vad_batch_streams_sum"),
+                             metric(worker, "lupita_vad_batch_streams_count"))
+                        batch = (batch[0] + b[0], batch[1] + b[1])
+                    finally:
+                        worker.send_signal(signal.SIGTERM)
+                        try:
+                            worker.wait(timeout=60)
+                        except subprocess.TimeoutExpired:
+                            worker.kill()
         finally:
             if not args.keep_topics:
                 delete_prefixed(settings, prefix, "lupita-bench")

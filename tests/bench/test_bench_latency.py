@@ -51,3 +51,26 @@ def test_a_revision_runs_from_its_own_worktree_with_generated_protobufs(tmp_path
 def test_an_unknown_revision_is_refused_with_gits_reason(tmp_path):
     with pytest.raises(SystemExit, match="cannot check out 'no-such-revision-xyz'"):
         latency.checkout_revision("no-such-revision-xyz", tmp_path / "code")
+
+
+def _worktrees() -> str:
+    return subprocess.run(["git", "-C", str(latency.ROOT), "worktree", "list"], capture_output=True,
+                          text=True, check=True).stdout
+
+
+def test_a_revision_whose_protobufs_cannot_be_generated_is_refused_and_removed(tmp_path, monkeypatch):
+    # the generator run under an interpreter that fails (as an old tree without lupita.protogen would)
+    monkeypatch.setattr(latency.sys, "executable", "false")
+    with pytest.raises(SystemExit, match="its protobuf modules could not be generated"):
+        latency.checkout_revision("HEAD", tmp_path / "code")
+    assert not (tmp_path / "code").exists() and str(tmp_path / "code") not in _worktrees()
+
+
+def test_the_worktree_goes_when_its_configuration_fails(tmp_path):
+    with pytest.raises(RuntimeError, match="worker failed"):
+        with latency.worker_code("HEAD", tmp_path / "code") as code:
+            assert code != latency.ROOT and code.is_dir()
+            raise RuntimeError("worker failed")
+    assert not code.exists() and str(code) not in _worktrees()
+    with latency.worker_code(None, tmp_path / "unused") as code:
+        assert code == latency.ROOT and not (tmp_path / "unused").exists()
