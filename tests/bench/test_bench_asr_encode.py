@@ -41,3 +41,13 @@ def test_a_legs_pieces_are_cut_from_its_own_channel_with_their_text(call, who, c
 def test_lupitas_segments_are_always_her_scripted_pieces(call):
     segs, missed, skipped = load_segments([call], "vad", LUPITA)
     assert (missed, skipped) == (0, []) and [s.truth for s in segs] == [s.truth for s in piece_segments(call, LUPITA)]
+
+
+def test_the_fallback_threshold_mode_key_reaches_the_options_and_is_checked():
+    from asr_encode import parse_mode
+
+    assert parse_mode("trimmed:1.0:10,flp=-10").decode_log_prob_threshold == -10.0
+    with pytest.raises(SystemExit, match="fallback_log_prob_threshold must be <= 0"):
+        parse_mode("trimmed:1.0:10,flp=0.5")
+    with pytest.raises(SystemExit, match="flp=x"):
+        parse_mode("trimmed:1.0:10,flp=x")
